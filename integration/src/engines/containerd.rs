@@ -1,0 +1,148 @@
+//! A private containerd: own root, state and socket; `ctr` bound to it.
+
+use super::extra_runtimes;
+use crate::artifacts::{fresh_dir, scratch};
+use crate::cleanup::at_exit;
+use crate::cmd::{run, Ran};
+use crate::images::{busybox_tar, oci_archive, BUSYBOX_IMAGE};
+use crate::names::process_prefix;
+use crate::process::{wait_until, Daemon};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+/// The private containerd of this test process.
+#[derive(Debug)]
+pub struct Containerd {
+    /// Its gRPC socket.
+    pub socket: PathBuf,
+    /// The containerd namespace tests use; also the cgroup parent of `ctr run`.
+    pub namespace: String,
+    /// Its configuration file (with a CRI runtime handler per extra runtime).
+    pub config: PathBuf,
+    daemon: Mutex<Daemon>,
+    image: OnceLock<()>,
+}
+
+fn config_toml(dir: &Path, socket: &Path) -> String {
+    let mut s = format!(
+        r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper"]
+
+[grpc]
+  address = "{sock}"
+
+[ttrpc]
+  address = "{sock}.ttrpc"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{opt}"
+"#,
+        root = dir.join("root").display(),
+        state = dir.join("state").display(),
+        sock = socket.display(),
+        opt = dir.join("opt").display(),
+    );
+    // Runtime handlers as Kubernetes' RuntimeClass would name them: the runc
+    // shim with BinaryName. (CRI is disabled here; `ctr` uses --runc-binary.)
+    for rt in extra_runtimes() {
+        s.push_str(&format!(
+            "\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{name}]\n  runtime_type = \"io.containerd.runc.v2\"\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{name}.options]\n  BinaryName = \"{path}\"\n",
+            name = rt.name,
+            path = rt.path.display()
+        ));
+    }
+    s
+}
+
+/// The shared containerd, started on first use.
+pub fn containerd() -> &'static Containerd {
+    static C: OnceLock<Containerd> = OnceLock::new();
+    C.get_or_init(|| {
+        crate::require_root();
+        let _ = scratch();
+        let dir = fresh_dir("containerd");
+        let socket = dir.join("c.sock");
+        let config = dir.join("config.toml");
+        std::fs::write(&config, config_toml(&dir, &socket)).expect("write containerd config");
+        let log = dir.join("containerd.log");
+        let mut d = Daemon::spawn(
+            "containerd",
+            Command::new("containerd").arg("--config").arg(&config),
+            &log,
+        );
+        let ok = wait_until(Duration::from_secs(20), || {
+            d.assert_alive(&log);
+            Command::new("ctr")
+                .arg("--address")
+                .arg(&socket)
+                .arg("version")
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        });
+        assert!(
+            ok,
+            "containerd did not answer on {} within 20 s",
+            socket.display()
+        );
+        let namespace = format!("{}c", process_prefix());
+        let c = Containerd {
+            socket,
+            namespace: namespace.clone(),
+            config,
+            daemon: Mutex::new(d),
+            image: OnceLock::new(),
+        };
+        at_exit("containerd", move || {
+            let c = containerd();
+            let mut d = c.daemon.lock().unwrap_or_else(|e| e.into_inner());
+            kill_leftover_shims(&c.socket);
+            d.stop(Duration::from_secs(15));
+            super::remove_cgroup_dirs(&namespace);
+        });
+        c
+    })
+}
+
+/// Kills shims our containerd started that outlived it (found by the socket in
+/// their command line, so only this run's).
+fn kill_leftover_shims(socket: &Path) {
+    let needle = socket.to_string_lossy().into_owned();
+    for pid in crate::leaks::pids_with_cmdline(&needle) {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.starts_with("containerd-shim") {
+            // SAFETY: signalling a shim process started on this run's behalf.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+impl Containerd {
+    /// A `ctr` command bound to this containerd and the test namespace.
+    pub fn ctr(&self) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address")
+            .arg(&self.socket)
+            .arg("--namespace")
+            .arg(&self.namespace);
+        c
+    }
+
+    /// Runs `ctr args...` and returns what happened.
+    pub fn ctr_run(&self, args: &[&str]) -> Ran {
+        crate::cmd::try_run(self.ctr().args(args))
+    }
+
+    /// Imports the busybox image (once) and returns its reference.
+    pub fn busybox_image(&self) -> &'static str {
+        self.image.get_or_init(|| {
+            let archive = oci_archive(busybox_tar(), BUSYBOX_IMAGE, &["sh"]);
+            run(self.ctr().args(["image", "import"]).arg(&archive));
+        });
+        BUSYBOX_IMAGE
+    }
+}

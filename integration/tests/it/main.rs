@@ -1,0 +1,4 @@
+//! Berth's integration tests: one test binary, so the private engines start
+//! once per run and are shared by every test. Run as root (scripts/test).
+
+mod harness;
