@@ -1,0 +1,154 @@
+//! `/etc/berth/runtime.toml`: the runtime's configuration.
+//!
+//! Where it is read from, first match wins: the `--berth-config PATH` global
+//! flag, the `BERTH_RUNTIME_CONFIG` environment variable, then
+//! [`DEFAULT_PATH`]. A missing file at the default path means all defaults; a
+//! missing file that was named explicitly, an unknown key or a bad value is an
+//! error, so a typo never silently changes behaviour.
+
+use crate::error::{Error, Result};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The default configuration file.
+pub const DEFAULT_PATH: &str = "/etc/berth/runtime.toml";
+/// The environment variable that names another configuration file.
+pub const ENV_VAR: &str = "BERTH_RUNTIME_CONFIG";
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// The runtime that runs containers: `auto`, `runc`, `crun`, or an absolute path.
+    pub delegate: String,
+    /// What `auto` tries, in order (names looked up on PATH, or absolute paths).
+    pub auto_order: Vec<String>,
+    /// Whether a container may pick its delegate with `io.berth.delegate`.
+    pub allow_delegate_annotation: bool,
+    /// Delegates the annotation may name (when allowed).
+    pub annotation_delegates: Vec<String>,
+    /// Where Berth keeps its per-container records.
+    pub state_dir: PathBuf,
+    /// The sysctl policy stage.
+    pub sysctl: SysctlConfig,
+    /// The CPU-count injection stage.
+    pub preload: PreloadConfig,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            delegate: "auto".into(),
+            auto_order: vec!["runc".into(), "crun".into()],
+            allow_delegate_annotation: false,
+            annotation_delegates: vec!["runc".into(), "crun".into()],
+            state_dir: PathBuf::from("/run/berth"),
+            sysctl: SysctlConfig::default(),
+            preload: PreloadConfig::default(),
+        }
+    }
+}
+
+/// `[sysctl]`: the layers of the sysctl policy and the allowlist.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SysctlConfig {
+    /// The machine-class file (a `[sysctl]` table); missing means empty.
+    pub machine_class_file: PathBuf,
+    /// Directory of app policies, `<name>.toml`, chosen by `io.berth.sysctl-policy`.
+    pub policy_dir: PathBuf,
+    /// Keys a container may set besides kubelet's safe list; `prefix.*` globs allowed.
+    pub allow: Vec<String>,
+}
+
+impl Default for SysctlConfig {
+    fn default() -> Self {
+        SysctlConfig {
+            machine_class_file: PathBuf::from("/etc/berth/sysctl/machine.toml"),
+            policy_dir: PathBuf::from("/etc/berth/sysctl/policies"),
+            allow: Vec::new(),
+        }
+    }
+}
+
+/// `[preload]`: injection of `libberth_cpus.so`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PreloadConfig {
+    /// Whether to inject the library into containers that have a CPU limit.
+    pub enabled: bool,
+    /// The library on the host.
+    pub library: PathBuf,
+    /// Where it is bind-mounted (read-only) inside the container.
+    pub container_path: String,
+}
+
+impl Default for PreloadConfig {
+    fn default() -> Self {
+        PreloadConfig {
+            enabled: true,
+            library: PathBuf::from("/usr/lib/x86_64-linux-gnu/berth/libberth_cpus.so"),
+            container_path: "/usr/lib/berth/libberth_cpus.so".into(),
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// Loads the configuration: `explicit` (the flag), else `$BERTH_RUNTIME_CONFIG`,
+    /// else [`DEFAULT_PATH`] (optional). Returns it and the path it came from.
+    pub fn load(explicit: Option<&Path>) -> Result<(RuntimeConfig, Option<PathBuf>)> {
+        let from_env = std::env::var_os(ENV_VAR)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        let (path, required) = match (explicit, from_env) {
+            (Some(p), _) => (p.to_path_buf(), true),
+            (None, Some(p)) => (p, true),
+            (None, None) => (PathBuf::from(DEFAULT_PATH), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok((Self::parse(&text, &path)?, Some(path))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                Ok((RuntimeConfig::default(), None))
+            }
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
+    /// Parses configuration text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<RuntimeConfig> {
+        toml::from_str(text).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_means_defaults() {
+        let c = RuntimeConfig::parse("", Path::new("x")).unwrap();
+        assert_eq!(c.delegate, "auto");
+        assert!(c.preload.enabled);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_file() {
+        let e = RuntimeConfig::parse("delegat = \"runc\"", Path::new("/etc/berth/runtime.toml"))
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("/etc/berth/runtime.toml") && msg.contains("delegat"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let text = include_str!("../../etc/runtime.toml");
+        let c = RuntimeConfig::parse(text, Path::new("etc/runtime.toml")).unwrap();
+        assert_eq!(c.delegate, "auto");
+    }
+}

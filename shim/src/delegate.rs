@@ -1,0 +1,208 @@
+//! The real runtime behind Berth: choosing it, remembering it per container,
+//! and handing over to it with `exec(2)` (no extra process stays around).
+//!
+//! Every `create`/`run` records its delegate under
+//! `<state_dir>/containers/<hash of --root>/<id>`, so later verbs go to the
+//! same runtime even if the configured default changes meanwhile. Records of
+//! containers the delegate no longer knows are removed on each create (GC).
+
+use crate::config::RuntimeConfig;
+use crate::error::{Error, Result};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The annotation by which a container may pick its delegate, where allowed.
+pub const ANNOTATION: &str = "io.berth.delegate";
+
+/// True when `id` is a container id runc accepts (`[A-Za-z0-9_+.-]+`, not `.`/`..`).
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id != "."
+        && id != ".."
+        && id.len() <= 1024
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'+' | b'-' | b'.'))
+}
+
+/// Finds `program` on PATH.
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Resolves a delegate name (`runc`, `crun`, or an absolute path) to a binary.
+pub fn resolve_name(name: &str) -> Result<PathBuf> {
+    if name.starts_with('/') {
+        let p = PathBuf::from(name);
+        return if is_executable(&p) {
+            Ok(p)
+        } else {
+            Err(Error::Delegate(format!("{name} is not an executable file")))
+        };
+    }
+    which(name).ok_or_else(|| Error::Delegate(format!("{name} not found on PATH")))
+}
+
+/// The configured default delegate: `delegate`, or for `auto` the first of `auto_order` found.
+pub fn default_delegate(cfg: &RuntimeConfig) -> Result<PathBuf> {
+    if cfg.delegate != "auto" {
+        return resolve_name(&cfg.delegate);
+    }
+    cfg.auto_order
+        .iter()
+        .find_map(|n| resolve_name(n).ok())
+        .ok_or_else(|| Error::Delegate(format!("auto: none of {:?} is installed", cfg.auto_order)))
+}
+
+/// The delegate a new container uses: its annotation if present and allowed, else the default.
+pub fn for_new_container(cfg: &RuntimeConfig, annotation: Option<&str>) -> Result<PathBuf> {
+    match annotation {
+        None => default_delegate(cfg),
+        Some(v) if !cfg.allow_delegate_annotation => Err(Error::Annotation {
+            key: ANNOTATION.into(),
+            value: v.into(),
+            reason: "choosing the delegate is not allowed by the Berth runtime config (allow_delegate_annotation = false)".into(),
+        }),
+        Some(v) if !cfg.annotation_delegates.iter().any(|d| d == v) => Err(Error::Annotation {
+            key: ANNOTATION.into(),
+            value: v.into(),
+            reason: format!("not one of annotation_delegates {:?}", cfg.annotation_delegates),
+        }),
+        Some(v) => resolve_name(v),
+    }
+}
+
+fn fnv1a(s: &[u8]) -> u64 {
+    s.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Per-container delegate records for one `--root`.
+#[derive(Debug, Clone)]
+pub struct Records {
+    dir: PathBuf,
+    root: Option<PathBuf>,
+}
+
+impl Records {
+    /// The records for state root `root` (None: the delegate's default root).
+    pub fn new(cfg: &RuntimeConfig, root: Option<&Path>) -> Records {
+        let key = root
+            .map(|r| r.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Records {
+            dir: cfg
+                .state_dir
+                .join("containers")
+                .join(format!("{:016x}", fnv1a(key.as_bytes()))),
+            root: root.map(Path::to_path_buf),
+        }
+    }
+
+    /// The recorded delegate of container `id`, if any.
+    pub fn get(&self, id: &str) -> Option<PathBuf> {
+        if !valid_id(id) {
+            return None;
+        }
+        let text = std::fs::read_to_string(self.dir.join(id)).ok()?;
+        let p = PathBuf::from(text.trim());
+        is_executable(&p).then_some(p)
+    }
+
+    /// Records that container `id` runs on `delegate` (atomically).
+    pub fn put(&self, id: &str, delegate: &Path) -> Result<()> {
+        if !valid_id(id) {
+            return Err(Error::ContainerId(id.into()));
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        crate::atomic::write_file(
+            &self.dir.join(id),
+            delegate.to_string_lossy().as_bytes(),
+            0o600,
+        )
+    }
+
+    /// Removes records whose container the delegate no longer has a state
+    /// directory for. Only runs when the state root is known.
+    pub fn gc(&self, keep: &str) -> usize {
+        let Some(root) = &self.root else { return 0 };
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == keep || name.starts_with('.') || root.join(&name).exists() {
+                continue;
+            }
+            if std::fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::debug!(
+                removed,
+                "removed delegate records of containers that no longer exist"
+            );
+        }
+        removed
+    }
+}
+
+/// Replaces this process with `delegate args...`; returns only on failure.
+pub fn exec(delegate: &Path, args: &[std::ffi::OsString]) -> Error {
+    let e = Command::new(delegate).args(args).exec();
+    Error::Delegate(format!("cannot execute {}: {e}", delegate.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_ids() {
+        assert!(valid_id("abc-1.2_x+y"));
+        assert!(!valid_id(""));
+        assert!(!valid_id(".."));
+        assert!(!valid_id("a/b"));
+        assert!(!valid_id("a b"));
+    }
+
+    #[test]
+    fn records_round_trip_and_gc() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir_all(root.join("alive")).unwrap();
+        let cfg = RuntimeConfig {
+            state_dir: d.path().join("state"),
+            ..RuntimeConfig::default()
+        };
+        let r = Records::new(&cfg, Some(&root));
+        let sh = PathBuf::from("/bin/sh");
+        r.put("alive", &sh).unwrap();
+        r.put("gone", &sh).unwrap();
+        assert_eq!(r.get("alive"), Some(sh.clone()));
+        assert_eq!(r.gc("new"), 1);
+        assert_eq!(r.get("gone"), None);
+        assert_eq!(r.get("alive"), Some(sh));
+    }
+
+    #[test]
+    fn annotation_needs_permission() {
+        let cfg = RuntimeConfig::default();
+        let e = for_new_container(&cfg, Some("crun")).unwrap_err();
+        assert!(e.to_string().contains("allow_delegate_annotation"), "{e}");
+    }
+}

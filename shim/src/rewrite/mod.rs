@@ -1,0 +1,90 @@
+//! The `config.json` rewrite run on `create` and `run`.
+//!
+//! The document is read as raw JSON (unknown fields survive), passed through
+//! the stages in order, and written back atomically only when every stage
+//! succeeded; on any error the file is untouched. Stages:
+//!
+//! 1. [`sysctl`]: layered sysctl policy and the namespaced-key allowlist;
+//! 2. [`cpu`]: the CPU split (reserved; it must run before 3, which reads the
+//!    cpuset and quota it decides);
+//! 3. [`preload`]: CPU-count injection of `libberth_cpus.so`.
+//!
+//! The rewrite is idempotent: a second pass over its own output changes
+//! nothing. What Berth changed is recorded in one annotation,
+//! [`APPLIED_ANNOTATION`], a JSON object with one entry per stage that acted.
+
+pub mod cpu;
+pub mod preload;
+pub mod sysctl;
+
+use crate::config::RuntimeConfig;
+use crate::error::{Error, Result};
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+
+/// The annotation that records what Berth changed.
+pub const APPLIED_ANNOTATION: &str = "io.berth.applied";
+
+/// What a stage sees besides the document.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// The bundle directory (relative `root.path` resolves against it).
+    pub bundle: &'a Path,
+    /// The runtime configuration.
+    pub config: &'a RuntimeConfig,
+}
+
+/// Applies every stage to `spec` in place; returns the applied record.
+/// On error `spec` may be half-changed; callers discard it.
+pub fn rewrite_spec(spec: &mut Value, ctx: &Context<'_>) -> Result<Value> {
+    let path = ctx.bundle.join("config.json");
+    if !spec.is_object() {
+        return Err(Error::Spec {
+            path,
+            message: "the document is not a JSON object".into(),
+        });
+    }
+    let mut applied = Map::new();
+    if let Some(r) = sysctl::apply(spec, ctx)? {
+        applied.insert("sysctl".into(), r);
+    }
+    if let Some(r) = cpu::apply(spec, ctx)? {
+        applied.insert("cpu".into(), r);
+    }
+    if let Some(r) = preload::apply(spec, ctx)? {
+        applied.insert("preload".into(), r);
+    }
+    let record = Value::Object(applied);
+    let text = serde_json::to_string(&record).map_err(|e| Error::Spec {
+        path,
+        message: e.to_string(),
+    })?;
+    if let Some(a) = crate::spec::annotations_mut(spec) {
+        a.insert(APPLIED_ANNOTATION.into(), Value::String(text));
+    }
+    Ok(record)
+}
+
+/// The `config.json` of `bundle`.
+pub fn config_path(bundle: &Path) -> PathBuf {
+    bundle.join("config.json")
+}
+
+/// Reads `<bundle>/config.json`, rewrites it and writes it back atomically.
+/// Returns the applied record. On error the file is left untouched.
+pub fn rewrite_bundle(bundle: &Path, config: &RuntimeConfig) -> Result<Value> {
+    let path = config_path(bundle);
+    let raw = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let mut spec: Value = serde_json::from_slice(&raw).map_err(|e| Error::Spec {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let record = rewrite_spec(&mut spec, &Context { bundle, config })?;
+    let mut out = serde_json::to_vec(&spec).map_err(|e| Error::Spec {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    out.push(b'\n');
+    crate::atomic::write_file(&path, &out, 0o644)?;
+    Ok(record)
+}

@@ -1,0 +1,255 @@
+//! Stage 3: CPU-count injection, the runtime half of `libberth_cpus.so`.
+//!
+//! When the container has a CPU limit (a CFS quota or a cpuset), the library
+//! is bind-mounted read-only at `[preload] container_path`, prepended to
+//! `LD_PRELOAD` (keeping what the image or user set), `BERTH_NPROC` is set to
+//! the count the container should see (the smaller of ceil(quota/period) and
+//! the cpuset's size) and `GOMAXPROCS` likewise unless the user set it.
+//!
+//! Skipped, with a log line saying why: injection disabled in the config, the
+//! annotation [`OPT_OUT_ANNOTATION`]`=false`, no CPU limit, no dynamic loader
+//! in the rootfs (static images), or the library missing on the host.
+
+use super::Context;
+use crate::error::{Error, Result};
+use crate::spec;
+use serde_json::{json, Value};
+use std::path::{Component, Path, PathBuf};
+
+/// The annotation with which a container opts out (`false`).
+pub const OPT_OUT_ANNOTATION: &str = "io.berth.cpu-preload";
+
+/// The CPU count a container should see, from its quota and cpuset.
+pub fn visible_cpus(s: &Value) -> Option<u32> {
+    let from_quota = spec::cpu_quota(s).map(|(q, p)| {
+        let n = (q as u64).div_ceil(p);
+        u32::try_from(n).unwrap_or(u32::MAX).max(1)
+    });
+    let from_set = spec::cpuset(s)
+        .and_then(spec::cpuset_count)
+        .filter(|n| *n > 0);
+    match (from_quota, from_set) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Resolves `path` inside `root` as the container would see it: symlinks
+/// (absolute ones included) are followed relative to `root` and never escape it.
+pub fn resolve_in_root(root: &Path, path: &Path) -> Option<PathBuf> {
+    let mut pending: Vec<PathBuf> = vec![path.to_path_buf()];
+    let mut parts: Vec<std::ffi::OsString> = Vec::new();
+    let mut hops = 0;
+    while let Some(p) = pending.pop() {
+        let mut comps: Vec<Component> = p.components().collect();
+        comps.reverse();
+        while let Some(c) = comps.pop() {
+            match c {
+                Component::RootDir => parts.clear(),
+                Component::CurDir | Component::Prefix(_) => {}
+                Component::ParentDir => {
+                    parts.pop();
+                }
+                Component::Normal(name) => {
+                    let mut candidate = root.to_path_buf();
+                    candidate.extend(&parts);
+                    candidate.push(name);
+                    match std::fs::read_link(&candidate) {
+                        Ok(target) => {
+                            hops += 1;
+                            if hops > 40 {
+                                return None;
+                            }
+                            // Continue with the link target, then the rest.
+                            let rest: PathBuf = comps.iter().rev().map(|c| c.as_os_str()).collect();
+                            pending.push(rest);
+                            pending.push(target);
+                            comps.clear();
+                        }
+                        Err(_) => parts.push(name.to_os_string()),
+                    }
+                }
+            }
+        }
+    }
+    let mut out = root.to_path_buf();
+    out.extend(&parts);
+    Some(out)
+}
+
+/// True when the rootfs has a glibc or musl dynamic loader.
+pub fn has_dynamic_loader(rootfs: &Path) -> bool {
+    const DIRS: &[&str] = &[
+        "/lib64",
+        "/lib",
+        "/usr/lib64",
+        "/usr/lib",
+        "/lib/x86_64-linux-gnu",
+        "/usr/lib/x86_64-linux-gnu",
+        "/lib/aarch64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+    ];
+    DIRS.iter().any(|d| {
+        let Some(dir) = resolve_in_root(rootfs, Path::new(d)) else {
+            return false;
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return false;
+        };
+        entries.flatten().any(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.starts_with("ld-linux") || n.starts_with("ld-musl-")
+        })
+    })
+}
+
+fn skip(reason: &str) -> Result<Option<Value>> {
+    tracing::info!("CPU-count injection skipped: {reason}");
+    Ok(None)
+}
+
+/// Applies the injection; returns `{"library", "nproc"}` when injected.
+pub fn apply(s: &mut Value, ctx: &Context<'_>) -> Result<Option<Value>> {
+    let cfg = &ctx.config.preload;
+    if !cfg.enabled {
+        return skip("disabled by [preload] enabled = false");
+    }
+    match spec::annotation(s, OPT_OUT_ANNOTATION) {
+        None | Some("true") => {}
+        Some("false") => {
+            return skip(&format!(
+                "opted out by annotation {OPT_OUT_ANNOTATION}=false"
+            ))
+        }
+        Some(other) => {
+            return Err(Error::Annotation {
+                key: OPT_OUT_ANNOTATION.into(),
+                value: other.into(),
+                reason: "must be \"true\" or \"false\"".into(),
+            })
+        }
+    }
+    let Some(nproc) = visible_cpus(s) else {
+        return skip("the container has no CPU limit");
+    };
+    let Some(rootfs) = spec::rootfs(s, ctx.bundle) else {
+        return skip("config.json has no root.path");
+    };
+    if !has_dynamic_loader(&rootfs) {
+        return skip("no dynamic loader in the rootfs (static programs cannot preload)");
+    }
+    if !cfg.library.is_file() {
+        tracing::warn!(library = %cfg.library.display(), "CPU-count injection skipped: the preload library is not installed");
+        return Ok(None);
+    }
+    if !cfg.container_path.starts_with('/') {
+        return Err(Error::Config {
+            path: PathBuf::from("[preload] container_path"),
+            message: format!("{:?} must be an absolute path", cfg.container_path),
+        });
+    }
+    if s.get("process").map(|p| !p.is_object()).unwrap_or(true) {
+        return skip("config.json has no process");
+    }
+
+    // The bind mount, unless an earlier pass (or the user) put it there.
+    let obj = s.as_object_mut().expect("checked: object");
+    let mounts = obj
+        .entry("mounts")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    let Some(mounts) = mounts.as_array_mut() else {
+        return Err(Error::Spec {
+            path: super::config_path(ctx.bundle),
+            message: "mounts must be an array".into(),
+        });
+    };
+    let present = mounts
+        .iter()
+        .any(|m| m.get("destination").and_then(Value::as_str) == Some(cfg.container_path.as_str()));
+    if !present {
+        mounts.push(json!({
+            "destination": cfg.container_path,
+            "type": "bind",
+            "source": cfg.library,
+            "options": ["bind", "ro", "nosuid", "nodev"],
+        }));
+    }
+
+    let env = spec::env_mut(s).expect("checked: process object");
+    let preload = spec::env_get(env, "LD_PRELOAD").unwrap_or("").to_string();
+    let already = preload.split([':', ' ']).any(|p| p == cfg.container_path);
+    if !already {
+        let v = if preload.trim().is_empty() {
+            cfg.container_path.clone()
+        } else {
+            format!("{}:{preload}", cfg.container_path)
+        };
+        spec::env_set(env, "LD_PRELOAD", &v);
+    }
+    spec::env_set(env, "BERTH_NPROC", &nproc.to_string());
+    if spec::env_get(env, "GOMAXPROCS").is_none() {
+        spec::env_set(env, "GOMAXPROCS", &nproc.to_string());
+    }
+    tracing::info!(nproc, library = %cfg.library.display(), "CPU-count injection: container sees {nproc} CPUs");
+    Ok(Some(json!({"library": cfg.container_path, "nproc": nproc})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn visible_cpus_takes_the_smaller_limit_and_rounds_up() {
+        assert_eq!(visible_cpus(&json!({})), None);
+        assert_eq!(
+            visible_cpus(
+                &json!({"linux": {"resources": {"cpu": {"quota": 150000, "period": 100000}}}})
+            ),
+            Some(2)
+        );
+        assert_eq!(
+            visible_cpus(
+                &json!({"linux": {"resources": {"cpu": {"quota": 10000, "period": 100000}}}})
+            ),
+            Some(1)
+        );
+        assert_eq!(
+            visible_cpus(
+                &json!({"linux": {"resources": {"cpu": {"quota": 400000, "period": 100000, "cpus": "0-1"}}}})
+            ),
+            Some(2)
+        );
+        assert_eq!(
+            visible_cpus(&json!({"linux": {"resources": {"cpu": {"quota": -1, "cpus": "0-2"}}}})),
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn absolute_symlinks_resolve_inside_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::create_dir_all(root.join("usr/lib64")).unwrap();
+        std::fs::write(root.join("usr/lib64/ld-linux-x86-64.so.2"), b"").unwrap();
+        std::os::unix::fs::symlink("/usr/lib64", root.join("lib64")).unwrap();
+        assert_eq!(
+            resolve_in_root(root, Path::new("/lib64")).unwrap(),
+            root.join("usr/lib64")
+        );
+        assert!(has_dynamic_loader(root));
+        // A link pointing "above" the root stays inside it.
+        std::os::unix::fs::symlink("../../../../etc", root.join("escape")).unwrap();
+        assert_eq!(
+            resolve_in_root(root, Path::new("/escape")).unwrap(),
+            root.join("etc")
+        );
+    }
+
+    #[test]
+    fn static_rootfs_has_no_loader() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("bin")).unwrap();
+        assert!(!has_dynamic_loader(d.path()));
+    }
+}
