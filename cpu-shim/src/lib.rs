@@ -1,24 +1,318 @@
+//! `libberth_cpus.so`: an `LD_PRELOAD` library that makes programs see the
+//! container's CPU count instead of the host's.
+//!
+//! With `N` from `BERTH_NPROC` (or, for compatibility, libsysconfcpus'
+//! `LIBSYSCONFCPUS` and Noah's `CONTAINER_CORE_LIMIT`), it answers:
+//!
+//! * `sysconf(_SC_NPROCESSORS_ONLN)` and `get_nprocs()`: `min(N, real)`;
+//! * `sched_getaffinity()` and `pthread_getaffinity_np()` for the calling
+//!   process or thread: the real mask trimmed to its first `N` allowed CPUs
+//!   (glibc's `nproc`, Python's `os.sched_getaffinity`, Java and Rust's
+//!   `available_parallelism` decide by these);
+//! * `_SC_NPROCESSORS_CONF` and `get_nprocs_conf()`: the real value, on
+//!   purpose. They mean "CPUs configured in the system", and the JVM (and
+//!   glibc's `CPU_ALLOC` users) size affinity buffers from them; a low value
+//!   on a big host makes `sched_getaffinity` fail with EINVAL. So
+//!   `nproc --all` still prints the host's count.
+//!
+//! A fractional `N` rounds up. Unset, empty, zero, negative, non-numeric or
+//! absurd (over 2^20) values mean pass-through: every answer is exactly as
+//! without the library. `BERTH_NPROC_WARN=1` prints a warning on stderr for a
+//! value that is ignored.
+//!
+//! Portability: the library is `#![no_std]` and imports only `dlsym`,
+//! `getenv`, `getpid` and `write`, each pinned to the x86-64 base symbol
+//! version GLIBC_2.2.5, so it loads on glibc 2.17 and later; it links
+//! `libdl.so.2` for glibc before 2.34, which musl's loader maps to itself,
+//! and all four exist in musl. The call path does no allocation and takes no
+//! lock: an atomic load and a call through a pointer resolved at load time,
+//! so it is safe from any thread and from signal handlers.
+//!
+//! Not covered: statically linked programs and Go (raw syscalls); the runtime
+//! sets `GOMAXPROCS` for Go.
+
 #![no_std]
+
 use core::ffi::{c_char, c_int, c_long, c_void};
+use core::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+
+const SC_NPROCESSORS_ONLN: c_int = 84;
+const RTLD_NEXT: *mut c_void = -1isize as *mut c_void;
+const MAX_N: u64 = 1 << 20;
 
 #[link(name = "c")]
 extern "C" {
-    fn dlsym(handle: *mut c_void, name: *const c_char) -> *mut c_void;
-}
-core::arch::global_asm!(".symver dlsym, dlsym@GLIBC_2.2.5");
-#[panic_handler]
-fn panic(_: &core::panic::PanicInfo) -> ! {
-    loop {}
+    fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
+    fn getenv(name: *const c_char) -> *const c_char;
+    fn getpid() -> c_int;
+    fn write(fd: c_int, buf: *const c_void, count: usize) -> isize;
 }
 
+// Pin every import to the base version: a default link against a new glibc
+// would import e.g. dlsym@GLIBC_2.34, which older images lack.
+core::arch::global_asm!(
+    ".symver dlsym, dlsym@GLIBC_2.2.5",
+    ".symver getenv, getenv@GLIBC_2.2.5",
+    ".symver getpid, getpid@GLIBC_2.2.5",
+    ".symver write, write@GLIBC_2.2.5",
+);
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    // Nothing here can panic; should it ever, never unwind into the host program.
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// -1: not read yet; 0: pass-through; N > 0: the count to report.
+static LIMIT: AtomicI32 = AtomicI32::new(-1);
+
+/// Parses a CPU count: digits with an optional fraction, rounded up.
+/// None for anything else, for zero and for absurd values.
+fn parse_count(s: &[u8]) -> Option<u32> {
+    let s = trim(s);
+    let (int, frac) = match s.iter().position(|&b| b == b'.') {
+        Some(i) => (&s[..i], &s[i + 1..]),
+        None => (s, &s[s.len()..]),
+    };
+    if int.is_empty() || !int.iter().all(u8::is_ascii_digit) || !frac.iter().all(u8::is_ascii_digit)
+    {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &d in int {
+        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+        if n > MAX_N {
+            return None;
+        }
+    }
+    if frac.iter().any(|&d| d != b'0') {
+        n += 1;
+    }
+    if n == 0 || n > MAX_N {
+        return None;
+    }
+    u32::try_from(n).ok()
+}
+
+fn trim(mut s: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = s {
+        if !first.is_ascii_whitespace() {
+            break;
+        }
+        s = rest;
+    }
+    while let [rest @ .., last] = s {
+        if !last.is_ascii_whitespace() {
+            break;
+        }
+        s = rest;
+    }
+    s
+}
+
+/// # Safety
+/// `p` is null or a NUL-terminated string.
+unsafe fn cstr<'a>(p: *const c_char) -> Option<&'a [u8]> {
+    if p.is_null() {
+        return None;
+    }
+    let mut len = 0;
+    while *p.add(len) != 0 {
+        len += 1;
+    }
+    Some(core::slice::from_raw_parts(p.cast::<u8>(), len))
+}
+
+fn warn(msg: &[u8]) {
+    // SAFETY: getenv with a static C string; write(2) of a valid buffer.
+    unsafe {
+        if cstr(getenv(c"BERTH_NPROC_WARN".as_ptr())).is_some_and(|v| v == b"1") {
+            write(2, msg.as_ptr().cast(), msg.len());
+        }
+    }
+}
+
+fn read_limit() -> i32 {
+    for var in [c"BERTH_NPROC", c"LIBSYSCONFCPUS", c"CONTAINER_CORE_LIMIT"] {
+        // SAFETY: getenv with a static C string returns null or a C string.
+        let Some(v) = (unsafe { cstr(getenv(var.as_ptr())) }) else {
+            continue;
+        };
+        if trim(v).is_empty() {
+            continue;
+        }
+        return match parse_count(v) {
+            Some(n) => n as i32,
+            None => {
+                warn(b"libberth_cpus: ignoring a CPU count that is not a positive number; reporting the real count\n");
+                0
+            }
+        };
+    }
+    0
+}
+
+fn limit() -> i32 {
+    let v = LIMIT.load(Ordering::Relaxed);
+    if v >= 0 {
+        return v;
+    }
+    let v = read_limit();
+    LIMIT.store(v, Ordering::Relaxed);
+    v
+}
+
+/// A lazily resolved pointer to the next definition of a libc function.
+struct Real {
+    name: &'static core::ffi::CStr,
+    addr: AtomicUsize,
+}
+
+impl Real {
+    const fn new(name: &'static core::ffi::CStr) -> Real {
+        Real {
+            name,
+            addr: AtomicUsize::new(0),
+        }
+    }
+
+    fn get(&self) -> usize {
+        let a = self.addr.load(Ordering::Relaxed);
+        if a != 0 {
+            return a;
+        }
+        // SAFETY: dlsym with RTLD_NEXT and a static C string.
+        let a = unsafe { dlsym(RTLD_NEXT, self.name.as_ptr()) } as usize;
+        self.addr.store(a, Ordering::Relaxed);
+        a
+    }
+}
+
+static REAL_SYSCONF: Real = Real::new(c"sysconf");
+static REAL_GET_NPROCS: Real = Real::new(c"get_nprocs");
+static REAL_SCHED_GETAFFINITY: Real = Real::new(c"sched_getaffinity");
+static REAL_PTHREAD_GETAFFINITY: Real = Real::new(c"pthread_getaffinity_np");
+
+/// Runs at load time: reads the environment and resolves the real functions,
+/// so later calls (from any thread or signal handler) only load atomics.
+extern "C" fn berth_init() {
+    limit();
+    for r in [
+        &REAL_SYSCONF,
+        &REAL_GET_NPROCS,
+        &REAL_SCHED_GETAFFINITY,
+        &REAL_PTHREAD_GETAFFINITY,
+    ] {
+        r.get();
+    }
+}
+
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = berth_init;
+
+fn clamp(real: c_long, n: i32) -> c_long {
+    if n > 0 && (real <= 0 || real > c_long::from(n)) {
+        c_long::from(n)
+    } else {
+        real
+    }
+}
+
+/// Clears every bit of `mask` after the first `n` set ones.
+///
+/// # Safety
+/// `mask` points to `size` writable bytes.
+unsafe fn trim_mask(mask: *mut u8, size: usize, n: i32) {
+    let mut left = n as u32;
+    for i in 0..size {
+        let p = mask.add(i);
+        let mut byte = core::ptr::read_volatile(p);
+        for bit in 0..8 {
+            if byte & (1 << bit) != 0 {
+                if left == 0 {
+                    byte &= !(1 << bit);
+                } else {
+                    left -= 1;
+                }
+            }
+        }
+        core::ptr::write_volatile(p, byte);
+    }
+}
+
+/// `sysconf(3)`: `_SC_NPROCESSORS_ONLN` reports at most N; all else is real.
 #[no_mangle]
 pub extern "C" fn sysconf(name: c_int) -> c_long {
-    unsafe {
-        let f = dlsym(-1isize as *mut c_void, c"sysconf".as_ptr());
-        let f: extern "C" fn(c_int) -> c_long = core::mem::transmute(f);
-        if name == 84 {
-            return 1;
-        }
-        f(name)
+    let f = REAL_SYSCONF.get();
+    let real = if f == 0 {
+        -1
+    } else {
+        // SAFETY: f is libc's sysconf.
+        unsafe { core::mem::transmute::<usize, extern "C" fn(c_int) -> c_long>(f)(name) }
+    };
+    if name == SC_NPROCESSORS_ONLN {
+        clamp(real, limit())
+    } else {
+        real
     }
+}
+
+/// `get_nprocs(3)`: at most N.
+#[no_mangle]
+pub extern "C" fn get_nprocs() -> c_int {
+    let f = REAL_GET_NPROCS.get();
+    let real = if f == 0 {
+        -1
+    } else {
+        // SAFETY: f is libc's get_nprocs.
+        unsafe { core::mem::transmute::<usize, extern "C" fn() -> c_int>(f)() }
+    };
+    clamp(c_long::from(real), limit()) as c_int
+}
+
+/// `sched_getaffinity(2)`: for the calling process, the real mask trimmed to N CPUs.
+///
+/// # Safety
+/// As for libc's `sched_getaffinity`: `mask` points to `size` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn sched_getaffinity(pid: c_int, size: usize, mask: *mut c_void) -> c_int {
+    let f = REAL_SCHED_GETAFFINITY.get();
+    if f == 0 {
+        return -1;
+    }
+    let real =
+        core::mem::transmute::<usize, unsafe extern "C" fn(c_int, usize, *mut c_void) -> c_int>(f);
+    let r = real(pid, size, mask);
+    let n = limit();
+    if r == 0 && n > 0 && !mask.is_null() && (pid == 0 || pid == getpid()) {
+        trim_mask(mask.cast(), size, n);
+    }
+    r
+}
+
+/// `pthread_getaffinity_np(3)`: the real mask trimmed to N CPUs.
+///
+/// # Safety
+/// As for libc's `pthread_getaffinity_np`.
+#[no_mangle]
+pub unsafe extern "C" fn pthread_getaffinity_np(
+    thread: usize,
+    size: usize,
+    mask: *mut c_void,
+) -> c_int {
+    let f = REAL_PTHREAD_GETAFFINITY.get();
+    if f == 0 {
+        return 38; // ENOSYS
+    }
+    let real =
+        core::mem::transmute::<usize, unsafe extern "C" fn(usize, usize, *mut c_void) -> c_int>(f);
+    let r = real(thread, size, mask);
+    let n = limit();
+    if r == 0 && n > 0 && !mask.is_null() {
+        trim_mask(mask.cast(), size, n);
+    }
+    r
 }

@@ -92,3 +92,25 @@ pub fn which(program: &str) -> Option<std::path::PathBuf> {
         .map(|d| d.join(program))
         .find(|p| p.is_file())
 }
+
+/// Like [`try_run`], but stdout and stderr go through files, not pipes: for
+/// commands that leave a process holding them (`runc create`, `--detach`),
+/// whose pipes would never reach end-of-file.
+pub fn try_run_via_files(cmd: &mut Command) -> Ran {
+    let what = describe(cmd);
+    let dir = crate::artifacts::fresh_dir("out");
+    let (o, e) = (dir.join("stdout"), dir.join("stderr"));
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&o).expect("stdout file"))
+        .stderr(std::fs::File::create(&e).expect("stderr file"))
+        .status()
+        .unwrap_or_else(|err| panic!("cannot start `{what}`: {err}"));
+    let r = Ran {
+        code: status.code().unwrap_or(-1),
+        stdout: std::fs::read_to_string(&o).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&e).unwrap_or_default(),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}

@@ -108,3 +108,79 @@ pub fn leftovers(prefix: &str) -> Vec<String> {
     }
     out
 }
+
+fn kill_cgroup_members(dir: &Path) {
+    // A frozen cgroup cannot die: thaw it first.
+    let _ = std::fs::write(dir.join("freezer.state"), "THAWED");
+    if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        for pid in procs
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            // SAFETY: kill(2); these pids are in a cgroup this run created.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    kill_cgroup_members(dir);
+    for _ in 0..50 {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Removes everything [`leftovers`] finds for `prefix`: processes (by pid),
+/// cgroups with their members, mounts, namespaces, interfaces and scratch dirs.
+pub fn clean(prefix: &str) {
+    for pid in pids_with_cmdline(prefix) {
+        // SAFETY: kill(2) on processes whose command line names this run.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let mut cgs = Vec::new();
+    walk_cgroups(Path::new("/sys/fs/cgroup"), prefix, 5, &mut cgs);
+    for c in &cgs {
+        remove_cgroup_tree(Path::new(c));
+    }
+    let mut ms = mounts_containing(prefix);
+    ms.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in ms {
+        if let Ok(c) = std::ffi::CString::new(m) {
+            // SAFETY: umount2 with a valid C string.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/run/netns") {
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.contains(prefix) {
+                let _ = crate::cmd::try_sh("ip", ["netns", "del", &n]);
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/sys/class/net") {
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.contains(prefix) {
+                let _ = crate::cmd::try_sh("ip", ["link", "del", &n]);
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(prefix) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}

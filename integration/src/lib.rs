@@ -10,6 +10,7 @@
 //! Integration tests run as root (network namespaces, cgroups, mounts).
 
 pub mod artifacts;
+pub mod berth;
 pub mod broker;
 pub mod cleanup;
 pub mod cmd;

@@ -26,10 +26,22 @@ pub fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'+' | b'-' | b'.'))
 }
 
-/// Finds `program` on PATH.
+/// Directories searched after PATH: engines often call runtimes with a
+/// minimal PATH (conmon, for one, may lack the sbin directories runc is in).
+pub const FALLBACK_DIRS: &[&str] = &[
+    "/usr/local/sbin",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+];
+
+/// Finds `program` on PATH, then in [`FALLBACK_DIRS`].
 pub fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
+    let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
+        .chain(FALLBACK_DIRS.iter().map(PathBuf::from))
         .map(|d| d.join(program))
         .find(|p| is_executable(p))
 }
@@ -51,7 +63,12 @@ pub fn resolve_name(name: &str) -> Result<PathBuf> {
             Err(Error::Delegate(format!("{name} is not an executable file")))
         };
     }
-    which(name).ok_or_else(|| Error::Delegate(format!("{name} not found on PATH")))
+    which(name).ok_or_else(|| {
+        Error::Delegate(format!(
+            "{name} not found on PATH nor in {:?}",
+            FALLBACK_DIRS
+        ))
+    })
 }
 
 /// The configured default delegate: `delegate`, or for `auto` the first of `auto_order` found.

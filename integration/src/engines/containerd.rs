@@ -71,7 +71,10 @@ pub fn containerd() -> &'static Containerd {
         let log = dir.join("containerd.log");
         let mut d = Daemon::spawn(
             "containerd",
-            Command::new("containerd").arg("--config").arg(&config),
+            Command::new("containerd")
+                .envs(super::engine_env())
+                .arg("--config")
+                .arg(&config),
             &log,
         );
         let ok = wait_until(Duration::from_secs(20), || {

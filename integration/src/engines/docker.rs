@@ -64,6 +64,7 @@ pub fn docker() -> &'static Docker {
         let mut d = Daemon::spawn(
             "dockerd",
             Command::new("dockerd")
+                .envs(super::engine_env())
                 .arg("--config-file")
                 .arg(&config)
                 .arg("--data-root")
@@ -146,5 +147,39 @@ impl Docker {
                 .arg(BUSYBOX_IMAGE));
         });
         BUSYBOX_IMAGE
+    }
+}
+
+/// A container a test started; `docker rm -f` on drop.
+#[derive(Debug)]
+pub struct DockerContainer {
+    /// The container's full id.
+    pub id: String,
+}
+
+impl DockerContainer {
+    /// `docker run -d args...`; panics with the CLI's error if it fails.
+    pub fn start(args: &[&str]) -> DockerContainer {
+        let mut v = vec!["run", "-d"];
+        v.extend_from_slice(args);
+        let r = docker().run(&v);
+        assert!(r.ok(), "docker run -d {args:?} failed: {}", r.stderr);
+        DockerContainer {
+            id: r.stdout.trim().to_string(),
+        }
+    }
+
+    /// The container's cgroup directory in the v1 hierarchy `controller`.
+    pub fn cgroup(&self, controller: &str) -> PathBuf {
+        PathBuf::from("/sys/fs/cgroup")
+            .join(controller)
+            .join(&docker().cgroup_parent)
+            .join(&self.id)
+    }
+}
+
+impl Drop for DockerContainer {
+    fn drop(&mut self) {
+        let _ = docker().run(&["rm", "-f", &self.id]);
     }
 }

@@ -23,8 +23,8 @@ pub struct Runtime {
 }
 
 /// The runtimes every private engine knows besides runc: `crun` and, when
-/// built, `berth` (this workspace's `berth-runtime`, with `BERTH_RUNTIME_ARGS`
-/// split on spaces as its leading arguments).
+/// built, `berth` (this workspace's `berth-runtime`, told where the test
+/// host's configuration is with its `--berth-config` flag).
 pub fn extra_runtimes() -> Vec<Runtime> {
     let mut v = vec![Runtime {
         name: "crun".into(),
@@ -36,9 +36,10 @@ pub fn extra_runtimes() -> Vec<Runtime> {
         v.push(Runtime {
             name: "berth".into(),
             path: berth,
-            args: std::env::var("BERTH_RUNTIME_ARGS")
-                .map(|s| s.split_whitespace().map(str::to_string).collect())
-                .unwrap_or_default(),
+            args: vec![
+                "--berth-config".into(),
+                crate::berth::config().display().to_string(),
+            ],
         });
     }
     v
@@ -57,4 +58,11 @@ pub fn remove_cgroup_dirs(rel: &str) {
             let _ = std::fs::remove_dir(e.path().join(rel));
         }
     }
+}
+
+/// Environment every engine (and so every shim and conmon) runs with:
+/// `BERTH_RUNTIME_CONFIG`, for callers that cannot pass runtime arguments
+/// (`ctr --runc-binary`, podman's `--runtime PATH`).
+pub fn engine_env() -> Vec<(&'static str, PathBuf)> {
+    vec![("BERTH_RUNTIME_CONFIG", crate::berth::config().to_path_buf())]
 }

@@ -112,7 +112,8 @@ impl Podman {
     /// A `podman` command using only the private configuration.
     pub fn cmd(&self) -> Command {
         let mut c = Command::new("podman");
-        c.env("CONTAINERS_CONF", &self.containers_conf)
+        c.envs(super::engine_env())
+            .env("CONTAINERS_CONF", &self.containers_conf)
             .env("CONTAINERS_STORAGE_CONF", &self.storage_conf)
             .env("CONTAINERS_REGISTRIES_CONF", "/dev/null");
         c
@@ -130,6 +131,21 @@ impl Podman {
             "--cgroup-parent".into(),
             format!("/{}", self.cgroup_parent),
         ]
+    }
+
+    /// `podman run` arguments for a container on `berth-runtime`: the runtime
+    /// is chosen globally so that the test host's Berth config reaches it as a
+    /// runtime flag (podman's runtimes table takes no arguments, and conmon
+    /// does not pass our environment on).
+    pub fn berth_run_args(&self) -> Vec<String> {
+        let mut v = vec![
+            "--runtime".into(),
+            "berth".into(),
+            "--runtime-flag".into(),
+            format!("berth-config={}", crate::berth::config().display()),
+        ];
+        v.extend(self.run_args());
+        v
     }
 
     /// Imports the busybox image (once) and returns its reference.

@@ -2,3 +2,4 @@
 //! once per run and are shared by every test. Run as root (scripts/test).
 
 mod harness;
+mod runtime;

@@ -1,0 +1,68 @@
+//! Berth's own runtime as the engines see it: a test host configuration for
+//! `berth-runtime` (a machine-class sysctl file, an app policy, an allowlist,
+//! the freshly built preload library) written once per test process.
+
+use crate::artifacts::scratch;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The machine-class sysctl every Berth test container gets (key, value).
+pub const MACHINE_SYSCTL: (&str, &str) = ("net.ipv4.tcp_keepalive_time", "600");
+/// The app policy name tests select with `io.berth.sysctl-policy`.
+pub const APP_POLICY: &str = "web";
+/// The sysctl that policy sets (key, value).
+pub const APP_SYSCTL: (&str, &str) = ("net.core.somaxconn", "4096");
+/// A key the admin allowlists (not on kubelet's safe list).
+pub const ALLOWED_SYSCTL: &str = "net.ipv4.tcp_max_syn_backlog";
+
+/// The preload library the tests inject (the workspace's build of `berth-cpus`).
+pub fn preload_library() -> PathBuf {
+    crate::artifacts::bin_dir().join("libberth_cpus.so")
+}
+
+/// The test host's `runtime.toml`, written on first use.
+pub fn config() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let dir = scratch().join("berth-etc");
+        std::fs::create_dir_all(dir.join("policies")).expect("mkdir berth-etc");
+        std::fs::write(
+            dir.join("machine.toml"),
+            format!(
+                "[sysctl]\n\"{}\" = \"{}\"\n",
+                MACHINE_SYSCTL.0, MACHINE_SYSCTL.1
+            ),
+        )
+        .expect("machine.toml");
+        std::fs::write(
+            dir.join("policies").join(format!("{APP_POLICY}.toml")),
+            format!("[sysctl]\n\"{}\" = \"{}\"\n", APP_SYSCTL.0, APP_SYSCTL.1),
+        )
+        .expect("policy");
+        let path = dir.join("runtime.toml");
+        std::fs::write(
+            &path,
+            format!(
+                r#"delegate = "runc"
+state_dir = "{state}"
+
+[sysctl]
+machine_class_file = "{machine}"
+policy_dir = "{policies}"
+allow = ["{allowed}"]
+
+[preload]
+enabled = true
+library = "{lib}"
+"#,
+                state = dir.join("state").display(),
+                machine = dir.join("machine.toml").display(),
+                policies = dir.join("policies").display(),
+                allowed = ALLOWED_SYSCTL,
+                lib = preload_library().display(),
+            ),
+        )
+        .expect("runtime.toml");
+        path
+    })
+}

@@ -1,0 +1,423 @@
+//! berth-runtime driven by the real engines (Docker, containerd, podman) and
+//! directly with runc's command line.
+
+use berth_integration::artifacts::{binary, fresh_dir};
+use berth_integration::berth::{self, ALLOWED_SYSCTL, APP_POLICY, APP_SYSCTL, MACHINE_SYSCTL};
+use berth_integration::cmd::{try_run, try_run_via_files, Ran};
+use berth_integration::engines::containerd::containerd;
+use berth_integration::engines::docker::{docker, DockerContainer};
+use berth_integration::engines::podman::podman;
+use berth_integration::images::{busybox_bundle, edit_config};
+use berth_integration::names::unique;
+use berth_integration::process::wait_until;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+fn sysctl_path(key: &str) -> String {
+    format!("/proc/sys/{}", key.replace('.', "/"))
+}
+
+fn image() -> &'static str {
+    docker().busybox_image()
+}
+
+fn dock(args: &[&str]) -> Ran {
+    docker().run(args)
+}
+
+#[test]
+fn docker_run_passes_output_and_exit_code() {
+    let r = dock(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "berth",
+        "--network",
+        "none",
+        image(),
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(r.code, 3, "exit code of the container: {}", r.stderr);
+    assert_eq!(r.stdout.trim(), "out");
+    assert!(r.stderr.contains("err"), "{}", r.stderr);
+}
+
+#[test]
+fn docker_exec_logs_stop_kill_restart() {
+    let c = DockerContainer::start(&[
+        "--runtime",
+        "berth",
+        "--network",
+        "none",
+        image(),
+        "sh",
+        "-c",
+        "echo started; trap 'exit 0' TERM; while true; do sleep 0.2; done",
+    ]);
+    // logs
+    assert!(
+        wait_until(Duration::from_secs(10), || dock(&["logs", &c.id])
+            .stdout
+            .contains("started")),
+        "docker logs"
+    );
+    // exec
+    let r = dock(&["exec", &c.id, "sh", "-c", "echo in-exec; exit 4"]);
+    assert_eq!(
+        (r.code, r.stdout.trim()),
+        (4, "in-exec"),
+        "docker exec: {}",
+        r.stderr
+    );
+    // stop (SIGTERM is trapped: exit 0)
+    let r = dock(&["stop", "-t", "5", &c.id]);
+    assert!(r.ok(), "docker stop: {}", r.stderr);
+    assert_eq!(
+        dock(&["inspect", "-f", "{{.State.ExitCode}}", &c.id])
+            .stdout
+            .trim(),
+        "0"
+    );
+    // restart brings it back running
+    let r = dock(&["restart", "-t", "5", &c.id]);
+    assert!(r.ok(), "docker restart: {}", r.stderr);
+    assert_eq!(
+        dock(&["inspect", "-f", "{{.State.Running}}", &c.id])
+            .stdout
+            .trim(),
+        "true"
+    );
+    // kill: SIGKILL, exit 137
+    let r = dock(&["kill", &c.id]);
+    assert!(r.ok(), "docker kill: {}", r.stderr);
+    assert!(wait_until(Duration::from_secs(10), || dock(&[
+        "inspect",
+        "-f",
+        "{{.State.Running}}",
+        &c.id
+    ])
+    .stdout
+    .trim()
+        == "false"));
+    assert_eq!(
+        dock(&["inspect", "-f", "{{.State.ExitCode}}", &c.id])
+            .stdout
+            .trim(),
+        "137"
+    );
+    // named signal through docker kill -s
+    let r = dock(&["start", &c.id]);
+    assert!(r.ok(), "docker start: {}", r.stderr);
+    let r = dock(&["kill", "-s", "SIGTERM", &c.id]);
+    assert!(r.ok(), "docker kill -s SIGTERM: {}", r.stderr);
+    assert!(wait_until(Duration::from_secs(10), || dock(&[
+        "inspect",
+        "-f",
+        "{{.State.Running}}",
+        &c.id
+    ])
+    .stdout
+    .trim()
+        == "false"));
+    assert_eq!(
+        dock(&["inspect", "-f", "{{.State.ExitCode}}", &c.id])
+            .stdout
+            .trim(),
+        "0"
+    );
+}
+
+#[test]
+fn docker_tty_goes_through_the_console_socket() {
+    let r = dock(&[
+        "run",
+        "--rm",
+        "-t",
+        "--runtime",
+        "berth",
+        "--network",
+        "none",
+        image(),
+        "tty",
+    ]);
+    assert!(r.ok(), "docker run -t: {}", r.stderr);
+    assert!(
+        r.stdout.trim().starts_with("/dev/pts/"),
+        "tty printed {:?}",
+        r.stdout
+    );
+}
+
+#[test]
+fn docker_update_cpus_reaches_the_cgroup() {
+    let c = DockerContainer::start(&[
+        "--runtime",
+        "berth",
+        "--network",
+        "none",
+        image(),
+        "sleep",
+        "60",
+    ]);
+    let r = dock(&["update", "--cpus", "0.5", &c.id]);
+    assert!(r.ok(), "docker update: {}", r.stderr);
+    let quota =
+        std::fs::read_to_string(c.cgroup("cpu").join("cpu.cfs_quota_us")).expect("cpu cgroup");
+    let period =
+        std::fs::read_to_string(c.cgroup("cpu").join("cpu.cfs_period_us")).expect("cpu cgroup");
+    let (q, p): (i64, i64) = (
+        quota.trim().parse().unwrap(),
+        period.trim().parse().unwrap(),
+    );
+    assert_eq!(q * 2, p, "quota {q} / period {p} is not 0.5 CPU");
+}
+
+#[test]
+fn docker_sysctls_from_user_and_policy_are_visible() {
+    let r = dock(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "berth",
+        "--network",
+        "none",
+        "--sysctl",
+        "net.ipv4.tcp_syncookies=0",
+        "--sysctl",
+        &format!("{ALLOWED_SYSCTL}=333"),
+        image(),
+        "cat",
+        &sysctl_path("net.ipv4.tcp_syncookies"),
+        &sysctl_path(ALLOWED_SYSCTL),
+        &sysctl_path(MACHINE_SYSCTL.0),
+    ]);
+    assert!(r.ok(), "docker run: {}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().map(str::trim).collect();
+    assert_eq!(
+        lines,
+        ["0", "333", MACHINE_SYSCTL.1],
+        "safe-list key, allowlisted key, machine-class key"
+    );
+}
+
+#[test]
+fn docker_shows_berths_refusal() {
+    let r = dock(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "berth",
+        "--network",
+        "none",
+        "--sysctl",
+        "net.core.rmem_max=4096",
+        image(),
+        "true",
+    ]);
+    assert!(!r.ok(), "a refused sysctl must fail the run");
+    assert!(
+        r.stderr
+            .contains("berth: sysctl net.core.rmem_max is not allowed"),
+        "docker CLI should show Berth's reason, got: {}",
+        r.stderr
+    );
+}
+
+#[test]
+fn ctr_runc_binary_with_app_policy_annotation() {
+    let c = containerd();
+    let img = c.busybox_image();
+    let id = unique();
+    let bin = binary("berth-runtime");
+    let r = c.ctr_run(&[
+        "run",
+        "--rm",
+        "--runc-binary",
+        bin.to_str().unwrap(),
+        "--annotation",
+        &format!("io.berth.sysctl-policy={APP_POLICY}"),
+        img,
+        &id,
+        "cat",
+        &sysctl_path(APP_SYSCTL.0),
+    ]);
+    assert!(r.ok(), "ctr run: {}", r.stderr);
+    assert_eq!(r.stdout.trim(), APP_SYSCTL.1);
+}
+
+#[test]
+fn podman_runtime_berth_with_policy() {
+    let p = podman();
+    let img = p.busybox_image();
+    let mut args = p.berth_run_args();
+    args.extend(
+        [
+            "--rm",
+            "--network",
+            "none",
+            "--annotation",
+            &format!("io.berth.sysctl-policy={APP_POLICY}"),
+            img,
+            "cat",
+            &sysctl_path(APP_SYSCTL.0),
+            &sysctl_path(MACHINE_SYSCTL.0),
+        ]
+        .map(String::from),
+    );
+    let r = try_run(p.cmd().args(&args));
+    assert!(r.ok(), "podman run: {}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().map(str::trim).collect();
+    assert_eq!(lines, [APP_SYSCTL.1, MACHINE_SYSCTL.1]);
+}
+
+fn berth_cli(root: &Path) -> Command {
+    let mut c = Command::new(binary("berth-runtime"));
+    c.arg("--berth-config")
+        .arg(berth::config())
+        .arg("--root")
+        .arg(root);
+    c
+}
+
+fn config_json(bundle: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn raw_lifecycle_create_start_state_kill_delete() {
+    let root = fresh_dir("runc-root");
+    let bundle = busybox_bundle(&["sleep", "60"]);
+    let id = unique();
+    let pidfile = bundle.join("init.pid");
+    let r = try_run_via_files(
+        berth_cli(&root)
+            .args(["create", "--bundle"])
+            .arg(&bundle)
+            .arg("--pid-file")
+            .arg(&pidfile)
+            .arg(&id),
+    );
+    assert!(r.ok(), "create: {}", r.stderr);
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(pid > 1);
+    // The rewrite happened and was recorded.
+    let spec = config_json(&bundle);
+    assert!(
+        spec["annotations"]["io.berth.applied"].is_string(),
+        "no io.berth.applied in {spec}"
+    );
+    assert_eq!(spec["linux"]["sysctl"][MACHINE_SYSCTL.0], MACHINE_SYSCTL.1);
+    let state = |expect: &str| {
+        let r = try_run(berth_cli(&root).args(["state", &id]));
+        assert!(r.ok(), "state: {}", r.stderr);
+        let v: Value = serde_json::from_str(&r.stdout).expect("state JSON");
+        assert_eq!(v["status"], expect, "{v}");
+        assert_eq!(v["id"], json!(id));
+    };
+    state("created");
+    assert!(try_run(berth_cli(&root).args(["start", &id])).ok());
+    state("running");
+    let r = try_run(berth_cli(&root).args(["ps", "--format", "json", &id]));
+    assert!(
+        r.ok() && r.stdout.contains(&pid.to_string()),
+        "ps: {} {}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(try_run(berth_cli(&root).args(["pause", &id])).ok());
+    state("paused");
+    assert!(try_run(berth_cli(&root).args(["resume", &id])).ok());
+    assert!(try_run(berth_cli(&root).args(["kill", &id, "KILL"])).ok());
+    assert!(wait_until(Duration::from_secs(10), || try_run(
+        berth_cli(&root).args(["state", &id])
+    )
+    .stdout
+    .contains("stopped")));
+    let r = try_run(berth_cli(&root).args(["delete", &id]));
+    assert!(r.ok(), "delete: {}", r.stderr);
+    assert!(
+        !try_run(berth_cli(&root).args(["state", &id])).ok(),
+        "deleted container still has state"
+    );
+}
+
+#[test]
+fn raw_refusal_goes_to_the_log_as_runc_json_and_leaves_config_alone() {
+    let root = fresh_dir("runc-root");
+    let bundle = busybox_bundle(&["true"]);
+    edit_config(&bundle, |c| {
+        c["linux"]["sysctl"] = json!({"vm.swappiness": "0"})
+    });
+    let before = std::fs::read(bundle.join("config.json")).unwrap();
+    let log = bundle.join("log.json");
+    let id = unique();
+    let r = try_run(
+        berth_cli(&root)
+            .arg("--log")
+            .arg(&log)
+            .args(["--log-format", "json", "create", "--bundle"])
+            .arg(&bundle)
+            .arg(&id),
+    );
+    assert_eq!(r.code, 1);
+    assert!(r.stdout.is_empty(), "nothing on stdout: {:?}", r.stdout);
+    let text = std::fs::read_to_string(&log).expect("log file");
+    let last: Value =
+        serde_json::from_str(text.lines().last().expect("a log line")).expect("JSON log line");
+    assert_eq!(last["level"], "error");
+    assert_eq!(last["msg"], "berth: sysctl vm.swappiness is not namespaced");
+    assert!(last["time"].is_string());
+    assert_eq!(std::fs::read(bundle.join("config.json")).unwrap(), before);
+}
+
+#[test]
+fn run_keeps_preserved_fds_and_hooks_working() {
+    let root = fresh_dir("runc-root");
+    let bundle = busybox_bundle(&["sh", "-c", "cat <&3"]);
+    let marker = bundle.join("hook-ran");
+    edit_config(&bundle, |c| {
+        c["hooks"] = json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", format!("echo yes > {}", marker.display())]}]});
+    });
+    let input = bundle.join("fd3.txt");
+    std::fs::write(&input, "through fd 3\n").unwrap();
+    let id = unique();
+    let script = format!(
+        "exec 3<{input} && exec {bin} --berth-config {cfg} --root {root} run --preserve-fds 1 --bundle {bundle} {id}",
+        input = input.display(),
+        bin = binary("berth-runtime").display(),
+        cfg = berth::config().display(),
+        root = root.display(),
+        bundle = bundle.display(),
+    );
+    let r = try_run(Command::new("sh").args(["-c", &script]));
+    assert!(r.ok(), "run: {}", r.stderr);
+    assert_eq!(r.stdout.trim(), "through fd 3");
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap_or_default().trim(),
+        "yes",
+        "prestart hook did not run"
+    );
+}
+
+#[test]
+fn version_prints_runc_style_lines() {
+    let r = try_run(Command::new(binary("berth-runtime")).arg("--version"));
+    assert!(r.ok());
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(lines[0].starts_with("berth-runtime version "), "{lines:?}");
+    assert_eq!(
+        lines[0].split_whitespace().count(),
+        3,
+        "go-runc takes the third word as the version"
+    );
+    assert!(lines[1].starts_with("commit: "));
+    assert!(lines[2].starts_with("spec: "));
+}
