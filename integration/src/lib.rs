@@ -21,6 +21,7 @@ pub mod names;
 pub mod net;
 pub mod ovs;
 pub mod process;
+pub mod programs;
 
 /// Fails the calling test unless it runs as root, with a message saying why.
 pub fn require_root() {

@@ -60,6 +60,7 @@ fn bundle(h: &Host, spec: &Value, dynamic: bool) -> PathBuf {
     std::fs::create_dir_all(&lib).unwrap();
     if dynamic {
         std::fs::write(lib.join("ld-linux-x86-64.so.2"), b"").unwrap();
+        std::fs::write(lib.join("libdl.so.2"), b"").unwrap();
     }
     std::fs::write(
         b.join("config.json"),
@@ -172,6 +173,11 @@ fn injection_is_skipped_without_loader_limit_or_consent() {
     let h = host();
     // Static rootfs.
     let b = bundle(&h, &base_spec(), false);
+    rewrite_bundle(&b, &h.cfg).unwrap();
+    assert_eq!(env(&read(&b), "BERTH_NPROC"), None);
+    // glibc without libdl.so.2.
+    let b = bundle(&h, &base_spec(), true);
+    std::fs::remove_file(b.join("rootfs/lib64/libdl.so.2")).unwrap();
     rewrite_bundle(&b, &h.cfg).unwrap();
     assert_eq!(env(&read(&b), "BERTH_NPROC"), None);
     // No CPU limit.

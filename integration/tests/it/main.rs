@@ -1,5 +1,6 @@
 //! Berth's integration tests: one test binary, so the private engines start
 //! once per run and are shared by every test. Run as root (scripts/test).
 
+mod cpus;
 mod harness;
 mod runtime;

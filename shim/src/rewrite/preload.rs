@@ -8,7 +8,9 @@
 //!
 //! Skipped, with a log line saying why: injection disabled in the config, the
 //! annotation [`OPT_OUT_ANNOTATION`]`=false`, no CPU limit, no dynamic loader
-//! in the rootfs (static images), or the library missing on the host.
+//! in the rootfs (static images), a glibc rootfs without `libdl.so.2` (the
+//! library links it for glibc before 2.34; every glibc package ships it), or
+//! the library missing on the host.
 
 use super::Context;
 use crate::error::{Error, Result};
@@ -77,31 +79,67 @@ pub fn resolve_in_root(root: &Path, path: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
-/// True when the rootfs has a glibc or musl dynamic loader.
-pub fn has_dynamic_loader(rootfs: &Path) -> bool {
-    const DIRS: &[&str] = &[
-        "/lib64",
-        "/lib",
-        "/usr/lib64",
-        "/usr/lib",
-        "/lib/x86_64-linux-gnu",
-        "/usr/lib/x86_64-linux-gnu",
-        "/lib/aarch64-linux-gnu",
-        "/usr/lib/aarch64-linux-gnu",
-    ];
-    DIRS.iter().any(|d| {
+/// The dynamic loader a rootfs has, as far as preloading is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loader {
+    /// No dynamic loader: static programs only.
+    None,
+    /// musl's loader (it maps `libdl.so.2` to itself).
+    Musl,
+    /// glibc's loader; `libdl` says whether `libdl.so.2`, which the library
+    /// needs on glibc before 2.34, is there (every glibc package ships it).
+    Glibc {
+        /// `libdl.so.2` is present.
+        libdl: bool,
+    },
+}
+
+const LIB_DIRS: &[&str] = &[
+    "/lib64",
+    "/lib",
+    "/usr/lib64",
+    "/usr/lib",
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/aarch64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+];
+
+fn lib_dir_names(rootfs: &Path) -> Vec<String> {
+    let mut names = Vec::new();
+    for d in LIB_DIRS {
         let Some(dir) = resolve_in_root(rootfs, Path::new(d)) else {
-            return false;
+            continue;
         };
         let Ok(entries) = std::fs::read_dir(dir) else {
-            return false;
+            continue;
         };
-        entries.flatten().any(|e| {
-            let n = e.file_name();
-            let n = n.to_string_lossy();
-            n.starts_with("ld-linux") || n.starts_with("ld-musl-")
-        })
-    })
+        names.extend(
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned()),
+        );
+    }
+    names
+}
+
+/// Finds the rootfs's dynamic loader (glibc's `ld-linux*` or `ld-musl-*`).
+pub fn dynamic_loader(rootfs: &Path) -> Loader {
+    let names = lib_dir_names(rootfs);
+    if names.iter().any(|n| n.starts_with("ld-linux")) {
+        Loader::Glibc {
+            libdl: names.iter().any(|n| n == "libdl.so.2"),
+        }
+    } else if names.iter().any(|n| n.starts_with("ld-musl-")) {
+        Loader::Musl
+    } else {
+        Loader::None
+    }
+}
+
+/// True when the rootfs has a glibc or musl dynamic loader.
+pub fn has_dynamic_loader(rootfs: &Path) -> bool {
+    dynamic_loader(rootfs) != Loader::None
 }
 
 fn skip(reason: &str) -> Result<Option<Value>> {
@@ -136,8 +174,14 @@ pub fn apply(s: &mut Value, ctx: &Context<'_>) -> Result<Option<Value>> {
     let Some(rootfs) = spec::rootfs(s, ctx.bundle) else {
         return skip("config.json has no root.path");
     };
-    if !has_dynamic_loader(&rootfs) {
-        return skip("no dynamic loader in the rootfs (static programs cannot preload)");
+    match dynamic_loader(&rootfs) {
+        Loader::None => {
+            return skip("no dynamic loader in the rootfs (static programs cannot preload)")
+        }
+        Loader::Glibc { libdl: false } => {
+            return skip("the rootfs has glibc but no libdl.so.2, which the library needs")
+        }
+        Loader::Glibc { libdl: true } | Loader::Musl => {}
     }
     if !cfg.library.is_file() {
         tracing::warn!(library = %cfg.library.display(), "CPU-count injection skipped: the preload library is not installed");

@@ -1,0 +1,320 @@
+//! libberth_cpus.so: programs see the configured CPU count, exactly the real
+//! one without it, on glibc and musl, on the host and inside containers run
+//! through berth-runtime.
+
+use berth_integration::artifacts::binary;
+use berth_integration::berth::preload_library;
+use berth_integration::cmd::{sh, try_run, Ran};
+use berth_integration::engines::docker::docker;
+use berth_integration::names::unique;
+use berth_integration::programs::{glibc_probe, glibc_rootfs, musl_probe, musl_rootfs, tar_rootfs};
+use std::process::Command;
+
+fn real_cpus() -> u32 {
+    sh("nproc", std::iter::empty::<&str>())
+        .trim()
+        .parse()
+        .expect("nproc")
+}
+
+fn with(var: Option<(&str, &str)>, program: &str, args: &[&str]) -> Ran {
+    let mut c = Command::new(program);
+    c.args(args)
+        .env("LD_PRELOAD", preload_library())
+        .env_remove("BERTH_NPROC")
+        .env_remove("LIBSYSCONFCPUS")
+        .env_remove("CONTAINER_CORE_LIMIT");
+    if let Some((k, v)) = var {
+        c.env(k, v);
+    }
+    let r = try_run(&mut c);
+    assert!(
+        r.ok(),
+        "{program} {args:?} with {var:?} failed: {}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains("symbol") && !r.stderr.contains("version"),
+        "loader complained: {}",
+        r.stderr
+    );
+    r
+}
+
+fn out(var: Option<(&str, &str)>, program: &str, args: &[&str]) -> String {
+    with(var, program, args).stdout.trim().to_string()
+}
+
+const JAVA_PROBE: &str = "public class AP { public static void main(String[] a) { System.out.println(Runtime.getRuntime().availableProcessors()); } }";
+
+fn java(var: Option<(&str, &str)>, container_support: bool) -> String {
+    let dir = berth_integration::artifacts::fresh_dir("java");
+    let src = dir.join("AP.java");
+    std::fs::write(&src, JAVA_PROBE).unwrap();
+    let flag = if container_support {
+        "-XX:+UseContainerSupport"
+    } else {
+        "-XX:-UseContainerSupport"
+    };
+    out(var, "java", &["-Xshare:off", flag, src.to_str().unwrap()])
+}
+
+#[test]
+fn host_programs_see_berth_nproc() {
+    let n = Some(("BERTH_NPROC", "1"));
+    assert!(
+        real_cpus() >= 2,
+        "this test needs a host with at least 2 CPUs"
+    );
+    assert_eq!(out(n, "nproc", &[]), "1");
+    assert_eq!(out(n, "getconf", &["_NPROCESSORS_ONLN"]), "1");
+    assert_eq!(
+        out(
+            n,
+            "python3",
+            &[
+                "-c",
+                "import os; print(os.cpu_count(), len(os.sched_getaffinity(0)))"
+            ]
+        ),
+        "1 1"
+    );
+    assert_eq!(
+        out(n, binary("berth-print-cpus").to_str().unwrap(), &[]),
+        "1"
+    );
+    assert_eq!(java(n, true), "1", "Java 17 with container support");
+    assert_eq!(java(n, false), "1", "Java 17 with -XX:-UseContainerSupport");
+    let probe = out(n, glibc_probe().to_str().unwrap(), &[]);
+    let real = real_cpus().to_string();
+    assert_eq!(
+        probe,
+        format!("1 1 1 {real}"),
+        "ONLN, get_nprocs, affinity trimmed; CONF stays real"
+    );
+    // By design CONF (and so `nproc --all`) stays the host's: see the library docs.
+    assert_eq!(out(n, "nproc", &["--all"]), real);
+}
+
+#[test]
+fn without_a_count_everything_is_real() {
+    let real = real_cpus().to_string();
+    assert_eq!(out(None, "nproc", &[]), real);
+    assert_eq!(out(None, "getconf", &["_NPROCESSORS_ONLN"]), real);
+    assert_eq!(
+        out(
+            None,
+            "python3",
+            &[
+                "-c",
+                "import os; print(os.cpu_count(), len(os.sched_getaffinity(0)))"
+            ]
+        ),
+        format!("{real} {real}")
+    );
+    assert_eq!(
+        out(None, binary("berth-print-cpus").to_str().unwrap(), &[]),
+        real
+    );
+    assert_eq!(java(None, false), real);
+    assert_eq!(
+        out(None, glibc_probe().to_str().unwrap(), &[]),
+        format!("{real} {real} {real} {real}")
+    );
+}
+
+#[test]
+fn compatibility_variables_and_fractions() {
+    assert_eq!(out(Some(("LIBSYSCONFCPUS", "1")), "nproc", &[]), "1");
+    assert_eq!(out(Some(("CONTAINER_CORE_LIMIT", "1")), "nproc", &[]), "1");
+    assert_eq!(
+        out(Some(("BERTH_NPROC", "0.3")), "nproc", &[]),
+        "1",
+        "a fraction rounds up"
+    );
+    let real = real_cpus();
+    assert_eq!(
+        out(Some(("BERTH_NPROC", "1.5")), "nproc", &[]),
+        2.min(real).to_string()
+    );
+    assert_eq!(
+        out(Some(("BERTH_NPROC", "64")), "nproc", &[]),
+        real.to_string(),
+        "never more than the real count"
+    );
+}
+
+#[test]
+fn bad_values_pass_through_and_never_crash() {
+    let real = real_cpus().to_string();
+    for v in [
+        "0",
+        "-3",
+        "abc",
+        "1e9",
+        "",
+        " ",
+        "99999999999999999999",
+        "1.2.3",
+        "0x2",
+    ] {
+        assert_eq!(
+            out(Some(("BERTH_NPROC", v)), "nproc", &[]),
+            real,
+            "BERTH_NPROC={v:?}"
+        );
+        assert_eq!(
+            out(
+                Some(("BERTH_NPROC", v)),
+                "python3",
+                &["-c", "import os; print(os.cpu_count())"]
+            ),
+            real,
+            "{v:?}"
+        );
+    }
+    // The opt-in warning goes to stderr only.
+    let r = with(Some(("BERTH_NPROC", "abc")), "nproc", &[]);
+    assert!(r.stderr.is_empty());
+    let mut c = Command::new("nproc");
+    c.env("LD_PRELOAD", preload_library())
+        .env("BERTH_NPROC", "abc")
+        .env("BERTH_NPROC_WARN", "1");
+    let r = try_run(&mut c);
+    assert!(
+        r.ok() && r.stderr.contains("libberth_cpus"),
+        "warning expected: {:?}",
+        r.stderr
+    );
+    assert_eq!(r.stdout.trim(), real);
+}
+
+#[test]
+fn musl_programs_see_berth_nproc() {
+    let probe = musl_probe().to_str().unwrap().to_string();
+    let real = real_cpus().to_string();
+    assert_eq!(
+        out(Some(("BERTH_NPROC", "1")), &probe, &[]),
+        format!("1 1 1 {real}")
+    );
+    assert_eq!(
+        out(None, &probe, &[]),
+        format!("{real} {real} {real} {real}")
+    );
+}
+
+#[test]
+fn imports_are_pinned_for_old_glibc_and_musl() {
+    let dump = sh("objdump", ["-T".as_ref(), preload_library().as_os_str()]);
+    let mut imports = Vec::new();
+    for line in dump.lines().filter(|l| l.contains("*UND*")) {
+        let name = line.split_whitespace().last().unwrap_or("").to_string();
+        if let Some(v) = line.split_whitespace().find(|w| w.starts_with("(GLIBC_")) {
+            let v = v
+                .trim_matches(|c| c == '(' || c == ')')
+                .trim_start_matches("GLIBC_");
+            let parts: Vec<u32> = v.split('.').map(|p| p.parse().unwrap_or(0)).collect();
+            assert!(
+                parts[0] == 2 && parts.get(1).copied().unwrap_or(0) <= 17,
+                "{name} needs GLIBC_{v} (> 2.17)"
+            );
+        }
+        imports.push(name);
+    }
+    let allowed = [
+        "dlsym",
+        "getenv",
+        "getpid",
+        "write",
+        "strlen",
+        "__cxa_finalize",
+        "__gmon_start__",
+        "_ITM_deregisterTMCloneTable",
+        "_ITM_registerTMCloneTable",
+    ];
+    for i in &imports {
+        assert!(
+            allowed.contains(&i.as_str()),
+            "unexpected import {i} (musl may lack it)"
+        );
+    }
+}
+
+fn import(rootfs: &std::path::Path) -> String {
+    let name = format!("berth/{}:test", unique());
+    let r = docker().run(&["import", tar_rootfs(rootfs).to_str().unwrap(), &name]);
+    assert!(r.ok(), "docker import: {}", r.stderr);
+    name
+}
+
+#[test]
+fn containers_with_cpus_1_see_one_cpu_on_glibc_and_musl() {
+    let glibc = import(&glibc_rootfs(true));
+    let r = docker().run(&[
+        "run", "--rm", "--runtime", "berth", "--cpus", "1", "--network", "none", &glibc,
+        "sh", "-c", "/usr/bin/nproc; getconf _NPROCESSORS_ONLN; berth-print-cpus; print-cpus-glibc; echo \"$BERTH_NPROC $GOMAXPROCS\"",
+    ]);
+    assert!(r.ok(), "glibc container: {}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    let want = ["1", "1", "1", &format!("1 1 1 {}", real_cpus()), "1 1"];
+    assert_eq!(
+        lines, want,
+        "nproc, getconf, Rust, C probe, BERTH_NPROC+GOMAXPROCS; stderr: {}",
+        r.stderr
+    );
+    let musl = import(&musl_rootfs());
+    let r = docker().run(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "berth",
+        "--cpus",
+        "1",
+        "--network",
+        "none",
+        &musl,
+        "print-cpus-musl",
+    ]);
+    assert!(r.ok(), "musl container: {}", r.stderr);
+    assert_eq!(r.stdout.trim(), format!("1 1 1 {}", real_cpus()));
+    // Without a limit nothing is injected.
+    let r = docker().run(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "berth",
+        "--network",
+        "none",
+        &glibc,
+        "sh",
+        "-c",
+        "/usr/bin/nproc; echo \"[$LD_PRELOAD]\"",
+    ]);
+    assert!(r.ok(), "{}", r.stderr);
+    assert_eq!(
+        r.stdout.lines().collect::<Vec<_>>(),
+        [real_cpus().to_string().as_str(), "[]"]
+    );
+    // A glibc image without libdl.so.2 is left alone (injection skipped) and runs normally.
+    let bare = import(&glibc_rootfs(false));
+    let r = docker().run(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "berth",
+        "--cpus",
+        "1",
+        "--network",
+        "none",
+        &bare,
+        "sh",
+        "-c",
+        "getconf _NPROCESSORS_ONLN; echo \"[$LD_PRELOAD]\"",
+    ]);
+    assert!(r.ok() && r.stderr.is_empty(), "{}", r.stderr);
+    assert_eq!(
+        r.stdout.lines().collect::<Vec<_>>(),
+        [real_cpus().to_string().as_str(), "[]"]
+    );
+    let _ = docker().run(&["rmi", &glibc, &musl, &bare]);
+}
