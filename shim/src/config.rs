@@ -114,12 +114,49 @@ impl RuntimeConfig {
         }
     }
 
-    /// Parses configuration text; `path` is only used in error messages.
+    /// Parses and validates configuration text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<RuntimeConfig> {
-        toml::from_str(text).map_err(|e| Error::Config {
+        let c: RuntimeConfig = toml::from_str(text).map_err(|e| Error::Config {
             path: path.to_path_buf(),
             message: e.to_string(),
-        })
+        })?;
+        c.validate().map_err(|message| Error::Config {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(c)
+    }
+
+    /// Checks what TOML types cannot: paths must be absolute (a relative one
+    /// would resolve against whatever directory an engine runs us in).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let paths = [
+            ("state_dir", self.state_dir.as_path()),
+            (
+                "sysctl.machine_class_file",
+                self.sysctl.machine_class_file.as_path(),
+            ),
+            ("sysctl.policy_dir", self.sysctl.policy_dir.as_path()),
+            ("preload.library", self.preload.library.as_path()),
+            (
+                "preload.container_path",
+                Path::new(&self.preload.container_path),
+            ),
+        ];
+        for (key, p) in paths {
+            if !p.is_absolute() {
+                return Err(format!(
+                    "{key} = {:?} must be an absolute path",
+                    p.display().to_string()
+                ));
+            }
+        }
+        if self.delegate.is_empty() || (self.delegate == "auto" && self.auto_order.is_empty()) {
+            return Err(
+                "delegate must name a runtime (or be \"auto\" with a non-empty auto_order)".into(),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -143,6 +180,13 @@ mod tests {
             msg.contains("/etc/berth/runtime.toml") && msg.contains("delegat"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn relative_paths_are_refused() {
+        let e = RuntimeConfig::parse("[preload]\nlibrary = \"target/x.so\"", Path::new("f"))
+            .unwrap_err();
+        assert!(e.to_string().contains("preload.library"), "{e}");
     }
 
     #[test]

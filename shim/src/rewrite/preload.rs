@@ -187,12 +187,6 @@ pub fn apply(s: &mut Value, ctx: &Context<'_>) -> Result<Option<Value>> {
         tracing::warn!(library = %cfg.library.display(), "CPU-count injection skipped: the preload library is not installed");
         return Ok(None);
     }
-    if !cfg.container_path.starts_with('/') {
-        return Err(Error::Config {
-            path: PathBuf::from("[preload] container_path"),
-            message: format!("{:?} must be an absolute path", cfg.container_path),
-        });
-    }
     if s.get("process").map(|p| !p.is_object()).unwrap_or(true) {
         return skip("config.json has no process");
     }
