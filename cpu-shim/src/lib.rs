@@ -4,9 +4,12 @@
 //! With `N` from `BERTH_NPROC` (or, for compatibility, libsysconfcpus'
 //! `LIBSYSCONFCPUS` and Noah's `CONTAINER_CORE_LIMIT`), it answers:
 //!
-//! * `sysconf(_SC_NPROCESSORS_ONLN)` and `get_nprocs()`: `min(N, real)`;
-//! * `sched_getaffinity()` and `pthread_getaffinity_np()` for the calling
-//!   process or thread: the real mask trimmed to its first `N` allowed CPUs
+//! * `sysconf(_SC_NPROCESSORS_ONLN)` and `get_nprocs()`: `min(N, real)`, the
+//!   real online count read once when the library loads (glibc reads `/sys`
+//!   on every call, about 5 µs; CPU hotplug after start is not seen);
+//! * `sched_getaffinity()` (for any pid: processes of one container share its
+//!   limit) and `pthread_getaffinity_np()`: the real mask trimmed to its first
+//!   `N` allowed CPUs
 //!   (glibc's `nproc`, Python's `os.sched_getaffinity`, Java and Rust's
 //!   `available_parallelism` decide by these);
 //! * `_SC_NPROCESSORS_CONF` and `get_nprocs_conf()`: the real value, on
@@ -21,10 +24,10 @@
 //! value that is ignored.
 //!
 //! Portability: the library is `#![no_std]` and imports only `dlsym`,
-//! `getenv`, `getpid` and `write`, each pinned to the x86-64 base symbol
+//! `getenv` and `write` (and the compiler's `strlen`), each pinned to the x86-64 base symbol
 //! version GLIBC_2.2.5, so it loads on glibc 2.17 and later; it links
 //! `libdl.so.2` for glibc before 2.34, which musl's loader maps to itself,
-//! and all four exist in musl. The call path does no allocation and takes no
+//! and all of them exist in musl. The call path does no allocation and takes no
 //! lock: an atomic load and a call through a pointer resolved at load time,
 //! so it is safe from any thread and from signal handlers.
 //!
@@ -44,7 +47,6 @@ const MAX_N: u64 = 1 << 20;
 extern "C" {
     fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
     fn getenv(name: *const c_char) -> *const c_char;
-    fn getpid() -> c_int;
     fn write(fd: c_int, buf: *const c_void, count: usize) -> isize;
 }
 
@@ -53,7 +55,6 @@ extern "C" {
 core::arch::global_asm!(
     ".symver dlsym, dlsym@GLIBC_2.2.5",
     ".symver getenv, getenv@GLIBC_2.2.5",
-    ".symver getpid, getpid@GLIBC_2.2.5",
     ".symver write, write@GLIBC_2.2.5",
 );
 
@@ -67,6 +68,8 @@ fn panic(_: &core::panic::PanicInfo) -> ! {
 
 /// -1: not read yet; 0: pass-through; N > 0: the count to report.
 static LIMIT: AtomicI32 = AtomicI32::new(-1);
+/// The real online CPU count, cached on first use (0: not read yet).
+static REAL_ONLINE: AtomicI32 = AtomicI32::new(0);
 
 /// Parses a CPU count: digits with an optional fraction, rounded up.
 /// None for anything else, for zero and for absurd values.
@@ -195,10 +198,10 @@ static REAL_GET_NPROCS: Real = Real::new(c"get_nprocs");
 static REAL_SCHED_GETAFFINITY: Real = Real::new(c"sched_getaffinity");
 static REAL_PTHREAD_GETAFFINITY: Real = Real::new(c"pthread_getaffinity_np");
 
-/// Runs at load time: reads the environment and resolves the real functions,
-/// so later calls (from any thread or signal handler) only load atomics.
+/// Runs at load time: resolves the real functions and reads the environment
+/// (and, with a limit, the real online count), so later calls from any thread
+/// or signal handler only load atomics.
 extern "C" fn berth_init() {
-    limit();
     for r in [
         &REAL_SYSCONF,
         &REAL_GET_NPROCS,
@@ -207,6 +210,31 @@ extern "C" fn berth_init() {
     ] {
         r.get();
     }
+    if limit() > 0 {
+        real_online();
+    }
+}
+
+fn call_real_sysconf(name: c_int) -> c_long {
+    let f = REAL_SYSCONF.get();
+    if f == 0 {
+        return -1;
+    }
+    // SAFETY: f is libc's sysconf.
+    unsafe { core::mem::transmute::<usize, extern "C" fn(c_int) -> c_long>(f)(name) }
+}
+
+/// The real online CPU count, read once.
+fn real_online() -> c_long {
+    let v = REAL_ONLINE.load(Ordering::Relaxed);
+    if v > 0 {
+        return c_long::from(v);
+    }
+    let r = call_real_sysconf(SC_NPROCESSORS_ONLN);
+    if r > 0 {
+        REAL_ONLINE.store(i32::try_from(r).unwrap_or(i32::MAX), Ordering::Relaxed);
+    }
+    r
 }
 
 #[used]
@@ -229,51 +257,60 @@ unsafe fn trim_mask(mask: *mut u8, size: usize, n: i32) {
     let mut left = n as u32;
     for i in 0..size {
         let p = mask.add(i);
-        let mut byte = core::ptr::read_volatile(p);
-        for bit in 0..8 {
-            if byte & (1 << bit) != 0 {
-                if left == 0 {
-                    byte &= !(1 << bit);
-                } else {
-                    left -= 1;
-                }
-            }
+        let byte = *p;
+        if byte == 0 {
+            continue;
         }
-        core::ptr::write_volatile(p, byte);
+        if left == 0 {
+            *p = 0;
+            continue;
+        }
+        let ones = byte.count_ones();
+        if ones <= left {
+            left -= ones;
+            continue;
+        }
+        // Keep the lowest `left` set bits of this byte.
+        let mut kept = 0u8;
+        let mut b = byte;
+        while left > 0 {
+            let low = b & b.wrapping_neg();
+            kept |= low;
+            b &= !low;
+            left -= 1;
+        }
+        *p = kept;
     }
 }
 
 /// `sysconf(3)`: `_SC_NPROCESSORS_ONLN` reports at most N; all else is real.
 #[no_mangle]
 pub extern "C" fn sysconf(name: c_int) -> c_long {
-    let f = REAL_SYSCONF.get();
-    let real = if f == 0 {
-        -1
-    } else {
-        // SAFETY: f is libc's sysconf.
-        unsafe { core::mem::transmute::<usize, extern "C" fn(c_int) -> c_long>(f)(name) }
-    };
     if name == SC_NPROCESSORS_ONLN {
-        clamp(real, limit())
-    } else {
-        real
+        let n = limit();
+        if n > 0 {
+            return clamp(real_online(), n);
+        }
     }
+    call_real_sysconf(name)
 }
 
 /// `get_nprocs(3)`: at most N.
 #[no_mangle]
 pub extern "C" fn get_nprocs() -> c_int {
+    let n = limit();
+    if n > 0 {
+        return clamp(real_online(), n) as c_int;
+    }
     let f = REAL_GET_NPROCS.get();
-    let real = if f == 0 {
-        -1
-    } else {
-        // SAFETY: f is libc's get_nprocs.
-        unsafe { core::mem::transmute::<usize, extern "C" fn() -> c_int>(f)() }
-    };
-    clamp(c_long::from(real), limit()) as c_int
+    if f == 0 {
+        return -1;
+    }
+    // SAFETY: f is libc's get_nprocs.
+    unsafe { core::mem::transmute::<usize, extern "C" fn() -> c_int>(f)() }
 }
 
-/// `sched_getaffinity(2)`: for the calling process, the real mask trimmed to N CPUs.
+/// `sched_getaffinity(2)`: the real mask trimmed to N CPUs.
 ///
 /// # Safety
 /// As for libc's `sched_getaffinity`: `mask` points to `size` writable bytes.
@@ -287,7 +324,7 @@ pub unsafe extern "C" fn sched_getaffinity(pid: c_int, size: usize, mask: *mut c
         core::mem::transmute::<usize, unsafe extern "C" fn(c_int, usize, *mut c_void) -> c_int>(f);
     let r = real(pid, size, mask);
     let n = limit();
-    if r == 0 && n > 0 && !mask.is_null() && (pid == 0 || pid == getpid()) {
+    if r == 0 && n > 0 && !mask.is_null() {
         trim_mask(mask.cast(), size, n);
     }
     r

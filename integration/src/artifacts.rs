@@ -12,9 +12,13 @@ pub fn bin_dir() -> &'static Path {
             return PathBuf::from(d);
         }
         let exe = std::env::current_exe().expect("current_exe");
-        // target/<profile>/deps/it-<hash>  ->  target/<profile>
-        let deps = exe.parent().expect("exe dir");
-        deps.parent().unwrap_or(deps).to_path_buf()
+        // Test binaries live in target/<profile>/deps, the others in target/<profile>.
+        let dir = exe.parent().expect("exe dir");
+        if dir.file_name().is_some_and(|n| n == "deps") {
+            dir.parent().unwrap_or(dir).to_path_buf()
+        } else {
+            dir.to_path_buf()
+        }
     })
 }
 

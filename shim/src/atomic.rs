@@ -1,5 +1,5 @@
-//! Crash-safe file replacement: temp file in the same directory, fsync,
-//! rename over the target, fsync the directory.
+//! Crash-safe file replacement: temp file in the same directory, (fsync),
+//! rename over the target, (fsync the directory).
 
 use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions};
@@ -7,9 +7,26 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+/// How much a replacement must survive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// A crash of the writer or of the host: fsync the file before the rename
+    /// and the directory after it (e.g. a bundle's `config.json`).
+    Durable,
+    /// A crash of the writer only: rename without fsync. For state that dies
+    /// with the host anyway (records of running containers under `/run`).
+    Atomic,
+}
+
 /// Atomically replaces (or creates) `path` with `bytes`, keeping the old
-/// file's permissions (or `default_mode` for a new file).
-pub fn write_file(path: &Path, bytes: &[u8], default_mode: u32) -> Result<()> {
+/// file's permissions (or `default_mode` for a new file). Readers see the
+/// old or the new content, never a mix.
+pub fn write_file(
+    path: &Path,
+    bytes: &[u8],
+    default_mode: u32,
+    durability: Durability,
+) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -34,10 +51,14 @@ pub fn write_file(path: &Path, bytes: &[u8], default_mode: u32) -> Result<()> {
             .open(&tmp)
             .map_err(|e| Error::io(&tmp, e))?;
         f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        if durability == Durability::Durable {
+            f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        }
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
+        if durability == Durability::Durable {
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
         }
         Ok(())
     })();
@@ -57,7 +78,7 @@ mod tests {
         let p = d.path().join("config.json");
         std::fs::write(&p, b"old").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-        write_file(&p, b"new", 0o644).unwrap();
+        write_file(&p, b"new", 0o644, Durability::Durable).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"new");
         assert_eq!(
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
@@ -71,6 +92,6 @@ mod tests {
     fn failure_leaves_target_alone() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("missing-dir").join("x");
-        assert!(write_file(&p, b"x", 0o644).is_err());
+        assert!(write_file(&p, b"x", 0o644, Durability::Atomic).is_err());
     }
 }

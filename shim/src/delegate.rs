@@ -138,7 +138,9 @@ impl Records {
         is_executable(&p).then_some(p)
     }
 
-    /// Records that container `id` runs on `delegate` (atomically).
+    /// Records that container `id` runs on `delegate`: atomically, but not
+    /// fsynced, since the record (like runc's own state under `/run`) only
+    /// matters while the host is up; GC reconciles it with reality.
     pub fn put(&self, id: &str, delegate: &Path) -> Result<()> {
         if !valid_id(id) {
             return Err(Error::ContainerId(id.into()));
@@ -148,6 +150,7 @@ impl Records {
             &self.dir.join(id),
             delegate.to_string_lossy().as_bytes(),
             0o600,
+            crate::atomic::Durability::Atomic,
         )
     }
 

@@ -23,8 +23,11 @@ pub struct Runtime {
 }
 
 /// The runtimes every private engine knows besides runc: `crun` and, when
-/// built, `berth` (this workspace's `berth-runtime`, told where the test
-/// host's configuration is with its `--berth-config` flag).
+/// built, this workspace's `berth-runtime` twice: `berth`, which finds the
+/// test host's configuration through `BERTH_RUNTIME_CONFIG` in the engines'
+/// environment ([`engine_env`]), and `berth-flag`, which is given it with its
+/// `--berth-config` flag (Docker's `runtimeArgs`; Docker then calls it through
+/// a generated wrapper script, which costs an extra exec per call).
 pub fn extra_runtimes() -> Vec<Runtime> {
     let mut v = vec![Runtime {
         name: "crun".into(),
@@ -35,6 +38,11 @@ pub fn extra_runtimes() -> Vec<Runtime> {
     if berth.is_file() {
         v.push(Runtime {
             name: "berth".into(),
+            path: berth.clone(),
+            args: vec![],
+        });
+        v.push(Runtime {
+            name: "berth-flag".into(),
             path: berth,
             args: vec![
                 "--berth-config".into(),

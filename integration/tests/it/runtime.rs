@@ -33,7 +33,7 @@ fn docker_run_passes_output_and_exit_code() {
         "run",
         "--rm",
         "--runtime",
-        "berth",
+        "berth-flag", // config through Docker's runtimeArgs (--berth-config)
         "--network",
         "none",
         image(),
@@ -210,7 +210,7 @@ fn docker_shows_berths_refusal() {
         "run",
         "--rm",
         "--runtime",
-        "berth",
+        "berth-flag",
         "--network",
         "none",
         "--sysctl",

@@ -85,6 +85,6 @@ pub fn rewrite_bundle(bundle: &Path, config: &RuntimeConfig) -> Result<Value> {
         message: e.to_string(),
     })?;
     out.push(b'\n');
-    crate::atomic::write_file(&path, &out, 0o644)?;
+    crate::atomic::write_file(&path, &out, 0o644, crate::atomic::Durability::Durable)?;
     Ok(record)
 }

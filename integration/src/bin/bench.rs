@@ -1,0 +1,223 @@
+//! `berth-bench [runtime-cycle|docker-run|preload|all]`: Berth's benchmarks,
+//! each measured interleaved against the reference it names, in one run on
+//! one machine, printed as medians and a ratio. Run as root (`bench/run`).
+
+use berth_integration::artifacts::{binary, fresh_dir};
+use berth_integration::cmd::{sh, try_run};
+use berth_integration::engines::docker::docker;
+use berth_integration::images::busybox_bundle;
+use berth_integration::names::unique;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn quiet(cmd: &mut Command) -> bool {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// create + start + delete --force of a busybox `true` bundle; milliseconds.
+fn cycle(runtime: &Path, extra: &[&str], root: &Path, bundle: &Path) -> f64 {
+    let id = unique();
+    let rt = || {
+        let mut c = Command::new(runtime);
+        c.args(extra).arg("--root").arg(root);
+        c
+    };
+    let t = Instant::now();
+    assert!(
+        quiet(rt().args(["create", "--bundle"]).arg(bundle).arg(&id)),
+        "{} create failed",
+        runtime.display()
+    );
+    assert!(quiet(rt().args(["start", &id])), "start failed");
+    assert!(
+        quiet(rt().args(["delete", "--force", &id])),
+        "delete failed"
+    );
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn runtime_cycle(n: usize) {
+    let runc = berth_integration::cmd::which("runc").expect("runc");
+    let berth = binary("berth-runtime");
+    // Bundles, state roots and Berth's records on a tmpfs, as under /run on
+    // production hosts (this machine's /run is on disk).
+    let tmp = fresh_dir("bench-tmpfs");
+    sh(
+        "mount",
+        [
+            "-t".as_ref(),
+            "tmpfs".as_ref(),
+            "tmpfs".as_ref(),
+            tmp.as_os_str(),
+        ],
+    );
+    // A neutral configuration: Berth's wrapper cost, not extra container work.
+    let cfg_path = tmp.join("runtime.toml");
+    std::fs::write(
+        &cfg_path,
+        format!("state_dir = \"{}\"\n", tmp.join("berth-state").display()),
+    )
+    .expect("config");
+    let cfg = cfg_path.display().to_string();
+    let bundle_in = |name: &str| {
+        let b = busybox_bundle(&["true"]);
+        let dst = tmp.join(name);
+        sh("cp", ["-a".as_ref(), b.as_os_str(), dst.as_os_str()]);
+        dst
+    };
+    let (rb, bb) = (bundle_in("runc-bundle"), bundle_in("berth-bundle"));
+    let root = tmp.join("root");
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for i in 0..n + 3 {
+        let (x, y) = if i % 2 == 0 {
+            let x = cycle(&runc, &[], &root, &rb);
+            (x, cycle(&berth, &["--berth-config", &cfg], &root, &bb))
+        } else {
+            let y = cycle(&berth, &["--berth-config", &cfg], &root, &bb);
+            (cycle(&runc, &[], &root, &rb), y)
+        };
+        if i >= 3 {
+            a.push(x);
+            b.push(y);
+        }
+    }
+    let _ = sh("umount", ["-l".as_ref(), tmp.as_os_str()]);
+    let (ma, mb) = (median(a), median(b));
+    println!(
+        "runtime-cycle (create+start+delete, busybox, tmpfs, n={n}): runc {ma:.2} ms, berth-runtime {mb:.2} ms median; \
+         overhead {:+.2} ms (goal <= 3 ms); ratio {:.3} vs runc",
+        mb - ma,
+        mb / ma
+    );
+}
+
+fn docker_run(n: usize) {
+    let d = docker();
+    let img = d.busybox_image();
+    let run = |rt: &str| {
+        let t = Instant::now();
+        assert!(
+            quiet(d.cli().args([
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--runtime",
+                rt,
+                img,
+                "true"
+            ])),
+            "docker run --runtime {rt}"
+        );
+        t.elapsed().as_secs_f64() * 1e3
+    };
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for i in 0..n + 2 {
+        let (x, y) = if i % 2 == 0 {
+            let x = run("runc");
+            (x, run("berth"))
+        } else {
+            let y = run("berth");
+            (run("runc"), y)
+        };
+        if i >= 2 {
+            a.push(x);
+            b.push(y);
+        }
+    }
+    let (ma, mb) = (median(a), median(b));
+    println!(
+        "docker-run (docker run --rm true, n={n}): runc {ma:.1} ms, berth {mb:.1} ms median; ratio {:.3} vs runc (goal <= 1.02)",
+        mb / ma
+    );
+}
+
+fn preload() {
+    let dir = fresh_dir("bench-preload");
+    let src = dir.join("bench_preload.c");
+    std::fs::write(&src, include_str!("../../fixtures/bench_preload.c")).expect("write");
+    let bin = dir.join("bench_preload");
+    sh(
+        "gcc",
+        [
+            "-O2".as_ref(),
+            "-o".as_ref(),
+            bin.as_os_str(),
+            src.as_os_str(),
+        ],
+    );
+    let lib = binary("libberth_cpus.so");
+    let measure = |with: bool| -> (f64, f64) {
+        let mut c = Command::new(&bin);
+        if with {
+            c.env("LD_PRELOAD", &lib).env("BERTH_NPROC", "1");
+        }
+        let r = try_run(&mut c);
+        assert!(r.ok(), "bench_preload: {}", r.stderr);
+        let v: Vec<f64> = r
+            .stdout
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        (v[0], v[1])
+    };
+    let (mut ns, mut nw) = (Vec::new(), Vec::new());
+    let (mut as_, mut aw) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        let (s, a) = measure(false);
+        let (s2, a2) = measure(true);
+        ns.push(s);
+        as_.push(a);
+        nw.push(s2);
+        aw.push(a2);
+    }
+    let (ns, nw, as_, aw) = (median(ns), median(nw), median(as_), median(aw));
+    println!(
+        "preload sysconf(_SC_NPROCESSORS_ONLN): native {ns:.1} ns, with libberth_cpus {nw:.1} ns per call; ratio {:.2} vs native (goal <= 2, < 50 ns)",
+        nw / ns
+    );
+    println!(
+        "preload sched_getaffinity: native {as_:.1} ns, with libberth_cpus {aw:.1} ns per call; ratio {:.2} vs native (goal <= 2, < 50 ns)",
+        aw / as_
+    );
+}
+
+fn main() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        berth_integration::cleanup::run_now();
+    }));
+    berth_integration::require_root();
+    let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    match what.as_str() {
+        "runtime-cycle" => runtime_cycle(40),
+        "docker-run" => docker_run(20),
+        "preload" => preload(),
+        "all" => {
+            preload();
+            runtime_cycle(40);
+            docker_run(20);
+        }
+        other => {
+            eprintln!("usage: berth-bench [runtime-cycle|docker-run|preload|all] (not {other:?})");
+            std::process::exit(2);
+        }
+    }
+}
