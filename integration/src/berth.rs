@@ -6,8 +6,12 @@ use crate::artifacts::scratch;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-/// The machine-class sysctl every Berth test container gets (key, value).
+/// The machine-class sysctl every Berth test container with its own network
+/// namespace gets (key, value).
 pub const MACHINE_SYSCTL: (&str, &str) = ("net.ipv4.tcp_keepalive_time", "600");
+/// The machine-class sysctl every Berth test container with its own IPC
+/// namespace gets (key, value): also those on the host network.
+pub const MACHINE_IPC_SYSCTL: (&str, &str) = ("kernel.shm_rmid_forced", "1");
 /// The app policy name tests select with `io.berth.sysctl-policy`.
 pub const APP_POLICY: &str = "web";
 /// The sysctl that policy sets (key, value).
@@ -29,8 +33,8 @@ pub fn config() -> &'static Path {
         std::fs::write(
             dir.join("machine.toml"),
             format!(
-                "[sysctl]\n\"{}\" = \"{}\"\n",
-                MACHINE_SYSCTL.0, MACHINE_SYSCTL.1
+                "[sysctl]\n\"{}\" = \"{}\"\n\"{}\" = \"{}\"\n",
+                MACHINE_SYSCTL.0, MACHINE_SYSCTL.1, MACHINE_IPC_SYSCTL.0, MACHINE_IPC_SYSCTL.1
             ),
         )
         .expect("machine.toml");

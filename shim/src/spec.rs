@@ -22,17 +22,48 @@ pub fn annotation<'a>(spec: &'a Value, key: &str) -> Option<&'a str> {
     spec.get("annotations")?.get(key)?.as_str()
 }
 
-/// True when the spec asks for a namespace of `kind` of its own (an entry
-/// without a path, or with a path to some other namespace). False means the
-/// container shares the host's.
+/// True when the spec gives the container a namespace of `kind` of its own:
+/// a new one (an entry without a path), or one joined by path that is not the
+/// host's (a pod sandbox's, say). False means it shares the host's: no entry,
+/// or a path to the same namespace this process (which runs in the host's,
+/// as runc does) is in.
 pub fn has_namespace(spec: &Value, kind: &str) -> bool {
-    spec.pointer("/linux/namespaces")
+    let Some(entry) = spec
+        .pointer("/linux/namespaces")
         .and_then(Value::as_array)
-        .map(|ns| {
+        .and_then(|ns| {
             ns.iter()
-                .any(|n| n.get("type").and_then(Value::as_str) == Some(kind))
+                .find(|n| n.get("type").and_then(Value::as_str) == Some(kind))
         })
-        .unwrap_or(false)
+    else {
+        return false;
+    };
+    match entry
+        .get("path")
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty())
+    {
+        None => true,
+        Some(path) => !same_namespace_as_ours(kind, Path::new(path)),
+    }
+}
+
+/// True when `path` is the namespace of `kind` this process is in.
+fn same_namespace_as_ours(kind: &str, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let proc_name = match kind {
+        "network" => "net",
+        "mount" => "mnt",
+        "cgroup" => "cgroup",
+        other => other,
+    };
+    let ours = std::fs::metadata(format!("/proc/self/ns/{proc_name}"));
+    let theirs = std::fs::metadata(path);
+    match (ours, theirs) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        // An unreadable path: the delegate will fail on it anyway.
+        _ => false,
+    }
 }
 
 /// The rootfs directory: `root.path`, relative to the bundle unless absolute.
@@ -151,6 +182,13 @@ mod tests {
         assert_eq!(env, vec![json!("A=9"), json!("B=2")]);
         env_set(&mut env, "C", "x=y");
         assert_eq!(env_get(&env, "C"), Some("x=y"));
+    }
+
+    #[test]
+    fn joining_our_own_namespace_by_path_is_sharing_the_host_s() {
+        let s = json!({"linux": {"namespaces": [{"type": "network", "path": "/proc/self/ns/net"}, {"type": "ipc", "path": "/proc/1/ns/ipc-missing"}]}});
+        assert!(!has_namespace(&s, "network"));
+        assert!(has_namespace(&s, "ipc"));
     }
 
     #[test]

@@ -30,7 +30,7 @@ fn config_toml(dir: &Path, socket: &Path) -> String {
         r#"version = 2
 root = "{root}"
 state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper"]
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper"]
 
 [grpc]
   address = "{sock}"
@@ -40,17 +40,35 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 
 [plugins."io.containerd.internal.v1.opt"]
   path = "{opt}"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause}"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  disable_apparmor = true
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{cni_bin}"
+    conf_dir = "{cni_conf}"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
 "#,
         root = dir.join("root").display(),
         state = dir.join("state").display(),
         sock = socket.display(),
         opt = dir.join("opt").display(),
+        pause = super::cri::PAUSE_IMAGE,
+        cni_bin = dir.join("cni-bin").display(),
+        cni_conf = dir.join("cni-conf").display(),
     );
-    // Runtime handlers as Kubernetes' RuntimeClass would name them: the runc
-    // shim with BinaryName. (CRI is disabled here; `ctr` uses --runc-binary.)
+    // A runtime handler per extra runtime, as a Kubernetes RuntimeClass names
+    // it: the runc shim with BinaryName.
     for rt in extra_runtimes() {
         s.push_str(&format!(
-            "\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{name}]\n  runtime_type = \"io.containerd.runc.v2\"\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{name}.options]\n  BinaryName = \"{path}\"\n",
+            "  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{name}]\n    runtime_type = \"io.containerd.runc.v2\"\n  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{name}.options]\n    BinaryName = \"{path}\"\n",
             name = rt.name,
             path = rt.path.display()
         ));

@@ -4,6 +4,7 @@
 //! at exit.
 
 pub mod containerd;
+pub mod cri;
 pub mod crun;
 pub mod docker;
 pub mod podman;

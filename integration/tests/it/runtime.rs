@@ -421,3 +421,107 @@ fn version_prints_runc_style_lines() {
     assert!(lines[1].starts_with("commit: "));
     assert!(lines[2].starts_with("spec: "));
 }
+
+#[test]
+fn cri_runtime_handler_runs_pods_on_berth() {
+    use berth_integration::berth::MACHINE_IPC_SYSCTL;
+    use berth_integration::engines::cri::Pod;
+    // A pod with the `berth` handler (what a RuntimeClass names): the sandbox
+    // and its container both go through berth-runtime, so the machine-class
+    // IPC sysctl shows up; ExecSync goes through `berth-runtime exec`.
+    let mut pod = Pod::run("berth").expect("RunPodSandbox with handler berth");
+    let c = pod
+        .start_container(&["sleep", "300"], Some(0.5))
+        .expect("create and start container");
+    let (code, out, err) = pod
+        .exec_sync(&c, &["cat", &sysctl_path(MACHINE_IPC_SYSCTL.0)])
+        .expect("ExecSync");
+    assert_eq!(
+        (code, out.trim()),
+        (0, MACHINE_IPC_SYSCTL.1),
+        "stderr: {err}"
+    );
+    // The same pod on plain runc shows the host's default: the handler is what chose Berth.
+    let mut plain = Pod::run("runc").expect("RunPodSandbox with handler runc");
+    let c = plain
+        .start_container(&["sleep", "300"], None)
+        .expect("container");
+    let (_, out, _) = plain
+        .exec_sync(&c, &["cat", &sysctl_path(MACHINE_IPC_SYSCTL.0)])
+        .expect("ExecSync");
+    assert_eq!(out.trim(), "0");
+}
+
+#[test]
+fn annotation_picks_the_delegate_where_allowed() {
+    let dir = fresh_dir("delegate-cfg");
+    let cfg = dir.join("runtime.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "delegate = \"runc\"\nallow_delegate_annotation = true\nannotation_delegates = [\"crun\"]\nstate_dir = \"{}\"\n",
+            dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    berth_integration::engines::crun::ensure_hugetlb_hierarchy();
+    let root = fresh_dir("runc-root");
+    let bundle = busybox_bundle(&["sleep", "60"]);
+    edit_config(&bundle, |c| {
+        c["annotations"] = json!({"io.berth.delegate": "crun"})
+    });
+    let id = unique();
+    let berth = || {
+        let mut c = Command::new(binary("berth-runtime"));
+        c.arg("--berth-config").arg(&cfg).arg("--root").arg(&root);
+        c
+    };
+    let r = try_run_via_files(berth().args(["create", "--bundle"]).arg(&bundle).arg(&id));
+    assert!(r.ok(), "create: {}", r.stderr);
+    // crun, not runc, holds the container, and later verbs find it there.
+    assert!(
+        try_run(
+            Command::new("crun")
+                .arg("--root")
+                .arg(&root)
+                .args(["state", &id])
+        )
+        .ok(),
+        "crun does not know the container"
+    );
+    assert!(
+        !try_run(
+            Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["state", &id])
+        )
+        .ok(),
+        "runc knows the container"
+    );
+    let r = try_run(berth().args(["state", &id]));
+    assert!(
+        r.ok() && r.stdout.contains("created"),
+        "state via berth: {} {}",
+        r.stdout,
+        r.stderr
+    );
+    let r = try_run(berth().args(["delete", "--force", &id]));
+    assert!(r.ok(), "delete: {}", r.stderr);
+    // A delegate outside the allowed list is refused.
+    let bundle = busybox_bundle(&["true"]);
+    edit_config(&bundle, |c| {
+        c["annotations"] = json!({"io.berth.delegate": "runc"})
+    });
+    let r = try_run_via_files(
+        berth()
+            .args(["create", "--bundle"])
+            .arg(&bundle)
+            .arg(unique()),
+    );
+    assert!(
+        !r.ok() && r.stderr.contains("io.berth.delegate"),
+        "{}",
+        r.stderr
+    );
+}

@@ -1,0 +1,196 @@
+//! A CRI client for the private containerd, driving it as kubelet does: a pod
+//! sandbox with a runtime handler (what a Kubernetes RuntimeClass names), a
+//! container in it, and `ExecSync`. Debian 12 ships no `crictl`.
+
+use super::containerd::containerd;
+use crate::images::{busybox_tar, oci_archive};
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::{
+    ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecSyncRequest, ImageSpec,
+    LinuxContainerConfig, LinuxContainerResources, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
+    PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopPodSandboxRequest,
+};
+use std::sync::OnceLock;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// The image CRI uses for pod sandboxes (busybox sleeping, like `pause`).
+pub const PAUSE_IMAGE: &str = "docker.io/berth/pause:test";
+/// The containerd namespace CRI works in.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+
+fn rt() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    })
+}
+
+/// Imports the sandbox and busybox images into CRI's namespace (once).
+pub fn import_images() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let c = containerd();
+        let pause = oci_archive(busybox_tar(), PAUSE_IMAGE, &["sleep", "1000000"]);
+        let busybox = oci_archive(busybox_tar(), crate::images::BUSYBOX_IMAGE, &["sh"]);
+        for a in [pause, busybox] {
+            crate::cmd::run(
+                std::process::Command::new("ctr")
+                    .arg("--address")
+                    .arg(&c.socket)
+                    .args(["--namespace", CRI_NAMESPACE, "image", "import"])
+                    .arg(&a),
+            );
+        }
+    });
+}
+
+fn client() -> RuntimeServiceClient<Channel> {
+    let socket = containerd().socket.clone();
+    rt().block_on(async move {
+        let channel = Endpoint::try_from("http://[::]")
+            .expect("endpoint")
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let socket = socket.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(socket).await?,
+                    ))
+                }
+            }))
+            .await
+            .expect("connect to containerd's CRI");
+        RuntimeServiceClient::new(channel)
+    })
+}
+
+/// A pod sandbox on the host network, removed on drop.
+pub struct Pod {
+    client: RuntimeServiceClient<Channel>,
+    /// The sandbox id.
+    pub id: String,
+    config: PodSandboxConfig,
+}
+
+impl Pod {
+    /// Runs a pod sandbox with `handler` (a RuntimeClass's handler name).
+    pub fn run(handler: &str) -> Result<Pod, tonic::Status> {
+        import_images();
+        let mut client = client();
+        let name = crate::names::unique();
+        let config = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.clone(),
+                uid: name.clone(),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            log_directory: crate::artifacts::fresh_dir("pod-logs")
+                .display()
+                .to_string(),
+            linux: Some(LinuxPodSandboxConfig {
+                cgroup_parent: format!("/{}k", crate::names::process_prefix()),
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        network: NamespaceMode::Node as i32,
+                        pid: NamespaceMode::Pod as i32,
+                        ipc: NamespaceMode::Pod as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let req = RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: handler.into(),
+        };
+        let id = rt()
+            .block_on(client.run_pod_sandbox(req))?
+            .into_inner()
+            .pod_sandbox_id;
+        Ok(Pod { client, id, config })
+    }
+
+    /// Creates and starts a busybox container running `command` with a CPU quota of `cpus`.
+    pub fn start_container(
+        &mut self,
+        command: &[&str],
+        cpus: Option<f64>,
+    ) -> Result<String, tonic::Status> {
+        let resources = cpus.map(|c| LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: (c * 100_000.0) as i64,
+            ..Default::default()
+        });
+        let config = ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: "main".into(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: crate::images::BUSYBOX_IMAGE.into(),
+                ..Default::default()
+            }),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            log_path: "main.log".into(),
+            linux: Some(LinuxContainerConfig {
+                resources,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let req = CreateContainerRequest {
+            pod_sandbox_id: self.id.clone(),
+            config: Some(config),
+            sandbox_config: Some(self.config.clone()),
+        };
+        let id = rt()
+            .block_on(self.client.create_container(req))?
+            .into_inner()
+            .container_id;
+        rt().block_on(self.client.start_container(StartContainerRequest {
+            container_id: id.clone(),
+        }))?;
+        Ok(id)
+    }
+
+    /// `ExecSync`: runs `cmd` in the container; returns (exit code, stdout, stderr).
+    pub fn exec_sync(
+        &mut self,
+        container: &str,
+        cmd: &[&str],
+    ) -> Result<(i32, String, String), tonic::Status> {
+        let req = ExecSyncRequest {
+            container_id: container.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 20,
+        };
+        let r = rt().block_on(self.client.exec_sync(req))?.into_inner();
+        Ok((
+            r.exit_code,
+            String::from_utf8_lossy(&r.stdout).into_owned(),
+            String::from_utf8_lossy(&r.stderr).into_owned(),
+        ))
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let id = self.id.clone();
+        let _ = rt().block_on(self.client.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        }));
+        let _ = rt().block_on(
+            self.client
+                .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id }),
+        );
+        super::remove_cgroup_dirs(&format!("{}k", crate::names::process_prefix()));
+    }
+}
