@@ -70,3 +70,21 @@ library = "{lib}"
         path
     })
 }
+
+/// Serialises tests that request CPUs: they share this host's two CPUs and
+/// the test host's ledger, so their expectations hold only one at a time.
+pub fn cpu_lock() -> std::sync::MutexGuard<'static, ()> {
+    static L: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    L.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The test host's CPU ledger as `berth-runtime cpus --json --gc` reports it.
+pub fn cpu_status() -> serde_json::Value {
+    let out = crate::cmd::run(
+        std::process::Command::new(crate::artifacts::binary("berth-runtime"))
+            .arg("--berth-config")
+            .arg(config())
+            .args(["cpus", "--json", "--gc"]),
+    );
+    serde_json::from_str(&out).expect("cpus --json output")
+}

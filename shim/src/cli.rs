@@ -258,6 +258,15 @@ pub enum Verb {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Berth's own: show the CPU ledger (free CPUs, fragments, each container's plan).
+    Cpus {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// First free allocations of containers that no longer exist.
+        #[arg(long)]
+        gc: bool,
+    },
     /// Any other runc verb, passed on unchanged.
     #[command(external_subcommand)]
     Other(Vec<OsString>),
@@ -279,7 +288,11 @@ impl Verb {
             | Verb::Events { id, .. } => id,
             Verb::Exec(a) => &a.id,
             Verb::Update(a) => &a.id,
-            Verb::Features | Verb::Spec { .. } | Verb::List { .. } | Verb::Other(_) => return None,
+            Verb::Features
+            | Verb::Spec { .. }
+            | Verb::List { .. }
+            | Verb::Cpus { .. }
+            | Verb::Other(_) => return None,
         })
     }
 }

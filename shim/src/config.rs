@@ -33,6 +33,8 @@ pub struct RuntimeConfig {
     pub sysctl: SysctlConfig,
     /// The CPU-count injection stage.
     pub preload: PreloadConfig,
+    /// The CPU split stage.
+    pub cpus: CpusConfig,
 }
 
 impl Default for RuntimeConfig {
@@ -45,6 +47,7 @@ impl Default for RuntimeConfig {
             state_dir: PathBuf::from("/run/berth"),
             sysctl: SysctlConfig::default(),
             preload: PreloadConfig::default(),
+            cpus: CpusConfig::default(),
         }
     }
 }
@@ -89,6 +92,35 @@ impl Default for PreloadConfig {
             enabled: true,
             library: PathBuf::from("/usr/lib/x86_64-linux-gnu/berth/libberth_cpus.so"),
             container_path: "/usr/lib/berth/libberth_cpus.so".into(),
+        }
+    }
+}
+
+/// `[cpus]`: the CPU planner.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CpusConfig {
+    /// Whether Berth plans CPUs at all.
+    pub enabled: bool,
+    /// Pieces per CPU: 100 gives 0.01-CPU granularity, 1000 gives 0.001.
+    pub base: u32,
+    /// CPUs kept for system daemons (a cpuset list such as `0` or `0-1`).
+    pub reserved: String,
+    /// Shared-pool overcommit: shared containers may request pool × this.
+    pub overcommit: f64,
+    /// What an explicit user cpuset (`--cpuset-cpus`) means: `respect` (run
+    /// there, unsplit, outside the ledger) or `split` (plan as usual).
+    pub user_cpuset: String,
+}
+
+impl Default for CpusConfig {
+    fn default() -> Self {
+        CpusConfig {
+            enabled: true,
+            base: 100,
+            reserved: String::new(),
+            overcommit: 1.0,
+            user_cpuset: "respect".into(),
         }
     }
 }
@@ -150,6 +182,33 @@ impl RuntimeConfig {
                     p.display().to_string()
                 ));
             }
+        }
+        if !(1..=1_000_000).contains(&self.cpus.base) {
+            return Err(format!(
+                "cpus.base = {} must be between 1 and 1000000",
+                self.cpus.base
+            ));
+        }
+        if !(self.cpus.overcommit.is_finite()
+            && self.cpus.overcommit > 0.0
+            && self.cpus.overcommit <= 100.0)
+        {
+            return Err(format!(
+                "cpus.overcommit = {} must be a number in (0, 100]",
+                self.cpus.overcommit
+            ));
+        }
+        if crate::cpus::topology::parse_list(&self.cpus.reserved).is_none() {
+            return Err(format!(
+                "cpus.reserved = {:?} is not a CPU list such as \"0-1\"",
+                self.cpus.reserved
+            ));
+        }
+        if !matches!(self.cpus.user_cpuset.as_str(), "respect" | "split") {
+            return Err(format!(
+                "cpus.user_cpuset = {:?} must be \"respect\" or \"split\"",
+                self.cpus.user_cpuset
+            ));
         }
         if self.delegate.is_empty() || (self.delegate == "auto" && self.auto_order.is_empty()) {
             return Err(

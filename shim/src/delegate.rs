@@ -106,6 +106,47 @@ fn fnv1a(s: &[u8]) -> u64 {
     })
 }
 
+/// What Berth remembers of a container it created.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Record {
+    /// The delegate runtime that holds it.
+    pub delegate: PathBuf,
+    /// The state root (`--root`), if one was given.
+    pub root: Option<PathBuf>,
+    /// The container id.
+    pub id: String,
+    /// Its cgroup path (`linux.cgroupsPath`), if set.
+    pub cgroup: Option<String>,
+}
+
+impl Record {
+    /// True while the delegate still has state for the container; None when
+    /// that cannot be told (no `--root` and a delegate of unknown default root).
+    pub fn alive(&self) -> Option<bool> {
+        state_root(self.root.as_deref(), &self.delegate).map(|r| r.join(&self.id).exists())
+    }
+}
+
+/// The state root a delegate uses: `root` if given, else its default.
+pub fn state_root(root: Option<&Path>, delegate: &Path) -> Option<PathBuf> {
+    if let Some(r) = root {
+        return Some(r.to_path_buf());
+    }
+    match delegate.file_name()?.to_str()? {
+        "runc" => Some(PathBuf::from("/run/runc")),
+        "crun" => Some(PathBuf::from("/run/crun")),
+        _ => None,
+    }
+}
+
+/// The ledger key of container `id` under state root `root`.
+pub fn container_key(root: Option<&Path>, id: &str) -> String {
+    let r = root
+        .map(|r| r.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{:016x}/{id}", fnv1a(r.as_bytes()))
+}
+
 /// Per-container delegate records for one `--root`.
 #[derive(Debug, Clone)]
 pub struct Records {
@@ -130,28 +171,62 @@ impl Records {
 
     /// The recorded delegate of container `id`, if any.
     pub fn get(&self, id: &str) -> Option<PathBuf> {
+        self.record(id)
+            .map(|r| r.delegate)
+            .filter(|p| is_executable(p))
+    }
+
+    /// The whole record of container `id`, if any.
+    pub fn record(&self, id: &str) -> Option<Record> {
         if !valid_id(id) {
             return None;
         }
-        let text = std::fs::read_to_string(self.dir.join(id)).ok()?;
-        let p = PathBuf::from(text.trim());
-        is_executable(&p).then_some(p)
+        serde_json::from_slice(&std::fs::read(self.dir.join(id)).ok()?).ok()
     }
 
-    /// Records that container `id` runs on `delegate`: atomically, but not
-    /// fsynced, since the record (like runc's own state under `/run`) only
-    /// matters while the host is up; GC reconciles it with reality.
-    pub fn put(&self, id: &str, delegate: &Path) -> Result<()> {
+    /// Records that container `id` runs on `delegate` in cgroup `cgroup`:
+    /// atomically, but not fsynced, since the record (like runc's own state
+    /// under `/run`) only matters while the host is up; GC reconciles it.
+    pub fn put(&self, id: &str, delegate: &Path, cgroup: Option<&str>) -> Result<()> {
         if !valid_id(id) {
             return Err(Error::ContainerId(id.into()));
         }
+        let rec = Record {
+            delegate: delegate.to_path_buf(),
+            root: self.root.clone(),
+            id: id.to_string(),
+            cgroup: cgroup.map(str::to_string),
+        };
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        let bytes = serde_json::to_vec(&rec).map_err(|e| Error::Delegate(e.to_string()))?;
         crate::atomic::write_file(
             &self.dir.join(id),
-            delegate.to_string_lossy().as_bytes(),
+            &bytes,
             0o600,
             crate::atomic::Durability::Atomic,
         )
+    }
+
+    /// Every record under `state_dir`, for all roots.
+    pub fn all(cfg: &RuntimeConfig) -> Vec<Record> {
+        let mut out = Vec::new();
+        let Ok(roots) = std::fs::read_dir(cfg.state_dir.join("containers")) else {
+            return out;
+        };
+        for r in roots.flatten() {
+            let Ok(files) = std::fs::read_dir(r.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                if let Some(rec) = std::fs::read(f.path())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
+                {
+                    out.push(rec);
+                }
+            }
+        }
+        out
     }
 
     /// Removes records whose container the delegate no longer has a state
@@ -211,8 +286,11 @@ mod tests {
         };
         let r = Records::new(&cfg, Some(&root));
         let sh = PathBuf::from("/bin/sh");
-        r.put("alive", &sh).unwrap();
-        r.put("gone", &sh).unwrap();
+        r.put("alive", &sh, None).unwrap();
+        r.put("gone", &sh, Some("/x/gone")).unwrap();
+        assert_eq!(Records::all(&cfg).len(), 2);
+        assert_eq!(r.record("alive").unwrap().alive(), Some(true));
+        assert_eq!(r.record("gone").unwrap().alive(), Some(false));
         assert_eq!(r.get("alive"), Some(sh.clone()));
         assert_eq!(r.gc("new"), 1);
         assert_eq!(r.get("gone"), None);

@@ -47,6 +47,9 @@ pub enum Error {
         /// Why it is refused.
         reason: String,
     },
+    /// The CPU request cannot be placed on this host.
+    #[error("cpus: {0}")]
+    Cpu(String),
     /// No delegate runtime could be found or run.
     #[error("delegate runtime: {0}")]
     Delegate(String),

@@ -7,6 +7,7 @@
 
 pub mod atomic;
 pub mod config;
+pub mod cpus;
 pub mod delegate;
 pub mod error;
 pub mod logging;

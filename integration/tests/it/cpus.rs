@@ -249,6 +249,7 @@ fn import(rootfs: &std::path::Path) -> String {
 
 #[test]
 fn containers_with_cpus_1_see_one_cpu_on_glibc_and_musl() {
+    let _g = berth_integration::berth::cpu_lock();
     let glibc = import(&glibc_rootfs(true));
     let r = docker().run(&[
         "run", "--rm", "--runtime", "berth", "--cpus", "1", "--network", "none", &glibc,

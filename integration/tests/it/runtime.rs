@@ -154,6 +154,7 @@ fn docker_tty_goes_through_the_console_socket() {
 
 #[test]
 fn docker_update_cpus_reaches_the_cgroup() {
+    let _g = berth_integration::berth::cpu_lock();
     let c = DockerContainer::start(&[
         "--runtime",
         "berth",
@@ -424,6 +425,7 @@ fn version_prints_runc_style_lines() {
 
 #[test]
 fn cri_runtime_handler_runs_pods_on_berth() {
+    let _g = berth_integration::berth::cpu_lock();
     use berth_integration::berth::MACHINE_IPC_SYSCTL;
     use berth_integration::engines::cri::Pod;
     // A pod with the `berth` handler (what a RuntimeClass names): the sandbox

@@ -26,12 +26,14 @@ use std::path::{Path, PathBuf};
 pub const APPLIED_ANNOTATION: &str = "io.berth.applied";
 
 /// What a stage sees besides the document.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Context<'a> {
     /// The bundle directory (relative `root.path` resolves against it).
     pub bundle: &'a Path,
     /// The runtime configuration.
     pub config: &'a RuntimeConfig,
+    /// The host's CPU allocator; None skips the CPU split.
+    pub cpus: Option<&'a dyn crate::cpus::Allocator>,
 }
 
 /// Applies every stage to `spec` in place; returns the applied record.
@@ -73,13 +75,29 @@ pub fn config_path(bundle: &Path) -> PathBuf {
 /// Reads `<bundle>/config.json`, rewrites it and writes it back atomically.
 /// Returns the applied record. On error the file is left untouched.
 pub fn rewrite_bundle(bundle: &Path, config: &RuntimeConfig) -> Result<Value> {
+    rewrite_bundle_with(bundle, config, None)
+}
+
+/// [`rewrite_bundle`] with the host's CPU allocator for the CPU split.
+pub fn rewrite_bundle_with(
+    bundle: &Path,
+    config: &RuntimeConfig,
+    cpus: Option<&dyn crate::cpus::Allocator>,
+) -> Result<Value> {
     let path = config_path(bundle);
     let raw = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
     let mut spec: Value = serde_json::from_slice(&raw).map_err(|e| Error::Spec {
         path: path.clone(),
         message: e.to_string(),
     })?;
-    let record = rewrite_spec(&mut spec, &Context { bundle, config })?;
+    let record = rewrite_spec(
+        &mut spec,
+        &Context {
+            bundle,
+            config,
+            cpus,
+        },
+    )?;
     let mut out = serde_json::to_vec(&spec).map_err(|e| Error::Spec {
         path: path.clone(),
         message: e.to_string(),

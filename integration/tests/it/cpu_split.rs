@@ -1,0 +1,380 @@
+//! CPU splitting through Docker on this 2-CPU host, and the ledger's crash
+//! safety under kill -9 of concurrent creators.
+
+use berth_integration::artifacts::{binary, fresh_dir};
+use berth_integration::berth::{self, cpu_lock, cpu_status};
+use berth_integration::cmd::{try_run, try_run_via_files};
+use berth_integration::engines::docker::{docker, DockerContainer};
+use berth_integration::images::{busybox_bundle, edit_config};
+use berth_integration::names::unique;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn cgroup_cpus(c: &DockerContainer) -> String {
+    std::fs::read_to_string(c.cgroup("cpuset").join("cpuset.cpus"))
+        .expect("cpuset.cpus")
+        .trim()
+        .to_string()
+}
+
+fn entry(status: &Value, id: &str) -> Option<Value> {
+    status["containers"]
+        .as_array()?
+        .iter()
+        .find(|c| c["id"] == id)
+        .cloned()
+}
+
+/// No CPU carries more than `base` fragment pieces, and none is both
+/// exclusive and shared.
+fn assert_not_oversubscribed(status: &Value) {
+    let base = status["base"].as_u64().unwrap();
+    let mut frag: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut excl: BTreeMap<u64, String> = BTreeMap::new();
+    for c in status["containers"].as_array().unwrap() {
+        if let Some(f) = c["fragment"].as_object() {
+            *frag.entry(f["cpu"].as_u64().unwrap()).or_default() += f["pieces"].as_u64().unwrap();
+        }
+        for cpu in berth_runtime_cpus(c["exclusive"].as_str().unwrap_or("")) {
+            assert!(
+                excl.insert(cpu, c["id"].to_string()).is_none(),
+                "cpu {cpu} exclusive twice: {status}"
+            );
+        }
+    }
+    for (cpu, used) in &frag {
+        assert!(*used <= base, "cpu {cpu} carries {used}/{base}: {status}");
+        assert!(
+            !excl.contains_key(cpu),
+            "cpu {cpu} exclusive and fragmented: {status}"
+        );
+    }
+}
+
+fn berth_runtime_cpus(list: &str) -> Vec<u64> {
+    let mut v = Vec::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => v.extend(a.parse::<u64>().unwrap()..=b.parse::<u64>().unwrap()),
+            None => v.push(part.parse().unwrap()),
+        }
+    }
+    v
+}
+
+#[test]
+fn twenty_parallel_requests_of_0_3_start_exactly_six() {
+    let _g = cpu_lock();
+    let img = docker().busybox_image();
+    let results: Vec<Result<DockerContainer, String>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..20)
+            .map(|_| {
+                s.spawn(move || {
+                    let r = docker().run(&[
+                        "run",
+                        "-d",
+                        "--runtime",
+                        "berth",
+                        "--cpus",
+                        "0.3",
+                        "--network",
+                        "none",
+                        img,
+                        "sleep",
+                        "120",
+                    ]);
+                    if r.ok() {
+                        Ok(DockerContainer {
+                            id: r.stdout.trim().to_string(),
+                        })
+                    } else {
+                        // A failed create leaves a stopped container behind in Docker.
+                        Err(r.stderr)
+                    }
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    let (ok, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+    let failures: Vec<String> = failed.into_iter().map(|e| e.err().unwrap()).collect();
+    assert_eq!(ok.len(), 6, "with base 100 and no reserved cores, two CPUs take six 0.3 fragments; failures: {failures:?}");
+    for f in &failures {
+        assert!(
+            f.contains("need a fragment of 30/100"),
+            "capacity error expected, got: {f}"
+        );
+    }
+    let running: Vec<DockerContainer> = ok.into_iter().map(Result::unwrap).collect();
+    let status = cpu_status();
+    assert_not_oversubscribed(&status);
+    for c in &running {
+        let e = entry(&status, &c.id).expect("ledger entry");
+        let frag = e["fragment"]["cpu"].as_u64().expect("fragment cpu");
+        assert_eq!(
+            cgroup_cpus(c),
+            frag.to_string(),
+            "cgroup cpuset agrees with the ledger"
+        );
+        let quota = std::fs::read_to_string(c.cgroup("cpu").join("cpu.cfs_quota_us")).unwrap();
+        assert_eq!(quota.trim(), "30000");
+    }
+    // Docker keeps the containers whose create failed: remove them.
+    let _ = docker().run(&["container", "prune", "-f"]);
+    drop(running);
+    let after = cpu_status();
+    assert!(
+        after["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["fragment"].is_null()),
+        "allocations released on delete: {after}"
+    );
+}
+
+#[test]
+fn one_and_a_half_then_a_half_then_refusal() {
+    let _g = cpu_lock();
+    let img = docker().busybox_image();
+    let big = DockerContainer::start(&[
+        "--runtime",
+        "berth",
+        "--cpus",
+        "1.5",
+        "--network",
+        "none",
+        img,
+        "sleep",
+        "120",
+    ]);
+    assert_eq!(cgroup_cpus(&big), "0-1");
+    let status = cpu_status();
+    let e = entry(&status, &big.id).unwrap();
+    assert_eq!(
+        berth_runtime_cpus(e["exclusive"].as_str().unwrap()).len(),
+        1,
+        "one exclusive core: {e}"
+    );
+    let frag_cpu = e["fragment"]["cpu"].as_u64().unwrap();
+    let half = DockerContainer::start(&[
+        "--runtime",
+        "berth",
+        "--cpus",
+        "0.5",
+        "--network",
+        "none",
+        img,
+        "sleep",
+        "120",
+    ]);
+    assert_eq!(
+        cgroup_cpus(&half),
+        frag_cpu.to_string(),
+        "0.5 lands on the fragment core"
+    );
+    // A whole CPU no longer fits: the docker CLI shows why.
+    let r = docker().run(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "berth",
+        "--cpus",
+        "1",
+        "--network",
+        "none",
+        img,
+        "true",
+    ]);
+    assert!(!r.ok());
+    assert!(
+        r.stderr
+            .contains("berth: cpus: need 1 exclusive cores, 0 free (NUMA 0: 0)"),
+        "{}",
+        r.stderr
+    );
+    // Shared containers stay off the exclusive core.
+    let excl = berth_runtime_cpus(e["exclusive"].as_str().unwrap())[0];
+    let shared = DockerContainer::start(&[
+        "--runtime",
+        "berth",
+        "--network",
+        "none",
+        img,
+        "sleep",
+        "120",
+    ]);
+    assert_eq!(
+        cgroup_cpus(&shared),
+        frag_cpu.to_string(),
+        "the shared pool excludes exclusive cpu {excl}"
+    );
+    // docker update re-plans, keeping the current cores: 1.5 -> 0.5 frees the exclusive core...
+    let r = docker().run(&["update", "--cpus", "0.5", &big.id]);
+    assert!(r.ok(), "docker update: {}", r.stderr);
+    assert_eq!(cgroup_cpus(&big), frag_cpu.to_string());
+    // ...and the shared container is moved onto the grown pool.
+    assert_eq!(cgroup_cpus(&shared), "0-1");
+    assert_not_oversubscribed(&cpu_status());
+}
+
+#[test]
+fn bad_requests_are_clear_errors() {
+    let _g = cpu_lock();
+    let root = fresh_dir("runc-root");
+    for (value, expect) in [
+        ("0", "more than zero"),
+        ("-1", "not a positive"),
+        ("NaN", "not a positive"),
+        ("1e9", "not a positive"),
+        ("99999999", "absurd"),
+        ("0.001", "finer"),
+    ] {
+        let bundle = busybox_bundle(&["true"]);
+        edit_config(&bundle, |c| {
+            c["annotations"] = json!({"io.berth.cpus": value})
+        });
+        let r = try_run_via_files(
+            Command::new(binary("berth-runtime"))
+                .arg("--berth-config")
+                .arg(berth::config())
+                .arg("--root")
+                .arg(&root)
+                .args(["create", "--bundle"])
+                .arg(&bundle)
+                .arg(unique()),
+        );
+        assert!(!r.ok(), "io.berth.cpus={value} accepted");
+        assert!(
+            r.stderr.contains("io.berth.cpus") && r.stderr.contains(expect),
+            "io.berth.cpus={value}: {}",
+            r.stderr
+        );
+    }
+    let bundle = busybox_bundle(&["true"]);
+    edit_config(&bundle, |c| {
+        c["annotations"] = json!({"io.berth.cpus": "0.5", "io.berth.cpu-mode": "exclusive"})
+    });
+    let r = try_run_via_files(
+        Command::new(binary("berth-runtime"))
+            .arg("--berth-config")
+            .arg(berth::config())
+            .arg("--root")
+            .arg(&root)
+            .args(["create", "--bundle"])
+            .arg(&bundle)
+            .arg(unique()),
+    );
+    assert!(
+        r.stderr.contains("mode exclusive needs a whole number"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn kill_minus_nine_during_concurrent_creates_leaks_nothing_gc_cannot_free() {
+    let _g = cpu_lock();
+    let root = fresh_dir("crash-root");
+    let bundles: Vec<_> = (0..4)
+        .map(|_| {
+            let b = busybox_bundle(&["sleep", "60"]);
+            edit_config(&b, |c| c["annotations"] = json!({"io.berth.cpus": "0.1"}));
+            b
+        })
+        .collect();
+    let ids: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = bundles
+            .iter()
+            .enumerate()
+            .map(|(w, bundle)| {
+                let root = root.clone();
+                s.spawn(move || {
+                    let mut ids = Vec::new();
+                    for i in 0..25u64 {
+                        let id = unique();
+                        let mut child = Command::new(binary("berth-runtime"))
+                            .arg("--berth-config")
+                            .arg(berth::config())
+                            .arg("--root")
+                            .arg(&root)
+                            .args(["create", "--bundle"])
+                            .arg(bundle)
+                            .arg(&id)
+                            .stdin(Stdio::null())
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .spawn()
+                            .expect("spawn berth-runtime");
+                        // A pseudo-random point of the create: 0 to ~12 ms in.
+                        std::thread::sleep(Duration::from_micros(
+                            (i * 7919 + w as u64 * 104_729) % 12_000,
+                        ));
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        ids.push(id);
+                        // Whatever got created is deleted again (by runc, so the ledger is left to GC).
+                        let _ = try_run(Command::new("runc").arg("--root").arg(&root).args([
+                            "delete",
+                            "--force",
+                            ids.last().unwrap(),
+                        ]));
+                    }
+                    ids
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .flat_map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    assert_eq!(ids.len(), 100);
+    // Consistent at every point, and GC frees every leak: no container is left, so no allocation is.
+    let status = cpu_status();
+    assert_not_oversubscribed(&status);
+    let left: Vec<&Value> = status["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| ids.iter().any(|i| c["id"] == i.as_str()))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "GC left allocations of killed creates: {left:?}"
+    );
+    // runc-level leftovers of creates killed mid-way (cgroups named by id) are removed.
+    for id in &ids {
+        berth_integration::engines::remove_cgroup_dirs(id);
+    }
+}
+
+#[test]
+fn a_corrupt_ledger_is_rebuilt_from_live_containers() {
+    let _g = cpu_lock();
+    let img = docker().busybox_image();
+    let c = DockerContainer::start(&[
+        "--runtime",
+        "berth",
+        "--cpus",
+        "1.2",
+        "--network",
+        "none",
+        img,
+        "sleep",
+        "120",
+    ]);
+    let before = entry(&cpu_status(), &c.id).expect("entry");
+    let ledger = berth::config()
+        .parent()
+        .unwrap()
+        .join("state/cpus/ledger.json");
+    let mut text = std::fs::read_to_string(&ledger).unwrap();
+    text = text.replacen("\"checksum\"", "\"checksum_\"", 1);
+    std::fs::write(&ledger, text).unwrap();
+    let after = entry(&cpu_status(), &c.id).expect("rebuilt entry");
+    assert_eq!(after["exclusive"], before["exclusive"]);
+    assert_eq!(after["fragment"], before["fragment"]);
+    assert_eq!(cgroup_cpus(&c), "0-1");
+}

@@ -1,0 +1,88 @@
+//! Reading and writing the CPU files of running containers' cgroups (v1
+//! `cpuset`/`cpu` hierarchies, or the unified v2 tree). A single-file read or
+//! write per value, so Berth does this directly rather than through a cgroup
+//! library.
+
+use std::path::{Path, PathBuf};
+
+/// Turns an OCI `cgroupsPath` into a path relative to a hierarchy root:
+/// cgroupfs paths as they are, systemd's `slice:prefix:name` as
+/// `slice/prefix-name.scope`.
+pub fn relative_path(cgroups_path: &str) -> PathBuf {
+    let parts: Vec<&str> = cgroups_path.split(':').collect();
+    if parts.len() == 3 && !cgroups_path.starts_with('/') {
+        let slice = if parts[0].is_empty() {
+            "system.slice"
+        } else {
+            parts[0]
+        };
+        return PathBuf::from(slice).join(format!("{}-{}.scope", parts[1], parts[2]));
+    }
+    PathBuf::from(cgroups_path.trim_start_matches('/'))
+}
+
+fn file(controller: &str, rel: &Path, name: &str) -> PathBuf {
+    let v1 = Path::new("/sys/fs/cgroup").join(controller);
+    if v1.is_dir() {
+        v1.join(rel).join(name)
+    } else {
+        Path::new("/sys/fs/cgroup").join(rel).join(name)
+    }
+}
+
+/// Writes `cpus` to the container's `cpuset.cpus`. Errors are returned as text.
+pub fn set_cpuset(cgroups_path: &str, cpus: &str) -> Result<(), String> {
+    let p = file("cpuset", &relative_path(cgroups_path), "cpuset.cpus");
+    std::fs::write(&p, cpus).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// The container's current `cpuset.cpus`.
+pub fn cpuset(cgroups_path: &str) -> Option<String> {
+    let p = file("cpuset", &relative_path(cgroups_path), "cpuset.cpus");
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// The container's CFS quota and period (v1 files, or v2 `cpu.max`).
+pub fn quota(cgroups_path: &str) -> Option<(i64, u64)> {
+    let rel = relative_path(cgroups_path);
+    let v1 = Path::new("/sys/fs/cgroup/cpu");
+    if v1.is_dir() {
+        let q = std::fs::read_to_string(v1.join(&rel).join("cpu.cfs_quota_us"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let p = std::fs::read_to_string(v1.join(&rel).join("cpu.cfs_period_us"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        return Some((q, p));
+    }
+    let max =
+        std::fs::read_to_string(Path::new("/sys/fs/cgroup").join(rel).join("cpu.max")).ok()?;
+    let mut it = max.split_whitespace();
+    let q = it.next()?;
+    let p = it.next()?.parse().ok()?;
+    Some((if q == "max" { -1 } else { q.parse().ok()? }, p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn systemd_and_cgroupfs_paths() {
+        assert_eq!(relative_path("/docker/abc"), PathBuf::from("docker/abc"));
+        assert_eq!(
+            relative_path("system.slice:docker:abc"),
+            PathBuf::from("system.slice/docker-abc.scope")
+        );
+        assert_eq!(
+            relative_path(":cri-containerd:abc"),
+            PathBuf::from("system.slice/cri-containerd-abc.scope")
+        );
+    }
+}

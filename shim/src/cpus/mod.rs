@@ -1,0 +1,129 @@
+//! CPU splitting: exclusive cores plus a shared fragment core (Eru), with a
+//! crash-safe host ledger. [`topology`] reads the host, [`plan`] is the pure
+//! planner, [`ledger`] keeps every container's allocation across runtime
+//! processes, and [`cgroup`] applies shared-pool changes to running containers.
+
+pub mod cgroup;
+pub mod ledger;
+pub mod plan;
+pub mod topology;
+
+use crate::config::RuntimeConfig;
+use crate::error::{Error, Result};
+use plan::{Allocation, Mode};
+use std::path::{Path, PathBuf};
+use topology::Topology;
+
+/// What the rewrite's CPU stage asks of the host: an allocation for this
+/// container, and the shared pool after it.
+pub trait Allocator {
+    /// Allocates (or re-plans) `pieces` in `mode` for the container being
+    /// created, whose cgroup is `cgroup`. Returns the allocation and the
+    /// shared pool as a cpuset list.
+    fn allocate(
+        &self,
+        mode: Mode,
+        pieces: u32,
+        cgroup: Option<&str>,
+    ) -> Result<(Allocation, String)>;
+    /// Pieces per CPU.
+    fn base(&self) -> u32;
+    /// What an explicit user cpuset means: true to respect it unsplit.
+    fn respect_user_cpuset(&self) -> bool;
+}
+
+/// The ledger-backed allocator `berth-runtime` uses on create.
+#[derive(Debug, Clone)]
+pub struct HostAllocator {
+    /// The runtime configuration.
+    pub config: RuntimeConfig,
+    /// The host topology.
+    pub topology: Topology,
+    /// The container's state root.
+    pub root: Option<PathBuf>,
+    /// The container id.
+    pub id: String,
+    /// Its delegate.
+    pub delegate: PathBuf,
+}
+
+impl HostAllocator {
+    /// An allocator for container `id`, reading the topology from `/sys`.
+    pub fn new(
+        config: &RuntimeConfig,
+        root: Option<&Path>,
+        id: &str,
+        delegate: &Path,
+    ) -> Result<HostAllocator> {
+        Ok(HostAllocator {
+            config: config.clone(),
+            topology: Topology::from_sysfs(Path::new("/sys"))?,
+            root: root.map(Path::to_path_buf),
+            id: id.to_string(),
+            delegate: delegate.to_path_buf(),
+        })
+    }
+}
+
+/// Writes the shared pool into every running shared container's cgroup
+/// (except `skip`), so shared containers stay off exclusive CPUs. Berth has
+/// no daemon: this runs whenever an allocation changes the exclusive set.
+pub fn apply_pool(ledger: &ledger::Ledger, skip: &str) {
+    let pool = ledger.host.shared_pool_list();
+    for (key, cg) in ledger.shared_cgroups() {
+        if key == skip {
+            continue;
+        }
+        if cgroup::cpuset(&cg).as_deref() == Some(pool.as_str()) {
+            continue;
+        }
+        match cgroup::set_cpuset(&cg, &pool) {
+            Ok(()) => {
+                tracing::info!(container = %key, cpus = %pool, "moved a shared container to the new shared pool")
+            }
+            Err(e) => {
+                tracing::warn!(container = %key, "cannot move a shared container to the shared pool: {e}")
+            }
+        }
+    }
+}
+
+impl Allocator for HostAllocator {
+    fn allocate(
+        &self,
+        mode: Mode,
+        pieces: u32,
+        cgroup: Option<&str>,
+    ) -> Result<(Allocation, String)> {
+        let store = ledger::Store::new(&self.config);
+        let key = crate::delegate::container_key(self.root.as_deref(), &self.id);
+        store.transaction(&self.config, &self.topology, |l| {
+            l.gc();
+            let before = l.host.shared_pool_list();
+            let a = l
+                .allocate(
+                    self.root.as_deref(),
+                    &self.id,
+                    &self.delegate,
+                    cgroup,
+                    mode,
+                    pieces,
+                )
+                .map_err(|e| Error::Cpu(e.to_string()))?;
+            let pool = l.host.shared_pool_list();
+            if pool != before {
+                apply_pool(l, &key);
+            }
+            Ok((a, pool))
+        })
+    }
+
+    fn base(&self) -> u32 {
+        self.config.cpus.base
+    }
+
+    fn respect_user_cpuset(&self) -> bool {
+        self.config.cpus.user_cpuset == "respect"
+    }
+}
+pub mod ops;

@@ -1,0 +1,183 @@
+//! The CPU ledger's part in verbs other than create: release on delete,
+//! re-plan on update, and the `berth-runtime cpus` report.
+
+use super::ledger::Store;
+use super::plan::Mode;
+use super::topology::{format_list, Topology};
+use crate::config::RuntimeConfig;
+use crate::delegate::container_key;
+use crate::error::{Error, Result};
+use serde_json::{json, Value};
+use std::path::Path;
+
+fn topology() -> Result<Topology> {
+    Topology::from_sysfs(Path::new("/sys"))
+}
+
+/// True when the ledger holds an allocation for `id` under `root` (a
+/// lock-free read: the file is only ever replaced atomically).
+pub fn has_entry(cfg: &RuntimeConfig, root: Option<&Path>, id: &str) -> bool {
+    let Ok(bytes) = std::fs::read(Store::new(cfg).path()) else {
+        return false;
+    };
+    let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
+        return false;
+    };
+    v.get("entries")
+        .and_then(|e| e.get(container_key(root, id)))
+        .is_some()
+}
+
+/// Frees `id`'s allocation (after the delegate deleted it) and moves shared
+/// containers onto the grown pool.
+pub fn release(cfg: &RuntimeConfig, root: Option<&Path>, id: &str) -> Result<()> {
+    let key = container_key(root, id);
+    Store::new(cfg).transaction(cfg, &topology()?, |l| {
+        if l.remove(&key).is_some() {
+            tracing::info!(container = id, "CPU allocation released");
+            super::apply_pool(l, &key);
+        }
+        Ok(())
+    })
+}
+
+/// Re-plans `id` for new `resources` (runc's `update --resources` JSON),
+/// keeping its current CPUs where possible, and writes the new cpuset, mems
+/// and shares into `resources`. Returns false when `resources` does not
+/// change the CPU request.
+pub fn replan(
+    cfg: &RuntimeConfig,
+    root: Option<&Path>,
+    id: &str,
+    resources: &mut Value,
+) -> Result<bool> {
+    let Some(cpu) = resources.get("cpu").filter(|c| c.get("quota").is_some()) else {
+        return Ok(false);
+    };
+    let period = cpu
+        .get("period")
+        .and_then(Value::as_u64)
+        .filter(|p| *p > 0)
+        .unwrap_or(100_000);
+    let quota = cpu.get("quota").and_then(Value::as_i64).unwrap_or(0);
+    let base = cfg.cpus.base;
+    let key = container_key(root, id);
+    let pieces = if quota > 0 {
+        u32::try_from((quota as u64 * u64::from(base)).div_ceil(period)).unwrap_or(u32::MAX)
+    } else {
+        0
+    };
+    let (a, pool) = Store::new(cfg).transaction(cfg, &topology()?, |l| {
+        let Some(e) = l.entries.get(&key).cloned() else {
+            return Err(Error::Cpu(format!("no allocation for {id}")));
+        };
+        // Unlimited means the shared pool; otherwise the mode stays.
+        let mode = if pieces == 0 {
+            Mode::Shared
+        } else {
+            e.allocation.mode
+        };
+        let before = l.host.shared_pool_list();
+        let a = l
+            .allocate(
+                e.root.as_deref(),
+                &e.id,
+                &e.delegate,
+                e.cgroup.as_deref(),
+                mode,
+                pieces,
+            )
+            .map_err(|err| Error::Cpu(err.to_string()))?;
+        let pool = l.host.shared_pool_list();
+        if pool != before {
+            super::apply_pool(l, &key);
+        }
+        Ok((a, pool))
+    })?;
+    if let Some(c) = resources.get_mut("cpu").and_then(Value::as_object_mut) {
+        if a.mode == Mode::Shared {
+            c.insert("cpus".into(), json!(pool));
+        } else {
+            c.insert("cpus".into(), json!(format_list(a.cpus())));
+            c.insert("mems".into(), json!(format_list(a.nodes.iter().copied())));
+        }
+        if pieces > 0 {
+            c.insert(
+                "shares".into(),
+                json!((u64::from(pieces) * 1024 / u64::from(base)).max(2)),
+            );
+        }
+    }
+    tracing::info!(container = id, pieces, cpus = ?a.cpus(), "CPU allocation re-planned");
+    Ok(true)
+}
+
+/// The ledger as JSON: CPUs (free, exclusive, fragments), the shared pool and
+/// each container's plan. With `gc`, frees allocations of gone containers first.
+pub fn status(cfg: &RuntimeConfig, gc: bool) -> Result<Value> {
+    Store::new(cfg).transaction(cfg, &topology()?, |l| {
+        let freed = if gc { l.gc() } else { Vec::new() };
+        let base = l.host.base;
+        let mut cpus = Vec::new();
+        for c in l.host.topology.cpus.values() {
+            let excl = l.entries.iter().find(|(_, e)| e.allocation.exclusive.contains(&c.id)).map(|(_, e)| e.id.clone());
+            let frag: u32 = l.entries.values().filter_map(|e| e.allocation.fragment.filter(|f| f.cpu == c.id)).map(|f| f.pieces).sum();
+            let state = if l.host.reserved.contains(&c.id) {
+                "reserved"
+            } else if excl.is_some() {
+                "exclusive"
+            } else if frag > 0 {
+                "fragment"
+            } else {
+                "free"
+            };
+            cpus.push(json!({"cpu": c.id, "node": c.node, "core": c.core, "state": state, "owner": excl, "fragment_pieces": frag}));
+        }
+        let containers: Vec<Value> = l
+            .entries
+            .values()
+            .map(|e| json!({"id": e.id, "root": e.root, "mode": e.allocation.mode, "cpus": e.allocation.pieces as f64 / f64::from(base),
+                            "exclusive": format_list(e.allocation.exclusive.iter().copied()),
+                            "fragment": e.allocation.fragment, "nodes": e.allocation.nodes, "cgroup": e.cgroup}))
+            .collect();
+        Ok(json!({"base": base, "cpus": cpus, "shared_pool": l.host.shared_pool_list(), "containers": containers, "gc_freed": freed}))
+    })
+}
+
+/// `status` as a table for people.
+pub fn format_status(v: &Value) -> String {
+    let base = v["base"].as_u64().unwrap_or(100);
+    let mut out = "CPU   NODE  STATE       USE\n".to_string();
+    for c in v["cpus"].as_array().into_iter().flatten() {
+        let use_ = match c["state"].as_str() {
+            Some("exclusive") => c["owner"].as_str().unwrap_or("?").to_string(),
+            Some("fragment") => format!("{}/{base} pieces", c["fragment_pieces"]),
+            _ => String::new(),
+        };
+        out.push_str(&format!(
+            "{:<5} {:<5} {:<11} {use_}\n",
+            c["cpu"],
+            c["node"],
+            c["state"].as_str().unwrap_or("")
+        ));
+    }
+    out.push_str(&format!("\nshared pool: {}\n\nCONTAINER                                                        MODE       CPUS   CPUSET\n", v["shared_pool"].as_str().unwrap_or("")));
+    for c in v["containers"].as_array().into_iter().flatten() {
+        let mut set = c["exclusive"].as_str().unwrap_or("").to_string();
+        if let Some(f) = c["fragment"].as_object() {
+            set.push_str(&format!(
+                "{}{}({}/{base})",
+                if set.is_empty() { "" } else { "+" },
+                f["cpu"],
+                f["pieces"]
+            ));
+        }
+        out.push_str(&format!(
+            "{:<64} {:<10} {:<6} {set}\n",
+            c["id"].as_str().unwrap_or(""),
+            c["mode"].as_str().unwrap_or(""),
+            c["cpus"]
+        ));
+    }
+    out
+}
