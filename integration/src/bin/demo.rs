@@ -55,7 +55,7 @@ fn main() {
     std::fs::write(
         &config,
         format!(
-            "delegate = \"auto\"\nstate_dir = \"{}\"\n\n[sysctl]\nmachine_class_file = \"{}\"\n\n[preload]\nlibrary = \"{}\"\n",
+            "delegate = \"auto\"\nstate_dir = \"{}\"\n\n[sysctl]\nmachine_class_file = \"{}\"\n\n[preload]\nlibrary = \"{}\"\n\n[cpus]\nbase = 100\n",
             scratch().join("state").display(),
             etc.join("machine.toml").display(),
             library.display()
@@ -64,7 +64,7 @@ fn main() {
     .expect("runtime.toml");
     println!("{}", std::fs::read_to_string(&config).expect("read"));
 
-    step("2. A busybox image with glibc's nproc, and an OCI bundle limited to 1 CPU");
+    step("2. A busybox image with glibc's nproc, and an OCI bundle asking for 1.5 CPUs (annotation io.berth.cpus)");
     let bundle = fresh_dir("bundle");
     let rootfs = dynamic_rootfs(&[Path::new("/usr/bin/nproc")]);
     std::fs::copy(
@@ -78,30 +78,67 @@ fn main() {
         ["spec".as_ref(), "--bundle".as_ref(), bundle.as_os_str()],
     );
     let script = format!(
-        "echo \"host CPUs: {host_cpus}; CPUs this container sees: $(/usr/bin/nproc)\"; \
+        "echo \"host CPUs: {host_cpus}; cpuset: $(cat /sys/fs/cgroup/cpuset/cpuset.cpus 2>/dev/null || cat /sys/fs/cgroup/cpuset.cpus.effective); CPU quota: $(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null)/100000\"; \
+         echo \"CPUs this container sees: $(/usr/bin/nproc)\"; \
          echo \"net.ipv4.tcp_keepalive_time in the container: $(cat /proc/sys/net/ipv4/tcp_keepalive_time)\""
     );
     edit_config(&bundle, |c| {
         c["process"]["args"] = json!(["sh", "-c", script]);
         c["process"]["terminal"] = json!(false);
-        c["linux"]["resources"]["cpu"] = json!({"quota": 100000, "period": 100000});
+        c["annotations"] = json!({"io.berth.cpus": "1.5"});
     });
     println!("bundle: {}", bundle.display());
 
-    step("3. berth-runtime run (runc's command line; Berth rewrites config.json, then execs the delegate)");
+    step("3. berth-runtime create + start (runc's command line; Berth rewrites config.json, plans CPUs, then execs the delegate)");
     let root = scratch().join("runtime-root");
     let id = format!("berth-demo-{}", std::process::id());
-    let status = Command::new(&runtime)
-        .arg("--berth-config")
-        .arg(&config)
-        .arg("--root")
-        .arg(&root)
-        .args(["run", "--bundle"])
+    let berth = || {
+        let mut c = Command::new(&runtime);
+        c.arg("--berth-config")
+            .arg(&config)
+            .arg("--root")
+            .arg(&root);
+        c
+    };
+    let status = berth()
+        .args(["create", "--bundle"])
         .arg(&bundle)
         .arg(&id)
         .status()
         .expect("run berth-runtime");
-    assert!(status.success(), "berth-runtime run failed: {status}");
+    assert!(status.success(), "berth-runtime create failed: {status}");
+    println!("\n--- berth-runtime cpus (the host's CPU ledger while the container exists)");
+    let _ = berth().arg("cpus").status();
+    println!("--- the container's output");
+    assert!(
+        berth()
+            .args(["start", &id])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false),
+        "start failed"
+    );
+    let stopped = || {
+        berth()
+            .args(["state", &id])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("\"stopped\""))
+            .unwrap_or(true)
+    };
+    for _ in 0..200 {
+        if stopped() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    assert!(
+        berth()
+            .args(["delete", "--force", &id])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false),
+        "delete failed"
+    );
 
     step("4. What Berth changed (annotation io.berth.applied in the rewritten config.json)");
     let spec: Value =
@@ -114,7 +151,13 @@ fn main() {
     )
     .unwrap_or_default();
     println!("{}", serde_json::to_string_pretty(&applied).expect("json"));
-    println!("\nDone. (CPU splitting, the macvlan network and log forwarding join this demo as they land.)");
+    step("5. After delete the allocation is released (berth-runtime cpus)");
+    let _ = Command::new(&runtime)
+        .arg("--berth-config")
+        .arg(&config)
+        .arg("cpus")
+        .status();
+    println!("\nDone. (The macvlan network and log forwarding join this demo as they land.)");
 }
 
 fn step(title: &str) {

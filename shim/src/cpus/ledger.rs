@@ -86,17 +86,18 @@ impl Entry {
     }
 }
 
+/// The file: the entries kept as raw JSON text, so the CRC32 covers exactly
+/// the bytes on disk and each load parses them once.
 #[derive(Debug, Serialize, Deserialize)]
 struct File {
     version: u32,
     base: u32,
-    entries: BTreeMap<String, Entry>,
     checksum: String,
+    entries: Box<serde_json::value::RawValue>,
 }
 
-fn checksum(entries: &BTreeMap<String, Entry>) -> String {
-    let bytes = serde_json::to_vec(entries).unwrap_or_default();
-    format!("{:08x}", crc32fast::hash(&bytes))
+fn checksum(raw: &str) -> String {
+    format!("{:08x}", crc32fast::hash(raw.as_bytes()))
 }
 
 /// The loaded ledger: entries plus the planner state derived from them.
@@ -233,11 +234,16 @@ impl Store {
         let mut ledger = Ledger::new(cfg, topology.clone());
         let why = match std::fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<File>(&bytes) {
-                Ok(f) if f.checksum == checksum(&f.entries) && f.base == cfg.cpus.base => {
-                    for (k, e) in f.entries {
-                        ledger.insert(k, e);
+                Ok(f) if f.checksum == checksum(f.entries.get()) && f.base == cfg.cpus.base => {
+                    match serde_json::from_str::<BTreeMap<String, Entry>>(f.entries.get()) {
+                        Ok(entries) => {
+                            for (k, e) in entries {
+                                ledger.insert(k, e);
+                            }
+                            return Ok(ledger);
+                        }
+                        Err(e) => format!("its entries do not parse: {e}"),
                     }
-                    return Ok(ledger);
                 }
                 Ok(f) if f.base != cfg.cpus.base => format!(
                     "its base {} differs from [cpus] base {}",
@@ -257,13 +263,17 @@ impl Store {
     }
 
     fn save(&self, ledger: &Ledger) -> Result<()> {
+        let raw = serde_json::value::to_raw_value(&ledger.entries).map_err(|e| Error::Config {
+            path: self.path(),
+            message: e.to_string(),
+        })?;
         let f = File {
             version: 1,
             base: ledger.host.base,
-            checksum: checksum(&ledger.entries),
-            entries: ledger.entries.clone(),
+            checksum: checksum(raw.get()),
+            entries: raw,
         };
-        let bytes = serde_json::to_vec_pretty(&f).map_err(|e| Error::Config {
+        let bytes = serde_json::to_vec(&f).map_err(|e| Error::Config {
             path: self.path(),
             message: e.to_string(),
         })?;

@@ -98,18 +98,29 @@ impl Allocator for HostAllocator {
         let store = ledger::Store::new(&self.config);
         let key = crate::delegate::container_key(self.root.as_deref(), &self.id);
         store.transaction(&self.config, &self.topology, |l| {
-            l.gc();
             let before = l.host.shared_pool_list();
-            let a = l
-                .allocate(
+            // GC costs a stat per container, so it runs when a request does
+            // not fit (and on `berth-runtime cpus --gc`), then the plan is retried.
+            let a = match l.allocate(
+                self.root.as_deref(),
+                &self.id,
+                &self.delegate,
+                cgroup,
+                mode,
+                pieces,
+            ) {
+                Ok(a) => Ok(a),
+                Err(_) if !l.gc().is_empty() => l.allocate(
                     self.root.as_deref(),
                     &self.id,
                     &self.delegate,
                     cgroup,
                     mode,
                     pieces,
-                )
-                .map_err(|e| Error::Cpu(e.to_string()))?;
+                ),
+                Err(e) => Err(e),
+            }
+            .map_err(|e| Error::Cpu(e.to_string()))?;
             let pool = l.host.shared_pool_list();
             if pool != before {
                 apply_pool(l, &key);

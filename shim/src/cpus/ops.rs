@@ -156,8 +156,8 @@ pub fn format_status(v: &Value) -> String {
         };
         out.push_str(&format!(
             "{:<5} {:<5} {:<11} {use_}\n",
-            c["cpu"],
-            c["node"],
+            c["cpu"].to_string(),
+            c["node"].to_string(),
             c["state"].as_str().unwrap_or("")
         ));
     }
@@ -176,7 +176,7 @@ pub fn format_status(v: &Value) -> String {
             "{:<64} {:<10} {:<6} {set}\n",
             c["id"].as_str().unwrap_or(""),
             c["mode"].as_str().unwrap_or(""),
-            c["cpus"]
+            c["cpus"].to_string()
         ));
     }
     out

@@ -171,9 +171,14 @@ impl Host {
         }
     }
 
-    fn usage(&self) -> Usage {
+    /// Who uses what, leaving out `skip` (the container being re-planned).
+    fn usage(&self, skip: Option<&str>) -> Usage {
         let mut u = Usage::default();
-        for (k, a) in &self.allocations {
+        for (k, a) in self
+            .allocations
+            .iter()
+            .filter(|(k, _)| Some(k.as_str()) != skip)
+        {
             for c in &a.exclusive {
                 u.exclusive_owner.insert(*c, k.clone());
             }
@@ -205,7 +210,7 @@ impl Host {
 
     /// The shared pool: online CPUs no container holds exclusively.
     pub fn shared_pool(&self) -> Vec<u32> {
-        let u = self.usage();
+        let u = self.usage(None);
         self.topology
             .cpus
             .keys()
@@ -232,9 +237,7 @@ impl Host {
     /// changing anything. An existing allocation of `key` is re-planned:
     /// its CPUs are preferred.
     pub fn plan(&self, key: &str, mode: Mode, pieces: u32) -> Result<Allocation, PlanError> {
-        let mut me = self.clone();
-        let keep = me.allocations.remove(key);
-        me.place(mode, pieces, keep.as_ref())
+        self.place(key, mode, pieces, self.allocations.get(key))
     }
 
     /// Places and records the request (see [`Host::plan`]).
@@ -256,17 +259,19 @@ impl Host {
 
     fn place(
         &self,
+        key: &str,
         mode: Mode,
         pieces: u32,
         keep: Option<&Allocation>,
     ) -> Result<Allocation, PlanError> {
         let base = self.base;
-        let u = self.usage();
+        let u = self.usage(Some(key));
         if mode == Mode::Shared {
             let pool = self
-                .shared_pool()
-                .into_iter()
-                .filter(|c| !self.reserved.contains(c))
+                .topology
+                .cpus
+                .keys()
+                .filter(|c| !u.exclusive_owner.contains_key(c) && !self.reserved.contains(c))
                 .count() as f64;
             let capacity = (pool * f64::from(base) * self.overcommit).floor().max(0.0) as u32;
             let free = capacity.saturating_sub(u.shared_pieces);
@@ -656,5 +661,35 @@ mod tests {
             h.allocate("t", Mode::Shared, 1),
             Err(PlanError::SharedFull { .. })
         ));
+    }
+}
+
+#[cfg(test)]
+mod capacity_tests {
+    use super::*;
+
+    #[test]
+    fn never_more_pieces_than_cpus() {
+        let mut h = Host::new(Topology::synthetic(4, 32, 2), 100, BTreeSet::new(), 1.0);
+        let mut n = 0u64;
+        let mut total = 0u64;
+        let mut x: u64 = 1;
+        loop {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let pieces = 10 + ((x >> 33) % 290) as u32;
+            match h.allocate(&format!("c{n}"), Mode::Split, pieces) {
+                Ok(_) => {
+                    total += u64::from(pieces);
+                    n += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        assert!(
+            total <= 256 * 100,
+            "placed {n} containers with {total} pieces on 256 CPUs"
+        );
     }
 }
