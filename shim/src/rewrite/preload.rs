@@ -23,13 +23,25 @@ pub const OPT_OUT_ANNOTATION: &str = "io.berth.cpu-preload";
 
 /// The CPU count a container should see, from its quota and cpuset.
 pub fn visible_cpus(s: &Value) -> Option<u32> {
+    visible_cpus_on(s, host_online_cpus())
+}
+
+/// The host's online CPU count, from `/sys/devices/system/cpu/online`.
+pub fn host_online_cpus() -> Option<u32> {
+    let list = std::fs::read_to_string("/sys/devices/system/cpu/online").ok()?;
+    spec::cpuset_count(list.trim())
+}
+
+/// [`visible_cpus`] on a host with `host` online CPUs: a cpuset that spans
+/// them all (the shared pool of an idle host, say) is no limit.
+pub fn visible_cpus_on(s: &Value, host: Option<u32>) -> Option<u32> {
     let from_quota = spec::cpu_quota(s).map(|(q, p)| {
         let n = (q as u64).div_ceil(p);
         u32::try_from(n).unwrap_or(u32::MAX).max(1)
     });
     let from_set = spec::cpuset(s)
         .and_then(spec::cpuset_count)
-        .filter(|n| *n > 0);
+        .filter(|n| *n > 0 && host.is_none_or(|h| *n < h));
     match (from_quota, from_set) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -239,27 +251,39 @@ mod tests {
 
     #[test]
     fn visible_cpus_takes_the_smaller_limit_and_rounds_up() {
-        assert_eq!(visible_cpus(&json!({})), None);
+        let on64 = |v: Value| visible_cpus_on(&v, Some(64));
+        assert_eq!(on64(json!({})), None);
         assert_eq!(
-            visible_cpus(
-                &json!({"linux": {"resources": {"cpu": {"quota": 150000, "period": 100000}}}})
+            visible_cpus_on(
+                &json!({"linux": {"resources": {"cpu": {"cpus": "0-3"}}}}),
+                Some(4)
             ),
+            None,
+            "all CPUs is no limit"
+        );
+        assert_eq!(
+            visible_cpus_on(
+                &json!({"linux": {"resources": {"cpu": {"cpus": "0-2"}}}}),
+                Some(4)
+            ),
+            Some(3)
+        );
+        assert_eq!(
+            on64(json!({"linux": {"resources": {"cpu": {"quota": 150000, "period": 100000}}}})),
             Some(2)
         );
         assert_eq!(
-            visible_cpus(
-                &json!({"linux": {"resources": {"cpu": {"quota": 10000, "period": 100000}}}})
-            ),
+            on64(json!({"linux": {"resources": {"cpu": {"quota": 10000, "period": 100000}}}})),
             Some(1)
         );
         assert_eq!(
-            visible_cpus(
-                &json!({"linux": {"resources": {"cpu": {"quota": 400000, "period": 100000, "cpus": "0-1"}}}})
+            on64(
+                json!({"linux": {"resources": {"cpu": {"quota": 400000, "period": 100000, "cpus": "0-1"}}}})
             ),
             Some(2)
         );
         assert_eq!(
-            visible_cpus(&json!({"linux": {"resources": {"cpu": {"quota": -1, "cpus": "0-2"}}}})),
+            on64(json!({"linux": {"resources": {"cpu": {"quota": -1, "cpus": "0-2"}}}})),
             Some(3)
         );
     }
