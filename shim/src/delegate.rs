@@ -147,6 +147,10 @@ pub fn container_key(root: Option<&Path>, id: &str) -> String {
     format!("{:016x}/{id}", fnv1a(r.as_bytes()))
 }
 
+/// How old a record of a container the delegate does not know must be
+/// before GC removes it (a create in progress is younger).
+pub const RECORD_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Per-container delegate records for one `--root`.
 #[derive(Debug, Clone)]
 pub struct Records {
@@ -232,6 +236,11 @@ impl Records {
     /// Removes records whose container the delegate no longer has a state
     /// directory for. Only runs when the state root is known.
     pub fn gc(&self, keep: &str) -> usize {
+        self.gc_older_than(keep, RECORD_GRACE)
+    }
+
+    /// [`Records::gc`] with a given grace period.
+    pub fn gc_older_than(&self, keep: &str, grace: std::time::Duration) -> usize {
         let Some(root) = &self.root else { return 0 };
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return 0;
@@ -240,6 +249,17 @@ impl Records {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name == keep || name.starts_with('.') || root.join(&name).exists() {
+                continue;
+            }
+            // A record younger than a create can take may belong to a create
+            // still in progress in another runtime process: keep it.
+            let young = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age < grace);
+            if young {
                 continue;
             }
             if std::fs::remove_file(e.path()).is_ok() {
@@ -292,7 +312,8 @@ mod tests {
         assert_eq!(r.record("alive").unwrap().alive(), Some(true));
         assert_eq!(r.record("gone").unwrap().alive(), Some(false));
         assert_eq!(r.get("alive"), Some(sh.clone()));
-        assert_eq!(r.gc("new"), 1);
+        assert_eq!(r.gc("new"), 0, "a young record may be a create in progress");
+        assert_eq!(r.gc_older_than("new", std::time::Duration::ZERO), 1);
         assert_eq!(r.get("gone"), None);
         assert_eq!(r.get("alive"), Some(sh));
     }

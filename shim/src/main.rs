@@ -199,7 +199,7 @@ fn prepare(
         .and_then(|v| v.as_str())
         .map(str::to_string);
     let allocator = if cfg.cpus.enabled {
-        Some(cpus::HostAllocator::new(cfg, root, id, &delegate)?)
+        Some(cpus::HostAllocator::new(cfg, root, id)?)
     } else {
         None
     };

@@ -235,21 +235,13 @@ fn planner() {
     };
     let store = Store::new(&cfg);
     let mut rng = Lcg(42);
-    let delegate = std::path::PathBuf::from("/usr/sbin/runc");
     let root = std::path::PathBuf::from("/run/bench-root");
     store
         .transaction(&cfg, &topo, |l| {
             for i in 0..1000 {
                 let pieces = 5 + (rng.next() % 40) as u32; // 0.05..0.45 CPUs
-                l.allocate(
-                    Some(&root),
-                    &format!("c{i}"),
-                    &delegate,
-                    None,
-                    Mode::Split,
-                    pieces,
-                )
-                .expect("populate");
+                l.allocate(Some(&root), &format!("c{i}"), Mode::Split, pieces)
+                    .expect("populate");
             }
             Ok(())
         })
@@ -264,15 +256,8 @@ fn planner() {
                     Some(&root),
                     &format!("c{i}"),
                 ));
-                l.allocate(
-                    Some(&root),
-                    &format!("n{i}"),
-                    &delegate,
-                    None,
-                    Mode::Split,
-                    pieces,
-                )
-                .map_err(|e| berth_runtime::Error::Cpu(e.to_string()))?;
+                l.allocate(Some(&root), &format!("n{i}"), Mode::Split, pieces)
+                    .map_err(|e| berth_runtime::Error::Cpu(e.to_string()))?;
                 Ok(())
             })
             .expect("create");

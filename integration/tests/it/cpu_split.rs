@@ -366,13 +366,16 @@ fn a_corrupt_ledger_is_rebuilt_from_live_containers() {
         "120",
     ]);
     let before = entry(&cpu_status(), &c.id).expect("entry");
-    let ledger = berth::config()
-        .parent()
-        .unwrap()
-        .join("state/cpus/ledger.json");
-    let mut text = std::fs::read_to_string(&ledger).unwrap();
-    text = text.replacen("\"checksum\"", "\"checksum_\"", 1);
-    std::fs::write(&ledger, text).unwrap();
+    let ledger = berth::config().parent().unwrap().join("state/cpus/ledger");
+    let mut bytes = std::fs::read(&ledger).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff; // a bit-flipped payload
+    std::fs::write(&ledger, bytes).unwrap();
+    let after = entry(&cpu_status(), &c.id).expect("rebuilt entry");
+    assert_eq!(after["exclusive"], before["exclusive"]);
+    assert_eq!(after["fragment"], before["fragment"]);
+    // A missing ledger is rebuilt the same way.
+    std::fs::remove_file(&ledger).unwrap();
     let after = entry(&cpu_status(), &c.id).expect("rebuilt entry");
     assert_eq!(after["exclusive"], before["exclusive"]);
     assert_eq!(after["fragment"], before["fragment"]);

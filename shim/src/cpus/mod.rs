@@ -18,14 +18,8 @@ use topology::Topology;
 /// container, and the shared pool after it.
 pub trait Allocator {
     /// Allocates (or re-plans) `pieces` in `mode` for the container being
-    /// created, whose cgroup is `cgroup`. Returns the allocation and the
-    /// shared pool as a cpuset list.
-    fn allocate(
-        &self,
-        mode: Mode,
-        pieces: u32,
-        cgroup: Option<&str>,
-    ) -> Result<(Allocation, String)>;
+    /// created. Returns the allocation and the shared pool as a cpuset list.
+    fn allocate(&self, mode: Mode, pieces: u32) -> Result<(Allocation, String)>;
     /// Pieces per CPU.
     fn base(&self) -> u32;
     /// What an explicit user cpuset means: true to respect it unsplit.
@@ -43,24 +37,16 @@ pub struct HostAllocator {
     pub root: Option<PathBuf>,
     /// The container id.
     pub id: String,
-    /// Its delegate.
-    pub delegate: PathBuf,
 }
 
 impl HostAllocator {
     /// An allocator for container `id`, reading the topology from `/sys`.
-    pub fn new(
-        config: &RuntimeConfig,
-        root: Option<&Path>,
-        id: &str,
-        delegate: &Path,
-    ) -> Result<HostAllocator> {
+    pub fn new(config: &RuntimeConfig, root: Option<&Path>, id: &str) -> Result<HostAllocator> {
         Ok(HostAllocator {
             config: config.clone(),
             topology: Topology::from_sysfs(Path::new("/sys"))?,
             root: root.map(Path::to_path_buf),
             id: id.to_string(),
-            delegate: delegate.to_path_buf(),
         })
     }
 }
@@ -89,35 +75,18 @@ pub fn apply_pool(ledger: &ledger::Ledger, skip: &str) {
 }
 
 impl Allocator for HostAllocator {
-    fn allocate(
-        &self,
-        mode: Mode,
-        pieces: u32,
-        cgroup: Option<&str>,
-    ) -> Result<(Allocation, String)> {
+    fn allocate(&self, mode: Mode, pieces: u32) -> Result<(Allocation, String)> {
         let store = ledger::Store::new(&self.config);
         let key = crate::delegate::container_key(self.root.as_deref(), &self.id);
         store.transaction(&self.config, &self.topology, |l| {
             let before = l.host.shared_pool_list();
             // GC costs a stat per container, so it runs when a request does
             // not fit (and on `berth-runtime cpus --gc`), then the plan is retried.
-            let a = match l.allocate(
-                self.root.as_deref(),
-                &self.id,
-                &self.delegate,
-                cgroup,
-                mode,
-                pieces,
-            ) {
+            let a = match l.allocate(self.root.as_deref(), &self.id, mode, pieces) {
                 Ok(a) => Ok(a),
-                Err(_) if !l.gc().is_empty() => l.allocate(
-                    self.root.as_deref(),
-                    &self.id,
-                    &self.delegate,
-                    cgroup,
-                    mode,
-                    pieces,
-                ),
+                Err(_) if !l.gc().is_empty() => {
+                    l.allocate(self.root.as_deref(), &self.id, mode, pieces)
+                }
                 Err(e) => Err(e),
             }
             .map_err(|e| Error::Cpu(e.to_string()))?;

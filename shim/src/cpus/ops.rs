@@ -17,15 +17,9 @@ fn topology() -> Result<Topology> {
 /// True when the ledger holds an allocation for `id` under `root` (a
 /// lock-free read: the file is only ever replaced atomically).
 pub fn has_entry(cfg: &RuntimeConfig, root: Option<&Path>, id: &str) -> bool {
-    let Ok(bytes) = std::fs::read(Store::new(cfg).path()) else {
-        return false;
-    };
-    let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
-        return false;
-    };
-    v.get("entries")
-        .and_then(|e| e.get(container_key(root, id)))
-        .is_some()
+    Store::new(cfg)
+        .peek(cfg)
+        .is_some_and(|e| e.contains_key(&container_key(root, id)))
 }
 
 /// Frees `id`'s allocation (after the delegate deleted it) and moves shared
@@ -68,26 +62,20 @@ pub fn replan(
         0
     };
     let (a, pool) = Store::new(cfg).transaction(cfg, &topology()?, |l| {
-        let Some(e) = l.entries.get(&key).cloned() else {
+        let Some(current) = l.host.allocations.get(&key).cloned() else {
             return Err(Error::Cpu(format!("no allocation for {id}")));
         };
         // Unlimited means the shared pool; otherwise the mode stays.
         let mode = if pieces == 0 {
             Mode::Shared
         } else {
-            e.allocation.mode
+            current.mode
         };
         let before = l.host.shared_pool_list();
         let a = l
-            .allocate(
-                e.root.as_deref(),
-                &e.id,
-                &e.delegate,
-                e.cgroup.as_deref(),
-                mode,
-                pieces,
-            )
+            .allocate(root, id, mode, pieces)
             .map_err(|err| Error::Cpu(err.to_string()))?;
+        l.creators.remove(&key);
         let pool = l.host.shared_pool_list();
         if pool != before {
             super::apply_pool(l, &key);
@@ -118,10 +106,11 @@ pub fn status(cfg: &RuntimeConfig, gc: bool) -> Result<Value> {
     Store::new(cfg).transaction(cfg, &topology()?, |l| {
         let freed = if gc { l.gc() } else { Vec::new() };
         let base = l.host.base;
+        let owner = |cpu: u32| l.host.allocations.iter().find(|(_, a)| a.exclusive.contains(&cpu)).map(|(k, _)| id_of(k));
         let mut cpus = Vec::new();
         for c in l.host.topology.cpus.values() {
-            let excl = l.entries.iter().find(|(_, e)| e.allocation.exclusive.contains(&c.id)).map(|(_, e)| e.id.clone());
-            let frag: u32 = l.entries.values().filter_map(|e| e.allocation.fragment.filter(|f| f.cpu == c.id)).map(|f| f.pieces).sum();
+            let excl = owner(c.id);
+            let frag: u32 = l.host.allocations.values().filter_map(|a| a.fragment.filter(|f| f.cpu == c.id)).map(|f| f.pieces).sum();
             let state = if l.host.reserved.contains(&c.id) {
                 "reserved"
             } else if excl.is_some() {
@@ -134,14 +123,26 @@ pub fn status(cfg: &RuntimeConfig, gc: bool) -> Result<Value> {
             cpus.push(json!({"cpu": c.id, "node": c.node, "core": c.core, "state": state, "owner": excl, "fragment_pieces": frag}));
         }
         let containers: Vec<Value> = l
-            .entries
-            .values()
-            .map(|e| json!({"id": e.id, "root": e.root, "mode": e.allocation.mode, "cpus": e.allocation.pieces as f64 / f64::from(base),
-                            "exclusive": format_list(e.allocation.exclusive.iter().copied()),
-                            "fragment": e.allocation.fragment, "nodes": e.allocation.nodes, "cgroup": e.cgroup}))
+            .host
+            .allocations
+            .iter()
+            .map(|(k, a)| {
+                let rec = l.record(k);
+                json!({"id": id_of(k), "root": rec.as_ref().and_then(|r| r.root.clone()), "mode": a.mode,
+                       "cpus": a.pieces as f64 / f64::from(base), "exclusive": format_list(a.exclusive.iter().copied()),
+                       "fragment": a.fragment, "nodes": a.nodes, "cgroup": rec.and_then(|r| r.cgroup),
+                       "creating": l.creators.contains_key(k)})
+            })
             .collect();
         Ok(json!({"base": base, "cpus": cpus, "shared_pool": l.host.shared_pool_list(), "containers": containers, "gc_freed": freed}))
     })
+}
+
+fn id_of(key: &str) -> String {
+    key.split_once('/')
+        .map(|(_, id)| id)
+        .unwrap_or(key)
+        .to_string()
 }
 
 /// `status` as a table for people.

@@ -116,11 +116,7 @@ pub fn apply(s: &mut Value, ctx: &Context<'_>) -> Result<Option<Value>> {
             reason: "needs a CPU request (io.berth.cpus or --cpus)".into(),
         });
     }
-    let cgroup = s
-        .pointer("/linux/cgroupsPath")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let (a, pool) = alloc.allocate(mode, pieces, cgroup.as_deref())?;
+    let (a, pool) = alloc.allocate(mode, pieces)?;
 
     let Some(obj) = s.as_object_mut() else {
         return Ok(None);
