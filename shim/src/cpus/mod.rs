@@ -44,7 +44,7 @@ impl HostAllocator {
     pub fn new(config: &RuntimeConfig, root: Option<&Path>, id: &str) -> Result<HostAllocator> {
         Ok(HostAllocator {
             config: config.clone(),
-            topology: Topology::from_sysfs(Path::new("/sys"))?,
+            topology: Topology::cached(&config.state_dir)?,
             root: root.map(Path::to_path_buf),
             id: id.to_string(),
         })

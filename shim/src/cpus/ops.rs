@@ -10,8 +10,8 @@ use crate::error::{Error, Result};
 use serde_json::{json, Value};
 use std::path::Path;
 
-fn topology() -> Result<Topology> {
-    Topology::from_sysfs(Path::new("/sys"))
+fn topology(cfg: &RuntimeConfig) -> Result<Topology> {
+    Topology::cached(&cfg.state_dir)
 }
 
 /// True when the ledger holds an allocation for `id` under `root` (a
@@ -26,7 +26,7 @@ pub fn has_entry(cfg: &RuntimeConfig, root: Option<&Path>, id: &str) -> bool {
 /// containers onto the grown pool.
 pub fn release(cfg: &RuntimeConfig, root: Option<&Path>, id: &str) -> Result<()> {
     let key = container_key(root, id);
-    Store::new(cfg).transaction(cfg, &topology()?, |l| {
+    Store::new(cfg).transaction(cfg, &topology(cfg)?, |l| {
         if l.remove(&key).is_some() {
             tracing::info!(container = id, "CPU allocation released");
             super::apply_pool(l, &key);
@@ -61,7 +61,7 @@ pub fn replan(
     } else {
         0
     };
-    let (a, pool) = Store::new(cfg).transaction(cfg, &topology()?, |l| {
+    let (a, pool) = Store::new(cfg).transaction(cfg, &topology(cfg)?, |l| {
         let Some(current) = l.host.allocations.get(&key).cloned() else {
             return Err(Error::Cpu(format!("no allocation for {id}")));
         };
@@ -103,7 +103,7 @@ pub fn replan(
 /// The ledger as JSON: CPUs (free, exclusive, fragments), the shared pool and
 /// each container's plan. With `gc`, frees allocations of gone containers first.
 pub fn status(cfg: &RuntimeConfig, gc: bool) -> Result<Value> {
-    Store::new(cfg).transaction(cfg, &topology()?, |l| {
+    Store::new(cfg).transaction(cfg, &topology(cfg)?, |l| {
         let freed = if gc { l.gc() } else { Vec::new() };
         let base = l.host.base;
         let owner = |cpu: u32| l.host.allocations.iter().find(|(_, a)| a.exclusive.contains(&cpu)).map(|(k, _)| id_of(k));

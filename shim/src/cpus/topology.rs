@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// One online logical CPU.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Cpu {
     /// Its id (as in `cpuset.cpus`).
     pub id: u32,
@@ -20,7 +20,7 @@ pub struct Cpu {
 }
 
 /// The online CPUs, grouped into cores (SMT siblings) and NUMA nodes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Topology {
     /// Online CPUs by id.
     pub cpus: BTreeMap<u32, Cpu>,
@@ -85,6 +85,37 @@ fn read_trim(p: &Path) -> Option<String> {
 }
 
 impl Topology {
+    /// The host's topology, from a cache under `state_dir` while the online
+    /// CPU list is unchanged: reading sysfs costs three files per CPU, which
+    /// on a host with hundreds of CPUs would dominate every create.
+    pub fn cached(state_dir: &Path) -> Result<Topology> {
+        let online = read_trim(Path::new("/sys/devices/system/cpu/online")).unwrap_or_default();
+        let cache = state_dir.join("cpus").join("topology.json");
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Cached {
+            online: String,
+            topology: Topology,
+        }
+        if let Some(c) = std::fs::read(&cache)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Cached>(&b).ok())
+        {
+            if c.online == online {
+                return Ok(c.topology);
+            }
+        }
+        let topology = Topology::from_sysfs(Path::new("/sys"))?;
+        if let Ok(bytes) = serde_json::to_vec(&Cached {
+            online,
+            topology: topology.clone(),
+        }) {
+            let _ = std::fs::create_dir_all(state_dir.join("cpus"));
+            let _ =
+                crate::atomic::write_file(&cache, &bytes, 0o644, crate::atomic::Durability::Atomic);
+        }
+        Ok(topology)
+    }
+
     /// Reads the topology under `sys` (normally `/sys`).
     pub fn from_sysfs(sys: &Path) -> Result<Topology> {
         let cpu_dir = sys.join("devices/system/cpu");
@@ -209,6 +240,16 @@ mod tests {
         assert_eq!(t.siblings(0), &[0, 4]);
         assert_eq!(t.cpus[&2].node, 1);
         assert_eq!(t.nodes(), vec![0, 1]);
+    }
+
+    #[test]
+    fn the_cache_returns_what_sysfs_says() {
+        let d = tempfile::tempdir().unwrap();
+        let a = Topology::cached(d.path()).unwrap();
+        assert!(d.path().join("cpus/topology.json").is_file());
+        let b = Topology::cached(d.path()).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a, Topology::from_sysfs(Path::new("/sys")).unwrap());
     }
 
     #[test]
