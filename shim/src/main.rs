@@ -80,13 +80,14 @@ fn run(cli: &Cli, verb: &Verb, args: &[OsString]) -> anyhow::Result<Never> {
         },
     };
     let planned = |id: &str| cfg.cpus.enabled && cpus::ops::has_entry(&cfg, root, id);
+    let holds = |id: &str| cfg.cpus.enabled && cpus::ops::holds_capacity(&cfg, root, id);
     match verb {
         // The allocation outlives the container unless released here: run the
         // delegate as a child, then release on success (exit code passed on).
-        Verb::Delete { id, .. } if planned(id) => {
+        Verb::Delete { id, .. } if holds(id) => {
             finish_then_release(&cfg, root, id, &delegate, &args)
         }
-        Verb::Run(r) if !r.detach && planned(&r.create.id) => {
+        Verb::Run(r) if !r.detach && holds(&r.create.id) => {
             finish_then_release(&cfg, root, &r.create.id, &delegate, &args)
         }
         Verb::Update(u) if planned(&u.id) => {

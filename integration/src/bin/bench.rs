@@ -252,6 +252,7 @@ fn planner() {
         let t = Instant::now();
         store
             .transaction(&cfg, &topo, |l| {
+                l.gc_some(berth_runtime::cpus::GC_PER_CREATE);
                 l.remove(&berth_runtime::delegate::container_key(
                     Some(&root),
                     &format!("c{i}"),

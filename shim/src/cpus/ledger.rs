@@ -63,6 +63,7 @@ const MAGIC: &[u8; 8] = b"BERTHLG1";
 struct Payload {
     allocations: BTreeMap<String, Allocation>,
     creators: BTreeMap<String, Creator>,
+    gc_cursor: Option<String>,
 }
 
 /// [`Payload`] borrowed, for saving without copies (same encoding).
@@ -70,6 +71,7 @@ struct Payload {
 struct PayloadRef<'a> {
     allocations: &'a BTreeMap<String, Allocation>,
     creators: &'a BTreeMap<String, Creator>,
+    gc_cursor: &'a Option<String>,
 }
 
 fn encode(base: u32, payload: &PayloadRef<'_>) -> std::result::Result<Vec<u8>, String> {
@@ -111,6 +113,8 @@ pub struct Ledger {
     pub host: Host,
     /// Runtime processes at work on a create, by container key.
     pub creators: BTreeMap<String, Creator>,
+    /// Where incremental GC goes on.
+    pub gc_cursor: Option<String>,
     records: PathBuf,
 }
 
@@ -123,6 +127,7 @@ impl Ledger {
         Ledger {
             host: Host::new(topology, cfg.cpus.base, reserved, cfg.cpus.overcommit),
             creators: BTreeMap::new(),
+            gc_cursor: None,
             records: cfg.state_dir.join("containers"),
         }
     }
@@ -149,13 +154,27 @@ impl Ledger {
 
     /// Frees every allocation whose container is gone; returns their keys.
     pub fn gc(&mut self) -> Vec<String> {
-        let dead: Vec<String> = self
-            .host
-            .allocations
-            .keys()
-            .filter(|k| !self.alive(k))
-            .cloned()
-            .collect();
+        self.gc_some(usize::MAX)
+    }
+
+    /// GC of at most `budget` entries, starting after the last one checked
+    /// (kept in the ledger), so every create can afford a little of it.
+    pub fn gc_some(&mut self, budget: usize) -> Vec<String> {
+        let keys: Vec<String> = {
+            let after = self.gc_cursor.clone();
+            let tail = self
+                .host
+                .allocations
+                .keys()
+                .filter(|k| after.as_ref().is_none_or(|a| *k > a));
+            let head = self.host.allocations.keys();
+            tail.chain(head)
+                .take(budget.min(self.host.allocations.len()))
+                .cloned()
+                .collect()
+        };
+        self.gc_cursor = keys.last().cloned();
+        let dead: Vec<String> = keys.into_iter().filter(|k| !self.alive(k)).collect();
         for k in &dead {
             tracing::info!(container = %k, "CPU ledger GC: freed the allocation of a container that no longer exists");
             self.remove(k);
@@ -254,6 +273,7 @@ impl Store {
                 Ok(p) => {
                     ledger.host.allocations = p.allocations;
                     ledger.creators = p.creators;
+                    ledger.gc_cursor = p.gc_cursor;
                     return Ok(ledger);
                 }
                 Err(why) => why,
@@ -272,6 +292,7 @@ impl Store {
         let payload = PayloadRef {
             allocations: &ledger.host.allocations,
             creators: &ledger.creators,
+            gc_cursor: &ledger.gc_cursor,
         };
         let bytes = encode(ledger.host.base, &payload).map_err(|message| Error::Config {
             path: self.path(),
@@ -360,4 +381,56 @@ fn rebuild(ledger: &mut Ledger, cfg: &RuntimeConfig) -> usize {
         ledger.host.allocations.insert(key, allocation);
     }
     n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ledger_with_gone(n: usize) -> (tempfile::TempDir, RuntimeConfig, Ledger) {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = RuntimeConfig {
+            state_dir: d.path().to_path_buf(),
+            ..RuntimeConfig::default()
+        };
+        let mut l = Ledger::new(&cfg, Topology::synthetic(1, 8, 1));
+        for i in 0..n {
+            l.allocate(
+                Some(Path::new("/nonexistent-root")),
+                &format!("c{i}"),
+                Mode::Split,
+                10,
+            )
+            .unwrap();
+        }
+        // Their creator (this process) is alive: nothing is collectable yet.
+        assert!(l.gc().is_empty());
+        l.creators.clear();
+        (d, cfg, l)
+    }
+
+    #[test]
+    fn incremental_gc_walks_round_robin_and_gets_everything() {
+        let (_d, _cfg, mut l) = ledger_with_gone(5);
+        assert_eq!(l.gc_some(2).len(), 2);
+        assert_eq!(l.gc_some(2).len(), 2);
+        assert_eq!(l.gc_some(2).len(), 1);
+        assert!(l.host.allocations.is_empty());
+    }
+
+    #[test]
+    fn save_and_load_round_trip_and_corruption_is_detected() {
+        let (_d, cfg, l) = ledger_with_gone(3);
+        let store = Store::new(&cfg);
+        std::fs::create_dir_all(store.dir.clone()).unwrap();
+        store.save(&l).unwrap();
+        assert_eq!(store.peek(&cfg).unwrap(), l.host.allocations);
+        let mut bytes = std::fs::read(store.path()).unwrap();
+        let n = bytes.len();
+        bytes[n - 1] ^= 1;
+        assert!(decode(&bytes, cfg.cpus.base)
+            .unwrap_err()
+            .contains("checksum"));
+        assert!(decode(b"junk", 100).is_err());
+    }
 }

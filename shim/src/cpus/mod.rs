@@ -26,6 +26,9 @@ pub trait Allocator {
     fn respect_user_cpuset(&self) -> bool;
 }
 
+/// How many ledger entries each create checks for GC.
+pub const GC_PER_CREATE: usize = 16;
+
 /// The ledger-backed allocator `berth-runtime` uses on create.
 #[derive(Debug, Clone)]
 pub struct HostAllocator {
@@ -79,9 +82,11 @@ impl Allocator for HostAllocator {
         let store = ledger::Store::new(&self.config);
         let key = crate::delegate::container_key(self.root.as_deref(), &self.id);
         store.transaction(&self.config, &self.topology, |l| {
+            // GC costs a stat per container: every create checks a few
+            // (GC_PER_CREATE, round-robin); all are checked when a request
+            // does not fit, and then the plan is retried.
+            l.gc_some(GC_PER_CREATE);
             let before = l.host.shared_pool_list();
-            // GC costs a stat per container, so it runs when a request does
-            // not fit (and on `berth-runtime cpus --gc`), then the plan is retried.
             let a = match l.allocate(self.root.as_deref(), &self.id, mode, pieces) {
                 Ok(a) => Ok(a),
                 Err(_) if !l.gc().is_empty() => {

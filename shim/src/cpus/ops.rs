@@ -22,6 +22,16 @@ pub fn has_entry(cfg: &RuntimeConfig, root: Option<&Path>, id: &str) -> bool {
         .is_some_and(|e| e.contains_key(&container_key(root, id)))
 }
 
+/// True when `id` holds CPUs that must be freed as soon as it is deleted
+/// (exclusive CPUs, fragment pieces or a shared request). An unrequested
+/// shared container holds nothing; the GC on later creates drops its entry.
+pub fn holds_capacity(cfg: &RuntimeConfig, root: Option<&Path>, id: &str) -> bool {
+    Store::new(cfg)
+        .peek(cfg)
+        .and_then(|e| e.get(&container_key(root, id)).map(|a| a.pieces > 0))
+        .unwrap_or(false)
+}
+
 /// Frees `id`'s allocation (after the delegate deleted it) and moves shared
 /// containers onto the grown pool.
 pub fn release(cfg: &RuntimeConfig, root: Option<&Path>, id: &str) -> Result<()> {
