@@ -38,3 +38,13 @@ pub fn run_now() {
         action();
     }
 }
+
+/// For binaries (which abort on panic, skipping exit handlers): runs the
+/// teardown from the panic hook, after the usual panic message.
+pub fn tear_down_on_panic() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        run_now();
+    }));
+}

@@ -141,24 +141,10 @@ pub fn cpuset(spec: &Value) -> Option<&str> {
         .filter(|s| !s.trim().is_empty())
 }
 
-/// Counts the CPUs in a cpuset list like `0-3,8,10-11`; None if malformed.
+/// Counts the CPUs in a cpuset list like `0-3,8,10-11`; None if malformed or empty.
 pub fn cpuset_count(list: &str) -> Option<u32> {
-    let mut n: u32 = 0;
-    for part in list.trim().split(',') {
-        let part = part.trim();
-        let (a, b) = match part.split_once('-') {
-            Some((a, b)) => (a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?),
-            None => {
-                let a = part.parse::<u32>().ok()?;
-                (a, a)
-            }
-        };
-        if b < a {
-            return None;
-        }
-        n = n.checked_add(b - a + 1)?;
-    }
-    Some(n)
+    let cpus = crate::cpus::topology::parse_list(list)?;
+    u32::try_from(cpus.len()).ok().filter(|n| *n > 0)
 }
 
 #[cfg(test)]

@@ -11,6 +11,20 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+/// Mounts a tmpfs on `dir` (unmounted with the scratch directory at exit),
+/// for state that lives under /run on production hosts.
+fn mount_tmpfs(dir: &Path) {
+    sh(
+        "mount",
+        [
+            "-t".as_ref(),
+            "tmpfs".as_ref(),
+            "tmpfs".as_ref(),
+            dir.as_os_str(),
+        ],
+    );
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
@@ -58,15 +72,7 @@ fn runtime_cycle(n: usize) {
     // Bundles, state roots and Berth's records on a tmpfs, as under /run on
     // production hosts (this machine's /run is on disk).
     let tmp = fresh_dir("bench-tmpfs");
-    sh(
-        "mount",
-        [
-            "-t".as_ref(),
-            "tmpfs".as_ref(),
-            "tmpfs".as_ref(),
-            tmp.as_os_str(),
-        ],
-    );
+    mount_tmpfs(&tmp);
     // A neutral configuration: Berth's wrapper cost, not extra container work.
     let cfg_path = tmp.join("runtime.toml");
     std::fs::write(
@@ -220,15 +226,7 @@ fn planner() {
     // Speed: plan + durable ledger update per create with 1000 live containers,
     // the ledger on a tmpfs as /run/berth is on production hosts.
     let tmp = fresh_dir("bench-ledger");
-    sh(
-        "mount",
-        [
-            "-t".as_ref(),
-            "tmpfs".as_ref(),
-            "tmpfs".as_ref(),
-            tmp.as_os_str(),
-        ],
-    );
+    mount_tmpfs(&tmp);
     let cfg = RuntimeConfig {
         state_dir: tmp.join("state"),
         ..RuntimeConfig::default()
@@ -296,11 +294,7 @@ fn planner() {
 }
 
 fn main() {
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        default_hook(info);
-        berth_integration::cleanup::run_now();
-    }));
+    berth_integration::cleanup::tear_down_on_panic();
     berth_integration::require_root();
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
     match what.as_str() {

@@ -14,12 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
-    // Binaries abort on panic, which skips exit handlers: tear down first.
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        default_hook(info);
-        berth_integration::cleanup::run_now();
-    }));
+    berth_integration::cleanup::tear_down_on_panic();
     berth_integration::require_root();
     let target = std::env::args()
         .nth(1)
