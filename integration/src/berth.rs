@@ -43,6 +43,19 @@ pub fn config() -> &'static Path {
             format!("[sysctl]\n\"{}\" = \"{}\"\n", APP_SYSCTL.0, APP_SYSCTL.1),
         )
         .expect("policy");
+        // Berth's state on a tmpfs, as /run/berth is on production hosts
+        // (this machine's /run is on disk); unmounted with the scratch dir.
+        let state = dir.join("state");
+        std::fs::create_dir_all(&state).expect("mkdir state");
+        crate::cmd::sh(
+            "mount",
+            [
+                "-t".as_ref(),
+                "tmpfs".as_ref(),
+                "tmpfs".as_ref(),
+                state.as_os_str(),
+            ],
+        );
         let path = dir.join("runtime.toml");
         std::fs::write(
             &path,

@@ -84,11 +84,10 @@ fn run(cli: &Cli, verb: &Verb, args: &[OsString]) -> anyhow::Result<Never> {
     match verb {
         // The allocation outlives the container unless released here: run the
         // delegate as a child, then release on success (exit code passed on).
+        // (A foreground `run` still execs, so signals reach the delegate as
+        // they would reach runc; its allocation goes at the next GC.)
         Verb::Delete { id, .. } if holds(id) => {
             finish_then_release(&cfg, root, id, &delegate, &args)
-        }
-        Verb::Run(r) if !r.detach && holds(&r.create.id) => {
-            finish_then_release(&cfg, root, &r.create.id, &delegate, &args)
         }
         Verb::Update(u) if planned(&u.id) => {
             if let Some(src) = u.resources.as_deref() {

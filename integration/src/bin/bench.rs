@@ -299,14 +299,14 @@ fn main() {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
     match what.as_str() {
         "runtime-cycle" => runtime_cycle(40),
-        "docker-run" => docker_run(20),
+        "docker-run" => docker_run(40),
         "preload" => preload(),
         "planner" => planner(),
         "all" => {
             planner();
             preload();
             runtime_cycle(40);
-            docker_run(20);
+            docker_run(40);
         }
         other => {
             eprintln!(
