@@ -159,6 +159,22 @@ fn one_and_a_half_then_a_half_then_refusal() {
         "one exclusive core: {e}"
     );
     let frag_cpu = e["fragment"]["cpu"].as_u64().unwrap();
+    // The table for people says the same.
+    let table = berth_integration::cmd::run(
+        Command::new(binary("berth-runtime"))
+            .arg("--berth-config")
+            .arg(berth::config())
+            .arg("cpus"),
+    );
+    assert!(
+        table.contains(&format!("exclusive   {}", big.id)),
+        "{table}"
+    );
+    assert!(table.contains("fragment    50/100 pieces"), "{table}");
+    assert!(
+        table.contains(&format!("{:<64} split      1.5", big.id)),
+        "{table}"
+    );
     let half = DockerContainer::start(&[
         "--runtime",
         "berth",
