@@ -117,6 +117,9 @@ pub struct Record {
     pub id: String,
     /// Its cgroup path (`linux.cgroupsPath`), if set.
     pub cgroup: Option<String>,
+    /// Whether its CPUs are in the ledger (false: unplanned, e.g. a user cpuset).
+    #[serde(default)]
+    pub cpus_planned: bool,
 }
 
 impl Record {
@@ -191,7 +194,13 @@ impl Records {
     /// Records that container `id` runs on `delegate` in cgroup `cgroup`:
     /// atomically, but not fsynced, since the record (like runc's own state
     /// under `/run`) only matters while the host is up; GC reconciles it.
-    pub fn put(&self, id: &str, delegate: &Path, cgroup: Option<&str>) -> Result<()> {
+    pub fn put(
+        &self,
+        id: &str,
+        delegate: &Path,
+        cgroup: Option<&str>,
+        cpus_planned: bool,
+    ) -> Result<()> {
         if !valid_id(id) {
             return Err(Error::ContainerId(id.into()));
         }
@@ -200,6 +209,7 @@ impl Records {
             root: self.root.clone(),
             id: id.to_string(),
             cgroup: cgroup.map(str::to_string),
+            cpus_planned,
         };
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         let bytes = serde_json::to_vec(&rec).map_err(|e| Error::Delegate(e.to_string()))?;
@@ -306,8 +316,8 @@ mod tests {
         };
         let r = Records::new(&cfg, Some(&root));
         let sh = PathBuf::from("/bin/sh");
-        r.put("alive", &sh, None).unwrap();
-        r.put("gone", &sh, Some("/x/gone")).unwrap();
+        r.put("alive", &sh, None, false).unwrap();
+        r.put("gone", &sh, Some("/x/gone"), true).unwrap();
         assert_eq!(Records::all(&cfg).len(), 2);
         assert_eq!(r.record("alive").unwrap().alive(), Some(true));
         assert_eq!(r.record("gone").unwrap().alive(), Some(false));

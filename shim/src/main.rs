@@ -210,7 +210,12 @@ fn prepare(
     )?;
     tracing::info!(container = id, applied = %applied, "config.json rewritten");
     records.gc(id);
-    records.put(id, &delegate, cgroup.as_deref())?;
+    records.put(
+        id,
+        &delegate,
+        cgroup.as_deref(),
+        applied.get("cpu").is_some(),
+    )?;
     Ok(delegate)
 }
 

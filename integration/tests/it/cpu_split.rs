@@ -397,3 +397,29 @@ fn a_corrupt_ledger_is_rebuilt_from_live_containers() {
     assert_eq!(after["fragment"], before["fragment"]);
     assert_eq!(cgroup_cpus(&c), "0-1");
 }
+
+#[test]
+fn an_explicit_cpuset_is_respected_and_not_split() {
+    let _g = cpu_lock();
+    let img = docker().busybox_image();
+    let c = DockerContainer::start(&[
+        "--runtime",
+        "berth",
+        "--cpuset-cpus",
+        "1",
+        "--cpus",
+        "0.5",
+        "--network",
+        "none",
+        img,
+        "sleep",
+        "120",
+    ]);
+    assert_eq!(cgroup_cpus(&c), "1");
+    let st = cpu_status();
+    assert!(
+        entry(&st, &c.id).is_none(),
+        "a user cpuset stays outside the ledger: {:?}",
+        entry(&st, &c.id)
+    );
+}

@@ -527,3 +527,62 @@ fn annotation_picks_the_delegate_where_allowed() {
         r.stderr
     );
 }
+
+#[test]
+fn docker_prestart_hook_survives_and_host_network_skips_net_sysctls() {
+    // On the host network the machine-class net.* sysctl is skipped (host
+    // namespace) and the IPC one still applies; nothing touches an interface.
+    let r = dock(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "berth",
+        "--network",
+        "host",
+        image(),
+        "cat",
+        &sysctl_path(berth_integration::berth::MACHINE_IPC_SYSCTL.0),
+    ]);
+    assert!(r.ok(), "docker run --network host: {}", r.stderr);
+    assert_eq!(
+        r.stdout.trim(),
+        berth_integration::berth::MACHINE_IPC_SYSCTL.1
+    );
+    // Docker adds its libnetwork-setkey prestart hook to containers with a
+    // network namespace of their own: the bundle Berth rewrote kept it, and
+    // the container runs (so the hook ran through Berth and runc).
+    let c = DockerContainer::start(&[
+        "--runtime",
+        "berth",
+        "--network",
+        "none",
+        image(),
+        "sleep",
+        "60",
+    ]);
+    let state = containerd()
+        .config
+        .parent()
+        .unwrap()
+        .join("state/io.containerd.runtime.v2.task");
+    let ns = format!("{}d", berth_integration::names::process_prefix());
+    let spec: Value = serde_json::from_slice(
+        &std::fs::read(state.join(ns).join(&c.id).join("config.json")).expect("bundle config.json"),
+    )
+    .unwrap();
+    let hooks = spec["hooks"].to_string();
+    assert!(
+        hooks.contains("libnetwork-setkey"),
+        "Docker's prestart hook is gone: {hooks}"
+    );
+    assert!(
+        spec["annotations"]["io.berth.applied"].is_string(),
+        "not rewritten by Berth"
+    );
+    assert_eq!(
+        dock(&["inspect", "-f", "{{.State.Running}}", &c.id])
+            .stdout
+            .trim(),
+        "true"
+    );
+}

@@ -313,7 +313,7 @@ fn rebuild(ledger: &mut Ledger, cfg: &RuntimeConfig) -> usize {
     let base = ledger.host.base;
     let mut recovered: Vec<(String, Record, Vec<u32>, u32)> = Vec::new();
     for rec in Records::all(cfg) {
-        if rec.alive() != Some(true) {
+        if !rec.cpus_planned || rec.alive() != Some(true) {
             continue;
         }
         let Some(cg) = rec.cgroup.clone() else {
@@ -378,6 +378,15 @@ fn rebuild(ledger: &mut Ledger, cfg: &RuntimeConfig) -> usize {
             }
         };
         let _ = rec;
+        let mut allocation = allocation;
+        let mut nodes: Vec<u32> = allocation
+            .cpus()
+            .iter()
+            .filter_map(|c| ledger.host.topology.cpus.get(c).map(|x| x.node))
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        allocation.nodes = nodes;
         ledger.host.allocations.insert(key, allocation);
     }
     n
