@@ -12,6 +12,15 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// A `sleep 120` busybox container on berth-runtime with no network and `extra` run flags.
+fn berth_sleeper(extra: &[&str]) -> DockerContainer {
+    let img = docker().busybox_image();
+    let mut args = vec!["--runtime", "berth"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--network", "none", img, "sleep", "120"]);
+    DockerContainer::start(&args)
+}
+
 fn cgroup_cpus(c: &DockerContainer) -> String {
     std::fs::read_to_string(c.cgroup("cpuset").join("cpuset.cpus"))
         .expect("cpuset.cpus")
@@ -139,17 +148,7 @@ fn twenty_parallel_requests_of_0_3_start_exactly_six() {
 fn one_and_a_half_then_a_half_then_refusal() {
     let _g = cpu_lock();
     let img = docker().busybox_image();
-    let big = DockerContainer::start(&[
-        "--runtime",
-        "berth",
-        "--cpus",
-        "1.5",
-        "--network",
-        "none",
-        img,
-        "sleep",
-        "120",
-    ]);
+    let big = berth_sleeper(&["--cpus", "1.5"]);
     assert_eq!(cgroup_cpus(&big), "0-1");
     let status = cpu_status();
     let e = entry(&status, &big.id).unwrap();
@@ -175,17 +174,7 @@ fn one_and_a_half_then_a_half_then_refusal() {
         table.contains(&format!("{:<64} split      1.5", big.id)),
         "{table}"
     );
-    let half = DockerContainer::start(&[
-        "--runtime",
-        "berth",
-        "--cpus",
-        "0.5",
-        "--network",
-        "none",
-        img,
-        "sleep",
-        "120",
-    ]);
+    let half = berth_sleeper(&["--cpus", "0.5"]);
     assert_eq!(
         cgroup_cpus(&half),
         frag_cpu.to_string(),
@@ -213,15 +202,7 @@ fn one_and_a_half_then_a_half_then_refusal() {
     );
     // Shared containers stay off the exclusive core.
     let excl = berth_runtime_cpus(e["exclusive"].as_str().unwrap())[0];
-    let shared = DockerContainer::start(&[
-        "--runtime",
-        "berth",
-        "--network",
-        "none",
-        img,
-        "sleep",
-        "120",
-    ]);
+    let shared = berth_sleeper(&[]);
     assert_eq!(
         cgroup_cpus(&shared),
         frag_cpu.to_string(),
@@ -369,18 +350,7 @@ fn kill_minus_nine_during_concurrent_creates_leaks_nothing_gc_cannot_free() {
 #[test]
 fn a_corrupt_ledger_is_rebuilt_from_live_containers() {
     let _g = cpu_lock();
-    let img = docker().busybox_image();
-    let c = DockerContainer::start(&[
-        "--runtime",
-        "berth",
-        "--cpus",
-        "1.2",
-        "--network",
-        "none",
-        img,
-        "sleep",
-        "120",
-    ]);
+    let c = berth_sleeper(&["--cpus", "1.2"]);
     let before = entry(&cpu_status(), &c.id).expect("entry");
     let ledger = berth::config().parent().unwrap().join("state/cpus/ledger");
     let mut bytes = std::fs::read(&ledger).unwrap();
@@ -401,20 +371,7 @@ fn a_corrupt_ledger_is_rebuilt_from_live_containers() {
 #[test]
 fn an_explicit_cpuset_is_respected_and_not_split() {
     let _g = cpu_lock();
-    let img = docker().busybox_image();
-    let c = DockerContainer::start(&[
-        "--runtime",
-        "berth",
-        "--cpuset-cpus",
-        "1",
-        "--cpus",
-        "0.5",
-        "--network",
-        "none",
-        img,
-        "sleep",
-        "120",
-    ]);
+    let c = berth_sleeper(&["--cpuset-cpus", "1", "--cpus", "0.5"]);
     assert_eq!(cgroup_cpus(&c), "1");
     let st = cpu_status();
     assert!(

@@ -27,6 +27,26 @@ fn dock(args: &[&str]) -> Ran {
     docker().run(args)
 }
 
+/// `docker inspect -f FORMAT id`, trimmed.
+fn inspect(id: &str, format: &str) -> String {
+    dock(&["inspect", "-f", format, id])
+        .stdout
+        .trim()
+        .to_string()
+}
+
+/// Waits (10 s at most) for the container to stop; returns its exit code.
+fn exit_code_when_stopped(id: &str) -> String {
+    assert!(
+        wait_until(Duration::from_secs(10), || inspect(
+            id,
+            "{{.State.Running}}"
+        ) == "false"),
+        "container {id} did not stop"
+    );
+    inspect(id, "{{.State.ExitCode}}")
+}
+
 #[test]
 fn docker_run_passes_output_and_exit_code() {
     let r = dock(&[
@@ -76,59 +96,21 @@ fn docker_exec_logs_stop_kill_restart() {
     // stop (SIGTERM is trapped: exit 0)
     let r = dock(&["stop", "-t", "5", &c.id]);
     assert!(r.ok(), "docker stop: {}", r.stderr);
-    assert_eq!(
-        dock(&["inspect", "-f", "{{.State.ExitCode}}", &c.id])
-            .stdout
-            .trim(),
-        "0"
-    );
+    assert_eq!(inspect(&c.id, "{{.State.ExitCode}}"), "0");
     // restart brings it back running
     let r = dock(&["restart", "-t", "5", &c.id]);
     assert!(r.ok(), "docker restart: {}", r.stderr);
-    assert_eq!(
-        dock(&["inspect", "-f", "{{.State.Running}}", &c.id])
-            .stdout
-            .trim(),
-        "true"
-    );
+    assert_eq!(inspect(&c.id, "{{.State.Running}}"), "true");
     // kill: SIGKILL, exit 137
     let r = dock(&["kill", &c.id]);
     assert!(r.ok(), "docker kill: {}", r.stderr);
-    assert!(wait_until(Duration::from_secs(10), || dock(&[
-        "inspect",
-        "-f",
-        "{{.State.Running}}",
-        &c.id
-    ])
-    .stdout
-    .trim()
-        == "false"));
-    assert_eq!(
-        dock(&["inspect", "-f", "{{.State.ExitCode}}", &c.id])
-            .stdout
-            .trim(),
-        "137"
-    );
+    assert_eq!(exit_code_when_stopped(&c.id), "137");
     // named signal through docker kill -s
     let r = dock(&["start", &c.id]);
     assert!(r.ok(), "docker start: {}", r.stderr);
     let r = dock(&["kill", "-s", "SIGTERM", &c.id]);
     assert!(r.ok(), "docker kill -s SIGTERM: {}", r.stderr);
-    assert!(wait_until(Duration::from_secs(10), || dock(&[
-        "inspect",
-        "-f",
-        "{{.State.Running}}",
-        &c.id
-    ])
-    .stdout
-    .trim()
-        == "false"));
-    assert_eq!(
-        dock(&["inspect", "-f", "{{.State.ExitCode}}", &c.id])
-            .stdout
-            .trim(),
-        "0"
-    );
+    assert_eq!(exit_code_when_stopped(&c.id), "0");
 }
 
 #[test]
@@ -579,10 +561,5 @@ fn docker_prestart_hook_survives_and_host_network_skips_net_sysctls() {
         spec["annotations"]["io.berth.applied"].is_string(),
         "not rewritten by Berth"
     );
-    assert_eq!(
-        dock(&["inspect", "-f", "{{.State.Running}}", &c.id])
-            .stdout
-            .trim(),
-        "true"
-    );
+    assert_eq!(inspect(&c.id, "{{.State.Running}}"), "true");
 }
