@@ -1,4 +1,24 @@
-//! Shared CNI plumbing for `berth-macvlan` and `berth-ovs-vlan`.
+//! Shared CNI plumbing for `berth-macvlan` and `berth-ovs-vlan`, after the
+//! CNI specification (versions 0.3.0 to 1.1.0):
 //!
-//! Not landed yet: the spec types, netns handling and IPAM delegation arrive with
-//! issue #6. This crate deliberately exports nothing until then.
+//! * [`error`]: the error JSON a plugin prints, with the spec's codes;
+//! * [`env`]: the `CNI_*` environment, checked per command;
+//! * [`types`]: network configuration and results, converted between versions;
+//! * [`ipam`]: delegating to the IPAM plugin named by `ipam.type`;
+//! * [`netns`]: running code inside a network namespace on its own thread.
+//!
+//! The plugins themselves (issues #6 and #7) have not landed yet.
+
+pub mod env;
+pub mod error;
+pub mod ipam;
+pub mod netns;
+pub mod types;
+
+pub use error::{CniError, Code};
+
+/// Every spec version these types read and write.
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+/// The version results are produced in when the config does not say.
+pub const LATEST: &str = "1.1.0";

@@ -1,0 +1,114 @@
+//! CNI error results: `{"cniVersion", "code", "msg", "details"}` on stdout.
+
+use serde::Serialize;
+
+/// The spec's well-known error codes (plugin-specific ones are 100 and up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// 1: incompatible CNI version.
+    IncompatibleVersion,
+    /// 2: unsupported field in the network configuration.
+    UnsupportedField,
+    /// 3: container unknown or does not exist.
+    UnknownContainer,
+    /// 4: invalid necessary environment variables.
+    InvalidEnv,
+    /// 5: I/O failure.
+    Io,
+    /// 6: failed to decode content.
+    Decode,
+    /// 7: invalid network configuration.
+    InvalidConfig,
+    /// 11: try again later.
+    TryAgainLater,
+    /// 50: the plugin is not available (STATUS).
+    NotAvailable,
+    /// A plugin-specific code, 100 or more.
+    Plugin(u32),
+}
+
+impl Code {
+    /// The number on the wire.
+    pub fn number(self) -> u32 {
+        match self {
+            Code::IncompatibleVersion => 1,
+            Code::UnsupportedField => 2,
+            Code::UnknownContainer => 3,
+            Code::InvalidEnv => 4,
+            Code::Io => 5,
+            Code::Decode => 6,
+            Code::InvalidConfig => 7,
+            Code::TryAgainLater => 11,
+            Code::NotAvailable => 50,
+            Code::Plugin(n) => n.max(100),
+        }
+    }
+}
+
+/// A CNI error: what a plugin prints on stdout (and exits non-zero) on failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{msg}{}", details.as_ref().map(|d| format!(": {d}")).unwrap_or_default())]
+pub struct CniError {
+    /// Its code.
+    pub code: Code,
+    /// A short message naming the offending key or condition.
+    pub msg: String,
+    /// Longer details, if any.
+    pub details: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Wire<'a> {
+    #[serde(rename = "cniVersion")]
+    cni_version: &'a str,
+    code: u32,
+    msg: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<&'a str>,
+}
+
+impl CniError {
+    /// An error with `code` and `msg`.
+    pub fn new(code: Code, msg: impl Into<String>) -> CniError {
+        CniError {
+            code,
+            msg: msg.into(),
+            details: None,
+        }
+    }
+
+    /// The same error with `details`.
+    pub fn with_details(mut self, details: impl Into<String>) -> CniError {
+        self.details = Some(details.into());
+        self
+    }
+
+    /// The error JSON for a config of `cni_version`.
+    pub fn to_json(&self, cni_version: &str) -> String {
+        serde_json::to_string(&Wire {
+            cni_version,
+            code: self.code.number(),
+            msg: &self.msg,
+            details: self.details.as_deref(),
+        })
+        .unwrap_or_else(|_| format!("{{\"code\":{},\"msg\":\"error\"}}", self.code.number()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format() {
+        let e = CniError::new(Code::InvalidConfig, "master \"nope\" not found")
+            .with_details("no such link");
+        let v: serde_json::Value = serde_json::from_str(&e.to_json("1.0.0")).unwrap();
+        assert_eq!(v["code"], 7);
+        assert_eq!(v["cniVersion"], "1.0.0");
+        assert_eq!(v["msg"], "master \"nope\" not found");
+        assert_eq!(v["details"], "no such link");
+        assert_eq!(Code::Plugin(3).number(), 100);
+        assert_eq!(Code::TryAgainLater.number(), 11);
+    }
+}

@@ -1,0 +1,154 @@
+//! IPAM delegation: the plugin named by `ipam.type` is found on `CNI_PATH`
+//! and run with the same environment (its own `CNI_COMMAND`) and the same
+//! configuration on stdin, as the spec prescribes. Its error JSON, if any, is
+//! passed on with its code.
+
+use crate::env::{Command as Verb, Env};
+use crate::error::{CniError, Code};
+use crate::types::CniResult;
+use serde_json::Value;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Finds plugin `name` in the `CNI_PATH` directories.
+pub fn find_plugin(name: &str, path: &[PathBuf]) -> Result<PathBuf, CniError> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(CniError::new(
+            Code::InvalidConfig,
+            format!("ipam.type {name:?} is not a plugin name"),
+        ));
+    }
+    path.iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            CniError::new(
+                Code::InvalidConfig,
+                format!("ipam.type {name:?}: no such plugin in CNI_PATH"),
+            )
+            .with_details(format!(
+                "searched {}",
+                path.iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(":")
+            ))
+        })
+}
+
+fn verb_name(v: Verb) -> &'static str {
+    match v {
+        Verb::Add => "ADD",
+        Verb::Del => "DEL",
+        Verb::Check => "CHECK",
+        Verb::Version => "VERSION",
+        Verb::Status => "STATUS",
+        Verb::Gc => "GC",
+    }
+}
+
+/// Runs `plugin` for `verb` with `env` and `config` on stdin; returns its
+/// stdout JSON (None when it printed nothing, as DEL may).
+pub fn exec(
+    plugin: &Path,
+    verb: Verb,
+    env: &Env,
+    config: &[u8],
+) -> Result<Option<Value>, CniError> {
+    let path = std::env::join_paths(&env.path).unwrap_or_default();
+    let args: Vec<String> = env.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut cmd = Command::new(plugin);
+    cmd.env("CNI_COMMAND", verb_name(verb))
+        .env("CNI_CONTAINERID", &env.container_id)
+        .env("CNI_IFNAME", &env.ifname)
+        .env("CNI_PATH", path)
+        .env("CNI_ARGS", args.join(";"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    match &env.netns {
+        Some(n) => cmd.env("CNI_NETNS", n),
+        None => cmd.env_remove("CNI_NETNS"),
+    };
+    let mut child = cmd.spawn().map_err(|e| {
+        CniError::new(
+            Code::Io,
+            format!("cannot run IPAM plugin {}", plugin.display()),
+        )
+        .with_details(e.to_string())
+    })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(config);
+    }
+    let out = child.wait_with_output().map_err(|e| {
+        CniError::new(Code::Io, format!("IPAM plugin {} failed", plugin.display()))
+            .with_details(e.to_string())
+    })?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json: Option<Value> = if stdout.trim().is_empty() {
+        None
+    } else {
+        serde_json::from_str(&stdout).ok()
+    };
+    if !out.status.success() {
+        // Pass the delegate's own error on, code and all.
+        let code = json
+            .as_ref()
+            .and_then(|j| j.get("code"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0) as u32;
+        let msg = json
+            .as_ref()
+            .and_then(|j| j.get("msg"))
+            .and_then(Value::as_str)
+            .unwrap_or("failed")
+            .to_string();
+        let code = match code {
+            1 => Code::IncompatibleVersion,
+            2 => Code::UnsupportedField,
+            3 => Code::UnknownContainer,
+            4 => Code::InvalidEnv,
+            5 => Code::Io,
+            6 => Code::Decode,
+            7 => Code::InvalidConfig,
+            11 => Code::TryAgainLater,
+            n if n >= 100 => Code::Plugin(n),
+            _ => Code::Plugin(100),
+        };
+        let name = plugin
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        return Err(CniError::new(code, format!("IPAM plugin {name}: {msg}"))
+            .with_details(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+    }
+    if json.is_none() && !stdout.trim().is_empty() {
+        return Err(CniError::new(
+            Code::Decode,
+            format!(
+                "IPAM plugin {} printed something that is not JSON",
+                plugin.display()
+            ),
+        ));
+    }
+    Ok(json)
+}
+
+/// ADD through the configured IPAM plugin; its result, read in any version.
+pub fn add(ipam_type: &str, env: &Env, config: &[u8]) -> Result<CniResult, CniError> {
+    let plugin = find_plugin(ipam_type, &env.path)?;
+    let v = exec(&plugin, Verb::Add, env, config)?.ok_or_else(|| {
+        CniError::new(
+            Code::Decode,
+            format!("IPAM plugin {ipam_type} returned no result"),
+        )
+    })?;
+    CniResult::from_json(&v)
+}
+
+/// DEL through the configured IPAM plugin (always releases the lease).
+pub fn del(ipam_type: &str, env: &Env, config: &[u8]) -> Result<(), CniError> {
+    let plugin = find_plugin(ipam_type, &env.path)?;
+    exec(&plugin, Verb::Del, env, config).map(|_| ())
+}
