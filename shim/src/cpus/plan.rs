@@ -11,7 +11,8 @@
 //! * a CPU is exclusive to one container, or carries fragments whose pieces
 //!   sum to at most `base`; reserved CPUs carry neither;
 //! * exclusive CPUs come as whole cores (SMT siblings together) where the
-//!   request allows, then from already-broken cores (best fit);
+//!   request allows, then from already-broken cores (best fit), and from one
+//!   last-level cache where they fit in one;
 //! * a request stays within one NUMA node when it fits there, choosing the
 //!   node with the least room that fits (best fit), else spans nodes;
 //! * a fragment goes best-fit onto the already-fragmented CPU with the least
@@ -399,8 +400,46 @@ impl Host {
                 .filter(|c| in_chosen(*c) && self.is_free(&u, *c) && !taken.contains(c))
                 .collect()
         };
-        // Whole cores (SMT siblings together) while the remainder fills them...
+        // Cores in the order to take them: the last-level cache already used
+        // (or with the most free CPUs) first, so a request shares one L3
+        // where it can.
+        let llc_of = |core: &[u32]| {
+            core.first()
+                .and_then(|c| self.topology.cpus.get(c))
+                .map(|c| c.llc)
+                .unwrap_or(0)
+        };
+        let mut llc_free: BTreeMap<u32, usize> = BTreeMap::new();
         for core in &self.topology.cores {
+            *llc_free.entry(llc_of(core)).or_default() += free_of(core, &[]).len();
+        }
+        let home = exclusive
+            .first()
+            .and_then(|c| self.topology.cpus.get(c))
+            .map(|c| c.llc)
+            .or_else(|| {
+                llc_free
+                    .iter()
+                    .filter(|(_, n)| **n >= need)
+                    .min_by_key(|(l, n)| (**n, **l))
+                    .map(|(l, _)| *l)
+            })
+            .or_else(|| {
+                llc_free
+                    .iter()
+                    .max_by_key(|(l, n)| (**n, std::cmp::Reverse(**l)))
+                    .map(|(l, _)| *l)
+            });
+        let mut ordered: Vec<&Vec<u32>> = self.topology.cores.iter().collect();
+        ordered.sort_by_key(|core| {
+            (
+                Some(llc_of(core)) != home,
+                llc_of(core),
+                core.first().copied(),
+            )
+        });
+        // Whole cores (SMT siblings together) while the remainder fills them...
+        for core in &ordered {
             let free = free_of(core, &exclusive);
             if free.len() == core.len() && need - exclusive.len() >= core.len() {
                 exclusive.extend(free);
@@ -418,7 +457,10 @@ impl Host {
                 })
                 .filter(|(_, n, _)| *n > 0)
                 .collect();
-            cores.sort_by_key(|(whole_core, n, free)| (*whole_core, *n, free[0]));
+            cores.sort_by_key(|(whole_core, n, free)| {
+                let llc = self.topology.cpus.get(&free[0]).map(|c| c.llc);
+                (*whole_core, llc != home, *n, free[0])
+            });
             'fill: for (_, _, free) in cores {
                 for c in free {
                     if exclusive.len() >= need {
@@ -637,6 +679,21 @@ mod tests {
             "{a:?}"
         );
         assert_eq!(a.nodes.len(), 1);
+    }
+
+    #[test]
+    fn exclusive_cpus_share_one_last_level_cache_when_they_fit() {
+        // One node, two L3s of 4 cores each; the first L3 partly used.
+        let mut h = Host::new(
+            Topology::synthetic_llc(1, 8, 1, 4),
+            100,
+            BTreeSet::new(),
+            1.0,
+        );
+        h.allocate("x", Mode::Exclusive, 200).unwrap();
+        let a = h.allocate("a", Mode::Exclusive, 300).unwrap();
+        let llcs: BTreeSet<u32> = a.exclusive.iter().map(|c| h.topology.cpus[c].llc).collect();
+        assert_eq!(llcs.len(), 1, "{a:?} spans L3s {llcs:?}");
     }
 
     #[test]

@@ -17,6 +17,10 @@ pub struct Cpu {
     pub package: u32,
     /// Its NUMA node.
     pub node: u32,
+    /// Its last-level cache group: the lowest CPU id sharing its L3 (or, where
+    /// sysfs shows no L3, its package's first CPU).
+    #[serde(default)]
+    pub llc: u32,
 }
 
 /// The online CPUs, grouped into cores (SMT siblings) and NUMA nodes.
@@ -90,7 +94,7 @@ impl Topology {
     /// on a host with hundreds of CPUs would dominate every create.
     pub fn cached(state_dir: &Path) -> Result<Topology> {
         let online = read_trim(Path::new("/sys/devices/system/cpu/online")).unwrap_or_default();
-        let cache = state_dir.join("cpus").join("topology.json");
+        let cache = state_dir.join("cpus").join("topology-v2.json");
         #[derive(serde::Serialize, serde::Deserialize)]
         struct Cached {
             online: String,
@@ -162,6 +166,9 @@ impl Topology {
                 cores.len() - 1
             });
             cores[core].push(id);
+            let llc = read_trim(&cpu_dir.join(format!("cpu{id}/cache/index3/shared_cpu_list")))
+                .and_then(|s| parse_list(&s))
+                .and_then(|l| l.first().copied());
             cpus.insert(
                 id,
                 Cpu {
@@ -169,16 +176,28 @@ impl Topology {
                     core,
                     package,
                     node: node_of.get(&id).copied().unwrap_or(0),
+                    llc: llc.unwrap_or(u32::MAX - package),
                 },
             );
         }
         Ok(Topology { cpus, cores })
     }
 
-    /// A synthetic topology: `nodes` NUMA nodes (one package each), each with
-    /// `cores_per_node` cores of `smt` threads. CPU ids are numbered as Linux
-    /// does on x86: first thread of every core, then the second threads.
+    /// A synthetic topology: `nodes` NUMA nodes (one package and one L3 each),
+    /// each with `cores_per_node` cores of `smt` threads. CPU ids are numbered
+    /// as Linux does on x86: first thread of every core, then the second threads.
     pub fn synthetic(nodes: u32, cores_per_node: u32, smt: u32) -> Topology {
+        Self::synthetic_llc(nodes, cores_per_node, smt, cores_per_node)
+    }
+
+    /// [`Topology::synthetic`] with an L3 shared by every `cores_per_llc` cores.
+    pub fn synthetic_llc(
+        nodes: u32,
+        cores_per_node: u32,
+        smt: u32,
+        cores_per_llc: u32,
+    ) -> Topology {
+        let cores_per_llc = cores_per_llc.max(1);
         let total_cores = nodes * cores_per_node;
         let mut cpus = BTreeMap::new();
         let mut cores = vec![Vec::new(); total_cores as usize];
@@ -194,6 +213,7 @@ impl Topology {
                         core: c as usize,
                         package: node,
                         node,
+                        llc: (c / cores_per_llc) * cores_per_llc,
                     },
                 );
             }
@@ -246,7 +266,7 @@ mod tests {
     fn the_cache_returns_what_sysfs_says() {
         let d = tempfile::tempdir().unwrap();
         let a = Topology::cached(d.path()).unwrap();
-        assert!(d.path().join("cpus/topology.json").is_file());
+        assert!(d.path().join("cpus/topology-v2.json").is_file());
         let b = Topology::cached(d.path()).unwrap();
         assert_eq!(a, b);
         assert_eq!(a, Topology::from_sysfs(Path::new("/sys")).unwrap());
