@@ -400,73 +400,75 @@ impl Host {
                 .filter(|c| in_chosen(*c) && self.is_free(&u, *c) && !taken.contains(c))
                 .collect()
         };
-        // Cores in the order to take them: the last-level cache already used
-        // (or with the most free CPUs) first, so a request shares one L3
-        // where it can.
-        let llc_of = |core: &[u32]| {
-            core.first()
+        if exclusive.len() < need {
+            // Cores in the order to take them: the last-level cache already used
+            // (or with the most free CPUs) first, so a request shares one L3
+            // where it can.
+            let llc_of = |core: &[u32]| {
+                core.first()
+                    .and_then(|c| self.topology.cpus.get(c))
+                    .map(|c| c.llc)
+                    .unwrap_or(0)
+            };
+            let mut llc_free: BTreeMap<u32, usize> = BTreeMap::new();
+            for core in &self.topology.cores {
+                *llc_free.entry(llc_of(core)).or_default() += free_of(core, &[]).len();
+            }
+            let home = exclusive
+                .first()
                 .and_then(|c| self.topology.cpus.get(c))
                 .map(|c| c.llc)
-                .unwrap_or(0)
-        };
-        let mut llc_free: BTreeMap<u32, usize> = BTreeMap::new();
-        for core in &self.topology.cores {
-            *llc_free.entry(llc_of(core)).or_default() += free_of(core, &[]).len();
-        }
-        let home = exclusive
-            .first()
-            .and_then(|c| self.topology.cpus.get(c))
-            .map(|c| c.llc)
-            .or_else(|| {
-                llc_free
-                    .iter()
-                    .filter(|(_, n)| **n >= need)
-                    .min_by_key(|(l, n)| (**n, **l))
-                    .map(|(l, _)| *l)
-            })
-            .or_else(|| {
-                llc_free
-                    .iter()
-                    .max_by_key(|(l, n)| (**n, std::cmp::Reverse(**l)))
-                    .map(|(l, _)| *l)
-            });
-        let mut ordered: Vec<&Vec<u32>> = self.topology.cores.iter().collect();
-        ordered.sort_by_key(|core| {
-            (
-                Some(llc_of(core)) != home,
-                llc_of(core),
-                core.first().copied(),
-            )
-        });
-        // Whole cores (SMT siblings together) while the remainder fills them...
-        for core in &ordered {
-            let free = free_of(core, &exclusive);
-            if free.len() == core.len() && need - exclusive.len() >= core.len() {
-                exclusive.extend(free);
-            }
-        }
-        // ...then broken cores first (fewest free siblings), then breaking whole ones.
-        if exclusive.len() < need {
-            let mut cores: Vec<(bool, usize, Vec<u32>)> = self
-                .topology
-                .cores
-                .iter()
-                .map(|core| {
-                    let free = free_of(core, &exclusive);
-                    (free.len() == core.len(), free.len(), free)
+                .or_else(|| {
+                    llc_free
+                        .iter()
+                        .filter(|(_, n)| **n >= need)
+                        .min_by_key(|(l, n)| (**n, **l))
+                        .map(|(l, _)| *l)
                 })
-                .filter(|(_, n, _)| *n > 0)
-                .collect();
-            cores.sort_by_key(|(whole_core, n, free)| {
-                let llc = self.topology.cpus.get(&free[0]).map(|c| c.llc);
-                (*whole_core, llc != home, *n, free[0])
+                .or_else(|| {
+                    llc_free
+                        .iter()
+                        .max_by_key(|(l, n)| (**n, std::cmp::Reverse(**l)))
+                        .map(|(l, _)| *l)
+                });
+            let mut ordered: Vec<&Vec<u32>> = self.topology.cores.iter().collect();
+            ordered.sort_by_key(|core| {
+                (
+                    Some(llc_of(core)) != home,
+                    llc_of(core),
+                    core.first().copied(),
+                )
             });
-            'fill: for (_, _, free) in cores {
-                for c in free {
-                    if exclusive.len() >= need {
-                        break 'fill;
+            // Whole cores (SMT siblings together) while the remainder fills them...
+            for core in &ordered {
+                let free = free_of(core, &exclusive);
+                if free.len() == core.len() && need - exclusive.len() >= core.len() {
+                    exclusive.extend(free);
+                }
+            }
+            // ...then broken cores first (fewest free siblings), then breaking whole ones.
+            if exclusive.len() < need {
+                let mut cores: Vec<(bool, usize, Vec<u32>)> = self
+                    .topology
+                    .cores
+                    .iter()
+                    .map(|core| {
+                        let free = free_of(core, &exclusive);
+                        (free.len() == core.len(), free.len(), free)
+                    })
+                    .filter(|(_, n, _)| *n > 0)
+                    .collect();
+                cores.sort_by_key(|(whole_core, n, free)| {
+                    let llc = self.topology.cpus.get(&free[0]).map(|c| c.llc);
+                    (*whole_core, llc != home, *n, free[0])
+                });
+                'fill: for (_, _, free) in cores {
+                    for c in free {
+                        if exclusive.len() >= need {
+                            break 'fill;
+                        }
+                        exclusive.push(c);
                     }
-                    exclusive.push(c);
                 }
             }
         }
