@@ -209,7 +209,11 @@ fn prepare(
         allocator.as_ref().map(|a| a as &dyn cpus::Allocator),
     )?;
     tracing::info!(container = id, applied = %applied, "config.json rewritten");
-    records.gc(id);
+    // With the CPU ledger on, its GC removes the records of gone containers
+    // as it frees them; without it, records are swept here.
+    if !cfg.cpus.enabled {
+        records.gc(id);
+    }
     records.put(
         id,
         &delegate,

@@ -298,14 +298,14 @@ fn main() {
     berth_integration::require_root();
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
     match what.as_str() {
-        "runtime-cycle" => runtime_cycle(40),
+        "runtime-cycle" => runtime_cycle(80),
         "docker-run" => docker_run(40),
         "preload" => preload(),
         "planner" => planner(),
         "all" => {
             planner();
             preload();
-            runtime_cycle(40);
+            runtime_cycle(80);
             docker_run(40);
         }
         other => {

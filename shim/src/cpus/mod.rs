@@ -18,8 +18,9 @@ use topology::Topology;
 /// container, and the shared pool after it.
 pub trait Allocator {
     /// Allocates (or re-plans) `pieces` in `mode` for the container being
-    /// created. Returns the allocation and the shared pool as a cpuset list.
-    fn allocate(&self, mode: Mode, pieces: u32) -> Result<(Allocation, String)>;
+    /// created. Returns the allocation and the shared pool as a cpuset list,
+    /// None when the pool is every CPU (nothing to restrict).
+    fn allocate(&self, mode: Mode, pieces: u32) -> Result<(Allocation, Option<String>)>;
     /// Pieces per CPU.
     fn base(&self) -> u32;
     /// What an explicit user cpuset means: true to respect it unsplit.
@@ -78,7 +79,7 @@ pub fn apply_pool(ledger: &ledger::Ledger, skip: &str) {
 }
 
 impl Allocator for HostAllocator {
-    fn allocate(&self, mode: Mode, pieces: u32) -> Result<(Allocation, String)> {
+    fn allocate(&self, mode: Mode, pieces: u32) -> Result<(Allocation, Option<String>)> {
         let store = ledger::Store::new(&self.config);
         let key = crate::delegate::container_key(self.root.as_deref(), &self.id);
         store.transaction(&self.config, &self.topology, |l| {
@@ -99,7 +100,8 @@ impl Allocator for HostAllocator {
             if pool != before {
                 apply_pool(l, &key);
             }
-            Ok((a, pool))
+            let everything = l.host.shared_pool().len() == l.host.topology.cpus.len();
+            Ok((a, (!everything).then_some(pool)))
         })
     }
 

@@ -117,6 +117,10 @@ pub fn apply(s: &mut Value, ctx: &Context<'_>) -> Result<Option<Value>> {
         });
     }
     let (a, pool) = alloc.allocate(mode, pieces)?;
+    if mode == Mode::Shared && pieces == 0 && pool.is_none() {
+        // Unrequested, on an idle host: recorded in the ledger, nothing to set.
+        return Ok(Some(json!({"mode": mode, "pieces": 0})));
+    }
 
     let Some(obj) = s.as_object_mut() else {
         return Ok(None);
@@ -139,12 +143,19 @@ pub fn apply(s: &mut Value, ctx: &Context<'_>) -> Result<Option<Value>> {
         .entry("cpu")
         .or_insert_with(|| Value::Object(Map::new()));
     let cpu = cpu.as_object_mut().ok_or_else(bad)?;
-    let cpus = if mode == Mode::Shared {
-        pool
-    } else {
-        format_list(a.cpus())
+    // A shared container on an idle host (the pool is every CPU) gets no
+    // cpuset: nothing to restrict, and runc skips the cpuset work. Should
+    // exclusive allocations appear later, they move it onto the pool.
+    let cpus = match (mode, pool) {
+        (Mode::Shared, None) => String::new(),
+        (Mode::Shared, Some(pool)) => pool,
+        _ => format_list(a.cpus()),
     };
-    cpu.insert("cpus".into(), json!(cpus));
+    if cpus.is_empty() {
+        cpu.remove("cpus");
+    } else {
+        cpu.insert("cpus".into(), json!(cpus));
+    }
     let mut record = json!({"mode": mode, "pieces": pieces, "cpus": cpus});
     if mode != Mode::Shared {
         let mems = format_list(a.nodes.iter().copied());
