@@ -11,6 +11,7 @@
 
 pub mod artifacts;
 pub mod berth;
+#[cfg(feature = "kafka")]
 pub mod broker;
 pub mod cleanup;
 pub mod cmd;

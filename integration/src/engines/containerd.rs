@@ -12,6 +12,9 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+/// The image CRI uses for pod sandboxes (busybox sleeping, like `pause`).
+pub const PAUSE_IMAGE: &str = "docker.io/berth/pause:test";
+
 /// The private containerd of this test process.
 #[derive(Debug)]
 pub struct Containerd {
@@ -60,7 +63,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         state = dir.join("state").display(),
         sock = socket.display(),
         opt = dir.join("opt").display(),
-        pause = super::cri::PAUSE_IMAGE,
+        pause = PAUSE_IMAGE,
         cni_bin = dir.join("cni-bin").display(),
         cni_conf = dir.join("cni-conf").display(),
     );

@@ -15,8 +15,7 @@ use k8s_cri::v1::{
 use std::sync::OnceLock;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-/// The image CRI uses for pod sandboxes (busybox sleeping, like `pause`).
-pub const PAUSE_IMAGE: &str = "docker.io/berth/pause:test";
+pub use super::containerd::PAUSE_IMAGE;
 /// The containerd namespace CRI works in.
 pub const CRI_NAMESPACE: &str = "k8s.io";
 

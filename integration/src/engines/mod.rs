@@ -4,6 +4,7 @@
 //! at exit.
 
 pub mod containerd;
+#[cfg(feature = "cri")]
 pub mod cri;
 pub mod crun;
 pub mod docker;
