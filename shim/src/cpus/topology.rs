@@ -233,7 +233,8 @@ impl Topology {
     pub fn siblings(&self, cpu: u32) -> &[u32] {
         self.cpus
             .get(&cpu)
-            .map(|c| self.cores[c.core].as_slice())
+            .and_then(|c| self.cores.get(c.core))
+            .map(Vec::as_slice)
             .unwrap_or(&[])
     }
 }

@@ -204,7 +204,9 @@ pub fn apply(s: &mut Value, ctx: &Context<'_>) -> Result<Option<Value>> {
     }
 
     // The bind mount, unless an earlier pass (or the user) put it there.
-    let obj = s.as_object_mut().expect("checked: object");
+    let Some(obj) = s.as_object_mut() else {
+        return skip("config.json is not an object");
+    };
     let mounts = obj
         .entry("mounts")
         .or_insert_with(|| Value::Array(Vec::new()));
@@ -226,7 +228,9 @@ pub fn apply(s: &mut Value, ctx: &Context<'_>) -> Result<Option<Value>> {
         }));
     }
 
-    let env = spec::env_mut(s).expect("checked: process object");
+    let Some(env) = spec::env_mut(s) else {
+        return skip("config.json has no process");
+    };
     let preload = spec::env_get(env, "LD_PRELOAD").unwrap_or("").to_string();
     let already = preload.split([':', ' ']).any(|p| p == cfg.container_path);
     if !already {
