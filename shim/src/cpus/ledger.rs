@@ -322,10 +322,9 @@ fn rebuild(ledger: &mut Ledger, cfg: &RuntimeConfig) -> usize {
         let Some(cpus) = super::cgroup::cpuset(&cg).and_then(|s| parse_list(&s)) else {
             continue;
         };
-        let pieces = match super::cgroup::quota(&cg) {
-            Some((q, p)) if q > 0 && p > 0 => ((q as u64 * u64::from(base)).div_ceil(p)) as u32,
-            _ => 0,
-        };
+        let pieces = super::cgroup::quota(&cg)
+            .map(|(q, p)| super::plan::pieces_from_quota(q, p, base))
+            .unwrap_or(0);
         recovered.push((
             container_key(rec.root.as_deref(), &rec.id),
             rec,

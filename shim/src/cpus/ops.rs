@@ -66,11 +66,7 @@ pub fn replan(
     let quota = cpu.get("quota").and_then(Value::as_i64).unwrap_or(0);
     let base = cfg.cpus.base;
     let key = container_key(root, id);
-    let pieces = if quota > 0 {
-        u32::try_from((quota as u64 * u64::from(base)).div_ceil(period)).unwrap_or(u32::MAX)
-    } else {
-        0
-    };
+    let pieces = super::plan::pieces_from_quota(quota, period, base);
     let (a, pool) = Store::new(cfg).transaction(cfg, &topology(cfg)?, |l| {
         let Some(current) = l.host.allocations.get(&key).cloned() else {
             return Err(Error::Cpu(format!("no allocation for {id}")));
@@ -100,10 +96,7 @@ pub fn replan(
             c.insert("mems".into(), json!(format_list(a.nodes.iter().copied())));
         }
         if pieces > 0 {
-            c.insert(
-                "shares".into(),
-                json!((u64::from(pieces) * 1024 / u64::from(base)).max(2)),
-            );
+            c.insert("shares".into(), json!(super::plan::shares(pieces, base)));
         }
     }
     tracing::info!(container = id, pieces, cpus = ?a.cpus(), "CPU allocation re-planned");

@@ -562,6 +562,25 @@ fn digits(base: u32) -> usize {
     d
 }
 
+/// The request a CFS quota expresses, in pieces of `1/base`, rounded up
+/// (0 for no quota; saturating for absurd ones).
+pub fn pieces_from_quota(quota: i64, period: u64, base: u32) -> u32 {
+    if quota <= 0 || period == 0 {
+        return 0;
+    }
+    u32::try_from(
+        (quota as u64)
+            .saturating_mul(u64::from(base))
+            .div_ceil(period),
+    )
+    .unwrap_or(u32::MAX)
+}
+
+/// `cpu.shares` for a request of `pieces`: 1024 per CPU, at least 2.
+pub fn shares(pieces: u32, base: u32) -> u64 {
+    (u64::from(pieces) * 1024 / u64::from(base.max(1))).max(2)
+}
+
 /// Parses a decimal CPU count (`"3.2"`) into pieces of `1/base`, exactly.
 /// Errors (as text) for anything that is not a positive, finite, sane number
 /// or is finer than `1/base`.
@@ -617,6 +636,16 @@ mod tests {
             BTreeSet::new(),
             1.0,
         )
+    }
+
+    #[test]
+    fn quota_and_shares_conversions() {
+        assert_eq!(pieces_from_quota(30_000, 100_000, 100), 30);
+        assert_eq!(pieces_from_quota(1, 100_000, 100), 1, "rounds up");
+        assert_eq!(pieces_from_quota(-1, 100_000, 100), 0);
+        assert_eq!(pieces_from_quota(i64::MAX, 1, 100), u32::MAX);
+        assert_eq!(shares(150, 100), 1536);
+        assert_eq!(shares(0, 100), 2);
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! * `cpu.shares` = `c × 1024`, so fragments share their CPU by weight.
 
 use super::Context;
-use crate::cpus::plan::{parse_cpus, Mode};
+use crate::cpus::plan::{parse_cpus, pieces_from_quota, shares, Mode};
 use crate::cpus::topology::format_list;
 use crate::error::{Error, Result};
 use crate::spec;
@@ -97,9 +97,10 @@ pub fn apply(s: &mut Value, ctx: &Context<'_>) -> Result<Option<Value>> {
             p.get("pieces").and_then(Value::as_u64).unwrap_or(0) as u32,
         )
     } else if let Some(q) = quota {
-        let pieces = u32::try_from((q as u64).saturating_mul(u64::from(base)).div_ceil(period))
-            .unwrap_or(u32::MAX);
-        (mode.unwrap_or(Mode::Split), pieces)
+        (
+            mode.unwrap_or(Mode::Split),
+            pieces_from_quota(q, period, base),
+        )
     } else {
         (mode.unwrap_or(Mode::Shared), 0)
     };
@@ -166,10 +167,7 @@ pub fn apply(s: &mut Value, ctx: &Context<'_>) -> Result<Option<Value>> {
         let q = (u64::from(pieces) * period).div_ceil(u64::from(base)) as i64;
         cpu.insert("quota".into(), json!(q));
         cpu.insert("period".into(), json!(period));
-        cpu.insert(
-            "shares".into(),
-            json!((u64::from(pieces) * 1024 / u64::from(base)).max(2)),
-        );
+        cpu.insert("shares".into(), json!(shares(pieces, base)));
         record["quota"] = json!(q);
     }
     tracing::info!(mode = ?mode, pieces, cpus = %record["cpus"], "CPU split planned");
