@@ -123,6 +123,11 @@ pub struct Record {
 }
 
 impl Record {
+    /// Reads the record file at `path`; None when missing or unreadable.
+    pub fn read(path: &Path) -> Option<Record> {
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+
     /// True while the delegate still has state for the container; None when
     /// that cannot be told (no `--root` and a delegate of unknown default root).
     pub fn alive(&self) -> Option<bool> {
@@ -188,7 +193,7 @@ impl Records {
         if !valid_id(id) {
             return None;
         }
-        serde_json::from_slice(&std::fs::read(self.dir.join(id)).ok()?).ok()
+        Record::read(&self.dir.join(id))
     }
 
     /// Records that container `id` runs on `delegate` in cgroup `cgroup`:
@@ -232,10 +237,7 @@ impl Records {
                 continue;
             };
             for f in files.flatten() {
-                if let Some(rec) = std::fs::read(f.path())
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
-                {
+                if let Some(rec) = Record::read(&f.path()) {
                     out.push(rec);
                 }
             }

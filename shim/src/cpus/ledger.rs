@@ -134,7 +134,7 @@ impl Ledger {
 
     /// Berth's record of the container with ledger key `key`.
     pub fn record(&self, key: &str) -> Option<Record> {
-        serde_json::from_slice(&std::fs::read(self.records.join(key)).ok()?).ok()
+        Record::read(&self.records.join(key))
     }
 
     /// False only when the container is surely gone and nobody is creating it.

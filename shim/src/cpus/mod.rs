@@ -78,28 +78,40 @@ pub fn apply_pool(ledger: &ledger::Ledger, skip: &str) {
     }
 }
 
+/// Allocates (or re-plans) `id` under `root` in the ledger; when the request
+/// does not fit, first frees every allocation of a gone container and tries
+/// again. If the shared pool changed, moves the running shared containers
+/// onto it. Returns the allocation and the pool.
+pub fn allocate_and_apply_pool(
+    l: &mut ledger::Ledger,
+    root: Option<&Path>,
+    id: &str,
+    mode: Mode,
+    pieces: u32,
+) -> Result<(Allocation, String)> {
+    let before = l.host.shared_pool_list();
+    let a = match l.allocate(root, id, mode, pieces) {
+        Ok(a) => Ok(a),
+        Err(_) if !l.gc().is_empty() => l.allocate(root, id, mode, pieces),
+        Err(e) => Err(e),
+    }
+    .map_err(|e| Error::Cpu(e.to_string()))?;
+    let pool = l.host.shared_pool_list();
+    if pool != before {
+        apply_pool(l, &crate::delegate::container_key(root, id));
+    }
+    Ok((a, pool))
+}
+
 impl Allocator for HostAllocator {
     fn allocate(&self, mode: Mode, pieces: u32) -> Result<(Allocation, Option<String>)> {
         let store = ledger::Store::new(&self.config);
-        let key = crate::delegate::container_key(self.root.as_deref(), &self.id);
         store.transaction(&self.config, &self.topology, |l| {
             // GC costs a stat per container: every create checks a few
-            // (GC_PER_CREATE, round-robin); all are checked when a request
-            // does not fit, and then the plan is retried.
+            // (GC_PER_CREATE, round-robin).
             l.gc_some(GC_PER_CREATE);
-            let before = l.host.shared_pool_list();
-            let a = match l.allocate(self.root.as_deref(), &self.id, mode, pieces) {
-                Ok(a) => Ok(a),
-                Err(_) if !l.gc().is_empty() => {
-                    l.allocate(self.root.as_deref(), &self.id, mode, pieces)
-                }
-                Err(e) => Err(e),
-            }
-            .map_err(|e| Error::Cpu(e.to_string()))?;
-            let pool = l.host.shared_pool_list();
-            if pool != before {
-                apply_pool(l, &key);
-            }
+            let (a, pool) =
+                allocate_and_apply_pool(l, self.root.as_deref(), &self.id, mode, pieces)?;
             let everything = l.host.shared_pool().len() == l.host.topology.cpus.len();
             Ok((a, (!everything).then_some(pool)))
         })

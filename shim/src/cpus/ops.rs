@@ -77,15 +77,8 @@ pub fn replan(
         } else {
             current.mode
         };
-        let before = l.host.shared_pool_list();
-        let a = l
-            .allocate(root, id, mode, pieces)
-            .map_err(|err| Error::Cpu(err.to_string()))?;
+        let (a, pool) = super::allocate_and_apply_pool(l, root, id, mode, pieces)?;
         l.creators.remove(&key);
-        let pool = l.host.shared_pool_list();
-        if pool != before {
-            super::apply_pool(l, &key);
-        }
         Ok((a, pool))
     })?;
     if let Some(c) = resources.get_mut("cpu").and_then(Value::as_object_mut) {
