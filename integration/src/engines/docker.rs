@@ -183,3 +183,14 @@ impl Drop for DockerContainer {
         let _ = docker().run(&["rm", "-f", &self.id]);
     }
 }
+
+impl Docker {
+    /// `docker run --rm --runtime berth FLAGS... --network none IMAGE CMD...`.
+    pub fn run_berth(&self, flags: &[&str], image: &str, cmd: &[&str]) -> Ran {
+        let mut args = vec!["run", "--rm", "--runtime", "berth"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--network", "none", image]);
+        args.extend_from_slice(cmd);
+        self.run(&args)
+    }
+}

@@ -181,18 +181,7 @@ fn one_and_a_half_then_a_half_then_refusal() {
         "0.5 lands on the fragment core"
     );
     // A whole CPU no longer fits: the docker CLI shows why.
-    let r = docker().run(&[
-        "run",
-        "--rm",
-        "--runtime",
-        "berth",
-        "--cpus",
-        "1",
-        "--network",
-        "none",
-        img,
-        "true",
-    ]);
+    let r = docker().run_berth(&["--cpus", "1"], img, &["true"]);
     assert!(!r.ok());
     assert!(
         r.stderr

@@ -251,10 +251,7 @@ fn import(rootfs: &std::path::Path) -> String {
 fn containers_with_cpus_1_see_one_cpu_on_glibc_and_musl() {
     let _g = berth_integration::berth::cpu_lock();
     let glibc = import(&glibc_rootfs(true));
-    let r = docker().run(&[
-        "run", "--rm", "--runtime", "berth", "--cpus", "1", "--network", "none", &glibc,
-        "sh", "-c", "/usr/bin/nproc; getconf _NPROCESSORS_ONLN; berth-print-cpus; print-cpus-glibc; echo \"$BERTH_NPROC $GOMAXPROCS\"",
-    ]);
+    let r = docker().run_berth(&["--cpus", "1"], &glibc, &["sh", "-c", "/usr/bin/nproc; getconf _NPROCESSORS_ONLN; berth-print-cpus; print-cpus-glibc; echo \"$BERTH_NPROC $GOMAXPROCS\""]);
     assert!(r.ok(), "glibc container: {}", r.stderr);
     let lines: Vec<&str> = r.stdout.lines().collect();
     let want = ["1", "1", "1", &format!("1 1 1 {}", real_cpus()), "1 1"];
@@ -264,20 +261,15 @@ fn containers_with_cpus_1_see_one_cpu_on_glibc_and_musl() {
         r.stderr
     );
     let musl = import(&musl_rootfs());
-    let r = docker().run(&[
-        "run",
-        "--rm",
-        "--runtime",
-        "berth",
-        "--cpus",
-        "1",
-        "--network",
-        "none",
+    let r = docker().run_berth(
+        &["--cpus", "1"],
         &musl,
-        "sh",
-        "-c",
-        "print-cpus-musl; env -u LD_PRELOAD print-cpus-musl",
-    ]);
+        &[
+            "sh",
+            "-c",
+            "print-cpus-musl; env -u LD_PRELOAD print-cpus-musl",
+        ],
+    );
     assert!(r.ok(), "musl container: {}", r.stderr);
     // musl derives CONF from the affinity mask too, so in a container pinned
     // to one CPU its native CONF is 1 as well: compare with the native run.
@@ -291,18 +283,11 @@ fn containers_with_cpus_1_see_one_cpu_on_glibc_and_musl() {
         r.stdout
     );
     // Without a limit nothing is injected.
-    let r = docker().run(&[
-        "run",
-        "--rm",
-        "--runtime",
-        "berth",
-        "--network",
-        "none",
+    let r = docker().run_berth(
+        &[],
         &glibc,
-        "sh",
-        "-c",
-        "/usr/bin/nproc; echo \"[$LD_PRELOAD]\"",
-    ]);
+        &["sh", "-c", "/usr/bin/nproc; echo \"[$LD_PRELOAD]\""],
+    );
     assert!(r.ok(), "{}", r.stderr);
     assert_eq!(
         r.stdout.lines().collect::<Vec<_>>(),
@@ -310,20 +295,15 @@ fn containers_with_cpus_1_see_one_cpu_on_glibc_and_musl() {
     );
     // A glibc image without libdl.so.2 is left alone (injection skipped) and runs normally.
     let bare = import(&glibc_rootfs(false));
-    let r = docker().run(&[
-        "run",
-        "--rm",
-        "--runtime",
-        "berth",
-        "--cpus",
-        "1",
-        "--network",
-        "none",
+    let r = docker().run_berth(
+        &["--cpus", "1"],
         &bare,
-        "sh",
-        "-c",
-        "getconf _NPROCESSORS_ONLN; echo \"[$LD_PRELOAD]\"",
-    ]);
+        &[
+            "sh",
+            "-c",
+            "getconf _NPROCESSORS_ONLN; echo \"[$LD_PRELOAD]\"",
+        ],
+    );
     assert!(r.ok() && r.stderr.is_empty(), "{}", r.stderr);
     assert_eq!(
         r.stdout.lines().collect::<Vec<_>>(),

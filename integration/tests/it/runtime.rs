@@ -161,23 +161,22 @@ fn docker_update_cpus_reaches_the_cgroup() {
 
 #[test]
 fn docker_sysctls_from_user_and_policy_are_visible() {
-    let r = dock(&[
-        "run",
-        "--rm",
-        "--runtime",
-        "berth",
-        "--network",
-        "none",
-        "--sysctl",
-        "net.ipv4.tcp_syncookies=0",
-        "--sysctl",
-        &format!("{ALLOWED_SYSCTL}=333"),
+    let allowed = format!("{ALLOWED_SYSCTL}=333");
+    let r = docker().run_berth(
+        &[
+            "--sysctl",
+            "net.ipv4.tcp_syncookies=0",
+            "--sysctl",
+            &allowed,
+        ],
         image(),
-        "cat",
-        &sysctl_path("net.ipv4.tcp_syncookies"),
-        &sysctl_path(ALLOWED_SYSCTL),
-        &sysctl_path(MACHINE_SYSCTL.0),
-    ]);
+        &[
+            "cat",
+            &sysctl_path("net.ipv4.tcp_syncookies"),
+            &sysctl_path(ALLOWED_SYSCTL),
+            &sysctl_path(MACHINE_SYSCTL.0),
+        ],
+    );
     assert!(r.ok(), "docker run: {}", r.stderr);
     let lines: Vec<&str> = r.stdout.lines().map(str::trim).collect();
     assert_eq!(
