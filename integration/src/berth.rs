@@ -101,3 +101,13 @@ pub fn cpu_status() -> serde_json::Value {
     );
     serde_json::from_str(&out).expect("cpus --json output")
 }
+
+/// `berth-runtime --berth-config <test host config> --root ROOT`, ready for a verb.
+pub fn runtime_cmd(root: &std::path::Path) -> std::process::Command {
+    let mut c = std::process::Command::new(crate::artifacts::binary("berth-runtime"));
+    c.arg("--berth-config")
+        .arg(config())
+        .arg("--root")
+        .arg(root);
+    c
+}

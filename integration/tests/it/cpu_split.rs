@@ -223,11 +223,7 @@ fn bad_requests_are_clear_errors() {
             c["annotations"] = json!({"io.berth.cpus": value})
         });
         let r = try_run_via_files(
-            Command::new(binary("berth-runtime"))
-                .arg("--berth-config")
-                .arg(berth::config())
-                .arg("--root")
-                .arg(&root)
+            berth::runtime_cmd(&root)
                 .args(["create", "--bundle"])
                 .arg(&bundle)
                 .arg(unique()),
@@ -244,11 +240,7 @@ fn bad_requests_are_clear_errors() {
         c["annotations"] = json!({"io.berth.cpus": "0.5", "io.berth.cpu-mode": "exclusive"})
     });
     let r = try_run_via_files(
-        Command::new(binary("berth-runtime"))
-            .arg("--berth-config")
-            .arg(berth::config())
-            .arg("--root")
-            .arg(&root)
+        berth::runtime_cmd(&root)
             .args(["create", "--bundle"])
             .arg(&bundle)
             .arg(unique()),
@@ -281,11 +273,7 @@ fn kill_minus_nine_during_concurrent_creates_leaks_nothing_gc_cannot_free() {
                     let mut ids = Vec::new();
                     for i in 0..25u64 {
                         let id = unique();
-                        let mut child = Command::new(binary("berth-runtime"))
-                            .arg("--berth-config")
-                            .arg(berth::config())
-                            .arg("--root")
-                            .arg(&root)
+                        let mut child = berth::runtime_cmd(&root)
                             .args(["create", "--bundle"])
                             .arg(bundle)
                             .arg(&id)

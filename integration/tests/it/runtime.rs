@@ -257,12 +257,7 @@ fn podman_runtime_berth_with_policy() {
 }
 
 fn berth_cli(root: &Path) -> Command {
-    let mut c = Command::new(binary("berth-runtime"));
-    c.arg("--berth-config")
-        .arg(berth::config())
-        .arg("--root")
-        .arg(root);
-    c
+    berth::runtime_cmd(root)
 }
 
 fn config_json(bundle: &Path) -> Value {
