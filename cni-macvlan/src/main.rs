@@ -1,9 +1,9 @@
-//! `berth-macvlan`: Berth CNI macvlan plugin with bandwidth QoS.
-//!
-//! Not landed yet (issue #6). The binary exists so the workspace and packaging
-//! have their final names; it refuses to run rather than pretend to work.
+//! `berth-macvlan`: a CNI 1.1 macvlan plugin with bandwidth QoS shaped
+//! inside the container's network namespace. See the README for its keys.
+
+mod conf;
+mod plugin;
 
 fn main() {
-    eprintln!("berth-macvlan: not implemented yet (see issue #6)");
-    std::process::exit(1);
+    std::process::exit(berth_cni::skel::run(&plugin::Macvlan));
 }

@@ -135,10 +135,71 @@ pub fn exec(
     Ok(json)
 }
 
+/// The spec versions `plugin` reports through VERSION.
+pub fn supported_versions(plugin: &Path, env: &Env) -> Result<Vec<String>, CniError> {
+    let v = exec(plugin, Verb::Version, env, br#"{"cniVersion":"0.4.0"}"#)?.unwrap_or_default();
+    Ok(v.get("supportedVersions")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// The newest version both `ours` (the config's) and the plugin support,
+/// at or below `ours`.
+fn negotiate(ours: &str, theirs: &[String]) -> Option<&'static str> {
+    let pos = crate::SUPPORTED_VERSIONS.iter().position(|v| *v == ours)?;
+    crate::SUPPORTED_VERSIONS[..=pos]
+        .iter()
+        .rev()
+        .find(|v| theirs.iter().any(|t| t == *v))
+        .copied()
+}
+
+/// Runs the IPAM plugin like [`exec`]. When it refuses the config's
+/// `cniVersion` (code 1, as Debian 12's host-local does for 1.1.0), asks it
+/// for its versions and retries once with the newest common one.
+pub fn exec_negotiated(
+    plugin: &Path,
+    verb: Verb,
+    env: &Env,
+    config: &[u8],
+) -> Result<Option<Value>, CniError> {
+    match exec(plugin, verb, env, config) {
+        Err(e) if e.code == Code::IncompatibleVersion => {
+            let Ok(Value::Object(mut conf)) = serde_json::from_slice::<Value>(config) else {
+                return Err(e);
+            };
+            let ours = conf
+                .get("cniVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let theirs = supported_versions(plugin, env)?;
+            let Some(v) = negotiate(&ours, &theirs).filter(|v| *v != ours) else {
+                return Err(e);
+            };
+            tracing::info!(
+                plugin = %plugin.display(),
+                from = %ours,
+                to = v,
+                "IPAM plugin refused the config version; retrying with the newest it supports"
+            );
+            conf.insert("cniVersion".into(), Value::String(v.into()));
+            let bytes = serde_json::to_vec(&conf).unwrap_or_default();
+            exec(plugin, verb, env, &bytes)
+        }
+        r => r,
+    }
+}
+
 /// ADD through the configured IPAM plugin; its result, read in any version.
 pub fn add(ipam_type: &str, env: &Env, config: &[u8]) -> Result<CniResult, CniError> {
     let plugin = find_plugin(ipam_type, &env.path)?;
-    let v = exec(&plugin, Verb::Add, env, config)?.ok_or_else(|| {
+    let v = exec_negotiated(&plugin, Verb::Add, env, config)?.ok_or_else(|| {
         CniError::new(
             Code::Decode,
             format!("IPAM plugin {ipam_type} returned no result"),
@@ -150,5 +211,40 @@ pub fn add(ipam_type: &str, env: &Env, config: &[u8]) -> Result<CniResult, CniEr
 /// DEL through the configured IPAM plugin (always releases the lease).
 pub fn del(ipam_type: &str, env: &Env, config: &[u8]) -> Result<(), CniError> {
     let plugin = find_plugin(ipam_type, &env.path)?;
-    exec(&plugin, Verb::Del, env, config).map(|_| ())
+    exec_negotiated(&plugin, Verb::Del, env, config).map(|_| ())
+}
+
+/// STATUS or GC (1.1 verbs) through the IPAM plugin, when it supports
+/// 1.1.0; `Ok(false)` when it does not, so there is nothing to ask.
+pub fn passthrough_11(
+    ipam_type: &str,
+    verb: Verb,
+    env: &Env,
+    config: &[u8],
+) -> Result<bool, CniError> {
+    let plugin = find_plugin(ipam_type, &env.path)?;
+    if !supported_versions(&plugin, env)?
+        .iter()
+        .any(|v| v == "1.1.0")
+    {
+        return Ok(false);
+    }
+    exec(&plugin, verb, env, config).map(|_| true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::negotiate;
+
+    #[test]
+    fn negotiation_picks_the_newest_common_version_not_above_ours() {
+        let deb: Vec<String> = ["0.1.0", "0.3.1", "0.4.0", "1.0.0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(negotiate("1.1.0", &deb), Some("1.0.0"));
+        assert_eq!(negotiate("0.4.0", &deb), Some("0.4.0"));
+        assert_eq!(negotiate("0.3.0", &deb), None);
+        assert_eq!(negotiate("9.9.9", &deb), None);
+    }
 }

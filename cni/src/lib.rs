@@ -9,10 +9,18 @@
 //!
 //! The plugins themselves (issues #6 and #7) have not landed yet.
 
+pub mod arp;
 pub mod env;
 pub mod error;
 pub mod ipam;
+pub mod ipcfg;
+pub mod link;
+pub mod logging;
+pub mod netlink;
 pub mod netns;
+pub mod qos;
+pub mod skel;
+pub mod tc;
 pub mod types;
 
 pub use error::{CniError, Code};

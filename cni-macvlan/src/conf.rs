@@ -1,0 +1,235 @@
+//! The macvlan network configuration: its keys, capabilities and `CNI_ARGS`,
+//! checked with errors that name the offending key.
+
+use berth_cni::env::Env;
+use berth_cni::ipcfg::Cidr;
+use berth_cni::link::{parse_mac, MacvlanMode};
+use berth_cni::types::NetConf;
+use berth_cni::{CniError, Code};
+use serde_json::{Map, Value};
+
+/// What `berth-macvlan` reads from its configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MacvlanConf {
+    /// `master`; `None` means the link of the default route.
+    pub master: Option<String>,
+    /// `mode` (bridge when absent).
+    pub mode: MacvlanMode,
+    /// `mtu`; `None` (or 0) inherits the master's.
+    pub mtu: Option<u32>,
+    /// The MAC: `mac`, overridden by `CNI_ARGS` `MAC=`, overridden by
+    /// `runtimeConfig.mac`.
+    pub mac: Option<[u8; 6]>,
+    /// `linkInContainer`: the master lives in the container's netns.
+    pub link_in_container: bool,
+    /// `ipam.type`, if there is IPAM.
+    pub ipam_type: Option<String>,
+    /// Requested IPs (`runtimeConfig.ips`, `CNI_ARGS` `IP=`), assigned
+    /// directly when there is no IPAM (IPAM reads them itself otherwise).
+    pub static_ips: Vec<Cidr>,
+    /// The bandwidth settings and the key they came from: `bandwidth`,
+    /// replaced by the `runtimeConfig.bandwidth` capability when present.
+    pub bandwidth: Option<(Value, &'static str)>,
+    /// `dns`, passed to the result.
+    pub dns: Option<Value>,
+}
+
+fn invalid(msg: String) -> CniError {
+    CniError::new(Code::InvalidConfig, msg)
+}
+
+fn opt_str<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, CniError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(invalid(format!("{key} must be a string"))),
+    }
+}
+
+fn mac(s: &str, key: &str) -> Result<[u8; 6], CniError> {
+    let m = parse_mac(s).ok_or_else(|| {
+        invalid(format!(
+            "{key} {s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"
+        ))
+    })?;
+    if m[0] & 1 == 1 {
+        return Err(invalid(format!(
+            "{key} {s:?} is a multicast address; a link needs a unicast one"
+        )));
+    }
+    Ok(m)
+}
+
+impl MacvlanConf {
+    /// Reads the plugin's keys from `conf` and `env`'s `CNI_ARGS`.
+    pub fn parse(conf: &NetConf, env: &Env) -> Result<MacvlanConf, CniError> {
+        let obj = conf
+            .raw
+            .as_object()
+            .ok_or_else(|| invalid("the configuration is not an object".into()))?;
+        let mode_s = opt_str(obj, "mode")?.unwrap_or("");
+        let mode = MacvlanMode::parse(mode_s).ok_or_else(|| {
+            invalid(format!(
+                "mode {mode_s:?} is not one of bridge, private, vepa, passthru"
+            ))
+        })?;
+        let mtu = match obj.get("mtu") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_i64() {
+                Some(0) => None,
+                Some(n) if n > 0 && n <= i64::from(u32::MAX) => Some(n as u32),
+                _ => return Err(invalid(format!("mtu {v} must be a positive integer"))),
+            },
+        };
+        let link_in_container = match obj.get("linkInContainer") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(invalid("linkInContainer must be true or false".into())),
+        };
+        let mut mac_v = opt_str(obj, "mac")?.map(|s| mac(s, "mac")).transpose()?;
+        if let Some(m) = env.args.get("MAC").filter(|m| !m.is_empty()) {
+            mac_v = Some(mac(m, "CNI_ARGS MAC")?);
+        }
+        if let Some(m) = opt_str(&conf.runtime_config, "mac")? {
+            mac_v = Some(mac(m, "runtimeConfig.mac")?);
+        }
+        let ipam_type = match &conf.ipam {
+            Some(i) => match i.get("type") {
+                Some(Value::String(t)) if !t.is_empty() => Some(t.clone()),
+                _ => return Err(invalid("ipam.type must be a non-empty string".into())),
+            },
+            None => None,
+        };
+        let mut requested: Vec<(String, &'static str)> = Vec::new();
+        match conf.runtime_config.get("ips") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(a)) => {
+                for ip in a {
+                    let s = ip
+                        .as_str()
+                        .ok_or_else(|| invalid("runtimeConfig.ips must be strings".into()))?;
+                    requested.push((s.to_string(), "runtimeConfig.ips"));
+                }
+            }
+            Some(_) => return Err(invalid("runtimeConfig.ips must be an array".into())),
+        }
+        if let Some(ips) = env.args.get("IP").filter(|s| !s.is_empty()) {
+            requested.extend(
+                ips.split(',')
+                    .map(|s| (s.trim().to_string(), "CNI_ARGS IP")),
+            );
+        }
+        let mut static_ips = Vec::new();
+        for (s, key) in &requested {
+            match Cidr::parse(s) {
+                Some(c) => static_ips.push(c),
+                None if ipam_type.is_some() && s.parse::<std::net::IpAddr>().is_ok() => {}
+                None if ipam_type.is_some() => {
+                    return Err(invalid(format!("{key} {s:?} is not an IP address")))
+                }
+                None => {
+                    return Err(invalid(format!(
+                        "{key} {s:?} needs a prefix length (e.g. 10.1.2.3/24) when there is no ipam"
+                    )))
+                }
+            }
+        }
+        let bandwidth = match conf.runtime_config.get("bandwidth") {
+            Some(v) if !v.is_null() => Some((v.clone(), "runtimeConfig.bandwidth")),
+            _ => obj
+                .get("bandwidth")
+                .filter(|v| !v.is_null())
+                .map(|v| (v.clone(), "bandwidth")),
+        };
+        Ok(MacvlanConf {
+            master: opt_str(obj, "master")?.map(str::to_string),
+            mode,
+            mtu,
+            mac: mac_v,
+            link_in_container,
+            static_ips: if ipam_type.is_some() {
+                Vec::new()
+            } else {
+                static_ips
+            },
+            ipam_type,
+            bandwidth,
+            dns: obj.get("dns").filter(|v| !v.is_null()).cloned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_cni::types::parse_conf;
+    use serde_json::json;
+
+    fn env(args: &str) -> Env {
+        Env::from_fn(|k| match k {
+            "CNI_COMMAND" => Some("ADD".into()),
+            "CNI_CONTAINERID" => Some("c".into()),
+            "CNI_NETNS" => Some("/run/netns/x".into()),
+            "CNI_IFNAME" => Some("eth0".into()),
+            "CNI_PATH" => Some("/opt/cni/bin".into()),
+            "CNI_ARGS" => Some(args.into()),
+            _ => None,
+        })
+        .unwrap()
+    }
+
+    fn conf(v: Value) -> NetConf {
+        parse_conf(v.to_string().as_bytes()).unwrap()
+    }
+
+    fn base() -> Value {
+        json!({"cniVersion": "1.0.0", "name": "n", "type": "berth-macvlan", "master": "m0"})
+    }
+
+    #[test]
+    fn mac_precedence_is_conf_then_args_then_runtime_config() {
+        let mut c = base();
+        c["mac"] = json!("02:00:00:00:00:01");
+        let m = MacvlanConf::parse(&conf(c.clone()), &env("")).unwrap();
+        assert_eq!(m.mac, Some([2, 0, 0, 0, 0, 1]));
+        let m = MacvlanConf::parse(&conf(c.clone()), &env("MAC=02:00:00:00:00:02")).unwrap();
+        assert_eq!(m.mac, Some([2, 0, 0, 0, 0, 2]));
+        c["runtimeConfig"] = json!({"mac": "02:00:00:00:00:03"});
+        let m = MacvlanConf::parse(&conf(c), &env("MAC=02:00:00:00:00:02")).unwrap();
+        assert_eq!(m.mac, Some([2, 0, 0, 0, 0, 3]));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (k, v, needle) in [
+            ("mode", json!("fast"), "mode"),
+            ("mtu", json!(-1), "mtu"),
+            ("mtu", json!("9000"), "mtu"),
+            ("mac", json!("01:00:00:00:00:01"), "multicast"),
+            ("mac", json!("nope"), "mac"),
+            ("master", json!(3), "master"),
+            ("linkInContainer", json!("yes"), "linkInContainer"),
+        ] {
+            let mut c = base();
+            c[k] = v;
+            let e = MacvlanConf::parse(&conf(c), &env("")).unwrap_err();
+            assert_eq!(e.code, Code::InvalidConfig);
+            assert!(e.msg.contains(needle), "{k}: {}", e.msg);
+        }
+        let e = MacvlanConf::parse(&conf(base()), &env("IP=10.1.2.3")).unwrap_err();
+        assert!(e.msg.contains("CNI_ARGS IP"), "{}", e.msg);
+    }
+
+    #[test]
+    fn capabilities_override_config() {
+        let mut c = base();
+        c["bandwidth"] = json!({"egressRate": 1_000_000});
+        c["runtimeConfig"] =
+            json!({"bandwidth": {"ingressRate": 2_000_000}, "ips": ["10.9.0.5/24"]});
+        let m = MacvlanConf::parse(&conf(c), &env("IP=10.9.0.6/24")).unwrap();
+        assert_eq!(m.bandwidth.unwrap().1, "runtimeConfig.bandwidth");
+        assert_eq!(m.static_ips.len(), 2);
+        assert_eq!(m.mode, MacvlanMode::Bridge);
+    }
+}

@@ -1,0 +1,448 @@
+//! The macvlan verbs.
+
+use crate::conf::MacvlanConf;
+use berth_cni::env::{Command as Verb, Env};
+use berth_cni::ipcfg::{self, Cidr};
+use berth_cni::link::{self, Link, MacvlanSpec};
+use berth_cni::netlink::{Netlink, NetlinkError};
+use berth_cni::qos::{self, Bandwidth};
+use berth_cni::skel::Plugin;
+use berth_cni::types::{CniResult, Interface, IpConfig, NetConf};
+use berth_cni::{ipam, netns, CniError, Code};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+/// `berth-macvlan`.
+pub struct Macvlan;
+
+fn io(e: NetlinkError) -> CniError {
+    CniError::new(Code::Io, e.what.clone()).with_details(e.source.to_string())
+}
+
+fn netns_path(env: &Env) -> Result<&Path, CniError> {
+    env.netns
+        .as_deref()
+        .ok_or_else(|| CniError::new(Code::InvalidEnv, "CNI_NETNS is required"))
+}
+
+/// Finds the master (by name, or the default route's link) where `nl` looks.
+fn master(nl: &mut Netlink, c: &MacvlanConf) -> Result<Link, CniError> {
+    match &c.master {
+        Some(name) => link::by_name(nl, name).map_err(io)?.ok_or_else(|| {
+            CniError::new(
+                Code::InvalidConfig,
+                format!(
+                    "master {name:?} not found{}",
+                    if c.link_in_container {
+                        " in the container's netns"
+                    } else {
+                        ""
+                    }
+                ),
+            )
+        }),
+        None => {
+            let idx = ipcfg::default_route_link(nl).map_err(io)?.ok_or_else(|| {
+                CniError::new(
+                    Code::InvalidConfig,
+                    "master is not set and there is no default route to take it from",
+                )
+            })?;
+            link::by_index(nl, idx).map_err(io)?.ok_or_else(|| {
+                CniError::new(Code::Io, format!("default route link #{idx} vanished"))
+            })
+        }
+    }
+}
+
+/// Everything ADD decided before touching the netns.
+struct Plan {
+    conf: MacvlanConf,
+    master: Link,
+    bandwidth: Bandwidth,
+}
+
+fn plan(env: &Env, conf: &NetConf, nl_master: &mut Netlink) -> Result<Plan, CniError> {
+    let c = MacvlanConf::parse(conf, env)?;
+    let m = master(nl_master, &c)?;
+    if let Some(mtu) = c.mtu {
+        if mtu > m.mtu {
+            return Err(CniError::new(
+                Code::InvalidConfig,
+                format!("mtu {mtu} is larger than master {}'s MTU {}", m.name, m.mtu),
+            ));
+        }
+    }
+    let mtu = c.mtu.unwrap_or(m.mtu);
+    let bandwidth = match &c.bandwidth {
+        Some((v, key)) => Bandwidth::parse(v, key, mtu)?,
+        None => Bandwidth::default(),
+    };
+    Ok(Plan {
+        conf: c,
+        master: m,
+        bandwidth,
+    })
+}
+
+/// Undoes a partial ADD when dropped armed: the link in the netns, then the lease.
+struct Rollback<'a> {
+    env: &'a Env,
+    conf: &'a NetConf,
+    netns: &'a Path,
+    names: Vec<String>,
+    ipam: Option<String>,
+    armed: bool,
+}
+
+impl Drop for Rollback<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let names = self.names.clone();
+        let r = netns::run_in(self.netns, move || -> Result<(), NetlinkError> {
+            let mut nl = Netlink::open()?;
+            for n in &names {
+                let _ = link::delete_by_name(&mut nl, &qos::ifb_name(n));
+                link::delete_by_name(&mut nl, n)?;
+            }
+            Ok(())
+        });
+        if !matches!(r, Ok(Ok(()))) {
+            tracing::warn!(?r, "rollback: could not remove the link");
+        }
+        if let Some(t) = &self.ipam {
+            if let Err(e) = ipam::del(
+                t,
+                self.env,
+                &serde_json::to_vec(&self.conf.raw).unwrap_or_default(),
+            ) {
+                tracing::warn!(error = %e, "rollback: IPAM DEL failed");
+            }
+        }
+        tracing::info!("rolled back the partial ADD");
+    }
+}
+
+/// The link as it ended up in the container.
+struct Attached {
+    mac: String,
+    mtu: u32,
+}
+
+fn create_link(p: &Plan, env: &Env, netns: &Path, tmp: &str) -> Result<(), CniError> {
+    let spec = |fd| MacvlanSpec {
+        name: tmp,
+        parent: p.master.index,
+        mode: p.conf.mode,
+        mtu: p.conf.mtu,
+        mac: p.conf.mac,
+        netns_fd: fd,
+    };
+    let explain = |e: NetlinkError| -> CniError {
+        match e.errno() {
+            Some(libc::EADDRINUSE) | Some(libc::EEXIST) if p.conf.mac.is_some() => CniError::new(
+                Code::InvalidConfig,
+                format!("mac: the address is already used on master {}", p.master.name),
+            )
+            .with_details(e.to_string()),
+            Some(libc::EINVAL) if p.conf.mode == link::MacvlanMode::Passthru => CniError::new(
+                Code::InvalidConfig,
+                format!(
+                    "mode passthru: master {} already has a macvlan (passthru takes the whole master)",
+                    p.master.name
+                ),
+            )
+            .with_details(e.to_string()),
+            _ => io(e),
+        }
+    };
+    if p.conf.link_in_container {
+        netns::run_in(netns, || {
+            let mut nl = Netlink::open().map_err(io)?;
+            link::add_macvlan(&mut nl, &spec(None)).map_err(explain)
+        })?
+    } else {
+        let f = File::open(netns).map_err(|e| {
+            CniError::new(
+                Code::Io,
+                format!("cannot open CNI_NETNS {}", netns.display()),
+            )
+            .with_details(e.to_string())
+        })?;
+        let mut nl = Netlink::open().map_err(io)?;
+        let _ = env;
+        link::add_macvlan(&mut nl, &spec(Some(f.as_raw_fd()))).map_err(explain)
+    }
+}
+
+impl Plugin for Macvlan {
+    fn add(&self, env: &Env, conf: &NetConf) -> Result<CniResult, CniError> {
+        let netns = netns_path(env)?;
+        if !netns::exists(netns) {
+            return Err(CniError::new(
+                Code::Io,
+                format!("CNI_NETNS {} does not exist", netns.display()),
+            ));
+        }
+        let c0 = MacvlanConf::parse(conf, env)?;
+        let p = if c0.link_in_container {
+            netns::run_in(netns, || {
+                let mut nl = Netlink::open().map_err(io)?;
+                plan(env, conf, &mut nl)
+            })??
+        } else {
+            plan(env, conf, &mut Netlink::open().map_err(io)?)?
+        };
+        let tmp = link::temp_name("bmv");
+        create_link(&p, env, netns, &tmp)?;
+        let mut rb = Rollback {
+            env,
+            conf,
+            netns,
+            names: vec![tmp.clone(), env.ifname.clone()],
+            ipam: None,
+            armed: true,
+        };
+        let mut result = CniResult::default();
+        if let Some(t) = &p.conf.ipam_type {
+            let stdin = serde_json::to_vec(&conf.raw).unwrap_or_default();
+            rb.ipam = Some(t.clone());
+            let r = ipam::add(t, env, &stdin)?;
+            if r.ips.is_empty() {
+                return Err(CniError::new(
+                    Code::Plugin(100),
+                    format!("IPAM plugin {t} returned no IP configuration"),
+                ));
+            }
+            result.ips = r.ips;
+            result.routes = r.routes;
+        } else {
+            result.ips = p
+                .conf
+                .static_ips
+                .iter()
+                .map(|c| IpConfig {
+                    address: c.to_string(),
+                    gateway: None,
+                    interface: None,
+                })
+                .collect();
+        }
+        for ip in &mut result.ips {
+            ip.interface = Some(0);
+        }
+        let ifname = env.ifname.clone();
+        let bw = p.bandwidth;
+        let res = &result;
+        let attached = netns::run_in(netns, move || -> Result<Attached, CniError> {
+            let mut nl = Netlink::open().map_err(io)?;
+            let l = link::by_name(&mut nl, &tmp).map_err(io)?.ok_or_else(|| {
+                CniError::new(Code::Io, format!("new macvlan {tmp} is not in the netns"))
+            })?;
+            if link::by_name(&mut nl, &ifname).map_err(io)?.is_some() {
+                return Err(CniError::new(
+                    Code::InvalidEnv,
+                    format!("CNI_IFNAME {ifname} already exists in the container's netns"),
+                ));
+            }
+            link::rename(&mut nl, l.index, &ifname).map_err(io)?;
+            if let Err(e) = berth_cni::arp::set_arp_notify(&ifname) {
+                tracing::warn!(error = %e, "cannot set arp_notify");
+            }
+            if !bw.is_empty() {
+                qos::apply(&mut nl, l.index, &ifname, &bw)?;
+            }
+            link::set_up(&mut nl, l.index).map_err(io)?;
+            ipcfg::configure(&mut nl, l.index, 0, res)?;
+            for ip in &res.ips {
+                if let Some(std::net::IpAddr::V4(a)) = Cidr::parse(&ip.address).map(|c| c.addr) {
+                    if let Err(e) = berth_cni::arp::gratuitous(l.index, &l.mac, a) {
+                        tracing::warn!(error = %e, "cannot send a gratuitous ARP");
+                    }
+                }
+            }
+            let l = link::by_index(&mut nl, l.index).map_err(io)?.unwrap_or(l);
+            Ok(Attached {
+                mac: l.mac_string(),
+                mtu: l.mtu,
+            })
+        })??;
+        rb.armed = false;
+        result.interfaces = vec![Interface {
+            name: env.ifname.clone(),
+            mac: attached.mac,
+            mtu: Some(attached.mtu),
+            sandbox: Some(netns.display().to_string()),
+        }];
+        result.dns = p.conf.dns.clone();
+        tracing::info!(master = %p.master.name, mode = p.conf.mode.as_str(), ?bw, "macvlan attached");
+        Ok(result)
+    }
+
+    fn del(&self, env: &Env, conf: &NetConf) -> Result<(), CniError> {
+        // Only ipam.type matters: a master or bandwidth that is gone or
+        // broken by now must not stop the cleanup.
+        let ipam_type = conf
+            .ipam
+            .as_ref()
+            .and_then(|i| i.get("type"))
+            .and_then(|t| t.as_str())
+            .map(str::to_string);
+        let ipam_result = match &ipam_type {
+            Some(t) => ipam::del(t, env, &serde_json::to_vec(&conf.raw).unwrap_or_default()),
+            None => Ok(()),
+        };
+        if let Some(ns) = env.netns.as_deref().filter(|n| netns::exists(n)) {
+            let ifname = env.ifname.clone();
+            let r = netns::run_in(ns, move || -> Result<(), CniError> {
+                let mut nl = Netlink::open().map_err(io)?;
+                link::delete_by_name(&mut nl, &qos::ifb_name(&ifname)).map_err(io)?;
+                link::delete_by_name(&mut nl, &ifname).map_err(io)?;
+                Ok(())
+            });
+            match r {
+                Ok(r) => r?,
+                // The netns vanished between the check and entering it.
+                Err(e) => tracing::info!(error = %e, "netns is gone; nothing to remove"),
+            }
+        }
+        ipam_result
+    }
+
+    fn check(&self, env: &Env, conf: &NetConf) -> Result<(), CniError> {
+        let netns = netns_path(env)?;
+        let prev = conf.prev_result.as_ref().ok_or_else(|| {
+            CniError::new(Code::InvalidConfig, "prevResult is required for CHECK")
+        })?;
+        let prev = CniResult::from_json(prev)?;
+        let c = MacvlanConf::parse(conf, env)?;
+        if let Some(t) = &c.ipam_type {
+            let plugin = ipam::find_plugin(t, &env.path)?;
+            ipam::exec_negotiated(
+                &plugin,
+                Verb::Check,
+                env,
+                &serde_json::to_vec(&conf.raw).unwrap_or_default(),
+            )?;
+        }
+        let ifname = env.ifname.clone();
+        let ours = prev
+            .interfaces
+            .iter()
+            .position(|i| i.name == ifname && i.sandbox.is_some())
+            .ok_or_else(|| {
+                CniError::new(
+                    Code::InvalidConfig,
+                    format!("prevResult has no interface {ifname} in a sandbox"),
+                )
+            })?;
+        let want_mac = prev.interfaces[ours].mac.clone();
+        let mismatch = |m: String| CniError::new(Code::Plugin(101), m);
+        netns::run_in(netns, move || -> Result<(), CniError> {
+            let mut nl = Netlink::open().map_err(io)?;
+            let l = link::by_name(&mut nl, &ifname)
+                .map_err(io)?
+                .ok_or_else(|| mismatch(format!("{ifname} is not in the container's netns")))?;
+            if l.kind.as_deref() != Some("macvlan") {
+                return Err(mismatch(format!(
+                    "{ifname} is a {} link, not macvlan",
+                    l.kind.as_deref().unwrap_or("plain")
+                )));
+            }
+            if l.macvlan_mode != Some(c.mode) {
+                return Err(mismatch(format!(
+                    "{ifname} is in macvlan mode {:?}, configured {}",
+                    l.macvlan_mode.map(|m| m.as_str()),
+                    c.mode.as_str()
+                )));
+            }
+            if !want_mac.is_empty() && !l.mac_string().eq_ignore_ascii_case(&want_mac) {
+                return Err(mismatch(format!(
+                    "{ifname} has MAC {}, prevResult says {want_mac}",
+                    l.mac_string()
+                )));
+            }
+            if let Some(mtu) = c.mtu {
+                if l.mtu != mtu {
+                    return Err(mismatch(format!(
+                        "{ifname} has MTU {}, configured {mtu}",
+                        l.mtu
+                    )));
+                }
+            }
+            let have = ipcfg::addresses(&mut nl, l.index).map_err(io)?;
+            for ip in prev
+                .ips
+                .iter()
+                .filter(|i| i.interface.is_none_or(|i| i == ours))
+            {
+                let want = Cidr::parse(&ip.address).ok_or_else(|| {
+                    CniError::new(
+                        Code::Decode,
+                        format!("prevResult address {:?} is not a CIDR", ip.address),
+                    )
+                })?;
+                if !have.contains(&want) {
+                    return Err(mismatch(format!("{ifname} lacks address {want}")));
+                }
+            }
+            let routes = ipcfg::routes(&mut nl).map_err(io)?;
+            for r in &prev.routes {
+                let dst = Cidr::parse(&r.dst).map(|d| d.network());
+                if !routes.iter().any(|x| Some(x.dst) == dst) {
+                    return Err(mismatch(format!("route to {} is missing", r.dst)));
+                }
+            }
+            let bw = match &c.bandwidth {
+                Some((v, key)) => Bandwidth::parse(v, key, l.mtu)?,
+                None => Bandwidth::default(),
+            };
+            qos::verify(&mut nl, l.index, &ifname, &bw)
+        })?
+    }
+
+    fn status(&self, env: &Env, conf: &NetConf) -> Result<(), CniError> {
+        let c = MacvlanConf::parse(conf, env)?;
+        if !c.link_in_container {
+            let mut nl = Netlink::open().map_err(io)?;
+            master(&mut nl, &c).map_err(|e| CniError::new(Code::NotAvailable, e.msg))?;
+        }
+        if let Some(t) = &c.ipam_type {
+            ipam::passthrough_11(
+                t,
+                Verb::Status,
+                env,
+                &serde_json::to_vec(&conf.raw).unwrap_or_default(),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn gc(&self, env: &Env, conf: &NetConf) -> Result<(), CniError> {
+        // A macvlan lives and dies with its netns: the only host state is
+        // the IPAM's leases.
+        if let Some(t) = conf
+            .ipam
+            .as_ref()
+            .and_then(|i| i.get("type"))
+            .and_then(|t| t.as_str())
+        {
+            let asked = ipam::passthrough_11(
+                t,
+                Verb::Gc,
+                env,
+                &serde_json::to_vec(&conf.raw).unwrap_or_default(),
+            )?;
+            if !asked {
+                tracing::info!(
+                    ipam = t,
+                    "IPAM plugin predates CNI 1.1 GC; nothing to collect"
+                );
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,139 @@
+//! Plugin diagnostics go to a log file, never to stdout (which carries only
+//! the result or the error JSON).
+//!
+//! Where, most specific first:
+//! 1. the network config's `logFile` and `logLevel` keys;
+//! 2. the environment: `BERTH_CNI_LOG_FILE`, `BERTH_CNI_LOG_LEVEL`;
+//! 3. `/etc/berth/cni.toml` (`log_file`, `log_level`; another file with
+//!    `BERTH_CNI_CONFIG`);
+//! 4. the defaults: [`DEFAULT_LOG_FILE`] at `info`.
+//!
+//! `logFile: ""` (or `-`) sends the lines to stderr instead; when the file
+//! cannot be opened they go to stderr as well.
+
+use serde::Deserialize;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use tracing::level_filters::LevelFilter;
+
+/// Where plugin logs go when nothing says otherwise.
+pub const DEFAULT_LOG_FILE: &str = "/var/log/berth/cni.log";
+/// The host-wide settings file.
+pub const DEFAULT_CONFIG: &str = "/etc/berth/cni.toml";
+
+/// `/etc/berth/cni.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSettings {
+    /// The log file.
+    pub log_file: Option<PathBuf>,
+    /// `error`, `warn`, `info`, `debug` or `trace`.
+    pub log_level: Option<String>,
+}
+
+impl HostSettings {
+    /// Reads `path`; a missing file gives the defaults, a broken one is
+    /// reported on stderr and ignored (a plugin must still answer).
+    pub fn load(path: &Path) -> HostSettings {
+        match std::fs::read_to_string(path) {
+            Ok(s) => toml::from_str(&s).unwrap_or_else(|e| {
+                eprintln!("berth-cni: ignoring {}: {e}", path.display());
+                HostSettings::default()
+            }),
+            Err(_) => HostSettings::default(),
+        }
+    }
+}
+
+fn level(s: &str) -> Option<LevelFilter> {
+    s.parse().ok()
+}
+
+/// Where logs go and how much, resolved from the config, env and host file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogTarget {
+    /// The file; `None` for stderr.
+    pub file: Option<PathBuf>,
+    /// The most verbose level written.
+    pub level: LevelFilter,
+}
+
+/// Resolves the log target (see the module docs) from the raw network config.
+pub fn resolve(conf: Option<&Value>, get: impl Fn(&str) -> Option<String>) -> LogTarget {
+    let from_conf = |k: &str| {
+        conf.and_then(|c| c.get(k))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let host = HostSettings::load(Path::new(
+        &get("BERTH_CNI_CONFIG").unwrap_or_else(|| DEFAULT_CONFIG.into()),
+    ));
+    let file = from_conf("logFile")
+        .or_else(|| get("BERTH_CNI_LOG_FILE"))
+        .map(PathBuf::from)
+        .or(host.log_file)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_LOG_FILE));
+    let file = (!file.as_os_str().is_empty() && file != Path::new("-")).then_some(file);
+    let level = from_conf("logLevel")
+        .or_else(|| get("BERTH_CNI_LOG_LEVEL"))
+        .or(host.log_level)
+        .and_then(|s| level(&s))
+        .unwrap_or(LevelFilter::INFO);
+    LogTarget { file, level }
+}
+
+/// Installs the subscriber for `target`. The process name is part of every line.
+pub fn init(target: &LogTarget) {
+    let opened = target.file.as_ref().and_then(|f| {
+        if let Some(dir) = f.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(f)
+            .ok()
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_target(false)
+        .with_max_level(target.level);
+    let _ = match opened {
+        Some(file) => builder.with_writer(std::sync::Mutex::new(file)).try_init(),
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn config_beats_env_beats_host_file_beats_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = dir.path().join("cni.toml");
+        std::fs::write(&host, "log_file = \"/h.log\"\nlog_level = \"warn\"\n").unwrap();
+        let hp = host.to_string_lossy().into_owned();
+        let env = |pairs: Vec<(&'static str, String)>| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
+        };
+        let t = resolve(None, env(vec![("BERTH_CNI_CONFIG", hp.clone())]));
+        assert_eq!(t.file.as_deref(), Some(Path::new("/h.log")));
+        assert_eq!(t.level, LevelFilter::WARN);
+        let t = resolve(
+            None,
+            env(vec![
+                ("BERTH_CNI_CONFIG", hp.clone()),
+                ("BERTH_CNI_LOG_FILE", "/e.log".into()),
+            ]),
+        );
+        assert_eq!(t.file.as_deref(), Some(Path::new("/e.log")));
+        let c = json!({"logFile": "-", "logLevel": "debug"});
+        let t = resolve(Some(&c), env(vec![("BERTH_CNI_CONFIG", hp)]));
+        assert_eq!((t.file, t.level), (None, LevelFilter::DEBUG));
+        let t = resolve(None, env(vec![("BERTH_CNI_CONFIG", "/nonexistent".into())]));
+        assert_eq!(t.file.as_deref(), Some(Path::new(DEFAULT_LOG_FILE)));
+        assert_eq!(t.level, LevelFilter::INFO);
+    }
+}

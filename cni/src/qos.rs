@@ -1,0 +1,318 @@
+//! Bandwidth shaping inside the container's network namespace, for links
+//! that have no host-side peer to shape (macvlan) or where that is simpler.
+//!
+//! * Egress (from the container): a tbf as the root qdisc of the interface.
+//! * Ingress (to the container): an ifb link in the same namespace; the
+//!   interface's ingress qdisc redirects every packet to it with u32 +
+//!   mirred, and a tbf on the ifb's egress shapes them.
+//!
+//! Rates and bursts are in bits, as in the CNI `bandwidth` capability.
+
+use crate::error::{CniError, Code};
+use crate::link;
+use crate::netlink::{Netlink, NetlinkError};
+use crate::tc::{self, Tbf};
+use serde_json::Value;
+
+/// Queue latency allowed behind the bucket, as the reference bandwidth
+/// plugin uses: the tbf limit is `rate × 25 ms + burst`.
+const LATENCY_MS: u64 = 25;
+
+/// One direction: rate and burst in bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Bits per second.
+    pub rate: u64,
+    /// Bucket size in bits.
+    pub burst: u64,
+}
+
+impl Shape {
+    /// The token bucket for this shape.
+    pub fn tbf(&self) -> Tbf {
+        let rate = self.rate / 8;
+        let burst = u32::try_from(self.burst / 8).unwrap_or(u32::MAX);
+        let queued = rate.saturating_mul(LATENCY_MS) / 1000;
+        Tbf {
+            rate,
+            burst,
+            limit: u32::try_from(queued.saturating_add(u64::from(burst))).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// Shaping for both directions; `None` leaves that direction alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Bandwidth {
+    /// Traffic to the container.
+    pub ingress: Option<Shape>,
+    /// Traffic from the container.
+    pub egress: Option<Shape>,
+}
+
+/// The default burst when only a rate is given: 10 ms at the rate, and at
+/// least 64 KiB so one TSO/GSO super-packet fits in the bucket.
+pub fn default_burst(rate_bits: u64) -> u64 {
+    (rate_bits / 100).max(64 * 1024 * 8)
+}
+
+fn field(obj: &serde_json::Map<String, Value>, key: &str, at: &str) -> Result<u64, CniError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(0),
+        Some(v) => v.as_u64().ok_or_else(|| {
+            CniError::new(
+                Code::InvalidConfig,
+                format!("{at}.{key} must be a non-negative integer (bits)"),
+            )
+        }),
+    }
+}
+
+impl Bandwidth {
+    /// True when neither direction is shaped.
+    pub fn is_empty(&self) -> bool {
+        self.ingress.is_none() && self.egress.is_none()
+    }
+
+    /// Parses `{ingressRate, ingressBurst, egressRate, egressBurst}` found at
+    /// `at` (named in errors). A burst without a rate is refused; a rate
+    /// without a burst gets [`default_burst`]; a burst that cannot hold one
+    /// frame of `mtu` bytes is refused, since tbf would drop every packet.
+    pub fn parse(v: &Value, at: &str, mtu: u32) -> Result<Bandwidth, CniError> {
+        let obj = v
+            .as_object()
+            .ok_or_else(|| CniError::new(Code::InvalidConfig, format!("{at} must be an object")))?;
+        let dir = |name: &str| -> Result<Option<Shape>, CniError> {
+            let rate = field(obj, &format!("{name}Rate"), at)?;
+            let burst = field(obj, &format!("{name}Burst"), at)?;
+            match (rate, burst) {
+                (0, 0) => Ok(None),
+                (0, _) => Err(CniError::new(
+                    Code::InvalidConfig,
+                    format!("{at}.{name}Burst is set but {at}.{name}Rate is not"),
+                )),
+                (r, _) if r < 8 => Err(CniError::new(
+                    Code::InvalidConfig,
+                    format!("{at}.{name}Rate {r} is below one byte per second"),
+                )),
+                (r, b) => {
+                    let burst = if b == 0 { default_burst(r) } else { b };
+                    let frame_bits = (u64::from(mtu) + 14) * 8;
+                    if burst < frame_bits {
+                        return Err(CniError::new(
+                            Code::InvalidConfig,
+                            format!(
+                                "{at}.{name}Burst {burst} bits is smaller than one {mtu}-byte frame ({frame_bits} bits): every packet would be dropped"
+                            ),
+                        ));
+                    }
+                    if burst / 8 > u64::from(u32::MAX) {
+                        return Err(CniError::new(
+                            Code::InvalidConfig,
+                            format!("{at}.{name}Burst {burst} bits is over 4 GiB"),
+                        ));
+                    }
+                    Ok(Some(Shape { rate: r, burst }))
+                }
+            }
+        };
+        Ok(Bandwidth {
+            ingress: dir("ingress")?,
+            egress: dir("egress")?,
+        })
+    }
+}
+
+/// The ifb link that shapes traffic to interface `ifname` (in its netns).
+pub fn ifb_name(ifname: &str) -> String {
+    // FNV-1a: stable across releases, unlike std's hasher.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in ifname.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    format!("ifb{h:08x}")
+}
+
+fn io(e: NetlinkError) -> CniError {
+    CniError::new(Code::Io, e.what.clone()).with_details(e.source.to_string())
+}
+
+/// Applies `bw` to link `index` named `ifname`. Call inside its netns.
+pub fn apply(nl: &mut Netlink, index: u32, ifname: &str, bw: &Bandwidth) -> Result<(), CniError> {
+    if let Some(s) = bw.egress {
+        tc::add_root_tbf(nl, index, &s.tbf()).map_err(io)?;
+    }
+    if let Some(s) = bw.ingress {
+        let name = ifb_name(ifname);
+        link::add_ifb(nl, &name).map_err(io)?;
+        let ifb = link::by_name(nl, &name).map_err(io)?.ok_or_else(|| {
+            CniError::new(Code::Io, format!("ifb {name} vanished after creation"))
+        })?;
+        link::set_up(nl, ifb.index).map_err(io)?;
+        tc::add_root_tbf(nl, ifb.index, &s.tbf()).map_err(io)?;
+        tc::add_ingress(nl, index).map_err(io)?;
+        tc::add_ingress_redirect(nl, index, ifb.index).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Removes what [`apply`] made: the ifb and both qdiscs. Things already
+/// gone are fine. Call inside the netns.
+pub fn remove(nl: &mut Netlink, ifname: &str) -> Result<(), CniError> {
+    link::delete_by_name(nl, &ifb_name(ifname)).map_err(io)?;
+    if let Some(l) = link::by_name(nl, ifname).map_err(io)? {
+        tc::delete_qdisc(nl, l.index, tc::ROOT).map_err(io)?;
+        tc::delete_qdisc(nl, l.index, tc::INGRESS).map_err(io)?;
+    }
+    Ok(())
+}
+
+fn mismatch(msg: String) -> CniError {
+    CniError::new(Code::Plugin(101), msg)
+}
+
+fn check_tbf(nl: &mut Netlink, index: u32, what: &str, want: &Shape) -> Result<(), CniError> {
+    let qs = tc::qdiscs(nl, index).map_err(io)?;
+    let Some(root) = qs.iter().find(|q| q.parent == tc::ROOT) else {
+        return Err(mismatch(format!("{what}: no root qdisc")));
+    };
+    let Some((rate, burst)) = root.tbf else {
+        return Err(mismatch(format!(
+            "{what}: root qdisc is {}, not tbf",
+            root.kind
+        )));
+    };
+    let t = want.tbf();
+    if rate != t.rate {
+        return Err(mismatch(format!(
+            "{what}: tbf rate is {} bit/s, configured {}",
+            rate * 8,
+            want.rate
+        )));
+    }
+    // The kernel keeps the bucket as a time: allow rounding.
+    let diff = burst.abs_diff(u64::from(t.burst));
+    if diff > u64::from(t.burst) / 100 + 64 {
+        return Err(mismatch(format!(
+            "{what}: tbf burst is {} bits, configured {}",
+            burst * 8,
+            want.burst
+        )));
+    }
+    Ok(())
+}
+
+/// Verifies that `bw` is in place on link `index` named `ifname` (and that
+/// no shaping is there when `bw` is empty). Call inside the netns.
+pub fn verify(nl: &mut Netlink, index: u32, ifname: &str, bw: &Bandwidth) -> Result<(), CniError> {
+    match &bw.egress {
+        Some(s) => check_tbf(nl, index, &format!("egress shaping on {ifname}"), s)?,
+        None => {
+            if let Some(q) = tc::qdiscs(nl, index)
+                .map_err(io)?
+                .iter()
+                .find(|q| q.parent == tc::ROOT && q.kind == "tbf")
+            {
+                return Err(mismatch(format!(
+                    "{ifname} has a tbf ({:?}) but no egress bandwidth is configured",
+                    q.tbf
+                )));
+            }
+        }
+    }
+    let ifb = ifb_name(ifname);
+    match &bw.ingress {
+        Some(s) => {
+            let l = link::by_name(nl, &ifb).map_err(io)?.ok_or_else(|| {
+                mismatch(format!("ingress shaping on {ifname}: ifb {ifb} is missing"))
+            })?;
+            if !l.up {
+                return Err(mismatch(format!("ingress shaping: ifb {ifb} is down")));
+            }
+            check_tbf(
+                nl,
+                l.index,
+                &format!("ingress shaping on {ifname} ({ifb})"),
+                s,
+            )?;
+            let has_ingress = tc::qdiscs(nl, index)
+                .map_err(io)?
+                .iter()
+                .any(|q| q.parent == tc::INGRESS);
+            if !has_ingress {
+                return Err(mismatch(format!("{ifname} has no ingress qdisc")));
+            }
+            if tc::ingress_filters(nl, index).map_err(io)? == 0 {
+                return Err(mismatch(format!(
+                    "{ifname}: no filter redirects ingress to {ifb}"
+                )));
+            }
+        }
+        None => {
+            if link::by_name(nl, &ifb).map_err(io)?.is_some() {
+                return Err(mismatch(format!(
+                    "ifb {ifb} exists but no ingress bandwidth is configured"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parse_rules() {
+        let b = Bandwidth::parse(
+            &json!({"ingressRate": 50_000_000, "ingressBurst": 1_000_000, "egressRate": 8_000_000}),
+            "bandwidth",
+            1500,
+        )
+        .unwrap();
+        assert_eq!(
+            b.ingress,
+            Some(Shape {
+                rate: 50_000_000,
+                burst: 1_000_000
+            })
+        );
+        assert_eq!(b.egress.unwrap().burst, 64 * 1024 * 8);
+        assert_eq!(default_burst(10_000_000_000), 100_000_000);
+        let e = Bandwidth::parse(
+            &json!({"egressBurst": 100000}),
+            "runtimeConfig.bandwidth",
+            1500,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, Code::InvalidConfig);
+        assert!(
+            e.msg.contains("runtimeConfig.bandwidth.egressRate"),
+            "{}",
+            e.msg
+        );
+        let e = Bandwidth::parse(
+            &json!({"egressRate": 1000000, "egressBurst": 800}),
+            "bandwidth",
+            1500,
+        )
+        .unwrap_err();
+        assert!(e.msg.contains("bandwidth.egressBurst"), "{}", e.msg);
+        let e = Bandwidth::parse(&json!({"ingressRate": "fast"}), "bandwidth", 1500).unwrap_err();
+        assert!(e.msg.contains("bandwidth.ingressRate"), "{}", e.msg);
+        assert!(Bandwidth::parse(&json!({}), "bandwidth", 1500)
+            .unwrap()
+            .is_empty());
+        let t = Shape {
+            rate: 80_000_000,
+            burst: 800_000,
+        }
+        .tbf();
+        assert_eq!((t.rate, t.burst, t.limit), (10_000_000, 100_000, 350_000));
+        assert_eq!(ifb_name("eth0"), ifb_name("eth0"));
+        assert_ne!(ifb_name("eth0"), ifb_name("net1"));
+        assert!(ifb_name("a-long-ifname15").len() <= 15);
+    }
+}
