@@ -249,8 +249,11 @@ impl Plugin for Macvlan {
                 ));
             }
             link::rename(&mut nl, l.index, &ifname).map_err(io)?;
-            if let Err(e) = berth_cni::arp::set_arp_notify(&ifname) {
-                tracing::warn!(error = %e, "cannot set arp_notify");
+            // As the reference plugin: only a layer-3 attachment announces.
+            if !res.ips.is_empty() {
+                if let Err(e) = berth_cni::arp::set_arp_notify(&ifname) {
+                    tracing::warn!(error = %e, "cannot set arp_notify");
+                }
             }
             if !bw.is_empty() {
                 qos::apply(&mut nl, l.index, &ifname, &bw)?;

@@ -63,7 +63,14 @@ pub fn dispatch(
         Ok(c) => c,
         Err(e) => {
             tracing::error!(verb = verb_name(env.command), error = %e, "bad network configuration");
-            return fail(&e, LATEST);
+            // Answer in the config's own version when it names one we speak.
+            let v = raw
+                .as_ref()
+                .and_then(|r| r.get("cniVersion"))
+                .and_then(serde_json::Value::as_str)
+                .filter(|v| crate::SUPPORTED_VERSIONS.contains(v))
+                .unwrap_or(LATEST);
+            return fail(&e, v);
         }
     };
     let v = conf.cni_version.clone();

@@ -15,6 +15,7 @@ pub mod berth;
 pub mod broker;
 pub mod cleanup;
 pub mod cmd;
+pub mod cni;
 pub mod engines;
 pub mod images;
 pub mod leaks;

@@ -5,4 +5,5 @@ mod cni_lib;
 mod cpu_split;
 mod cpus;
 mod harness;
+mod macvlan;
 mod runtime;

@@ -1,0 +1,816 @@
+//! `berth-macvlan` against the reference plugin, real namespaces, iperf3,
+//! `ctr run --cni` and podman.
+
+use berth_integration::artifacts::fresh_dir;
+use berth_integration::cmd::{sh, try_run};
+use berth_integration::cni::{berth_macvlan, host_local, Answer, Call, REFERENCE_MACVLAN};
+use berth_integration::engines::containerd::containerd;
+use berth_integration::engines::podman::podman;
+use berth_integration::names::unique;
+use berth_integration::net::{Netns, ParentLink};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+fn conf(version: &str, master: &str, extra: Value) -> Value {
+    let mut c =
+        json!({"cniVersion": version, "name": unique(), "type": "macvlan", "master": master});
+    if let (Some(o), Value::Object(e)) = (c.as_object_mut(), extra) {
+        o.extend(e);
+    }
+    c
+}
+
+fn ip_json(ns: &Netns, args: &[&str]) -> Value {
+    let mut v = vec!["-j", "-d"];
+    v.extend_from_slice(args);
+    serde_json::from_str(&ns.ip(&v)).expect("ip -j output")
+}
+
+/// What the kernel shows of `eth0` in `ns`: kind, mode, MTU, flags, MAC,
+/// addresses, the routes, and `arp_notify`.
+fn link_state(ns: &Netns, ifname: &str) -> Value {
+    let l = &ip_json(ns, &["link", "show", ifname])[0];
+    let addrs: Vec<String> = ip_json(ns, &["addr", "show", ifname])[0]["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["scope"] != "link")
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+        .collect();
+    let mut routes: Vec<String> = ip_json(ns, &["route", "show"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| format!("{} via {} dev {}", r["dst"], r["gateway"], r["dev"]))
+        .collect();
+    routes.sort();
+    let arp_notify = ns
+        .exec(
+            "cat",
+            &[&format!("/proc/sys/net/ipv4/conf/{ifname}/arp_notify")],
+        )
+        .stdout;
+    json!({
+        "kind": l["linkinfo"]["info_kind"],
+        "mode": l["linkinfo"]["info_data"]["mode"],
+        "mtu": l["mtu"],
+        "up": l["flags"].as_array().unwrap().iter().any(|f| f == "UP"),
+        "mac": l["address"],
+        "addrs": addrs,
+        "routes": routes,
+        "arp_notify": arp_notify.trim(),
+    })
+}
+
+/// A result with what legitimately differs between two attachments
+/// (random MACs, netns paths) replaced, and an empty `dns` dropped.
+fn normalise(r: &Value, fixed_mac: bool) -> Value {
+    let mut r = r.clone();
+    if let Some(ifs) = r["interfaces"].as_array_mut() {
+        for i in ifs {
+            let mac = i["mac"].as_str().unwrap_or_default();
+            assert_eq!(mac.len(), 17, "interface MAC {mac:?}");
+            if !fixed_mac {
+                i["mac"] = json!("<mac>");
+            }
+            i["sandbox"] = json!("<netns>");
+            if let Some(o) = i.as_object_mut() {
+                o.remove("mtu");
+            }
+        }
+    }
+    if r["dns"] == json!({}) {
+        r.as_object_mut().unwrap().remove("dns");
+    }
+    r
+}
+
+struct Case {
+    name: &'static str,
+    extra: Value,
+    ipam: bool,
+    fixed_mac: bool,
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "bridge mode with host-local",
+            extra: json!({"mode": "bridge"}),
+            ipam: true,
+            fixed_mac: false,
+        },
+        Case {
+            name: "private mode, MTU 1400, DNS",
+            extra: json!({"mode": "private", "mtu": 1400, "dns": {"nameservers": ["10.203.0.53"], "search": ["berth.test"]}}),
+            ipam: true,
+            fixed_mac: false,
+        },
+        Case {
+            name: "vepa mode with a fixed MAC",
+            extra: json!({"mode": "vepa", "mac": "0a:58:0a:cb:00:42"}),
+            ipam: true,
+            fixed_mac: true,
+        },
+        Case {
+            name: "passthru mode",
+            extra: json!({"mode": "passthru"}),
+            ipam: true,
+            fixed_mac: false,
+        },
+        Case {
+            name: "L2 only: no ipam",
+            extra: json!({}),
+            ipam: false,
+            fixed_mac: false,
+        },
+    ]
+}
+
+/// One ADD + DEL with `plugin` in a fresh namespace; the result and the link.
+fn attach_once(plugin: &Path, c: &Value) -> (Answer, Option<Value>, Answer) {
+    let ns = Netns::new();
+    let id = unique();
+    let add = Call::new(plugin, "ADD", &id, Some(&ns.path())).run(c);
+    let state = add.ok.then(|| link_state(&ns, "eth0"));
+    let del = Call::new(plugin, "DEL", &id, Some(&ns.path())).run(c);
+    let left = ip_json(&ns, &["link", "show"]);
+    assert_eq!(
+        left.as_array().map(Vec::len),
+        Some(1),
+        "{}: DEL left links behind: {left}",
+        plugin.display()
+    );
+    (add, state, del)
+}
+
+#[test]
+fn same_results_and_link_state_as_the_reference_plugin_for_every_version() {
+    for version in ["0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+        for case in cases() {
+            let master = ParentLink::new();
+            let label = format!("{version} / {}", case.name);
+            let mut c = conf(version, &master.name, case.extra.clone());
+            let (ref_dir, our_dir) = (fresh_dir("ipam-ref"), fresh_dir("ipam-berth"));
+            let with_ipam = |c: &Value, dir: &Path| {
+                let mut c = c.clone();
+                if case.ipam {
+                    let mut i = host_local("10.203.0.0/24", "10.203.0.1", dir);
+                    i["routes"] = json!([{"dst": "10.204.0.0/16"}, {"dst": "0.0.0.0/0"}]);
+                    c["ipam"] = i;
+                }
+                c
+            };
+            // The reference (containernetworking-plugins 1.1.1) stops at
+            // 1.0.0: for 1.1.0 it must refuse, and Berth's 1.1.0 result is
+            // compared with its 1.0.0 one.
+            let ref_conf = if version == "1.1.0" {
+                let refused = Call::new(Path::new(REFERENCE_MACVLAN), "ADD", &unique(), Some("/x"))
+                    .run(&with_ipam(&c, &ref_dir));
+                assert_eq!(refused.code(), Some(1), "{label}: {}", refused.stdout);
+                let mut r = with_ipam(&c, &ref_dir);
+                r["cniVersion"] = json!("1.0.0");
+                r
+            } else {
+                with_ipam(&c, &ref_dir)
+            };
+            let (radd, rstate, rdel) = attach_once(Path::new(REFERENCE_MACVLAN), &ref_conf);
+            c["type"] = json!("berth-macvlan");
+            let (badd, bstate, bdel) = attach_once(&berth_macvlan(), &with_ipam(&c, &our_dir));
+            assert!(rdel.ok && bdel.ok, "{label}: DEL failed: {rdel:?} {bdel:?}");
+            let mut ours = normalise(badd.result(), case.fixed_mac);
+            if version == "1.1.0" {
+                let mtu = badd.result()["interfaces"][0]["mtu"].clone();
+                assert_eq!(
+                    mtu,
+                    bstate.as_ref().unwrap()["mtu"],
+                    "{label}: 1.1.0 reports the interface MTU"
+                );
+                ours["cniVersion"] = json!("1.0.0");
+            }
+            assert_eq!(
+                ours,
+                normalise(radd.result(), case.fixed_mac),
+                "{label}: results differ"
+            );
+            let (mut r, mut b) = (rstate.unwrap(), bstate.unwrap());
+            if !case.fixed_mac {
+                r["mac"] = json!("<random>");
+                b["mac"] = json!("<random>");
+            }
+            assert_eq!(b, r, "{label}: link state differs");
+        }
+    }
+}
+
+/// (what, stdin, netns, the reference's code, Berth's code, words Berth's
+/// message must contain)
+type BadInput = (&'static str, Vec<u8>, String, u64, u64, &'static str);
+
+#[test]
+fn bad_input_gets_the_spec_codes_and_names_the_key() {
+    let master = ParentLink::new();
+    let ns = Netns::new();
+    let ok = conf("1.0.0", &master.name, json!({}));
+    let with = |k: &str, v: Value| {
+        let mut c = ok.clone();
+        c[k] = v;
+        c
+    };
+    let table: Vec<BadInput> = vec![
+        (
+            "JSON that does not decode",
+            b"{\"cniVersion\":".to_vec(),
+            ns.path(),
+            6,
+            6,
+            "not valid JSON",
+        ),
+        (
+            "unsupported cniVersion",
+            with("cniVersion", json!("9.9.9")).to_string().into_bytes(),
+            ns.path(),
+            1,
+            1,
+            "9.9.9",
+        ),
+        (
+            "no name",
+            {
+                let mut c = ok.clone();
+                c.as_object_mut().unwrap().remove("name");
+                c.to_string().into_bytes()
+            },
+            ns.path(),
+            7,
+            7,
+            "name",
+        ),
+        (
+            "master that does not exist",
+            with("master", json!("btnomaster0"))
+                .to_string()
+                .into_bytes(),
+            ns.path(),
+            999,
+            7,
+            "master \"btnomaster0\"",
+        ),
+        (
+            "mtu above the master's",
+            with("mtu", json!(9000)).to_string().into_bytes(),
+            ns.path(),
+            999,
+            7,
+            "mtu 9000",
+        ),
+        (
+            "unknown mode",
+            with("mode", json!("fast")).to_string().into_bytes(),
+            ns.path(),
+            999,
+            7,
+            "mode \"fast\"",
+        ),
+        (
+            "malformed mac",
+            with("mac", json!("zz")).to_string().into_bytes(),
+            ns.path(),
+            999,
+            7,
+            "mac \"zz\"",
+        ),
+        (
+            "ipam plugin missing",
+            with("ipam", json!({"type": "btnoipam"}))
+                .to_string()
+                .into_bytes(),
+            ns.path(),
+            999,
+            7,
+            "ipam.type \"btnoipam\"",
+        ),
+        (
+            "netns missing",
+            ok.to_string().into_bytes(),
+            "/run/netns/btnonetns0".into(),
+            999,
+            5,
+            "CNI_NETNS",
+        ),
+    ];
+    for (what, stdin, netns, ref_code, our_code, words) in table {
+        let reference =
+            Call::new(Path::new(REFERENCE_MACVLAN), "ADD", &unique(), Some(&netns)).run_raw(&stdin);
+        let mut s: Value = serde_json::from_slice(&stdin).unwrap_or(Value::Null);
+        let ours = if s.is_object() {
+            s["type"] = json!("berth-macvlan");
+            Call::new(&berth_macvlan(), "ADD", &unique(), Some(&netns)).run(&s)
+        } else {
+            Call::new(&berth_macvlan(), "ADD", &unique(), Some(&netns)).run_raw(&stdin)
+        };
+        assert_eq!(
+            reference.code(),
+            Some(ref_code),
+            "reference, {what}: {}",
+            reference.stdout
+        );
+        assert_eq!(
+            ours.code(),
+            Some(our_code),
+            "berth, {what}: {}",
+            ours.stdout
+        );
+        let msg = ours.json.as_ref().unwrap()["msg"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            msg.contains(words),
+            "berth, {what}: {msg:?} should name {words:?}"
+        );
+        assert_eq!(
+            ours.stdout.lines().count(),
+            1,
+            "stdout carries only the error JSON"
+        );
+        assert!(!ours.ok);
+    }
+    let missing_env = {
+        let mut c = Call::new(&berth_macvlan(), "ADD", &unique(), Some(&ns.path()));
+        c.unset = vec!["CNI_IFNAME"];
+        c.run(&ok)
+    };
+    assert_eq!(missing_env.code(), Some(4), "{}", missing_env.stdout);
+    assert_eq!(
+        ip_json(&ns, &["link", "show"]).as_array().map(Vec::len),
+        Some(1),
+        "a refused ADD left something in the netns"
+    );
+    // A burst that cannot hold one frame would black-hole the container.
+    let tiny = with(
+        "bandwidth",
+        json!({"egressRate": 1_000_000, "egressBurst": 800}),
+    );
+    let mut tiny = tiny;
+    tiny["type"] = json!("berth-macvlan");
+    let a = Call::new(&berth_macvlan(), "ADD", &unique(), Some(&ns.path())).run(&tiny);
+    assert_eq!(a.code(), Some(7), "{}", a.stdout);
+    assert!(a.stdout.contains("bandwidth.egressBurst"), "{}", a.stdout);
+}
+
+/// A child process killed (by pid) when dropped.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn berth_conf(master: &str, subnet: &str, gw: &str, extra: Value) -> (Value, PathBuf) {
+    let dir = fresh_dir("ipam");
+    let mut c = conf("1.1.0", master, extra);
+    c["type"] = json!("berth-macvlan");
+    c["ipam"] = host_local(subnet, gw, &dir);
+    (c, dir)
+}
+
+fn leases(dir: &Path, c: &Value) -> Vec<String> {
+    let d = dir.join(c["name"].as_str().unwrap());
+    let mut v: Vec<String> = std::fs::read_dir(&d)
+        .map(|r| {
+            r.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "lock" && !n.starts_with("last_reserved_ip"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn neighbours_reach_each_other_announce_themselves_and_private_mode_isolates() {
+    let master = ParentLink::new();
+    let (c, dir) = berth_conf(&master.name, "10.205.0.0/24", "10.205.0.1", json!({}));
+    let (a, b) = (Netns::new(), Netns::new());
+    // Listen on the master for the gratuitous ARP of the first ADD.
+    let mut tcpdump = Reaped(
+        Command::new("tcpdump")
+            .args([
+                "-n",
+                "-l",
+                "-c",
+                "1",
+                "-i",
+                &master.name,
+                "arp and src host 10.205.0.2",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tcpdump"),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let (ida, idb) = (unique(), unique());
+    let ra = Call::new(&berth_macvlan(), "ADD", &ida, Some(&a.path())).run(&c);
+    let rb = Call::new(&berth_macvlan(), "ADD", &idb, Some(&b.path())).run(&c);
+    let ip_a = ra.result()["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let ip_b = rb.result()["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(a.pings(&ip_b), "{ip_a} cannot reach {ip_b}");
+    assert!(b.pings(&ip_a), "{ip_b} cannot reach {ip_a}");
+    let out = tcpdump.0.wait_with_output_timeout();
+    assert!(
+        out.contains("10.205.0.2") && out.to_lowercase().contains("arp"),
+        "no gratuitous ARP seen on the master: {out:?}"
+    );
+    for (id, ns) in [(&ida, &a), (&idb, &b)] {
+        assert!(
+            Call::new(&berth_macvlan(), "DEL", id, Some(&ns.path()))
+                .run(&c)
+                .ok
+        );
+    }
+    assert!(
+        leases(&dir, &c).is_empty(),
+        "leases left: {:?}",
+        leases(&dir, &c)
+    );
+
+    let (mut p, pdir) = berth_conf(
+        &master.name,
+        "10.206.0.0/24",
+        "10.206.0.1",
+        json!({"mode": "private"}),
+    );
+    p["name"] = json!(unique());
+    let ra = Call::new(&berth_macvlan(), "ADD", &ida, Some(&a.path())).run(&p);
+    let rb = Call::new(&berth_macvlan(), "ADD", &idb, Some(&b.path())).run(&p);
+    let ip_b = rb.result()["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(ra.ok);
+    assert!(
+        !a.pings(&ip_b),
+        "private-mode siblings must not reach each other"
+    );
+    for (id, ns) in [(&ida, &a), (&idb, &b)] {
+        assert!(
+            Call::new(&berth_macvlan(), "DEL", id, Some(&ns.path()))
+                .run(&p)
+                .ok
+        );
+    }
+    assert!(leases(&pdir, &p).is_empty());
+}
+
+trait WaitTimeout {
+    fn wait_with_output_timeout(&mut self) -> String;
+}
+
+impl WaitTimeout for Child {
+    /// Waits up to 5 s for the child, then kills it; returns its stdout.
+    fn wait_with_output_timeout(&mut self) -> String {
+        use std::io::Read;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.try_wait() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.kill();
+        let _ = self.wait();
+        let mut s = String::new();
+        if let Some(mut o) = self.stdout.take() {
+            let _ = o.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
+/// iperf3 from `client` to the server at `addr` in `server`; received bits/s.
+fn iperf(server: &Netns, client: &Netns, addr: &str, reverse: bool) -> f64 {
+    let port = (5300 + std::process::id() % 500).to_string();
+    let _srv = Reaped(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &server.name,
+                "iperf3",
+                "-s",
+                "-1",
+                "-p",
+                &port,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("iperf3 -s"),
+    );
+    let mut args = vec!["-c", addr, "-p", &port, "-t", "4", "-O", "1", "-J"];
+    if reverse {
+        args.push("-R");
+    }
+    let mut out = String::new();
+    for _ in 0..20 {
+        let r = client.exec("iperf3", &args);
+        if r.ok() {
+            out = r.stdout;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("iperf3: {out}"));
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .expect("bits_per_second")
+}
+
+#[test]
+fn bandwidth_is_shaped_both_ways_within_15_percent() {
+    let master = ParentLink::new();
+    let (mut c, dir) = berth_conf(&master.name, "10.207.0.0/24", "10.207.0.1", json!({}));
+    let (shaped, other) = (Netns::new(), Netns::new());
+    let (egress, ingress) = (20_000_000u64, 40_000_000u64);
+    let mut cs = c.clone();
+    // The standard capability, as a runtime passes it.
+    cs["runtimeConfig"] = json!({"bandwidth": {"egressRate": egress, "ingressRate": ingress}});
+    let (ids, ido) = (unique(), unique());
+    let rs = Call::new(&berth_macvlan(), "ADD", &ids, Some(&shaped.path())).run(&cs);
+    let ro = Call::new(&berth_macvlan(), "ADD", &ido, Some(&other.path())).run(&c);
+    let ip_s = rs.result()["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let ip_o = ro.result()["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let up = iperf(&other, &shaped, &ip_o, false);
+    let down = iperf(&other, &shaped, &ip_o, true);
+    let within = |got: f64, want: u64| (got / want as f64 - 1.0).abs() <= 0.15;
+    assert!(
+        within(up, egress),
+        "from the container: {up:.0} bit/s, configured {egress}"
+    );
+    assert!(
+        within(down, ingress),
+        "to the container: {down:.0} bit/s, configured {ingress}"
+    );
+    // CHECK sees the shaping; and notices when it is gone.
+    let mut chk = cs.clone();
+    chk["prevResult"] = rs.result().clone();
+    let ok = Call::new(&berth_macvlan(), "CHECK", &ids, Some(&shaped.path())).run(&chk);
+    assert!(ok.ok, "CHECK: {}", ok.stdout);
+    sh(
+        "tc",
+        ["-n", &shaped.name, "qdisc", "del", "dev", "eth0", "root"],
+    );
+    let bad = Call::new(&berth_macvlan(), "CHECK", &ids, Some(&shaped.path())).run(&chk);
+    assert!(
+        !bad.ok && bad.stdout.contains("egress shaping"),
+        "{}",
+        bad.stdout
+    );
+    let _ = ip_s;
+    for (id, ns, conf) in [(&ids, &shaped, &cs), (&ido, &other, &c)] {
+        assert!(
+            Call::new(&berth_macvlan(), "DEL", id, Some(&ns.path()))
+                .run(conf)
+                .ok
+        );
+    }
+    assert_eq!(
+        ip_json(&shaped, &["link", "show"]).as_array().map(Vec::len),
+        Some(1),
+        "the ifb or the macvlan survived DEL"
+    );
+    c["name"] = json!("unused");
+    assert!(leases(&dir, &cs).is_empty());
+}
+
+#[test]
+fn del_never_fails_for_what_is_already_gone_and_check_finds_drift() {
+    let master = ParentLink::new();
+    let (c, dir) = berth_conf(
+        &master.name,
+        "10.208.0.0/24",
+        "10.208.0.1",
+        json!({"mtu": 1400}),
+    );
+    let id = unique();
+    {
+        let ns = Netns::new();
+        let r = Call::new(&berth_macvlan(), "ADD", &id, Some(&ns.path())).run(&c);
+        let mut chk = c.clone();
+        chk["prevResult"] = r.result().clone();
+        assert!(
+            Call::new(&berth_macvlan(), "CHECK", &id, Some(&ns.path()))
+                .run(&chk)
+                .ok
+        );
+        ns.ip(&["link", "set", "eth0", "mtu", "1300"]);
+        let bad = Call::new(&berth_macvlan(), "CHECK", &id, Some(&ns.path())).run(&chk);
+        assert!(bad.stdout.contains("MTU 1300"), "{}", bad.stdout);
+        // The link vanished behind our back: DEL still succeeds and frees the lease.
+        ns.ip(&["link", "del", "eth0"]);
+        let d = Call::new(&berth_macvlan(), "DEL", &id, Some(&ns.path())).run(&c);
+        assert!(d.ok, "{}", d.stdout);
+        assert!(leases(&dir, &c).is_empty());
+    }
+    // The netns is gone entirely, or was never passed, or the master is gone.
+    let ns = Netns::new();
+    let r = Call::new(&berth_macvlan(), "ADD", &id, Some(&ns.path())).run(&c);
+    assert!(r.ok);
+    let path = ns.path();
+    drop(ns);
+    assert!(
+        Call::new(&berth_macvlan(), "DEL", &id, Some(&path))
+            .run(&c)
+            .ok
+    );
+    assert!(Call::new(&berth_macvlan(), "DEL", &id, None).run(&c).ok);
+    let mut gone = c.clone();
+    gone["master"] = json!("btnomaster1");
+    assert!(Call::new(&berth_macvlan(), "DEL", &id, None).run(&gone).ok);
+    assert!(leases(&dir, &c).is_empty(), "{:?}", leases(&dir, &c));
+    // VERSION, STATUS and GC (1.1).
+    let v = Call::new(&berth_macvlan(), "VERSION", "", None).run(&json!({"cniVersion": "1.1.0"}));
+    assert!(v.result()["supportedVersions"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("1.1.0")));
+    assert!(Call::new(&berth_macvlan(), "STATUS", "", None).run(&c).ok);
+    let st = Call::new(&berth_macvlan(), "STATUS", "", None).run(&gone);
+    assert_eq!(st.code(), Some(50), "{}", st.stdout);
+    let mut gc = c.clone();
+    gc["cni.dev/valid-attachments"] = json!([]);
+    assert!(Call::new(&berth_macvlan(), "GC", "", None).run(&gc).ok);
+}
+
+#[test]
+fn a_thousand_add_del_cycles_leave_nothing_behind() {
+    let master = ParentLink::new();
+    let (c, dir) = berth_conf(
+        &master.name,
+        "10.209.0.0/24",
+        "10.209.0.1",
+        json!({"bandwidth": {"ingressRate": 100_000_000, "egressRate": 100_000_000}}),
+    );
+    let mut c = c;
+    c["cniVersion"] = json!("1.0.0");
+    let ns = Netns::new();
+    for i in 0..1000 {
+        let id = format!("{}-{i}", unique());
+        let a = Call::new(&berth_macvlan(), "ADD", &id, Some(&ns.path())).run(&c);
+        assert!(a.ok, "cycle {i}: ADD {}", a.stdout);
+        let d = Call::new(&berth_macvlan(), "DEL", &id, Some(&ns.path())).run(&c);
+        assert!(d.ok, "cycle {i}: DEL {}", d.stdout);
+    }
+    let links = ip_json(&ns, &["link", "show"]);
+    assert_eq!(links.as_array().map(Vec::len), Some(1), "left: {links}");
+    let q = sh("tc", ["-n", &ns.name, "qdisc", "show"]);
+    assert!(
+        !q.contains("tbf") && !q.contains("ingress"),
+        "qdiscs left: {q}"
+    );
+    assert!(leases(&dir, &c).is_empty(), "{:?}", leases(&dir, &c));
+    let host = sh("ip", ["-br", "link", "show"]);
+    assert!(
+        !host.lines().any(|l| l.starts_with("bmv")),
+        "temporary macvlans on the host: {host}"
+    );
+}
+
+/// Runs `ctr` with `conflist` as the only file in `/etc/cni/net.d` and
+/// `plugins` as `/opt/cni/bin`, both in a private mount namespace (ctr's
+/// `--cni` reads those fixed paths).
+fn ctr_with_cni(conflist: &Value, args: &[&str]) -> berth_integration::cmd::Ran {
+    let dir = fresh_dir("ctr-cni");
+    let (netd, bin) = (dir.join("net.d"), dir.join("bin"));
+    std::fs::create_dir_all(&netd).unwrap();
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(netd.join("10-berth.conflist"), conflist.to_string()).unwrap();
+    for (name, from) in [
+        ("berth-macvlan", berth_macvlan()),
+        ("host-local", PathBuf::from("/usr/lib/cni/host-local")),
+    ] {
+        std::os::unix::fs::symlink(from, bin.join(name)).unwrap();
+    }
+    let ctr = containerd().ctr();
+    let mut line: Vec<String> = vec![ctr.get_program().to_string_lossy().into_owned()];
+    line.extend(ctr.get_args().map(|a| a.to_string_lossy().into_owned()));
+    line.extend(args.iter().map(|s| s.to_string()));
+    let quoted: Vec<String> = line
+        .iter()
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect();
+    let script = format!(
+        "set -e; mkdir -p /etc/cni/net.d; mount --bind '{}' /etc/cni/net.d; mount -t tmpfs berth /opt; mkdir -p /opt/cni/bin; mount --bind '{}' /opt/cni/bin; exec {}",
+        netd.display(),
+        bin.display(),
+        quoted.join(" ")
+    );
+    try_run(Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]))
+}
+
+#[test]
+fn ctr_run_cni_and_podman_attach_through_berth_macvlan() {
+    let master = ParentLink::new();
+    let dir = fresh_dir("ipam");
+    let name = unique();
+    let conflist = json!({
+        "cniVersion": "1.0.0", "name": name,
+        "plugins": [{
+            "type": "berth-macvlan", "master": master.name,
+            "ipam": host_local("10.210.0.0/24", "10.210.0.1", &dir),
+            "capabilities": {"bandwidth": true},
+            "bandwidth": {"egressRate": 50_000_000}
+        }]
+    });
+    let c = containerd();
+    let image = c.busybox_image();
+    let id = unique();
+    let r = ctr_with_cni(
+        &conflist,
+        &[
+            "run",
+            "--rm",
+            "--cni",
+            image,
+            &id,
+            "sh",
+            "-c",
+            "ip -o addr show eth0; tc qdisc show dev eth0",
+        ],
+    );
+    assert!(r.ok(), "ctr run --cni: {}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("10.210.0."),
+        "no address from the conflist: {}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("tbf"), "no egress shaping: {}", r.stdout);
+    let leases_dir = dir.join(&name);
+    let left: Vec<_> = std::fs::read_dir(&leases_dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("10."))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "ctr --rm did not DEL: leases {left:?}");
+
+    let p = podman();
+    let pname = unique();
+    let mut pl = conflist.clone();
+    pl["name"] = json!(pname);
+    pl["plugins"][0]["ipam"] = host_local("10.211.0.0/24", "10.211.0.1", &dir);
+    std::fs::write(
+        p.cni_config_dir.join(format!("{pname}.conflist")),
+        pl.to_string(),
+    )
+    .unwrap();
+    let mut args = p.run_args();
+    args.extend([
+        "--rm".into(),
+        "--network".into(),
+        pname.clone(),
+        p.busybox_image().into(),
+        "ip".into(),
+        "-o".into(),
+        "addr".into(),
+    ]);
+    let r = try_run(p.cmd().args(&args));
+    let _ = std::fs::remove_file(p.cni_config_dir.join(format!("{pname}.conflist")));
+    assert!(r.ok(), "podman: {}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("10.211.0."), "{}", r.stdout);
+}
