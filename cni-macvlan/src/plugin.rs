@@ -249,24 +249,22 @@ impl Plugin for Macvlan {
                 ));
             }
             link::rename(&mut nl, l.index, &ifname).map_err(io)?;
+            if !bw.is_empty() {
+                qos::apply(&mut nl, l.index, &ifname, &bw)?;
+            }
             // As the reference plugin: only a layer-3 attachment announces.
+            // With arp_notify set and the addresses in place before the link
+            // comes up, the kernel broadcasts the gratuitous ARP itself at
+            // link-up (a packet socket of our own would cost an RCU grace
+            // period, ~8 ms, when closed). Routes need the link up.
             if !res.ips.is_empty() {
                 if let Err(e) = berth_cni::arp::set_arp_notify(&ifname) {
                     tracing::warn!(error = %e, "cannot set arp_notify");
                 }
             }
-            if !bw.is_empty() {
-                qos::apply(&mut nl, l.index, &ifname, &bw)?;
-            }
+            ipcfg::add_addresses(&mut nl, l.index, 0, res)?;
             link::set_up(&mut nl, l.index).map_err(io)?;
-            ipcfg::configure(&mut nl, l.index, 0, res)?;
-            for ip in &res.ips {
-                if let Some(std::net::IpAddr::V4(a)) = Cidr::parse(&ip.address).map(|c| c.addr) {
-                    if let Err(e) = berth_cni::arp::gratuitous(l.index, &l.mac, a) {
-                        tracing::warn!(error = %e, "cannot send a gratuitous ARP");
-                    }
-                }
-            }
+            ipcfg::add_routes(&mut nl, l.index, 0, res)?;
             let l = link::by_index(&mut nl, l.index).map_err(io)?.unwrap_or(l);
             Ok(Attached {
                 mac: l.mac_string(),

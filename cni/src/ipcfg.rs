@@ -1,5 +1,6 @@
 //! Addresses and routes through rtnetlink, and configuring an interface from
-//! a CNI result (what Go's `ipam.ConfigureIface` does).
+//! a CNI result (what Go's `ipam.ConfigureIface` does, in two steps so the
+//! addresses can be in place before the link comes up).
 
 use crate::error::{CniError, Code};
 use crate::netlink::{Netlink, NetlinkError};
@@ -230,20 +231,18 @@ fn netlink_err(e: NetlinkError) -> CniError {
     CniError::new(Code::Io, e.what.clone()).with_details(e.source.to_string())
 }
 
-/// Adds the result's addresses for interface `ifindex_in_result` to link
-/// `index`, then its routes (through the same-family gateway when a route
-/// names none), as Go's `ipam.ConfigureIface` does.
-pub fn configure(
+/// Adds the result's addresses for interface `ifindex_in_result` to link `index`.
+pub fn add_addresses(
     nl: &mut Netlink,
     index: u32,
     ifindex_in_result: usize,
     result: &CniResult,
 ) -> Result<(), CniError> {
-    let mut gateways: Vec<IpAddr> = Vec::new();
-    for ip in &result.ips {
-        if ip.interface.is_some_and(|i| i != ifindex_in_result) {
-            continue;
-        }
+    for ip in result
+        .ips
+        .iter()
+        .filter(|ip| ip.interface.is_none_or(|i| i == ifindex_in_result))
+    {
         let cidr = Cidr::parse(&ip.address).ok_or_else(|| {
             CniError::new(
                 Code::Decode,
@@ -251,10 +250,25 @@ pub fn configure(
             )
         })?;
         add_address(nl, index, cidr).map_err(netlink_err)?;
-        if let Some(g) = ip.gateway.as_deref().and_then(|g| g.parse().ok()) {
-            gateways.push(g);
-        }
     }
+    Ok(())
+}
+
+/// Adds the result's routes out of link `index` (which must be up), through
+/// the same-family gateway of interface `ifindex_in_result` when a route
+/// names none, as Go's `ipam.ConfigureIface` does.
+pub fn add_routes(
+    nl: &mut Netlink,
+    index: u32,
+    ifindex_in_result: usize,
+    result: &CniResult,
+) -> Result<(), CniError> {
+    let gateways: Vec<IpAddr> = result
+        .ips
+        .iter()
+        .filter(|ip| ip.interface.is_none_or(|i| i == ifindex_in_result))
+        .filter_map(|ip| ip.gateway.as_deref().and_then(|g| g.parse().ok()))
+        .collect();
     for r in &result.routes {
         let dst = Cidr::parse(&r.dst).ok_or_else(|| {
             CniError::new(

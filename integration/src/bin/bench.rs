@@ -1,4 +1,4 @@
-//! `berth-bench [planner|runtime-cycle|docker-run|preload|all]`: Berth's benchmarks,
+//! `berth-bench [planner|runtime-cycle|docker-run|preload|cni-macvlan|all]`: Berth's benchmarks,
 //! each measured interleaved against the reference it names, in one run on
 //! one machine, printed as medians and a ratio. Run as root (`bench/run`).
 
@@ -293,6 +293,59 @@ fn planner() {
     );
 }
 
+/// ADD and DEL per operation: berth-macvlan vs the reference macvlan plugin,
+/// same config (CNI 1.0.0, bridge mode, host-local IPAM), interleaved.
+fn cni_macvlan(n: usize) {
+    use berth_integration::cni::{berth_macvlan, host_local, Call, REFERENCE_MACVLAN};
+    use berth_integration::net::{Netns, ParentLink};
+    let master = ParentLink::new();
+    let name = unique();
+    let plugins = [
+        ("reference macvlan", Path::new(REFERENCE_MACVLAN).to_path_buf(), "macvlan"),
+        ("berth-macvlan", berth_macvlan(), "berth-macvlan"),
+    ];
+    let confs: Vec<serde_json::Value> = plugins
+        .iter()
+        .map(|(_, _, ty)| {
+            serde_json::json!({
+                "cniVersion": "1.0.0", "name": name, "type": ty, "master": master.name,
+                "ipam": host_local("10.250.0.0/24", "10.250.0.1", &fresh_dir("bench-ipam")),
+            })
+        })
+        .collect();
+    let ns = [Netns::new(), Netns::new()];
+    let mut add = [Vec::new(), Vec::new()];
+    let mut del = [Vec::new(), Vec::new()];
+    for i in 0..n + 5 {
+        for k in 0..2 {
+            let j = (i + k) % 2;
+            let id = unique();
+            let t = Instant::now();
+            let a = Call::new(&plugins[j].1, "ADD", &id, Some(&ns[j].path())).run(&confs[j]);
+            let ta = t.elapsed().as_secs_f64() * 1000.0;
+            assert!(a.ok, "{} ADD: {}", plugins[j].0, a.stdout);
+            let t = Instant::now();
+            let d = Call::new(&plugins[j].1, "DEL", &id, Some(&ns[j].path())).run(&confs[j]);
+            let td = t.elapsed().as_secs_f64() * 1000.0;
+            assert!(d.ok, "{} DEL: {}", plugins[j].0, d.stdout);
+            if i >= 5 {
+                add[j].push(ta);
+                del[j].push(td);
+            }
+        }
+    }
+    let (ra, rd) = (median(add[0].clone()), median(del[0].clone()));
+    let (ba, bd) = (median(add[1].clone()), median(del[1].clone()));
+    println!(
+        "cni-macvlan ADD (n={n}, interleaved, host-local IPAM): berth-macvlan {ba:.2} ms vs reference {ra:.2} ms, ratio {:.3} (goal <= 0.25)",
+        ba / ra
+    );
+    println!(
+        "cni-macvlan DEL (n={n}, interleaved, host-local IPAM): berth-macvlan {bd:.2} ms vs reference {rd:.2} ms, ratio {:.3} (goal <= 0.25)",
+        bd / rd
+    );
+}
+
 fn main() {
     berth_integration::cleanup::tear_down_on_panic();
     berth_integration::require_root();
@@ -302,7 +355,9 @@ fn main() {
         "docker-run" => docker_run(40),
         "preload" => preload(),
         "planner" => planner(),
+        "cni-macvlan" => cni_macvlan(100),
         "all" => {
+            cni_macvlan(100);
             planner();
             preload();
             runtime_cycle(80);
@@ -310,7 +365,7 @@ fn main() {
         }
         other => {
             eprintln!(
-                "usage: berth-bench [planner|runtime-cycle|docker-run|preload|all] (not {other:?})"
+                "usage: berth-bench [planner|runtime-cycle|docker-run|preload|cni-macvlan|all] (not {other:?})"
             );
             std::process::exit(2);
         }
