@@ -301,7 +301,11 @@ fn cni_macvlan(n: usize) {
     let master = ParentLink::new();
     let name = unique();
     let plugins = [
-        ("reference macvlan", Path::new(REFERENCE_MACVLAN).to_path_buf(), "macvlan"),
+        (
+            "reference macvlan",
+            Path::new(REFERENCE_MACVLAN).to_path_buf(),
+            "macvlan",
+        ),
         ("berth-macvlan", berth_macvlan(), "berth-macvlan"),
     ];
     let confs: Vec<serde_json::Value> = plugins

@@ -2,13 +2,17 @@
 //! through `berth-runtime` (delegating to runc) with a CPU limit of one CPU
 //! and an embedded default Berth configuration, and shows what Berth did:
 //! the sysctl policy applied, the program seeing one CPU through the preload
-//! library, and the `io.berth.applied` record in the rewritten config.json.
+//! library, the container on a macvlan network (berth-macvlan, with egress
+//! shaping) reaching a neighbour, and the `io.berth.applied` record in the
+//! rewritten config.json.
 //!
 //! Usage: `berth-demo [TARGET_DIR]` (as root; `scripts/demo` builds and runs it).
 
 use berth_integration::artifacts::{fresh_dir, scratch};
 use berth_integration::cmd::sh;
+use berth_integration::cni::{host_local, Call};
 use berth_integration::images::{dynamic_rootfs, edit_config};
+use berth_integration::net::{Netns, ParentLink};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,7 +33,8 @@ fn main() {
     let target = std::fs::canonicalize(&target).expect("target directory");
     let runtime = target.join("berth-runtime");
     let library = target.join("libberth_cpus.so");
-    for p in [&runtime, &library] {
+    let macvlan = target.join("berth-macvlan");
+    for p in [&runtime, &library, &macvlan] {
         assert!(
             p.is_file(),
             "{} is not built (scripts/demo builds it)",
@@ -77,14 +82,57 @@ fn main() {
          echo \"CPUs this container sees: $(/usr/bin/nproc)\"; \
          echo \"net.ipv4.tcp_keepalive_time in the container: $(cat /proc/sys/net/ipv4/tcp_keepalive_time)\""
     );
+    step("3. A macvlan network: berth-macvlan ADD (host-local IPAM, 50 Mbit/s egress) into the container's netns and a neighbour's");
+    // A private bridge stands in for the physical NIC; eth0 is never touched.
+    let master = ParentLink::new();
+    let (netns, neighbour) = (Netns::new(), Netns::new());
+    let ipam_dir = scratch().join("ipam");
+    let net = json!({
+        "cniVersion": "1.1.0", "name": "berth-demo", "type": "berth-macvlan",
+        "master": master.name, "mode": "bridge",
+        "ipam": host_local("10.251.0.0/24", "10.251.0.1", &ipam_dir),
+        "bandwidth": {"egressRate": 50_000_000},
+        "logFile": scratch().join("cni.log"),
+    });
+    let mut neighbour_net = net.clone();
+    neighbour_net.as_object_mut().map(|o| o.remove("bandwidth"));
+    let cni = |verb: &str, id: &str, ns: &Netns, conf: &Value| {
+        Call::new(&macvlan, verb, id, Some(&ns.path())).run(conf)
+    };
+    let added = cni("ADD", "demo-container", &netns, &net);
+    println!("container: {}", added.result());
+    let n = cni("ADD", "demo-neighbour", &neighbour, &neighbour_net);
+    let neighbour_ip = n.result()["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_default()
+        .to_string();
+    println!("neighbour: {neighbour_ip}");
+    let script = format!(
+        "{script}; echo \"network: $(ip -o -4 addr show eth0 | awk '{{print $2, $4}}'), $(ip link show eth0 | grep -o 'qdisc [a-z]*')\"; \
+         ping -c 2 -W 2 {neighbour_ip} | grep -E 'transmitted|round-trip'"
+    );
     edit_config(&bundle, |c| {
         c["process"]["args"] = json!(["sh", "-c", script]);
         c["process"]["terminal"] = json!(false);
         c["annotations"] = json!({"io.berth.cpus": "1.5"});
+        // busybox ping needs a raw socket.
+        for set in ["bounding", "effective", "permitted"] {
+            if let Some(caps) = c["process"]["capabilities"][set].as_array_mut() {
+                caps.push(json!("CAP_NET_RAW"));
+            }
+        }
+        if let Some(nss) = c["linux"]["namespaces"].as_array_mut() {
+            for ns in nss.iter_mut() {
+                if ns["type"] == "network" {
+                    ns["path"] = json!(netns.path());
+                }
+            }
+        }
     });
     println!("bundle: {}", bundle.display());
 
-    step("3. berth-runtime create + start (runc's command line; Berth rewrites config.json, plans CPUs, then execs the delegate)");
+    step("4. berth-runtime create + start (runc's command line; Berth rewrites config.json, plans CPUs, then execs the delegate)");
     let root = scratch().join("runtime-root");
     let id = format!("berth-demo-{}", std::process::id());
     let berth = || {
@@ -135,7 +183,7 @@ fn main() {
         "delete failed"
     );
 
-    step("4. What Berth changed (annotation io.berth.applied in the rewritten config.json)");
+    step("5. What Berth changed (annotation io.berth.applied in the rewritten config.json)");
     let spec: Value =
         serde_json::from_slice(&std::fs::read(bundle.join("config.json")).expect("read config"))
             .expect("json");
@@ -146,13 +194,30 @@ fn main() {
     )
     .unwrap_or_default();
     println!("{}", serde_json::to_string_pretty(&applied).expect("json"));
-    step("5. After delete the allocation is released (berth-runtime cpus)");
+    step("6. After delete the allocation is released (berth-runtime cpus), and berth-macvlan DEL frees the addresses");
     let _ = Command::new(&runtime)
         .arg("--berth-config")
         .arg(&config)
         .arg("cpus")
         .status();
-    println!("\nDone. (The macvlan network and log forwarding join this demo as they land.)");
+    for (id, ns, conf) in [
+        ("demo-container", &netns, &net),
+        ("demo-neighbour", &neighbour, &neighbour_net),
+    ] {
+        let d = cni("DEL", id, ns, conf);
+        assert!(d.ok, "DEL {id}: {}", d.stdout);
+    }
+    let leases: Vec<String> = std::fs::read_dir(ipam_dir.join("berth-demo"))
+        .map(|r| {
+            r.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("10."))
+                .collect()
+        })
+        .unwrap_or_default();
+    println!("IPAM leases left after DEL: {leases:?}");
+    println!("plugin log: {}", scratch().join("cni.log").display());
+    println!("\nDone. (Log forwarding joins this demo when berth-log-appender lands.)");
 }
 
 fn step(title: &str) {

@@ -89,6 +89,7 @@ fn normalise(r: &Value, fixed_mac: bool) -> Value {
 struct Case {
     name: &'static str,
     extra: Value,
+    args: &'static str,
     ipam: bool,
     fixed_mac: bool,
 }
@@ -100,39 +101,53 @@ fn cases() -> Vec<Case> {
             extra: json!({"mode": "bridge"}),
             ipam: true,
             fixed_mac: false,
+            args: "",
         },
         Case {
             name: "private mode, MTU 1400, DNS",
             extra: json!({"mode": "private", "mtu": 1400, "dns": {"nameservers": ["10.203.0.53"], "search": ["berth.test"]}}),
             ipam: true,
             fixed_mac: false,
+            args: "",
         },
         Case {
             name: "vepa mode with a fixed MAC",
             extra: json!({"mode": "vepa", "mac": "0a:58:0a:cb:00:42"}),
             ipam: true,
             fixed_mac: true,
+            args: "",
+        },
+        Case {
+            name: "MAC from CNI_ARGS",
+            extra: json!({"mac": "0a:58:0a:cb:00:42"}),
+            ipam: true,
+            fixed_mac: true,
+            args: "IgnoreUnknown=1;K8S_POD_NAME=web-0;MAC=0a:58:0a:cb:00:43",
         },
         Case {
             name: "passthru mode",
             extra: json!({"mode": "passthru"}),
             ipam: true,
             fixed_mac: false,
+            args: "",
         },
         Case {
             name: "L2 only: no ipam",
             extra: json!({}),
             ipam: false,
             fixed_mac: false,
+            args: "",
         },
     ]
 }
 
 /// One ADD + DEL with `plugin` in a fresh namespace; the result and the link.
-fn attach_once(plugin: &Path, c: &Value) -> (Answer, Option<Value>, Answer) {
+fn attach_once(plugin: &Path, c: &Value, args: &str) -> (Answer, Option<Value>, Answer) {
     let ns = Netns::new();
     let id = unique();
-    let add = Call::new(plugin, "ADD", &id, Some(&ns.path())).run(c);
+    let add = Call::new(plugin, "ADD", &id, Some(&ns.path()))
+        .args(args)
+        .run(c);
     let state = add.ok.then(|| link_state(&ns, "eth0"));
     let del = Call::new(plugin, "DEL", &id, Some(&ns.path())).run(c);
     let left = ip_json(&ns, &["link", "show"]);
@@ -175,9 +190,11 @@ fn same_results_and_link_state_as_the_reference_plugin_for_every_version() {
             } else {
                 with_ipam(&c, &ref_dir)
             };
-            let (radd, rstate, rdel) = attach_once(Path::new(REFERENCE_MACVLAN), &ref_conf);
+            let (radd, rstate, rdel) =
+                attach_once(Path::new(REFERENCE_MACVLAN), &ref_conf, case.args);
             c["type"] = json!("berth-macvlan");
-            let (badd, bstate, bdel) = attach_once(&berth_macvlan(), &with_ipam(&c, &our_dir));
+            let (badd, bstate, bdel) =
+                attach_once(&berth_macvlan(), &with_ipam(&c, &our_dir), case.args);
             assert!(rdel.ok && bdel.ok, "{label}: DEL failed: {rdel:?} {bdel:?}");
             let mut ours = normalise(badd.result(), case.fixed_mac);
             if version == "1.1.0" {
@@ -510,7 +527,9 @@ impl WaitTimeout for Child {
 
 /// iperf3 from `client` to the server at `addr` in `server`; received bits/s.
 fn iperf(server: &Netns, client: &Netns, addr: &str, reverse: bool) -> f64 {
-    let port = (5300 + std::process::id() % 500).to_string();
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let port = (5300 + (std::process::id() % 400) * 4 + n % 4).to_string();
     let _srv = Reaped(
         Command::new("ip")
             .args([
@@ -535,7 +554,8 @@ fn iperf(server: &Netns, client: &Netns, addr: &str, reverse: bool) -> f64 {
     let mut out = String::new();
     for _ in 0..20 {
         let r = client.exec("iperf3", &args);
-        if r.ok() {
+        // iperf3 -J may exit 0 with {"error": ...} when the server is not up yet.
+        if r.ok() && !r.stdout.contains("\"error\"") {
             out = r.stdout;
             break;
         }
@@ -544,7 +564,7 @@ fn iperf(server: &Netns, client: &Netns, addr: &str, reverse: bool) -> f64 {
     let v: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("iperf3: {out}"));
     v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
-        .expect("bits_per_second")
+        .unwrap_or_else(|| panic!("iperf3 gave no rate: {out}"))
 }
 
 #[test]
