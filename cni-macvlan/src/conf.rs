@@ -1,12 +1,13 @@
 //! The macvlan network configuration: its keys, capabilities and `CNI_ARGS`,
 //! checked with errors that name the offending key.
 
+use berth_cni::caps::{opt_str, opt_u32, Common};
 use berth_cni::env::Env;
 use berth_cni::ipcfg::Cidr;
-use berth_cni::link::{parse_mac, MacvlanMode};
+use berth_cni::link::MacvlanMode;
 use berth_cni::types::NetConf;
 use berth_cni::{CniError, Code};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// What `berth-macvlan` reads from its configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,29 +39,6 @@ fn invalid(msg: String) -> CniError {
     CniError::new(Code::InvalidConfig, msg)
 }
 
-fn opt_str<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, CniError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(invalid(format!("{key} must be a string"))),
-    }
-}
-
-fn mac(s: &str, key: &str) -> Result<[u8; 6], CniError> {
-    let m = parse_mac(s).ok_or_else(|| {
-        invalid(format!(
-            "{key} {s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"
-        ))
-    })?;
-    if m[0] & 1 == 1 {
-        return Err(invalid(format!(
-            "{key} {s:?} is a multicast address; a link needs a unicast one"
-        )));
-    }
-    Ok(m)
-}
-
 impl MacvlanConf {
     /// Reads the plugin's keys from `conf` and `env`'s `CNI_ARGS`.
     pub fn parse(conf: &NetConf, env: &Env) -> Result<MacvlanConf, CniError> {
@@ -74,88 +52,22 @@ impl MacvlanConf {
                 "mode {mode_s:?} is not one of bridge, private, vepa, passthru"
             ))
         })?;
-        let mtu = match obj.get("mtu") {
-            None | Some(Value::Null) => None,
-            Some(v) => match v.as_i64() {
-                Some(0) => None,
-                Some(n) if n > 0 && n <= i64::from(u32::MAX) => Some(n as u32),
-                _ => return Err(invalid(format!("mtu {v} must be a positive integer"))),
-            },
-        };
         let link_in_container = match obj.get("linkInContainer") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
             Some(_) => return Err(invalid("linkInContainer must be true or false".into())),
         };
-        let mut mac_v = opt_str(obj, "mac")?.map(|s| mac(s, "mac")).transpose()?;
-        if let Some(m) = env.args.get("MAC").filter(|m| !m.is_empty()) {
-            mac_v = Some(mac(m, "CNI_ARGS MAC")?);
-        }
-        if let Some(m) = opt_str(&conf.runtime_config, "mac")? {
-            mac_v = Some(mac(m, "runtimeConfig.mac")?);
-        }
-        let ipam_type = match &conf.ipam {
-            Some(i) => match i.get("type") {
-                Some(Value::String(t)) if !t.is_empty() => Some(t.clone()),
-                _ => return Err(invalid("ipam.type must be a non-empty string".into())),
-            },
-            None => None,
-        };
-        let mut requested: Vec<(String, &'static str)> = Vec::new();
-        match conf.runtime_config.get("ips") {
-            None | Some(Value::Null) => {}
-            Some(Value::Array(a)) => {
-                for ip in a {
-                    let s = ip
-                        .as_str()
-                        .ok_or_else(|| invalid("runtimeConfig.ips must be strings".into()))?;
-                    requested.push((s.to_string(), "runtimeConfig.ips"));
-                }
-            }
-            Some(_) => return Err(invalid("runtimeConfig.ips must be an array".into())),
-        }
-        if let Some(ips) = env.args.get("IP").filter(|s| !s.is_empty()) {
-            requested.extend(
-                ips.split(',')
-                    .map(|s| (s.trim().to_string(), "CNI_ARGS IP")),
-            );
-        }
-        let mut static_ips = Vec::new();
-        for (s, key) in &requested {
-            match Cidr::parse(s) {
-                Some(c) => static_ips.push(c),
-                None if ipam_type.is_some() && s.parse::<std::net::IpAddr>().is_ok() => {}
-                None if ipam_type.is_some() => {
-                    return Err(invalid(format!("{key} {s:?} is not an IP address")))
-                }
-                None => {
-                    return Err(invalid(format!(
-                        "{key} {s:?} needs a prefix length (e.g. 10.1.2.3/24) when there is no ipam"
-                    )))
-                }
-            }
-        }
-        let bandwidth = match conf.runtime_config.get("bandwidth") {
-            Some(v) if !v.is_null() => Some((v.clone(), "runtimeConfig.bandwidth")),
-            _ => obj
-                .get("bandwidth")
-                .filter(|v| !v.is_null())
-                .map(|v| (v.clone(), "bandwidth")),
-        };
+        let common = Common::parse(conf, env)?;
         Ok(MacvlanConf {
             master: opt_str(obj, "master")?.map(str::to_string),
             mode,
-            mtu,
-            mac: mac_v,
+            mtu: opt_u32(obj, "mtu")?,
+            mac: common.mac,
             link_in_container,
-            static_ips: if ipam_type.is_some() {
-                Vec::new()
-            } else {
-                static_ips
-            },
-            ipam_type,
-            bandwidth,
-            dns: obj.get("dns").filter(|v| !v.is_null()).cloned(),
+            static_ips: common.static_ips,
+            ipam_type: common.ipam_type,
+            bandwidth: common.bandwidth,
+            dns: common.dns,
         })
     }
 }

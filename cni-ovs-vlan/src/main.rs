@@ -1,9 +1,12 @@
-//! `berth-ovs-vlan`: Berth CNI Open vSwitch VLAN plugin with QoS.
-//!
-//! Not landed yet (issue #7). The binary exists so the workspace and packaging
-//! have their final names; it refuses to run rather than pretend to work.
+//! `berth-ovs-vlan`: a CNI 1.1 plugin attaching containers to an Open
+//! vSwitch bridge on a VLAN (access or trunk) with QoS both ways, speaking
+//! OVSDB (RFC 7047) directly. See the README for its keys.
+
+mod conf;
+mod ovsdb;
+mod plugin;
+mod port;
 
 fn main() {
-    eprintln!("berth-ovs-vlan: not implemented yet (see issue #7)");
-    std::process::exit(1);
+    std::process::exit(berth_cni::skel::run(&plugin::OvsVlan));
 }

@@ -10,6 +10,7 @@
 //! The plugins themselves (issues #6 and #7) have not landed yet.
 
 pub mod arp;
+pub mod caps;
 pub mod env;
 pub mod error;
 pub mod ipam;

@@ -4,7 +4,8 @@
 use crate::netlink::{Netlink, NetlinkError};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoMacVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
+    InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    MacVlanMode,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use std::os::fd::RawFd;
@@ -28,6 +29,8 @@ pub struct Link {
     pub parent: Option<u32>,
     /// True when administratively up.
     pub up: bool,
+    /// `IFLA_IFALIAS`, if set.
+    pub alias: Option<String>,
 }
 
 /// A macvlan mode, as the config spells it.
@@ -96,6 +99,7 @@ impl Link {
             macvlan_mode: None,
             parent: None,
             up: m.header.flags.contains(LinkFlags::Up),
+            alias: None,
         };
         for a in m.attributes {
             match a {
@@ -103,6 +107,7 @@ impl Link {
                 LinkAttribute::Mtu(v) => l.mtu = v,
                 LinkAttribute::Address(a) => l.mac = a,
                 LinkAttribute::Link(p) => l.parent = Some(p),
+                LinkAttribute::IfAlias(a) => l.alias = Some(a),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         match i {
@@ -237,6 +242,57 @@ pub fn add_macvlan(nl: &mut Netlink, spec: &MacvlanSpec<'_>) -> Result<(), Netli
     ]));
     nl.request(
         || format!("create macvlan {}", spec.name),
+        RouteNetlinkMessage::NewLink(m),
+        NLM_F_CREATE | NLM_F_EXCL,
+    )
+}
+
+/// What a new veth pair looks like.
+#[derive(Debug, Clone)]
+pub struct VethSpec<'a> {
+    /// The end that stays where `nl` talks.
+    pub name: &'a str,
+    /// The other end's name.
+    pub peer: &'a str,
+    /// The other end is created in the namespace of this fd.
+    pub peer_netns_fd: Option<RawFd>,
+    /// MTU of both ends; `None` for the default.
+    pub mtu: Option<u32>,
+    /// The other end's MAC; `None` lets the kernel choose.
+    pub peer_mac: Option<[u8; 6]>,
+    /// An alias (`IFLA_IFALIAS`) for this end, e.g. who owns it.
+    pub alias: Option<&'a str>,
+}
+
+/// Creates a veth pair (both ends down).
+pub fn add_veth(nl: &mut Netlink, spec: &VethSpec<'_>) -> Result<(), NetlinkError> {
+    let mut peer = LinkMessage::default();
+    peer.attributes
+        .push(LinkAttribute::IfName(spec.peer.to_string()));
+    if let Some(mtu) = spec.mtu {
+        peer.attributes.push(LinkAttribute::Mtu(mtu));
+    }
+    if let Some(mac) = spec.peer_mac {
+        peer.attributes.push(LinkAttribute::Address(mac.to_vec()));
+    }
+    if let Some(fd) = spec.peer_netns_fd {
+        peer.attributes.push(LinkAttribute::NetNsFd(fd));
+    }
+    let mut m = LinkMessage::default();
+    m.attributes
+        .push(LinkAttribute::IfName(spec.name.to_string()));
+    if let Some(mtu) = spec.mtu {
+        m.attributes.push(LinkAttribute::Mtu(mtu));
+    }
+    if let Some(a) = spec.alias {
+        m.attributes.push(LinkAttribute::IfAlias(a.to_string()));
+    }
+    m.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Veth),
+        LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+    ]));
+    nl.request(
+        || format!("create veth {} / {}", spec.name, spec.peer),
         RouteNetlinkMessage::NewLink(m),
         NLM_F_CREATE | NLM_F_EXCL,
     )

@@ -1,7 +1,9 @@
 //! Calling CNI plugins the way a runtime does: environment, config on stdin,
 //! result or error JSON on stdout.
 
-use crate::artifacts::{binary, scratch};
+use crate::artifacts::{binary, fresh_dir, scratch};
+use crate::cmd::{try_run, Ran};
+use crate::engines::containerd::containerd;
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,47 @@ pub fn cni_path() -> String {
 /// The `berth-macvlan` binary.
 pub fn berth_macvlan() -> PathBuf {
     binary("berth-macvlan")
+}
+
+/// The `berth-ovs-vlan` binary.
+pub fn berth_ovs_vlan() -> PathBuf {
+    binary("berth-ovs-vlan")
+}
+
+/// Runs `ctr` (bound to the harness's containerd) with `conflist` as the
+/// only file in `/etc/cni/net.d` and `plugins` (Berth's build first, then
+/// Debian's) as `/opt/cni/bin`, both in a private mount namespace: ctr's
+/// `--cni` reads those fixed paths, and the host's stay untouched.
+pub fn ctr_with_cni(conflist: &Value, plugins: &[&str], args: &[&str]) -> Ran {
+    let dir = fresh_dir("ctr-cni");
+    let (netd, bin) = (dir.join("net.d"), dir.join("bin"));
+    std::fs::create_dir_all(&netd).expect("mkdir net.d");
+    std::fs::create_dir_all(&bin).expect("mkdir bin");
+    std::fs::write(netd.join("10-berth.conflist"), conflist.to_string()).expect("conflist");
+    for name in plugins {
+        let ours = crate::artifacts::bin_dir().join(name);
+        let from = if ours.is_file() {
+            ours
+        } else {
+            PathBuf::from("/usr/lib/cni").join(name)
+        };
+        std::os::unix::fs::symlink(from, bin.join(name)).expect("symlink plugin");
+    }
+    let ctr = containerd().ctr();
+    let mut line: Vec<String> = vec![ctr.get_program().to_string_lossy().into_owned()];
+    line.extend(ctr.get_args().map(|a| a.to_string_lossy().into_owned()));
+    line.extend(args.iter().map(|s| s.to_string()));
+    let quoted: Vec<String> = line
+        .iter()
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect();
+    let script = format!(
+        "set -e; mkdir -p /etc/cni/net.d; mount --bind '{}' /etc/cni/net.d; mount -t tmpfs berth /opt; mkdir -p /opt/cni/bin; mount --bind '{}' /opt/cni/bin; exec {}",
+        netd.display(),
+        bin.display(),
+        quoted.join(" ")
+    );
+    try_run(Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]))
 }
 
 /// One plugin invocation.

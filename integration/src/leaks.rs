@@ -88,7 +88,10 @@ pub fn leftovers(prefix: &str) -> Vec<String> {
     if let Ok(entries) = std::fs::read_dir("/sys/class/net") {
         for e in entries.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if n.contains(prefix) {
+            // Plugins name host links by hash (berth-ovs-vlan's `bov...`)
+            // but record the network, which tests name, in the alias.
+            let alias = std::fs::read_to_string(e.path().join("ifalias")).unwrap_or_default();
+            if n.contains(prefix) || alias.contains(prefix) {
                 out.push(format!("interface {n}"));
             }
         }
@@ -171,7 +174,8 @@ pub fn clean(prefix: &str) {
     if let Ok(entries) = std::fs::read_dir("/sys/class/net") {
         for e in entries.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if n.contains(prefix) {
+            let alias = std::fs::read_to_string(e.path().join("ifalias")).unwrap_or_default();
+            if n.contains(prefix) || alias.contains(prefix) {
                 let _ = crate::cmd::try_sh("ip", ["link", "del", &n]);
             }
         }

@@ -1,4 +1,4 @@
-//! `berth-bench [planner|runtime-cycle|docker-run|preload|cni-macvlan|all]`: Berth's benchmarks,
+//! `berth-bench [planner|runtime-cycle|docker-run|preload|cni-macvlan|cni-ovs-vlan|all]`: Berth's benchmarks,
 //! each measured interleaved against the reference it names, in one run on
 //! one machine, printed as medians and a ratio. Run as root (`bench/run`).
 
@@ -350,6 +350,60 @@ fn cni_macvlan(n: usize) {
     );
 }
 
+/// ADD and DEL per operation: berth-ovs-vlan (veth + OVSDB port, access
+/// VLAN, no IPAM) against `ovs-vsctl add-port` / `del-port` of a ready veth,
+/// interleaved, on the private userspace OVS.
+fn cni_ovs_vlan(n: usize) {
+    use berth_integration::cni::{berth_ovs_vlan, Call};
+    use berth_integration::net::{Netns, Veth};
+    use berth_integration::ovs::{ovs, OvsBridge};
+    let br = OvsBridge::new();
+    let c = serde_json::json!({
+        "cniVersion": "1.1.0", "name": unique(), "type": "berth-ovs-vlan",
+        "bridge": br.name, "vlan": 100,
+        "socket_file": format!("unix:{}", ovs().db_socket.display()),
+    });
+    let ns = Netns::new();
+    let (mut add, mut del, mut vadd, mut vdel) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n + 3 {
+        let id = unique();
+        let t = Instant::now();
+        let a = Call::new(&berth_ovs_vlan(), "ADD", &id, Some(&ns.path())).run(&c);
+        let ta = t.elapsed().as_secs_f64() * 1000.0;
+        assert!(a.ok, "ADD: {}", a.stdout);
+        let t = Instant::now();
+        let d = Call::new(&berth_ovs_vlan(), "DEL", &id, Some(&ns.path())).run(&c);
+        let td = t.elapsed().as_secs_f64() * 1000.0;
+        assert!(d.ok, "DEL: {}", d.stdout);
+        let v = Veth::new();
+        let t = Instant::now();
+        assert!(quiet(
+            ovs()
+                .vsctl_cmd()
+                .args(["add-port", &br.name, &v.host, "tag=100"])
+        ));
+        let tva = t.elapsed().as_secs_f64() * 1000.0;
+        let t = Instant::now();
+        assert!(quiet(
+            ovs().vsctl_cmd().args(["del-port", &br.name, &v.host])
+        ));
+        let tvd = t.elapsed().as_secs_f64() * 1000.0;
+        if i >= 3 {
+            add.push(ta);
+            del.push(td);
+            vadd.push(tva);
+            vdel.push(tvd);
+        }
+    }
+    let (a, d, va, vd) = (median(add), median(del), median(vadd), median(vdel));
+    println!(
+        "cni-ovs-vlan (n={n}): berth-ovs-vlan ADD {a:.2} ms + DEL {d:.2} ms = {:.2} ms (goal < 15; includes creating and deleting the veth) vs ovs-vsctl add-port {va:.2} ms + del-port {vd:.2} ms = {:.2} ms (port only); ratio {:.3}",
+        a + d,
+        va + vd,
+        (a + d) / (va + vd)
+    );
+}
+
 fn main() {
     berth_integration::cleanup::tear_down_on_panic();
     berth_integration::require_root();
@@ -360,8 +414,10 @@ fn main() {
         "preload" => preload(),
         "planner" => planner(),
         "cni-macvlan" => cni_macvlan(100),
+        "cni-ovs-vlan" => cni_ovs_vlan(60),
         "all" => {
             cni_macvlan(100);
+            cni_ovs_vlan(60);
             planner();
             preload();
             runtime_cycle(80);
@@ -369,7 +425,7 @@ fn main() {
         }
         other => {
             eprintln!(
-                "usage: berth-bench [planner|runtime-cycle|docker-run|preload|cni-macvlan|all] (not {other:?})"
+                "usage: berth-bench [planner|runtime-cycle|docker-run|preload|cni-macvlan|cni-ovs-vlan|all] (not {other:?})"
             );
             std::process::exit(2);
         }

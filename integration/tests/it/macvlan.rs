@@ -3,7 +3,9 @@
 
 use berth_integration::artifacts::fresh_dir;
 use berth_integration::cmd::{sh, try_run};
-use berth_integration::cni::{berth_macvlan, host_local, Answer, Call, REFERENCE_MACVLAN};
+use berth_integration::cni::{
+    berth_macvlan, ctr_with_cni, host_local, Answer, Call, REFERENCE_MACVLAN,
+};
 use berth_integration::engines::containerd::containerd;
 use berth_integration::engines::podman::podman;
 use berth_integration::names::unique;
@@ -729,38 +731,6 @@ fn a_thousand_add_del_cycles_leave_nothing_behind() {
     );
 }
 
-/// Runs `ctr` with `conflist` as the only file in `/etc/cni/net.d` and
-/// `plugins` as `/opt/cni/bin`, both in a private mount namespace (ctr's
-/// `--cni` reads those fixed paths).
-fn ctr_with_cni(conflist: &Value, args: &[&str]) -> berth_integration::cmd::Ran {
-    let dir = fresh_dir("ctr-cni");
-    let (netd, bin) = (dir.join("net.d"), dir.join("bin"));
-    std::fs::create_dir_all(&netd).unwrap();
-    std::fs::create_dir_all(&bin).unwrap();
-    std::fs::write(netd.join("10-berth.conflist"), conflist.to_string()).unwrap();
-    for (name, from) in [
-        ("berth-macvlan", berth_macvlan()),
-        ("host-local", PathBuf::from("/usr/lib/cni/host-local")),
-    ] {
-        std::os::unix::fs::symlink(from, bin.join(name)).unwrap();
-    }
-    let ctr = containerd().ctr();
-    let mut line: Vec<String> = vec![ctr.get_program().to_string_lossy().into_owned()];
-    line.extend(ctr.get_args().map(|a| a.to_string_lossy().into_owned()));
-    line.extend(args.iter().map(|s| s.to_string()));
-    let quoted: Vec<String> = line
-        .iter()
-        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
-        .collect();
-    let script = format!(
-        "set -e; mkdir -p /etc/cni/net.d; mount --bind '{}' /etc/cni/net.d; mount -t tmpfs berth /opt; mkdir -p /opt/cni/bin; mount --bind '{}' /opt/cni/bin; exec {}",
-        netd.display(),
-        bin.display(),
-        quoted.join(" ")
-    );
-    try_run(Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]))
-}
-
 #[test]
 fn ctr_run_cni_and_podman_attach_through_berth_macvlan() {
     let master = ParentLink::new();
@@ -780,6 +750,7 @@ fn ctr_run_cni_and_podman_attach_through_berth_macvlan() {
     let id = unique();
     let r = ctr_with_cni(
         &conflist,
+        &["berth-macvlan", "host-local"],
         &[
             "run",
             "--rm",
@@ -788,7 +759,7 @@ fn ctr_run_cni_and_podman_attach_through_berth_macvlan() {
             &id,
             "sh",
             "-c",
-            "ip -o addr show eth0; tc qdisc show dev eth0",
+            "ip -o addr show eth0; ip link show eth0",
         ],
     );
     assert!(r.ok(), "ctr run --cni: {}\n{}", r.stdout, r.stderr);

@@ -6,4 +6,5 @@ mod cpu_split;
 mod cpus;
 mod harness;
 mod macvlan;
+mod ovs_vlan;
 mod runtime;

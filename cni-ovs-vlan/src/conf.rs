@@ -1,0 +1,201 @@
+//! The OVS VLAN network configuration, checked with errors naming the key.
+
+use berth_cni::caps::{opt_str, opt_u32, Common};
+use berth_cni::env::Env;
+use berth_cni::types::NetConf;
+use berth_cni::{CniError, Code};
+use serde_json::Value;
+use std::time::Duration;
+
+/// Where OVSDB listens unless `socket_file` says otherwise.
+pub const DEFAULT_SOCKET: &str = "/var/run/openvswitch/db.sock";
+
+/// How traffic from the container is limited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EgressShaping {
+    /// A tbf on the container's interface inside its netns: works on every
+    /// kernel and datapath (the default).
+    Tbf,
+    /// OVS `ingress_policing_rate`/`_burst` on the port, verified after
+    /// vswitchd applied it (needs the kernel's act_police).
+    Police,
+}
+
+/// What `berth-ovs-vlan` reads from its configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OvsConf {
+    /// `bridge`: the OVS bridge to attach to.
+    pub bridge: String,
+    /// `vlan`: the access tag (with `trunk`: the native VLAN).
+    pub vlan: Option<u16>,
+    /// `trunk`: the trunked VLANs, expanded and sorted.
+    pub trunk: Vec<u16>,
+    /// `mtu` of the veth pair.
+    pub mtu: Option<u32>,
+    /// `socket_file`: `unix:PATH`, `tcp:HOST:PORT` or a path.
+    pub socket: String,
+    /// `ovsTimeoutSeconds`: how long to wait for OVSDB and vswitchd.
+    pub timeout: Duration,
+    /// `egressShaping`.
+    pub egress_shaping: EgressShaping,
+    /// The shared keys (MAC, IPAM, static IPs, bandwidth, DNS).
+    pub common: Common,
+}
+
+fn invalid(msg: String) -> CniError {
+    CniError::new(Code::InvalidConfig, msg)
+}
+
+fn vlan_id(v: &Value, key: &str) -> Result<u16, CniError> {
+    match v.as_i64() {
+        Some(n) if (1..=4094).contains(&n) => Ok(n as u16),
+        _ => Err(invalid(format!(
+            "{key} {v} is not a VLAN ID (1 to 4094; 0 and 4095 are reserved)"
+        ))),
+    }
+}
+
+fn parse_trunk(v: &Value) -> Result<Vec<u16>, CniError> {
+    let items = v
+        .as_array()
+        .ok_or_else(|| invalid("trunk must be a list of {id} or {minID, maxID}".into()))?;
+    let mut ranges: Vec<(u16, u16)> = Vec::new();
+    for (i, it) in items.iter().enumerate() {
+        let key = format!("trunk[{i}]");
+        let (lo, hi) = match (it.get("id"), it.get("minID"), it.get("maxID")) {
+            (Some(id), None, None) => {
+                let id = vlan_id(id, &format!("{key}.id"))?;
+                (id, id)
+            }
+            (None, Some(lo), Some(hi)) => {
+                let lo = vlan_id(lo, &format!("{key}.minID"))?;
+                let hi = vlan_id(hi, &format!("{key}.maxID"))?;
+                if lo > hi {
+                    return Err(invalid(format!("{key}: minID {lo} is above maxID {hi}")));
+                }
+                (lo, hi)
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "{key} must be {{\"id\": N}} or {{\"minID\": N, \"maxID\": M}}"
+                )))
+            }
+        };
+        if let Some((a, b)) = ranges.iter().find(|(a, b)| lo <= *b && *a <= hi) {
+            return Err(invalid(format!(
+                "{key} ({lo}-{hi}) overlaps an earlier trunk entry ({a}-{b})"
+            )));
+        }
+        ranges.push((lo, hi));
+    }
+    let mut out: Vec<u16> = ranges.iter().flat_map(|(a, b)| *a..=*b).collect();
+    out.sort_unstable();
+    Ok(out)
+}
+
+impl OvsConf {
+    /// Reads the plugin's keys from `conf` and `env`'s `CNI_ARGS`.
+    pub fn parse(conf: &NetConf, env: &Env) -> Result<OvsConf, CniError> {
+        let obj = conf
+            .raw
+            .as_object()
+            .ok_or_else(|| invalid("the configuration is not an object".into()))?;
+        let bridge = opt_str(obj, "bridge")?
+            .ok_or_else(|| invalid("bridge is required".into()))?
+            .to_string();
+        let vlan = match obj.get("vlan") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(vlan_id(v, "vlan")?),
+        };
+        let trunk = match obj.get("trunk") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(v) => parse_trunk(v)?,
+        };
+        let socket = opt_str(obj, "socket_file")?
+            .unwrap_or(DEFAULT_SOCKET)
+            .to_string();
+        if crate::ovsdb::parse_target(&socket).is_none() {
+            return Err(invalid(format!(
+                "socket_file {socket:?} is not unix:PATH, tcp:HOST:PORT or an absolute path"
+            )));
+        }
+        let timeout =
+            Duration::from_secs(u64::from(opt_u32(obj, "ovsTimeoutSeconds")?.unwrap_or(10)));
+        let egress_shaping = match opt_str(obj, "egressShaping")? {
+            None | Some("tbf") => EgressShaping::Tbf,
+            Some("police") => EgressShaping::Police,
+            Some(o) => {
+                return Err(invalid(format!(
+                    "egressShaping {o:?} is not \"tbf\" or \"police\""
+                )))
+            }
+        };
+        Ok(OvsConf {
+            bridge,
+            vlan,
+            trunk,
+            mtu: opt_u32(obj, "mtu")?,
+            socket,
+            timeout,
+            egress_shaping,
+            common: Common::parse(conf, env)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_cni::types::parse_conf;
+    use serde_json::json;
+
+    fn env() -> Env {
+        Env::from_fn(|k| match k {
+            "CNI_COMMAND" => Some("ADD".into()),
+            "CNI_CONTAINERID" => Some("c".into()),
+            "CNI_NETNS" => Some("/run/netns/x".into()),
+            "CNI_IFNAME" => Some("eth0".into()),
+            "CNI_PATH" => Some("/opt/cni/bin".into()),
+            _ => None,
+        })
+        .unwrap()
+    }
+
+    fn parse(extra: Value) -> Result<OvsConf, CniError> {
+        let mut c =
+            json!({"cniVersion": "1.1.0", "name": "n", "type": "berth-ovs-vlan", "bridge": "br0"});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        OvsConf::parse(&parse_conf(c.to_string().as_bytes()).unwrap(), &env())
+    }
+
+    #[test]
+    fn vlans_and_trunks() {
+        let c = parse(json!({"vlan": 100, "trunk": [{"id": 7}, {"minID": 200, "maxID": 202}]}))
+            .unwrap();
+        assert_eq!(c.vlan, Some(100));
+        assert_eq!(c.trunk, vec![7, 200, 201, 202]);
+        assert_eq!(c.socket, DEFAULT_SOCKET);
+        assert_eq!(c.egress_shaping, EgressShaping::Tbf);
+        for (extra, needle) in [
+            (json!({"vlan": 0}), "vlan 0"),
+            (json!({"vlan": 4095}), "vlan 4095"),
+            (json!({"vlan": "100"}), "vlan"),
+            (
+                json!({"trunk": [{"id": 10}, {"minID": 5, "maxID": 12}]}),
+                "overlaps",
+            ),
+            (json!({"trunk": [{"minID": 9, "maxID": 5}]}), "trunk[0]"),
+            (json!({"trunk": [{"id": 4095}]}), "trunk[0].id"),
+            (json!({"trunk": {"id": 1}}), "trunk"),
+            (json!({"bridge": ""}), "bridge is required"),
+            (json!({"socket_file": "ssl:1.2.3.4:6640"}), "socket_file"),
+            (json!({"egressShaping": "meter"}), "egressShaping"),
+        ] {
+            let e = parse(extra.clone()).unwrap_err();
+            assert_eq!(e.code, Code::InvalidConfig);
+            assert!(e.msg.contains(needle), "{extra}: {}", e.msg);
+        }
+    }
+}

@@ -1,0 +1,529 @@
+//! The OVS VLAN verbs.
+
+use crate::conf::{EgressShaping, OvsConf};
+use crate::ovsdb::Client;
+use crate::port::{self, cni_err, Found, Owner};
+use berth_cni::env::{Command as Verb, Env};
+use berth_cni::ipcfg::{self, Cidr};
+use berth_cni::link::{self, VethSpec};
+use berth_cni::netlink::{Netlink, NetlinkError};
+use berth_cni::qos::{self, Bandwidth};
+use berth_cni::skel::Plugin;
+use berth_cni::types::{CniResult, Interface, IpConfig, NetConf};
+use berth_cni::{ipam, netns, tc, CniError, Code};
+use serde_json::Value;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+
+/// `berth-ovs-vlan`.
+pub struct OvsVlan;
+
+fn io(e: NetlinkError) -> CniError {
+    CniError::new(Code::Io, e.what.clone()).with_details(e.source.to_string())
+}
+
+/// The host end of the veth for an attachment: `bov` + 12 hex of a stable
+/// hash of container ID and interface, so DEL finds it with no state.
+pub fn host_name(container_id: &str, ifname: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id.bytes().chain([b'/']).chain(ifname.bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("bov{:012x}", h & 0xffff_ffff_ffff)
+}
+
+/// The alias on the host end, so GC can find veths whose port never made it.
+fn alias(network: &str, container_id: &str, ifname: &str) -> String {
+    format!("berth-ovs-vlan network={network} container={container_id} ifname={ifname}")
+}
+
+fn ipam_stdin(conf: &NetConf) -> Vec<u8> {
+    serde_json::to_vec(&conf.raw).unwrap_or_default()
+}
+
+/// Removes what an attachment left on the host: its ports (with QoS rows)
+/// and the host end of its veth.
+fn remove_attachment(db: &mut Client, ports: &[Found], host: &str) -> Result<(), CniError> {
+    port::remove(db, ports)?;
+    let mut nl = Netlink::open().map_err(io)?;
+    for n in ports.iter().map(|p| p.name.as_str()).chain([host]) {
+        link::delete_by_name(&mut nl, n).map_err(io)?;
+    }
+    Ok(())
+}
+
+struct Rollback<'a> {
+    env: &'a Env,
+    conf: &'a NetConf,
+    c: &'a OvsConf,
+    host: String,
+    ipam: bool,
+    armed: bool,
+}
+
+impl Drop for Rollback<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let ids = [
+            (port::CONTAINER, self.env.container_id.clone()),
+            (port::IFNAME, self.env.ifname.clone()),
+        ];
+        match Client::connect(&self.c.socket, self.c.timeout) {
+            Ok(mut db) => {
+                let found = port::find(&mut db, &ids).unwrap_or_default();
+                if let Err(e) = remove_attachment(&mut db, &found, &self.host) {
+                    tracing::warn!(error = %e, "rollback: cannot remove the port");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "rollback: OVSDB unreachable"),
+        }
+        if let Ok(mut nl) = Netlink::open() {
+            let _ = link::delete_by_name(&mut nl, &self.host);
+        }
+        if self.ipam {
+            if let Some(t) = &self.c.common.ipam_type {
+                if let Err(e) = ipam::del(t, self.env, &ipam_stdin(self.conf)) {
+                    tracing::warn!(error = %e, "rollback: IPAM DEL failed");
+                }
+            }
+        }
+        tracing::info!("rolled back the partial ADD");
+    }
+}
+
+fn bandwidth(c: &OvsConf) -> Result<Bandwidth, CniError> {
+    match &c.common.bandwidth {
+        Some((v, key)) => Bandwidth::parse(v, key, c.mtu.unwrap_or(1500)),
+        None => Ok(Bandwidth::default()),
+    }
+}
+
+impl Plugin for OvsVlan {
+    fn add(&self, env: &Env, conf: &NetConf) -> Result<CniResult, CniError> {
+        let netns = env
+            .netns
+            .as_deref()
+            .ok_or_else(|| CniError::new(Code::InvalidEnv, "CNI_NETNS is required"))?;
+        let c = OvsConf::parse(conf, env)?;
+        let bw = bandwidth(&c)?;
+        let ns_file = File::open(netns).map_err(|e| {
+            CniError::new(
+                Code::Io,
+                format!("CNI_NETNS {} cannot be opened", netns.display()),
+            )
+            .with_details(e.to_string())
+        })?;
+        let mut db = Client::connect(&c.socket, c.timeout).map_err(|e| cni_err(e, &c))?;
+        if db
+            .select(
+                "Bridge",
+                serde_json::json!([["name", "==", c.bridge]]),
+                &["name"],
+            )
+            .map_err(|e| cni_err(e, &c))?
+            .is_empty()
+        {
+            return Err(CniError::new(
+                Code::InvalidConfig,
+                format!("bridge {:?} does not exist in OVSDB", c.bridge),
+            ));
+        }
+        let host = host_name(&env.container_id, &env.ifname);
+        // A previous ADD of this attachment that was killed: start clean.
+        let ids = [
+            (port::CONTAINER, env.container_id.clone()),
+            (port::IFNAME, env.ifname.clone()),
+        ];
+        let stale = port::find(&mut db, &ids).map_err(|e| cni_err(e, &c))?;
+        remove_attachment(&mut db, &stale, &host)?;
+
+        let mut nl = Netlink::open().map_err(io)?;
+        let al = alias(&conf.name, &env.container_id, &env.ifname);
+        link::add_veth(
+            &mut nl,
+            &VethSpec {
+                name: &host,
+                peer: &env.ifname,
+                peer_netns_fd: Some(ns_file.as_raw_fd()),
+                mtu: c.mtu,
+                peer_mac: c.common.mac,
+                alias: Some(&al),
+            },
+        )
+        .map_err(|e| {
+            if e.is_exists() {
+                CniError::new(
+                    Code::InvalidEnv,
+                    format!(
+                        "CNI_IFNAME {} already exists in the container's netns",
+                        env.ifname
+                    ),
+                )
+            } else {
+                io(e)
+            }
+        })?;
+        let mut rb = Rollback {
+            env,
+            conf,
+            c: &c,
+            host: host.clone(),
+            ipam: false,
+            armed: true,
+        };
+        let hl = link::by_name(&mut nl, &host)
+            .map_err(io)?
+            .ok_or_else(|| CniError::new(Code::Io, format!("veth {host} vanished")))?;
+        link::set_up(&mut nl, hl.index).map_err(io)?;
+        let owner = Owner {
+            container_id: &env.container_id,
+            ifname: &env.ifname,
+            netns: &netns.display().to_string(),
+            network: &conf.name,
+        };
+        port::add(&mut db, &c, &host, &owner, bw.ingress, bw.egress)?;
+        if bw.ingress.is_some()
+            && !tc::qdiscs(&mut nl, hl.index)
+                .map_err(io)?
+                .iter()
+                .any(|q| q.parent == tc::ROOT && q.kind == "htb")
+        {
+            return Err(CniError::new(
+                Code::Io,
+                format!("ovs-vswitchd did not install the linux-htb QoS on port {host}"),
+            ));
+        }
+        if c.egress_shaping == EgressShaping::Police && bw.egress.is_some() {
+            let applied = tc::qdiscs(&mut nl, hl.index)
+                .map_err(io)?
+                .iter()
+                .any(|q| q.parent == tc::INGRESS)
+                && tc::ingress_filters(&mut nl, hl.index).map_err(io)? > 0;
+            if !applied {
+                return Err(CniError::new(
+                    Code::InvalidConfig,
+                    format!(
+                        "egressShaping police: OVS did not apply ingress_policing_rate on port {host} (this kernel likely lacks act_police); use egressShaping \"tbf\""
+                    ),
+                ));
+            }
+        }
+
+        let mut result = CniResult::default();
+        if let Some(t) = &c.common.ipam_type {
+            rb.ipam = true;
+            let r = ipam::add(t, env, &ipam_stdin(conf))?;
+            if r.ips.is_empty() {
+                return Err(CniError::new(
+                    Code::Plugin(100),
+                    format!("IPAM plugin {t} returned no IP configuration"),
+                ));
+            }
+            result.ips = r.ips;
+            result.routes = r.routes;
+        } else {
+            result.ips = c
+                .common
+                .static_ips
+                .iter()
+                .map(|x| IpConfig {
+                    address: x.to_string(),
+                    gateway: None,
+                    interface: None,
+                })
+                .collect();
+        }
+        for ip in &mut result.ips {
+            ip.interface = Some(1);
+        }
+        let ifname = env.ifname.clone();
+        let egress_tbf = Bandwidth {
+            ingress: None,
+            egress: bw.egress.filter(|_| c.egress_shaping == EgressShaping::Tbf),
+        };
+        let res = &result;
+        let (mac, mtu) = netns::run_in(netns, move || -> Result<(String, u32), CniError> {
+            let mut nl = Netlink::open().map_err(io)?;
+            let l = link::by_name(&mut nl, &ifname)
+                .map_err(io)?
+                .ok_or_else(|| {
+                    CniError::new(
+                        Code::Io,
+                        format!("{ifname} is not in the container's netns"),
+                    )
+                })?;
+            if !egress_tbf.is_empty() {
+                qos::apply(&mut nl, l.index, &ifname, &egress_tbf)?;
+            }
+            if !res.ips.is_empty() {
+                if let Err(e) = berth_cni::arp::set_arp_notify(&ifname) {
+                    tracing::warn!(error = %e, "cannot set arp_notify");
+                }
+            }
+            ipcfg::add_addresses(&mut nl, l.index, 1, res)?;
+            link::set_up(&mut nl, l.index).map_err(io)?;
+            ipcfg::add_routes(&mut nl, l.index, 1, res)?;
+            Ok((l.mac_string(), l.mtu))
+        })??;
+        rb.armed = false;
+        result.interfaces = vec![
+            Interface {
+                name: host.clone(),
+                mac: hl.mac_string(),
+                mtu: Some(hl.mtu),
+                sandbox: None,
+            },
+            Interface {
+                name: env.ifname.clone(),
+                mac,
+                mtu: Some(mtu),
+                sandbox: Some(netns.display().to_string()),
+            },
+        ];
+        result.dns = c.common.dns.clone();
+        tracing::info!(bridge = %c.bridge, port = %host, vlan = ?c.vlan, trunk = ?c.trunk, ?bw, "attached to OVS");
+        Ok(result)
+    }
+
+    fn del(&self, env: &Env, conf: &NetConf) -> Result<(), CniError> {
+        let c = OvsConf::parse(conf, env)?;
+        let ipam_result = match &c.common.ipam_type {
+            Some(t) => ipam::del(t, env, &ipam_stdin(conf)),
+            None => Ok(()),
+        };
+        let host = host_name(&env.container_id, &env.ifname);
+        let mut db = Client::connect(&c.socket, c.timeout).map_err(|e| cni_err(e, &c))?;
+        let ids = [
+            (port::CONTAINER, env.container_id.clone()),
+            (port::IFNAME, env.ifname.clone()),
+        ];
+        let found = port::find(&mut db, &ids).map_err(|e| cni_err(e, &c))?;
+        remove_attachment(&mut db, &found, &host)?;
+        ipam_result
+    }
+
+    fn check(&self, env: &Env, conf: &NetConf) -> Result<(), CniError> {
+        let netns = env
+            .netns
+            .as_deref()
+            .ok_or_else(|| CniError::new(Code::InvalidEnv, "CNI_NETNS is required"))?;
+        let prev = conf.prev_result.as_ref().ok_or_else(|| {
+            CniError::new(Code::InvalidConfig, "prevResult is required for CHECK")
+        })?;
+        let prev = CniResult::from_json(prev)?;
+        let c = OvsConf::parse(conf, env)?;
+        let bw = bandwidth(&c)?;
+        if let Some(t) = &c.common.ipam_type {
+            let plugin = ipam::find_plugin(t, &env.path)?;
+            ipam::exec_negotiated(&plugin, Verb::Check, env, &ipam_stdin(conf))?;
+        }
+        let mismatch = |m: String| CniError::new(Code::Plugin(101), m);
+        let mut db = Client::connect(&c.socket, c.timeout).map_err(|e| cni_err(e, &c))?;
+        let ids = [
+            (port::CONTAINER, env.container_id.clone()),
+            (port::IFNAME, env.ifname.clone()),
+        ];
+        let found = port::find(&mut db, &ids).map_err(|e| cni_err(e, &c))?;
+        let p = match found.as_slice() {
+            [p] => p.clone(),
+            [] => return Err(mismatch("no OVS port carries this attachment".into())),
+            _ => {
+                return Err(mismatch(
+                    "more than one OVS port carries this attachment".into(),
+                ))
+            }
+        };
+        let want_trunks: Vec<i64> = c.trunk.iter().map(|v| i64::from(*v)).collect();
+        if p.tag != c.vlan.map(i64::from) || p.trunks != want_trunks {
+            return Err(mismatch(format!(
+                "port {} has tag {:?} and trunks {:?}, configured vlan {:?} and trunk {:?}",
+                p.name, p.tag, p.trunks, c.vlan, c.trunk
+            )));
+        }
+        let bridge_has = db
+            .select(
+                "Bridge",
+                serde_json::json!([
+                    ["name", "==", c.bridge],
+                    ["ports", "includes", crate::ovsdb::uuid(&p.port)]
+                ]),
+                &["name"],
+            )
+            .map_err(|e| cni_err(e, &c))?;
+        if bridge_has.is_empty() {
+            return Err(mismatch(format!(
+                "port {} is not on bridge {}",
+                p.name, c.bridge
+            )));
+        }
+        if bw.ingress.is_some() != p.qos.is_some() {
+            return Err(mismatch(format!(
+                "port {} QoS is {}, ingress bandwidth is {}",
+                p.name,
+                if p.qos.is_some() { "set" } else { "missing" },
+                if bw.ingress.is_some() {
+                    "configured"
+                } else {
+                    "not configured"
+                }
+            )));
+        }
+        let mut nl = Netlink::open().map_err(io)?;
+        let hl = link::by_name(&mut nl, &p.name)
+            .map_err(io)?
+            .ok_or_else(|| mismatch(format!("host veth {} is missing", p.name)))?;
+        if bw.ingress.is_some()
+            && !tc::qdiscs(&mut nl, hl.index)
+                .map_err(io)?
+                .iter()
+                .any(|q| q.parent == tc::ROOT && q.kind == "htb")
+        {
+            return Err(mismatch(format!("no linux-htb qdisc on {}", p.name)));
+        }
+        let ifname = env.ifname.clone();
+        let ours = prev
+            .interfaces
+            .iter()
+            .position(|i| i.name == ifname && i.sandbox.is_some())
+            .ok_or_else(|| {
+                CniError::new(
+                    Code::InvalidConfig,
+                    format!("prevResult has no interface {ifname} in a sandbox"),
+                )
+            })?;
+        let want_mac = prev.interfaces[ours].mac.clone();
+        let egress_tbf = Bandwidth {
+            ingress: None,
+            egress: bw.egress.filter(|_| c.egress_shaping == EgressShaping::Tbf),
+        };
+        netns::run_in(netns, move || -> Result<(), CniError> {
+            let mut nl = Netlink::open().map_err(io)?;
+            let l = link::by_name(&mut nl, &ifname)
+                .map_err(io)?
+                .ok_or_else(|| mismatch(format!("{ifname} is not in the container's netns")))?;
+            if l.kind.as_deref() != Some("veth") {
+                return Err(mismatch(format!("{ifname} is not a veth")));
+            }
+            if !want_mac.is_empty() && !l.mac_string().eq_ignore_ascii_case(&want_mac) {
+                return Err(mismatch(format!(
+                    "{ifname} has MAC {}, prevResult says {want_mac}",
+                    l.mac_string()
+                )));
+            }
+            if let Some(mtu) = c.mtu {
+                if l.mtu != mtu {
+                    return Err(mismatch(format!(
+                        "{ifname} has MTU {}, configured {mtu}",
+                        l.mtu
+                    )));
+                }
+            }
+            let have = ipcfg::addresses(&mut nl, l.index).map_err(io)?;
+            for ip in prev
+                .ips
+                .iter()
+                .filter(|i| i.interface.is_none_or(|i| i == ours))
+            {
+                let want = Cidr::parse(&ip.address).ok_or_else(|| {
+                    CniError::new(
+                        Code::Decode,
+                        format!("prevResult address {:?} is not a CIDR", ip.address),
+                    )
+                })?;
+                if !have.contains(&want) {
+                    return Err(mismatch(format!("{ifname} lacks address {want}")));
+                }
+            }
+            qos::verify(&mut nl, l.index, &ifname, &egress_tbf)
+        })?
+    }
+
+    fn status(&self, env: &Env, conf: &NetConf) -> Result<(), CniError> {
+        let c = OvsConf::parse(conf, env)?;
+        let mut db = Client::connect(&c.socket, c.timeout).map_err(|e| {
+            CniError::new(Code::NotAvailable, format!("socket_file {}: {e}", c.socket))
+        })?;
+        let bridges = db
+            .select(
+                "Bridge",
+                serde_json::json!([["name", "==", c.bridge]]),
+                &["name"],
+            )
+            .map_err(|e| CniError::new(Code::NotAvailable, e.to_string()))?;
+        if bridges.is_empty() {
+            return Err(CniError::new(
+                Code::NotAvailable,
+                format!("bridge {:?} does not exist in OVSDB", c.bridge),
+            ));
+        }
+        if let Some(t) = &c.common.ipam_type {
+            ipam::passthrough_11(t, Verb::Status, env, &ipam_stdin(conf))?;
+        }
+        Ok(())
+    }
+
+    fn gc(&self, env: &Env, conf: &NetConf) -> Result<(), CniError> {
+        let c = OvsConf::parse(conf, env)?;
+        let valid: Vec<(String, String)> = conf
+            .raw
+            .get("cni.dev/valid-attachments")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| {
+                        Some((
+                            v.get("containerID")?.as_str()?.to_string(),
+                            v.get("ifname")?.as_str()?.to_string(),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut db = Client::connect(&c.socket, c.timeout).map_err(|e| cni_err(e, &c))?;
+        let ours = port::find(&mut db, &[(port::NETWORK, conf.name.clone())])
+            .map_err(|e| cni_err(e, &c))?;
+        let stale: Vec<Found> = ours
+            .into_iter()
+            .filter(|p| !valid.contains(&p.owner))
+            .collect();
+        for p in &stale {
+            tracing::info!(port = %p.name, container = %p.owner.0, ifname = %p.owner.1, "GC: removing a port not in the valid list");
+        }
+        port::remove(&mut db, &stale)?;
+        // Veths whose ADD died before its port was written, found by alias.
+        let mut nl = Netlink::open().map_err(io)?;
+        let prefix = format!("berth-ovs-vlan network={} ", conf.name);
+        let keep: Vec<String> = valid.iter().map(|(id, ifn)| host_name(id, ifn)).collect();
+        for l in link::list(&mut nl).map_err(io)? {
+            let ours = l.alias.as_deref().is_some_and(|a| a.starts_with(&prefix));
+            if ours && !keep.contains(&l.name) {
+                tracing::info!(veth = %l.name, "GC: removing a veth not in the valid list");
+                link::delete(&mut nl, l.index).map_err(io)?;
+            }
+        }
+        let n = port::remove_orphan_qos(&mut db, &conf.name).map_err(|e| cni_err(e, &c))?;
+        if n > 0 {
+            tracing::info!(rows = n, "GC: removed orphaned QoS rows");
+        }
+        if let Some(t) = &c.common.ipam_type {
+            ipam::passthrough_11(t, Verb::Gc, env, &ipam_stdin(conf))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_name;
+
+    #[test]
+    fn host_names_are_stable_short_and_distinct() {
+        let a = host_name("abc", "eth0");
+        assert_eq!(a, host_name("abc", "eth0"));
+        assert_eq!(a.len(), 15);
+        assert_ne!(a, host_name("abc", "eth1"));
+        assert_ne!(host_name("ab", "ceth0"), host_name("abc", "eth0"));
+    }
+}
