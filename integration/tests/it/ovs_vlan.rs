@@ -483,3 +483,24 @@ fn del_after_the_netns_is_gone_and_ctr_run_cni() {
     assert!(r.stdout.contains("10.220.0."), "{}", r.stdout);
     assert_clean(&name);
 }
+
+#[test]
+fn ovsdb_over_tcp_works_like_unix() {
+    let br = OvsBridge::new();
+    let port = 20000 + std::process::id() % 20000;
+    let ctl = ovs().rundir.join("ovsdb-server.ctl");
+    let added = Command::new("ovs-appctl")
+        .arg(format!("--target={}", ctl.display()))
+        .args(["ovsdb-server/add-remote", &format!("ptcp:{port}:127.0.0.1")])
+        .status()
+        .expect("ovs-appctl");
+    assert!(added.success(), "cannot add a TCP remote to ovsdb-server");
+    let (mut c, _d) = conf(&br, "10.221.0.0/24", json!({"vlan": 9}));
+    c["socket_file"] = json!(format!("tcp:127.0.0.1:{port}"));
+    let a = Attached::new(&c);
+    assert!(a.ip().starts_with("10.221.0."));
+    let name = c["name"].as_str().unwrap().to_string();
+    assert_eq!(rows_with("Port", "berth.network", &name), 1);
+    drop(a);
+    assert_clean(&name);
+}
