@@ -10,3 +10,29 @@ mod port;
 fn main() {
     std::process::exit(berth_cni::skel::run(&plugin::OvsVlan));
 }
+
+#[cfg(test)]
+mod fuzz {
+    #[test]
+    fn stdin_and_cni_args_never_panic() {
+        berth_cni::fuzzing::never_panics(
+            &crate::plugin::OvsVlan,
+            "berth-ovs-vlan",
+            &[
+                "bridge",
+                "vlan",
+                "trunk",
+                "mtu",
+                "mac",
+                "socket_file",
+                "ovsTimeoutSeconds",
+                "egressShaping",
+                "bandwidth",
+                "ipam",
+                "dns",
+                "prevResult",
+                "runtimeConfig",
+            ],
+        );
+    }
+}

@@ -7,12 +7,17 @@
 //! * [`ipam`]: delegating to the IPAM plugin named by `ipam.type`;
 //! * [`netns`]: running code inside a network namespace on its own thread.
 //!
-//! The plugins themselves (issues #6 and #7) have not landed yet.
+//! It also holds the verb dispatcher ([`skel`]), a blocking rtnetlink client
+//! ([`netlink`], [`link`], [`ipcfg`], [`tc`]), in-netns bandwidth shaping
+//! ([`qos`]), the shared capability keys ([`caps`]) and file logging
+//! ([`logging`]), used by `berth-macvlan` and `berth-ovs-vlan`.
 
 pub mod arp;
 pub mod caps;
 pub mod env;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod ipam;
 pub mod ipcfg;
 pub mod link;
