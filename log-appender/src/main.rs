@@ -1,9 +1,225 @@
-//! `berth-log-appender`: Berth non-blocking log forwarder to Kafka.
-//!
-//! Not landed yet (issue #8). The binary exists so the workspace and packaging
-//! have their final names; it refuses to run rather than pretend to work.
+//! `berth-log-appender`: the command line. See `--help` and the README.
+
+use anyhow::{bail, Context, Result};
+use berth_log_appender::config::{self, Config};
+use berth_log_appender::input::{self, bundle_env, hostname, inherited};
+use berth_log_appender::record::Origin;
+use berth_log_appender::router::{self, Shared};
+use berth_log_appender::spill::Spill;
+use berth_log_appender::{metrics, reload};
+use clap::Parser;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Forward container logs to Kafka without ever blocking the container.
+///
+/// Three ways in:
+///
+/// * containerd's binary logger (the default when started by a shim):
+///   `ctr run --log-uri 'binary:///usr/bin/berth-log-appender?config=/etc/berth/log-appender.yaml'`;
+///   stdout arrives on fd 3, stderr on fd 4, fd 5 is closed once ready, the
+///   URI's query pairs arrive as `KEY VALUE` arguments (`config`, `name`).
+/// * `app | berth-log-appender --stdin --name app`
+/// * `berth-log-appender --listen [SOCKET]`: a daemon reading line-framed
+///   clients on a unix socket (optional first line
+///   `BERTH-HELLO {"container_id": ..., "container_name": ..., "env": {...}}`).
+///
+/// Configuration: `/etc/berth/log-appender.yaml` (every key documented in
+/// the shipped file), or `--config` / `BERTH_LOG_APPENDER_CONFIG`; a missing
+/// default file means the built-in defaults. The file is watched and
+/// reloaded; an invalid change is logged and ignored. Diagnostics go to
+/// stderr (`BERTH_LOG` sets the level).
+#[derive(Debug, Parser)]
+#[command(name = "berth-log-appender", version)]
+struct Cli {
+    /// The YAML configuration.
+    #[arg(long, env = "BERTH_LOG_APPENDER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Read lines from stdin (until EOF).
+    #[arg(long, conflicts_with = "listen")]
+    stdin: bool,
+    /// The container name for --stdin (also names its spill directory).
+    #[arg(long)]
+    name: Option<String>,
+    /// Daemon mode: listen on a unix socket (default: `listen_socket` from the config).
+    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    listen: Option<PathBuf>,
+    /// Seconds to keep delivering after the inputs close; what is left stays
+    /// in the spill for the next start. Default: kafka.message_timeout_ms + 5 s.
+    #[arg(long)]
+    drain_seconds: Option<u64>,
+    /// containerd's binary logger passes its URI query as `KEY VALUE` pairs.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pairs: Vec<String>,
+}
+
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    SIGNALLED.store(true, Relaxed);
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
 
 fn main() {
-    eprintln!("berth-log-appender: not implemented yet (see issue #8)");
-    std::process::exit(1);
+    let filter = std::env::var("BERTH_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .init();
+    if let Err(e) = run() {
+        tracing::error!("{e:#}");
+        eprintln!("berth-log-appender: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    let mut pairs = std::collections::BTreeMap::new();
+    for kv in cli.pairs.chunks(2) {
+        match kv {
+            [k, v] => {
+                pairs.insert(k.clone(), v.clone());
+            }
+            [k] => bail!("argument {k:?} has no value (binary logger arguments come as KEY VALUE)"),
+            _ => {}
+        }
+    }
+    let path = cli
+        .config
+        .clone()
+        .or_else(|| pairs.get("config").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+    let cfg = if path.exists() || cli.config.is_some() || pairs.contains_key("config") {
+        Config::load(&path)?
+    } else {
+        tracing::info!(path = %path.display(), "no configuration file; using the defaults");
+        Config::default()
+    };
+    // SAFETY: installing an async-signal-safe handler that only stores a flag.
+    unsafe {
+        libc::signal(libc::SIGTERM, on_signal as *const () as usize);
+        libc::signal(libc::SIGINT, on_signal as *const () as usize);
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    let shared = Shared::new(cfg.clone());
+    let host = hostname();
+    let mut ready_fd = None;
+    let source = if cli.stdin {
+        let name = cli.name.clone().unwrap_or_else(|| "stdin".into());
+        let origin = Arc::new(Origin {
+            container_id: name.clone(),
+            container_name: name.clone(),
+            host,
+            env: std::env::vars().collect(),
+            ..Default::default()
+        });
+        input::spawn_reader(shared.clone(), origin, "stdout", std::io::stdin())?;
+        name
+    } else if let Some(sock) = &cli.listen {
+        let sock = if sock.as_os_str().is_empty() {
+            cfg.listen_socket.clone()
+        } else {
+            sock.clone()
+        };
+        input::serve_socket(shared.clone(), &sock)
+            .with_context(|| format!("cannot listen on {}", sock.display()))?;
+        tracing::info!(socket = %sock.display(), "listening");
+        "daemon".into()
+    } else {
+        let id = std::env::var("CONTAINER_ID").context(
+            "not started by containerd (no CONTAINER_ID): use --stdin or --listen, see --help",
+        )?;
+        let namespace = std::env::var("CONTAINER_NAMESPACE").unwrap_or_default();
+        let origin = Arc::new(Origin {
+            container_name: pairs.get("name").cloned().unwrap_or_else(|| id.clone()),
+            container_id: id.clone(),
+            namespace: namespace.clone(),
+            host,
+            env: bundle_env(),
+        });
+        let out = inherited(3);
+        let err = inherited(4);
+        if out.is_none() && err.is_none() {
+            bail!("binary logger mode needs the container's stdout on fd 3 and stderr on fd 4");
+        }
+        if let Some(f) = out {
+            input::spawn_reader(shared.clone(), origin.clone(), "stdout", f)?;
+        }
+        if let Some(f) = err {
+            input::spawn_reader(shared.clone(), origin, "stderr", f)?;
+        }
+        ready_fd = inherited(5);
+        if namespace.is_empty() {
+            id
+        } else {
+            format!("{namespace}-{id}")
+        }
+    };
+    let dir = cfg.spill.dir.join(sanitize(&source));
+    let (spill, found) = Spill::open(
+        &dir,
+        cfg.spill.max_bytes,
+        cfg.spill.segment_bytes,
+        cfg.spill.when_full,
+    )?;
+    if found.records > 0 || found.torn > 0 {
+        tracing::info!(records = found.records, torn = found.torn, dir = %dir.display(), "replaying the spill left by a previous run");
+    }
+    shared
+        .metrics
+        .dropped_corrupt
+        .fetch_add(found.torn, Relaxed);
+    if let Some(l) = &cfg.metrics.listen {
+        metrics::serve(l, shared.metrics.clone()).with_context(|| format!("metrics.listen {l}"))?;
+    }
+    let _watcher = if path.exists() {
+        reload::watch(shared.clone(), path.clone())
+            .map_err(
+                |e| tracing::warn!(error = %e, "cannot watch the configuration; no hot reload"),
+            )
+            .ok()
+    } else {
+        None
+    };
+    // Ready: containerd's shim waits for fd 5 to close.
+    drop(ready_fd);
+    let s2 = shared.clone();
+    std::thread::spawn(move || loop {
+        if SIGNALLED.load(Relaxed) {
+            s2.stop.store(true, Relaxed);
+            s2.queue.wake();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    });
+    let drain = Duration::from_secs(
+        cli.drain_seconds
+            .unwrap_or(u64::from(cfg.kafka.message_timeout_ms) / 1000 + 5),
+    );
+    router::run(shared.clone(), spill, drain)?;
+    let m = &shared.metrics;
+    tracing::info!(
+        received = m.received.load(Relaxed),
+        sent = m.sent.load(Relaxed),
+        replayed = m.replayed.load(Relaxed),
+        spilled = m.spilled.load(Relaxed),
+        dropped = m.dropped(),
+        "done"
+    );
+    Ok(())
 }

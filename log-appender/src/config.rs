@@ -1,0 +1,399 @@
+//! `/etc/berth/log-appender.yaml`: every key, its default, and validation.
+//! An invalid file is refused as a whole with the key named; on reload the
+//! old configuration then stays in force.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Where the configuration lives unless `--config` or `BERTH_LOG_APPENDER_CONFIG` says.
+pub const DEFAULT_PATH: &str = "/etc/berth/log-appender.yaml";
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// YAML that does not parse or has unknown keys or wrong types.
+    #[error("{path}: {msg}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// serde_yaml's message (it names the key and line).
+        msg: String,
+    },
+    /// A value out of range.
+    #[error("{key}: {msg}")]
+    Invalid {
+        /// The key, dotted.
+        key: &'static str,
+        /// What is wrong.
+        msg: String,
+    },
+}
+
+/// `mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Send to Kafka; spill only beyond the rate limit or while Kafka is
+    /// unreachable or slow (Noah's "mode 2").
+    #[default]
+    KafkaFirst,
+    /// Append everything to the spill, ship from it at the rate limit ("mode 1").
+    DiskFirst,
+}
+
+/// `kafka.compression`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// No compression.
+    None,
+    /// gzip.
+    Gzip,
+    /// snappy.
+    Snappy,
+    /// lz4 (the default: cheap and effective on log lines).
+    #[default]
+    Lz4,
+    /// zstd.
+    Zstd,
+}
+
+impl Compression {
+    /// librdkafka's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// `kafka.acks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Acks {
+    /// Every in-sync replica (the default; needed for "never lost").
+    #[default]
+    All,
+    /// The leader only.
+    Leader,
+}
+
+/// `kafka`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Kafka {
+    /// Bootstrap brokers, `host:port`.
+    pub brokers: Vec<String>,
+    /// Topic; `{container_name}`, `{container_id}` and `{namespace}` are
+    /// replaced per record.
+    pub topic: String,
+    /// Compression codec.
+    pub compression: Compression,
+    /// Acknowledgements required.
+    pub acks: Acks,
+    /// `linger.ms`.
+    pub linger_ms: u32,
+    /// `batch.size` in bytes.
+    pub batch_bytes: u32,
+    /// `message.timeout.ms`: a record not acknowledged by then goes back to
+    /// the spill.
+    pub message_timeout_ms: u32,
+    /// The partition key: `container_id`, `container_name`, `field:NAME`
+    /// (a `fields_from_env` field) or `none`.
+    pub partition_key: String,
+}
+
+impl Default for Kafka {
+    fn default() -> Self {
+        Kafka {
+            brokers: vec!["127.0.0.1:9092".into()],
+            topic: "logs".into(),
+            compression: Compression::default(),
+            acks: Acks::default(),
+            linger_ms: 5,
+            batch_bytes: 1_000_000,
+            message_timeout_ms: 30_000,
+            partition_key: "container_id".into(),
+        }
+    }
+}
+
+/// `rate_limit`: a token bucket; 0 means unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimit {
+    /// Lines per second sent to Kafka.
+    pub lines_per_sec: u64,
+    /// Bytes per second sent to Kafka.
+    pub bytes_per_sec: u64,
+}
+
+/// `spill.when_full`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Refuse new records (counted as `spill_full`), keep the oldest.
+    #[default]
+    DropNewest,
+    /// Delete the oldest segment (its records counted as `spill_evicted`).
+    DropOldest,
+}
+
+/// `spill`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Spill {
+    /// The directory; each source gets a subdirectory.
+    pub dir: PathBuf,
+    /// The byte budget of all segments of one source.
+    pub max_bytes: u64,
+    /// Segment size before rolling to the next.
+    pub segment_bytes: u64,
+    /// What to do when the budget is spent.
+    pub when_full: WhenFull,
+}
+
+impl Default for Spill {
+    fn default() -> Self {
+        Spill {
+            dir: PathBuf::from("/var/lib/berth/log-appender"),
+            max_bytes: 1 << 30,
+            segment_bytes: 16 << 20,
+            when_full: WhenFull::default(),
+        }
+    }
+}
+
+/// `lines`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Overflow {
+    /// Split a long line into several records (each with `part`/`parts`).
+    #[default]
+    Split,
+    /// Keep the first `max_bytes` and mark the record `truncated`.
+    Truncate,
+}
+
+/// `lines`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Lines {
+    /// Longest line kept in one record.
+    pub max_bytes: usize,
+    /// What happens beyond it.
+    pub overflow: Overflow,
+}
+
+impl Default for Lines {
+    fn default() -> Self {
+        Lines {
+            max_bytes: 16 * 1024,
+            overflow: Overflow::Split,
+        }
+    }
+}
+
+/// `metrics`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// Serve Prometheus text on `http://LISTEN/metrics` (e.g. `127.0.0.1:9145`).
+    pub listen: Option<String>,
+    /// Log the counters every this many seconds (0: never).
+    pub log_interval_secs: u64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            listen: None,
+            log_interval_secs: 60,
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `kafka_first` or `disk_first`.
+    pub mode: Mode,
+    /// Kafka.
+    pub kafka: Kafka,
+    /// The rate limit towards Kafka.
+    pub rate_limit: RateLimit,
+    /// The disk spill.
+    pub spill: Spill,
+    /// `memory.max_bytes`: the in-memory queue's cap.
+    pub memory_max_bytes: u64,
+    /// Line handling.
+    pub lines: Lines,
+    /// Container environment variables copied into every record's `fields`.
+    pub fields_from_env: Vec<String>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// The daemon mode's unix socket.
+    pub listen_socket: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mode: Mode::default(),
+            kafka: Kafka::default(),
+            rate_limit: RateLimit::default(),
+            spill: Spill::default(),
+            memory_max_bytes: 64 << 20,
+            lines: Lines::default(),
+            fields_from_env: Vec::new(),
+            metrics: Metrics::default(),
+            listen_socket: PathBuf::from("/run/berth/log-appender.sock"),
+        }
+    }
+}
+
+/// The partition key, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartitionKey {
+    /// The container ID.
+    ContainerId,
+    /// The container name.
+    ContainerName,
+    /// A field from `fields_from_env`.
+    Field(String),
+    /// No key: librdkafka spreads records.
+    None,
+}
+
+impl Config {
+    /// Parses and validates YAML text read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let c: Config = if text.trim().is_empty() {
+            Config::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                msg: e.to_string(),
+            })?
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// The partition key setting.
+    pub fn partition_key(&self) -> PartitionKey {
+        match self.kafka.partition_key.as_str() {
+            "container_id" => PartitionKey::ContainerId,
+            "container_name" => PartitionKey::ContainerName,
+            "none" => PartitionKey::None,
+            f => PartitionKey::Field(f.trim_start_matches("field:").to_string()),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, msg: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                msg: msg.to_string(),
+            })
+        };
+        if self.kafka.brokers.is_empty() || self.kafka.brokers.iter().any(|b| !b.contains(':')) {
+            return bad("kafka.brokers", "needs at least one host:port");
+        }
+        if self.kafka.topic.is_empty() {
+            return bad("kafka.topic", "must not be empty");
+        }
+        let k = self.kafka.partition_key.as_str();
+        if !(matches!(k, "container_id" | "container_name" | "none") || k.starts_with("field:")) {
+            return bad(
+                "kafka.partition_key",
+                "is container_id, container_name, field:NAME or none",
+            );
+        }
+        if let Some(f) = k.strip_prefix("field:") {
+            if !self.fields_from_env.iter().any(|x| x == f) {
+                return bad(
+                    "kafka.partition_key",
+                    "names a field that fields_from_env does not list",
+                );
+            }
+        }
+        if self.kafka.message_timeout_ms < 1000 {
+            return bad("kafka.message_timeout_ms", "must be at least 1000");
+        }
+        if self.lines.max_bytes < 64 {
+            return bad("lines.max_bytes", "must be at least 64");
+        }
+        if self.memory_max_bytes < (self.lines.max_bytes as u64) * 4 {
+            return bad("memory_max_bytes", "must hold at least 4 maximal lines");
+        }
+        if self.spill.segment_bytes < 4096 || self.spill.segment_bytes > self.spill.max_bytes {
+            return bad(
+                "spill.segment_bytes",
+                "must be at least 4096 and at most spill.max_bytes",
+            );
+        }
+        if !self.spill.dir.is_absolute() {
+            return bad("spill.dir", "must be an absolute path");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(s, Path::new("t.yaml"))
+    }
+
+    #[test]
+    fn defaults_and_errors_name_the_key() {
+        let c = parse("").unwrap();
+        assert_eq!(c.mode, Mode::KafkaFirst);
+        assert_eq!(c.partition_key(), PartitionKey::ContainerId);
+        let c = parse("mode: disk_first\nkafka:\n  topic: 'app-{container_name}'\n  compression: zstd\nrate_limit:\n  lines_per_sec: 100\nfields_from_env: [APP]\n").unwrap();
+        assert_eq!(c.kafka.compression, Compression::Zstd);
+        assert_eq!(c.rate_limit.lines_per_sec, 100);
+        for (y, needle) in [
+            ("kafka:\n  topc: x\n", "topc"),
+            ("mode: fast\n", "mode"),
+            ("kafka:\n  compression: brotli\n", "brotli"),
+            (
+                "kafka:\n  partition_key: field:APP\n",
+                "kafka.partition_key",
+            ),
+            ("kafka:\n  brokers: []\n", "kafka.brokers"),
+            ("spill:\n  dir: relative\n", "spill.dir"),
+            ("lines:\n  max_bytes: 1\n", "lines.max_bytes"),
+            ("rate_limit: 5\n", "rate_limit"),
+        ] {
+            let e = parse(y).unwrap_err().to_string();
+            assert!(e.contains(needle), "{y:?}: {e}");
+        }
+    }
+}

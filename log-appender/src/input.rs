@@ -1,0 +1,152 @@
+//! The three ways in: containerd's binary logger protocol (stdout on fd 3,
+//! stderr on fd 4, fd 5 closed when ready), stdin, and a unix socket with
+//! many line-framed clients. Each input reads on its own thread and only
+//! ever offers records to the memory queue, which never blocks.
+
+use crate::lines;
+use crate::record::{self, Origin};
+use crate::router::Shared;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::{FromRawFd, RawFd};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+/// Reads `r` as `stream` of `origin` until EOF on a thread of its own.
+pub fn spawn_reader(
+    shared: Arc<Shared>,
+    origin: Arc<Origin>,
+    stream: &'static str,
+    r: impl Read + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    shared.inputs_open.fetch_add(1, Relaxed);
+    std::thread::Builder::new()
+        .name(format!("in-{stream}"))
+        .spawn(move || {
+            read_into(&shared, &origin, stream, r);
+            shared.inputs_open.fetch_sub(1, Relaxed);
+            shared.queue.wake();
+        })
+}
+
+/// Reads lines from `r` into the queue (on the caller's thread).
+pub fn read_into(shared: &Shared, origin: &Origin, stream: &str, r: impl Read) {
+    let cfg = shared.cfg();
+    let m = &shared.metrics;
+    let res = lines::split(r, cfg.lines.max_bytes, cfg.lines.overflow, |line, cut| {
+        m.received.fetch_add(1, Relaxed);
+        m.received_bytes.fetch_add(line.len() as u64, Relaxed);
+        // The configuration in force when the line is read decides its
+        // topic, key and fields (a reload applies from the next line).
+        let cfg = shared.cfg();
+        let rec = record::make(&cfg, origin, stream, line, cut);
+        if shared.queue.try_push(rec).is_err() {
+            m.dropped_memory_full.fetch_add(1, Relaxed);
+        }
+    });
+    if let Err(e) = res {
+        tracing::warn!(stream, error = %e, "input read failed; input closed");
+    }
+}
+
+/// The host name (`/proc/sys/kernel/hostname`).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The environment of the container whose bundle is the current directory
+/// (containerd starts a binary logger in the bundle): `process.env` of
+/// `./config.json`.
+pub fn bundle_env() -> BTreeMap<String, String> {
+    let Ok(b) = std::fs::read("config.json") else {
+        return BTreeMap::new();
+    };
+    let v: serde_json::Value = serde_json::from_slice(&b).unwrap_or_default();
+    v["process"]["env"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e.as_str()?.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Takes ownership of an inherited file descriptor, if it is open.
+pub fn inherited(fd: RawFd) -> Option<std::fs::File> {
+    // SAFETY: F_GETFD only inspects the descriptor.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // Nothing we start may inherit it (a child keeping fd 5 hangs the shim).
+    // SAFETY: setting FD_CLOEXEC on a descriptor we now own.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // SAFETY: the descriptor is open and from now on owned only here.
+    Some(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+/// The daemon mode: accepts clients on `path` forever; each client's lines
+/// go in as `stdout` of the origin its optional first line names:
+/// `BERTH-HELLO {"container_id": "...", "container_name": "...", "env": {...}}`.
+pub fn serve_socket(shared: Arc<Shared>, path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    // A socket file left by a previous process (nothing listens any more).
+    if std::os::unix::net::UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    let l = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    shared.inputs_open.fetch_add(1, Relaxed);
+    let host = hostname();
+    std::thread::Builder::new()
+        .name("listen".into())
+        .spawn(move || {
+            for conn in l.incoming() {
+                let Ok(conn) = conn else { continue };
+                let shared = shared.clone();
+                let host = host.clone();
+                let _ = std::thread::Builder::new()
+                    .name("client".into())
+                    .spawn(move || {
+                        let mut r = BufReader::new(conn);
+                        let mut origin = Origin {
+                            container_id: "socket".into(),
+                            container_name: "socket".into(),
+                            host,
+                            ..Default::default()
+                        };
+                        if r.fill_buf().is_ok_and(|b| b.starts_with(b"BERTH-HELLO ")) {
+                            let mut first = String::new();
+                            let _ = r.read_line(&mut first);
+                            if let Ok(v) = serde_json::from_str::<serde_json::Value>(
+                                first.trim_start_matches("BERTH-HELLO ").trim(),
+                            ) {
+                                if let Some(s) = v["container_id"].as_str() {
+                                    origin.container_id = s.to_string();
+                                }
+                                origin.container_name = v["container_name"]
+                                    .as_str()
+                                    .unwrap_or(&origin.container_id)
+                                    .to_string();
+                                if let Some(e) = v["env"].as_object() {
+                                    origin.env = e
+                                        .iter()
+                                        .filter_map(|(k, v)| {
+                                            Some((k.clone(), v.as_str()?.to_string()))
+                                        })
+                                        .collect();
+                                }
+                            }
+                        }
+                        read_into(&shared, &origin, "stdout", r);
+                    });
+            }
+        })?;
+    Ok(())
+}

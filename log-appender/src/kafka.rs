@@ -1,0 +1,145 @@
+//! The Kafka sink: a librdkafka producer (through `rdkafka`) whose delivery
+//! reports come back to the router as events: an acknowledgement, or a
+//! failure carrying the record so it goes back to the spill.
+
+use crate::config::{Acks, Config};
+use crate::metrics::Metrics;
+use crate::record::Record;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, PurgeConfig, ThreadedProducer};
+use rdkafka::ClientContext;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where a record sent to Kafka came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum From {
+    /// Straight from the memory queue.
+    Memory,
+    /// Record `idx` of spill segment `seg`.
+    Spill(u64, u32),
+}
+
+/// The opaque carried with each message.
+#[derive(Debug)]
+pub struct Token {
+    /// Its origin.
+    pub from: From,
+    /// Its payload size.
+    pub bytes: usize,
+}
+
+/// What librdkafka reports back.
+#[derive(Debug)]
+pub enum Event {
+    /// Kafka acknowledged it.
+    Acked(Token),
+    /// It failed for good (after `message.timeout.ms`, or purged); here it is.
+    Failed(Token, Record, String),
+    /// Every broker is down.
+    AllBrokersDown,
+}
+
+/// The producer context: forwards reports to the router.
+pub struct Ctx {
+    tx: Sender<Event>,
+    metrics: Arc<Metrics>,
+}
+
+impl ClientContext for Ctx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.metrics.kafka_errors.fetch_add(1, Relaxed);
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            let _ = self.tx.send(Event::AllBrokersDown);
+        }
+        tracing::warn!(%error, reason, "kafka client error");
+    }
+}
+
+impl ProducerContext for Ctx {
+    type DeliveryOpaque = Box<Token>;
+
+    fn delivery(&self, r: &DeliveryResult<'_>, t: Box<Token>) {
+        let ev = match r {
+            Ok(_) => Event::Acked(*t),
+            Err((e, m)) => {
+                self.metrics.kafka_errors.fetch_add(1, Relaxed);
+                Event::Failed(
+                    *t,
+                    Record {
+                        topic: m.topic().to_string(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    },
+                    e.to_string(),
+                )
+            }
+        };
+        let _ = self.tx.send(ev);
+    }
+}
+
+/// The producer type.
+pub type Sink = ThreadedProducer<Ctx>;
+
+/// The librdkafka settings `cfg` asks for.
+pub fn client_config(cfg: &Config) -> ClientConfig {
+    let k = &cfg.kafka;
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", k.brokers.join(","))
+        .set("compression.codec", k.compression.as_str())
+        .set("linger.ms", k.linger_ms.to_string())
+        .set("batch.size", k.batch_bytes.to_string())
+        .set("message.timeout.ms", k.message_timeout_ms.to_string())
+        // librdkafka's own queue counts against the memory cap: half of it.
+        .set(
+            "queue.buffering.max.kbytes",
+            (cfg.memory_max_bytes / 2 / 1024).max(1024).to_string(),
+        )
+        .set("queue.buffering.max.messages", "200000");
+    match k.acks {
+        // Idempotence keeps per-partition order across retries.
+        Acks::All => c.set("acks", "all").set("enable.idempotence", "true"),
+        Acks::Leader => c.set("acks", "1").set("enable.idempotence", "false"),
+    };
+    c
+}
+
+/// A producer for `cfg` reporting to `tx`.
+pub fn sink(cfg: &Config, tx: Sender<Event>, metrics: Arc<Metrics>) -> Result<Sink, KafkaError> {
+    client_config(cfg).create_with_context(Ctx { tx, metrics })
+}
+
+/// Hands `r` to librdkafka; gives it back when its queue is full.
+pub fn send(s: &Sink, r: Record, from: From) -> Result<(), Record> {
+    let t = Box::new(Token {
+        from,
+        bytes: r.payload.len(),
+    });
+    let mut br = BaseRecord::with_opaque_to(&r.topic, t).payload(&r.payload);
+    if let Some(k) = &r.key {
+        br = br.key(k);
+    }
+    match s.send(br) {
+        Ok(()) => Ok(()),
+        Err((e, _)) => {
+            tracing::debug!(error = %e, "librdkafka refused a record");
+            Err(r)
+        }
+    }
+}
+
+/// Fails everything queued or in flight at once (reported as failures), so
+/// it goes back to the spill in order instead of waiting for the timeout.
+pub fn purge(s: &Sink) {
+    s.purge(PurgeConfig::default().queue().inflight());
+}
+
+/// Waits up to `t` for librdkafka to deliver what it holds.
+pub fn flush(s: &Sink, t: Duration) {
+    let _ = s.flush(t);
+}

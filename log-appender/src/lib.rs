@@ -1,0 +1,21 @@
+//! `berth-log-appender`: forwards container logs to Kafka without ever
+//! blocking the container. Inputs read lines into a byte-bounded memory
+//! queue; one router sends them to Kafka under a rate limit or appends them
+//! to a crash-safe disk spill, replayed in order once Kafka is healthy.
+//!
+//! Modules: `config` (`/etc/berth/log-appender.yaml`); `input`, `lines`
+//! and `record` (what is read and how it is wrapped); `queue` and `spill`
+//! (the buffers); `kafka`, `limiter` and `router` (where records go);
+//! `metrics` and `reload` (operating it).
+
+pub mod config;
+pub mod input;
+pub mod kafka;
+pub mod limiter;
+pub mod lines;
+pub mod metrics;
+pub mod queue;
+pub mod record;
+pub mod reload;
+pub mod router;
+pub mod spill;

@@ -1,0 +1,92 @@
+//! The in-memory queue between the inputs and the router: bounded by bytes
+//! (`memory_max_bytes`), and never blocking a producer: when it is full the
+//! record is handed back, to be dropped and counted.
+
+use crate::record::Record;
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+/// A byte-bounded multi-producer queue.
+pub struct MemQueue {
+    inner: Mutex<(VecDeque<Record>, u64)>,
+    ready: Condvar,
+    cap: u64,
+}
+
+impl MemQueue {
+    /// A queue holding at most `cap` bytes of records.
+    pub fn new(cap: u64) -> MemQueue {
+        MemQueue {
+            inner: Mutex::new((VecDeque::new(), 0)),
+            ready: Condvar::new(),
+            cap,
+        }
+    }
+
+    /// Appends `r`, or gives it back when the queue is full.
+    pub fn try_push(&self, r: Record) -> Result<(), Record> {
+        let size = r.size();
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if g.1 + size > self.cap {
+            return Err(r);
+        }
+        g.1 += size;
+        g.0.push_back(r);
+        drop(g);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Takes up to `max` records, waiting up to `wait` for the first.
+    pub fn pop_batch(&self, max: usize, wait: Duration) -> Vec<Record> {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if g.0.is_empty() && !wait.is_zero() {
+            g = self
+                .ready
+                .wait_timeout(g, wait)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        let n = g.0.len().min(max);
+        let out: Vec<Record> = g.0.drain(..n).collect();
+        let freed: u64 = out.iter().map(Record::size).sum();
+        g.1 -= freed;
+        out
+    }
+
+    /// Records and bytes queued now.
+    pub fn depth(&self) -> (usize, u64) {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        (g.0.len(), g.1)
+    }
+
+    /// Wakes a waiting consumer (e.g. at shutdown).
+    pub fn wake(&self) {
+        self.ready.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(n: usize) -> Record {
+        Record {
+            topic: "t".into(),
+            key: None,
+            payload: vec![b'x'; n],
+        }
+    }
+
+    #[test]
+    fn bounded_by_bytes_and_fifo() {
+        let q = MemQueue::new(300);
+        assert!(q.try_push(rec(100)).is_ok());
+        assert!(q.try_push(rec(100)).is_err(), "165+165 > 300");
+        let b = q.pop_batch(10, Duration::ZERO);
+        assert_eq!(b.len(), 1);
+        assert_eq!(q.depth(), (0, 0));
+        assert!(q.pop_batch(10, Duration::from_millis(1)).is_empty());
+    }
+}

@@ -1,0 +1,227 @@
+//! Records: the JSON envelope of one line, with its topic and partition key
+//! decided when the line is read (under the configuration then in force).
+
+use crate::config::{Config, PartitionKey};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+/// Where lines come from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Origin {
+    /// The container ID (or the `--name` of a pipe).
+    pub container_id: String,
+    /// The container name.
+    pub container_name: String,
+    /// The containerd namespace, if any.
+    pub namespace: String,
+    /// This host's name.
+    pub host: String,
+    /// The container's environment (for `fields_from_env`).
+    pub env: BTreeMap<String, String>,
+}
+
+/// One line ready to send: topic, key and the JSON envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The Kafka topic.
+    pub topic: String,
+    /// The partition key.
+    pub key: Option<Vec<u8>>,
+    /// The JSON envelope.
+    pub payload: Vec<u8>,
+}
+
+impl Record {
+    /// Bytes it occupies in memory accounting (payload, key, topic, overhead).
+    pub fn size(&self) -> u64 {
+        (self.payload.len() + self.key.as_ref().map_or(0, Vec::len) + self.topic.len() + 64) as u64
+    }
+
+    /// The spill encoding: topic, key (absent = u32::MAX) and payload.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(self.topic.len() as u16).to_le_bytes());
+        out.extend_from_slice(self.topic.as_bytes());
+        match &self.key {
+            Some(k) => {
+                out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+                out.extend_from_slice(k);
+            }
+            None => out.extend_from_slice(&u32::MAX.to_le_bytes()),
+        }
+        out.extend_from_slice(&self.payload);
+    }
+
+    /// Reads [`Record::encode`]'s output back.
+    pub fn decode(b: &[u8]) -> Option<Record> {
+        let tl = usize::from(u16::from_le_bytes(b.get(..2)?.try_into().ok()?));
+        let topic = String::from_utf8(b.get(2..2 + tl)?.to_vec()).ok()?;
+        let mut at = 2 + tl;
+        let kl = u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?);
+        at += 4;
+        let key = if kl == u32::MAX {
+            None
+        } else {
+            let k = b.get(at..at + kl as usize)?.to_vec();
+            at += kl as usize;
+            Some(k)
+        };
+        Some(Record {
+            topic,
+            key,
+            payload: b.get(at..)?.to_vec(),
+        })
+    }
+}
+
+/// How a line was cut to fit `lines.max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Whole.
+    Whole,
+    /// Part `n` (from 0) of a split line; `last` on the final part.
+    Part {
+        /// Index.
+        n: u32,
+        /// True on the final part.
+        last: bool,
+    },
+    /// The first `lines.max_bytes` of a longer line.
+    Truncated,
+}
+
+/// RFC 3339 UTC with nanoseconds, without pulling in a date crate.
+pub fn rfc3339_now() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_nanos()
+    )
+}
+
+/// Builds the record for one line of `stream` from `origin` under `cfg`.
+/// Invalid UTF-8 is replaced with U+FFFD.
+pub fn make(cfg: &Config, origin: &Origin, stream: &str, line: &[u8], cut: Cut) -> Record {
+    let mut m = Map::new();
+    m.insert("ts".into(), Value::String(rfc3339_now()));
+    m.insert("container_id".into(), origin.container_id.clone().into());
+    m.insert(
+        "container_name".into(),
+        origin.container_name.clone().into(),
+    );
+    if !origin.namespace.is_empty() {
+        m.insert("namespace".into(), origin.namespace.clone().into());
+    }
+    m.insert("stream".into(), stream.into());
+    m.insert("host".into(), origin.host.clone().into());
+    m.insert(
+        "line".into(),
+        Value::String(String::from_utf8_lossy(line).into_owned()),
+    );
+    match cut {
+        Cut::Whole => {}
+        Cut::Part { n, last } => {
+            m.insert("part".into(), n.into());
+            if !last {
+                m.insert("partial".into(), true.into());
+            }
+        }
+        Cut::Truncated => {
+            m.insert("truncated".into(), true.into());
+        }
+    }
+    let mut fields = Map::new();
+    for f in &cfg.fields_from_env {
+        if let Some(v) = origin.env.get(f) {
+            fields.insert(f.clone(), v.clone().into());
+        }
+    }
+    let key = match cfg.partition_key() {
+        PartitionKey::ContainerId => Some(origin.container_id.as_bytes().to_vec()),
+        PartitionKey::ContainerName => Some(origin.container_name.as_bytes().to_vec()),
+        PartitionKey::Field(f) => fields
+            .get(&f)
+            .and_then(Value::as_str)
+            .map(|s| s.as_bytes().to_vec()),
+        PartitionKey::None => None,
+    };
+    if !fields.is_empty() {
+        m.insert("fields".into(), Value::Object(fields));
+    }
+    let topic = cfg
+        .kafka
+        .topic
+        .replace("{container_name}", &origin.container_name)
+        .replace("{container_id}", &origin.container_id)
+        .replace("{namespace}", &origin.namespace);
+    Record {
+        topic,
+        key,
+        payload: serde_json::to_vec(&Value::Object(m)).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_topic_key_and_encoding() {
+        let mut cfg = Config::default();
+        cfg.kafka.topic = "logs-{container_name}".into();
+        cfg.fields_from_env = vec!["APP".into()];
+        cfg.kafka.partition_key = "field:APP".into();
+        let o = Origin {
+            container_id: "abc".into(),
+            container_name: "web".into(),
+            host: "h1".into(),
+            env: [("APP".to_string(), "shop".to_string())]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        let r = make(
+            &cfg,
+            &o,
+            "stderr",
+            b"hello \xff",
+            Cut::Part { n: 1, last: false },
+        );
+        assert_eq!(r.topic, "logs-web");
+        assert_eq!(r.key.as_deref(), Some(&b"shop"[..]));
+        let v: Value = serde_json::from_slice(&r.payload).unwrap();
+        assert_eq!(v["line"], "hello \u{fffd}");
+        assert_eq!(v["stream"], "stderr");
+        assert_eq!(v["fields"]["APP"], "shop");
+        assert_eq!(v["partial"], true);
+        assert_eq!(v["ts"].as_str().unwrap().len(), 30);
+        let mut b = Vec::new();
+        r.encode(&mut b);
+        assert_eq!(Record::decode(&b), Some(r));
+        let nokey = Record {
+            topic: "t".into(),
+            key: None,
+            payload: b"x".to_vec(),
+        };
+        let mut b = Vec::new();
+        nokey.encode(&mut b);
+        assert_eq!(Record::decode(&b), Some(nokey));
+        assert_eq!(Record::decode(&b[..3]), None);
+    }
+}

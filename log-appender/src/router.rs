@@ -1,0 +1,377 @@
+//! The router: the one thread that decides where each record goes, after
+//! Vector's source → buffer → sink with acknowledgements.
+//!
+//! * `kafka_first`: records go to Kafka while it is healthy, the rate limit
+//!   allows and the spill is empty; otherwise to the spill. Once anything is
+//!   spilled, later records follow it into the spill, so per-container order
+//!   holds; the spill is replayed in order while Kafka is healthy and under
+//!   the limit.
+//! * `disk_first`: everything is appended to the spill and shipped from it
+//!   at the rate limit.
+//! * A record whose delivery failed goes back to the spill; after a failure
+//!   the router takes nothing new from memory until every record in flight
+//!   is settled, so the failed ones are spilled before anything newer.
+//! * Inputs never wait for the router: they drop (and count) when the
+//!   memory queue is full.
+
+use crate::config::{Config, Mode};
+use crate::kafka::{self, Event, From, Sink};
+use crate::limiter::Limiter;
+use crate::metrics::Metrics;
+use crate::queue::MemQueue;
+use crate::record::Record;
+use crate::spill::{Refused, Spill};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// How many spilled records may be in flight at once.
+const REPLAY_WINDOW: u64 = 20_000;
+
+/// State shared by inputs, the router and the reloader.
+pub struct Shared {
+    /// The configuration in force.
+    pub cfg: RwLock<Arc<Config>>,
+    /// A new configuration for the router to apply.
+    pub reloaded: Mutex<Option<Arc<Config>>>,
+    /// The memory queue.
+    pub queue: MemQueue,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Inputs still open; the router ends when none are left and all is
+    /// delivered (or the drain timeout passed).
+    pub inputs_open: AtomicUsize,
+    /// Set to stop at once (signals).
+    pub stop: AtomicBool,
+}
+
+impl Shared {
+    /// Shared state for `cfg`.
+    pub fn new(cfg: Config) -> Arc<Shared> {
+        Arc::new(Shared {
+            queue: MemQueue::new(cfg.memory_max_bytes),
+            cfg: RwLock::new(Arc::new(cfg)),
+            reloaded: Mutex::new(None),
+            metrics: Arc::new(Metrics::default()),
+            inputs_open: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn cfg(&self) -> Arc<Config> {
+        self.cfg.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts `c` in force for new records and hands it to the router.
+    pub fn reload(&self, c: Config) {
+        let c = Arc::new(c);
+        *self.cfg.write().unwrap_or_else(|e| e.into_inner()) = c.clone();
+        *self.reloaded.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+    }
+}
+
+struct Router {
+    shared: Arc<Shared>,
+    cfg: Arc<Config>,
+    sink: Sink,
+    events: Receiver<Event>,
+    tx: std::sync::mpsc::Sender<Event>,
+    spill: Spill,
+    limiter: Limiter,
+    healthy: bool,
+    inflight_mem: u64,
+    inflight_spill: u64,
+    failed_mem: Vec<Record>,
+    rewind: Option<(u64, u32)>,
+    last_probe: Instant,
+}
+
+fn kafka_settings_changed(a: &Config, b: &Config) -> bool {
+    a.kafka.brokers != b.kafka.brokers
+        || a.kafka.compression != b.kafka.compression
+        || a.kafka.acks != b.kafka.acks
+        || a.kafka.linger_ms != b.kafka.linger_ms
+        || a.kafka.batch_bytes != b.kafka.batch_bytes
+        || a.kafka.message_timeout_ms != b.kafka.message_timeout_ms
+}
+
+impl Router {
+    fn spill_one(&mut self, r: &Record) {
+        let m = &self.shared.metrics;
+        match self.spill.append(r) {
+            Ok(evicted) => {
+                m.spilled.fetch_add(1, Relaxed);
+                m.dropped_spill_evicted.fetch_add(evicted, Relaxed);
+            }
+            Err(Refused::Full) => {
+                m.dropped_spill_full.fetch_add(1, Relaxed);
+            }
+            Err(Refused::Io(e)) => {
+                m.dropped_spill_full.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "cannot write to the spill; record dropped");
+            }
+        }
+    }
+
+    fn handle(&mut self, ev: Event) {
+        let m = self.shared.metrics.clone();
+        match ev {
+            Event::Acked(t) => {
+                m.sent_bytes.fetch_add(t.bytes as u64, Relaxed);
+                match t.from {
+                    From::Memory => {
+                        self.inflight_mem -= 1;
+                        m.sent.fetch_add(1, Relaxed);
+                    }
+                    From::Spill(seg, idx) => {
+                        self.inflight_spill -= 1;
+                        m.replayed.fetch_add(1, Relaxed);
+                        self.spill.ack(seg, idx);
+                    }
+                }
+                if !self.healthy {
+                    tracing::info!("kafka is healthy again");
+                }
+                self.healthy = true;
+            }
+            Event::Failed(t, rec, why) => {
+                if self.healthy {
+                    tracing::warn!(error = %why, "kafka delivery failed; spilling until it recovers");
+                    kafka::purge(&self.sink);
+                }
+                self.healthy = false;
+                match t.from {
+                    From::Memory => {
+                        self.inflight_mem -= 1;
+                        self.failed_mem.push(rec);
+                    }
+                    From::Spill(seg, idx) => {
+                        self.inflight_spill -= 1;
+                        self.rewind = Some(match self.rewind {
+                            Some(r) if r <= (seg, idx) => r,
+                            _ => (seg, idx),
+                        });
+                    }
+                }
+            }
+            Event::AllBrokersDown => {
+                if self.healthy {
+                    tracing::warn!("all kafka brokers are down; spilling");
+                    kafka::purge(&self.sink);
+                }
+                self.healthy = false;
+            }
+        }
+    }
+
+    fn apply_reload(&mut self) {
+        let Some(c) = self
+            .shared
+            .reloaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        self.limiter
+            .set(c.rate_limit.lines_per_sec, c.rate_limit.bytes_per_sec);
+        self.spill
+            .set_limits(c.spill.max_bytes, c.spill.segment_bytes, c.spill.when_full);
+        if kafka_settings_changed(&self.cfg, &c) {
+            match kafka::sink(&c, self.tx.clone(), self.shared.metrics.clone()) {
+                Ok(s) => {
+                    let old = std::mem::replace(&mut self.sink, s);
+                    // What the old producer holds is delivered or reported
+                    // failed (and spilled) through the same channel.
+                    kafka::flush(
+                        &old,
+                        Duration::from_millis(u64::from(self.cfg.kafka.message_timeout_ms)),
+                    );
+                    tracing::info!("kafka producer rebuilt for the new settings");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "new kafka settings refused; keeping the old producer")
+                }
+            }
+        }
+        self.cfg = c;
+        tracing::info!("configuration reloaded");
+    }
+
+    fn route(&mut self, batch: Vec<Record>) {
+        for r in batch {
+            let direct = self.cfg.mode == Mode::KafkaFirst
+                && self.healthy
+                && self.failed_mem.is_empty()
+                && self.spill.is_drained();
+            if direct && self.limiter.try_take(r.payload.len()) {
+                match kafka::send(&self.sink, r, From::Memory) {
+                    Ok(()) => self.inflight_mem += 1,
+                    Err(r) => self.spill_one(&r),
+                }
+            } else {
+                self.spill_one(&r);
+            }
+        }
+    }
+
+    fn replay(&mut self) {
+        if self.rewind.is_some() || !self.failed_mem.is_empty() {
+            return;
+        }
+        let window = if self.healthy {
+            REPLAY_WINDOW
+        } else if self.last_probe.elapsed() >= Duration::from_secs(1) && self.inflight_spill == 0 {
+            // One probe a second finds out when Kafka is back.
+            self.last_probe = Instant::now();
+            1
+        } else {
+            return;
+        };
+        while self.inflight_spill < window && self.spill.has_unread() {
+            match self.spill.next_unread() {
+                Some(Ok((seg, idx, rec))) => {
+                    if !self.limiter.try_take(rec.payload.len()) {
+                        // Over the limit: read it again next time.
+                        self.spill.rewind(seg, idx);
+                        return;
+                    }
+                    match kafka::send(&self.sink, rec, From::Spill(seg, idx)) {
+                        Ok(()) => self.inflight_spill += 1,
+                        Err(_) => {
+                            self.spill.rewind(seg, idx);
+                            return;
+                        }
+                    }
+                }
+                Some(Err(lost)) => {
+                    self.shared.metrics.dropped_corrupt.fetch_add(lost, Relaxed);
+                }
+                None => return,
+            }
+        }
+    }
+
+    fn gauges(&self) {
+        let m = &self.shared.metrics;
+        let (n, b) = self.shared.queue.depth();
+        m.memory_records.store(n as u64, Relaxed);
+        m.memory_bytes.store(b, Relaxed);
+        let (sn, sb) = self.spill.depth();
+        m.spill_records.store(sn, Relaxed);
+        m.spill_bytes.store(sb, Relaxed);
+        m.inflight
+            .store(self.inflight_mem + self.inflight_spill, Relaxed);
+    }
+}
+
+/// Runs the router until the inputs are closed and everything is delivered,
+/// or `drain` has passed since they closed (what is left stays in the
+/// spill for the next start), or `shared.stop` is set.
+pub fn run(
+    shared: Arc<Shared>,
+    spill: Spill,
+    drain: Duration,
+) -> Result<(), rdkafka::error::KafkaError> {
+    let cfg = shared.cfg();
+    let (tx, events) = channel();
+    let sink = kafka::sink(&cfg, tx.clone(), shared.metrics.clone())?;
+    let mut r = Router {
+        limiter: Limiter::new(cfg.rate_limit.lines_per_sec, cfg.rate_limit.bytes_per_sec),
+        shared: shared.clone(),
+        cfg,
+        sink,
+        events,
+        tx,
+        spill,
+        healthy: true,
+        inflight_mem: 0,
+        inflight_spill: 0,
+        failed_mem: Vec::new(),
+        rewind: None,
+        last_probe: Instant::now(),
+    };
+    let mut last_sync = Instant::now();
+    let mut last_log = Instant::now();
+    let mut closed_at: Option<Instant> = None;
+    loop {
+        r.apply_reload();
+        while let Ok(ev) = r.events.try_recv() {
+            r.handle(ev);
+        }
+        if !r.failed_mem.is_empty() && r.inflight_mem == 0 {
+            for rec in std::mem::take(&mut r.failed_mem) {
+                r.spill_one(&rec);
+            }
+        }
+        if r.inflight_spill == 0 {
+            if let Some((seg, idx)) = r.rewind.take() {
+                r.spill.rewind(seg, idx);
+            }
+        }
+        // After a failure, settle what is in flight before taking anything newer.
+        let hold = !r.healthy && r.inflight_mem > 0;
+        if !hold {
+            let busy = r.spill.has_unread() && r.healthy;
+            let wait = if busy {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(5)
+            };
+            let batch = r.shared.queue.pop_batch(4096, wait);
+            r.route(batch);
+        } else {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        r.replay();
+        r.gauges();
+        if last_sync.elapsed() >= Duration::from_secs(1) {
+            r.spill.sync();
+            last_sync = Instant::now();
+        }
+        let every = r.cfg.metrics.log_interval_secs;
+        if every > 0 && last_log.elapsed() >= Duration::from_secs(every) {
+            r.shared.metrics.log();
+            last_log = Instant::now();
+        }
+        if r.shared.stop.load(Relaxed) {
+            break;
+        }
+        let inputs_done = r.shared.inputs_open.load(Relaxed) == 0 && r.shared.queue.depth().0 == 0;
+        if inputs_done {
+            let at = *closed_at.get_or_insert_with(Instant::now);
+            let settled = r.inflight_mem == 0 && r.inflight_spill == 0 && r.failed_mem.is_empty();
+            if settled && r.spill.is_drained() {
+                break;
+            }
+            if at.elapsed() >= drain {
+                tracing::warn!(
+                    spilled = r.spill.depth().0,
+                    "inputs closed and the drain time is up; what is left stays in the spill"
+                );
+                break;
+            }
+        }
+    }
+    // Anything still in librdkafka gets one last chance, then is spilled.
+    kafka::flush(&r.sink, Duration::from_secs(2));
+    kafka::purge(&r.sink);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while (r.inflight_mem > 0 || r.inflight_spill > 0) && Instant::now() < deadline {
+        match r.events.recv_timeout(Duration::from_millis(50)) {
+            Ok(ev) => r.handle(ev),
+            Err(_) => continue,
+        }
+    }
+    for rec in std::mem::take(&mut r.failed_mem) {
+        r.spill_one(&rec);
+    }
+    r.spill.sync();
+    r.gauges();
+    r.shared.metrics.log();
+    Ok(())
+}

@@ -1,0 +1,546 @@
+//! The disk spill: segment files of framed records (`u32` length, `u32`
+//! CRC32C of the body, body), appended in order and replayed in order.
+//!
+//! * A segment is deleted only once every record in it was read and
+//!   acknowledged by Kafka.
+//! * After a crash, a torn tail record (short or failing its CRC) is found
+//!   on open, counted, and cut off; everything before it is replayed.
+//! * Acknowledgements are not persisted: after a restart a segment is
+//!   replayed whole, so records acknowledged just before a crash arrive
+//!   twice (at-least-once).
+//! * One process owns a spill directory (an exclusive `flock` on `.lock`).
+
+use crate::config::WhenFull;
+use crate::record::Record;
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Largest record body accepted (a corrupt length must not allocate wildly).
+const MAX_BODY: u32 = 64 << 20;
+
+/// Spill failures.
+#[derive(Debug, thiserror::Error)]
+pub enum SpillError {
+    /// Another process holds the directory.
+    #[error("{0} is in use by another berth-log-appender")]
+    Locked(PathBuf),
+    /// Disk I/O failed.
+    #[error("spill {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why an append did not happen.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The budget is spent (`drop_newest`), or one record exceeds it.
+    Full,
+    /// The disk write failed.
+    Io(String),
+}
+
+struct Seg {
+    id: u64,
+    path: PathBuf,
+    bytes: u64,
+    records: u32,
+    read: u32,
+    read_off: u64,
+    offsets: Vec<u64>,
+    acked: Vec<bool>,
+    acked_n: u32,
+}
+
+impl Seg {
+    fn done(&self) -> bool {
+        self.read == self.records && self.acked_n == self.records
+    }
+}
+
+/// One source's spill.
+pub struct Spill {
+    dir: PathBuf,
+    max_bytes: u64,
+    segment_bytes: u64,
+    when_full: WhenFull,
+    segs: VecDeque<Seg>,
+    writer: Option<File>,
+    reader: Option<(u64, BufReader<File>, u64)>,
+    total: u64,
+    _lock: File,
+}
+
+/// What opening found on disk.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Records waiting to be replayed.
+    pub records: u64,
+    /// Torn or corrupt records cut off.
+    pub torn: u64,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> SpillError + '_ {
+    move |source| SpillError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn seg_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:020}.seg"))
+}
+
+/// Reads one frame at the reader's position: `Ok(None)` at a clean end,
+/// `Err(())` for a torn or corrupt frame.
+fn read_frame(r: &mut impl Read) -> Result<Option<Vec<u8>>, ()> {
+    let mut head = [0u8; 8];
+    let mut got = 0;
+    while got < 8 {
+        match r.read(&mut head[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(()),
+        }
+    }
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    if len > MAX_BODY {
+        return Err(());
+    }
+    let mut body = vec![0u8; len as usize];
+    r.read_exact(&mut body).map_err(|_| ())?;
+    if crc32c::crc32c(&body) != crc {
+        return Err(());
+    }
+    Ok(Some(body))
+}
+
+impl Spill {
+    /// Opens (creating) the spill in `dir`, scanning what a previous
+    /// process left: counts its records and cuts off a torn tail.
+    pub fn open(
+        dir: &Path,
+        max_bytes: u64,
+        segment_bytes: u64,
+        when_full: WhenFull,
+    ) -> Result<(Spill, Recovered), SpillError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let lock_path = dir.join(".lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(SpillError::Locked(dir.to_path_buf()));
+        }
+        let mut ids: Vec<u64> = std::fs::read_dir(dir)
+            .map_err(io(dir))?
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.strip_suffix(".seg")?.parse().ok()
+            })
+            .collect();
+        ids.sort_unstable();
+        let mut rec = Recovered::default();
+        let mut segs = VecDeque::new();
+        let mut total = 0;
+        for id in ids {
+            let path = seg_path(dir, id);
+            let f = File::open(&path).map_err(io(&path))?;
+            let len = f.metadata().map_err(io(&path))?.len();
+            let mut r = BufReader::new(f);
+            let (mut good, mut n) = (0u64, 0u32);
+            loop {
+                match read_frame(&mut r) {
+                    Ok(Some(b)) => {
+                        good += 8 + b.len() as u64;
+                        n += 1;
+                    }
+                    Ok(None) => break,
+                    Err(()) => {
+                        rec.torn += 1;
+                        tracing::warn!(segment = %path.display(), at = good, "torn or corrupt record: cutting the segment there");
+                        break;
+                    }
+                }
+            }
+            if good < len {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io(&path))?;
+                f.set_len(good).map_err(io(&path))?;
+            }
+            if n == 0 {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            rec.records += u64::from(n);
+            total += good;
+            segs.push_back(Seg {
+                id,
+                path,
+                bytes: good,
+                records: n,
+                read: 0,
+                read_off: 0,
+                offsets: Vec::new(),
+                acked: Vec::new(),
+                acked_n: 0,
+            });
+        }
+        Ok((
+            Spill {
+                dir: dir.to_path_buf(),
+                max_bytes,
+                segment_bytes,
+                when_full,
+                segs,
+                writer: None,
+                reader: None,
+                total,
+                _lock: lock,
+            },
+            rec,
+        ))
+    }
+
+    /// Changes the budget and policy (hot reload).
+    pub fn set_limits(&mut self, max_bytes: u64, segment_bytes: u64, when_full: WhenFull) {
+        self.max_bytes = max_bytes;
+        self.segment_bytes = segment_bytes;
+        self.when_full = when_full;
+    }
+
+    /// Appends `r`. With `drop_oldest`, evicts whole oldest segments to make
+    /// room; returns how many unacknowledged records were evicted.
+    pub fn append(&mut self, r: &Record) -> Result<u64, Refused> {
+        let mut body = Vec::with_capacity(r.payload.len() + r.topic.len() + 16);
+        r.encode(&mut body);
+        let frame_len = 8 + body.len() as u64;
+        let mut evicted = 0;
+        while self.total + frame_len > self.max_bytes {
+            match self.when_full {
+                WhenFull::DropNewest => return Err(Refused::Full),
+                WhenFull::DropOldest => {
+                    // Never evict the segment being written.
+                    if self.segs.len() < 2 && self.writer.is_some() || self.segs.is_empty() {
+                        return Err(Refused::Full);
+                    }
+                    let s = self.segs.pop_front().expect("non-empty");
+                    evicted += u64::from(s.records - s.acked_n);
+                    self.total -= s.bytes;
+                    if self.reader.as_ref().is_some_and(|(id, _, _)| *id == s.id) {
+                        self.reader = None;
+                    }
+                    let _ = std::fs::remove_file(&s.path);
+                    if self.segs.is_empty() {
+                        self.writer = None;
+                    }
+                }
+            }
+        }
+        let roll = match (self.writer.is_some(), self.segs.back()) {
+            (true, Some(s)) => s.bytes > 0 && s.bytes + frame_len > self.segment_bytes,
+            _ => true,
+        };
+        if roll {
+            let id = self.segs.back().map_or(0, |s| s.id + 1);
+            let path = seg_path(&self.dir, id);
+            if let Some(w) = self.writer.take() {
+                let _ = w.sync_data();
+            }
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| Refused::Io(e.to_string()))?;
+            self.writer = Some(f);
+            self.segs.push_back(Seg {
+                id,
+                path,
+                bytes: 0,
+                records: 0,
+                read: 0,
+                read_off: 0,
+                offsets: Vec::new(),
+                acked: Vec::new(),
+                acked_n: 0,
+            });
+        }
+        let mut frame = Vec::with_capacity(frame_len as usize);
+        frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        frame.extend_from_slice(&body);
+        let w = self.writer.as_mut().expect("writer");
+        w.write_all(&frame)
+            .map_err(|e| Refused::Io(e.to_string()))?;
+        let s = self.segs.back_mut().expect("segment");
+        s.bytes += frame_len;
+        s.records += 1;
+        self.total += frame_len;
+        Ok(evicted)
+    }
+
+    /// The next record to replay: `(segment, index, record)`. Records
+    /// already acknowledged (after a rewind) are skipped; a corrupt record
+    /// ends its segment and is reported as `Err(count)`.
+    pub fn next_unread(&mut self) -> Option<Result<(u64, u32, Record), u64>> {
+        loop {
+            let i = self.segs.iter().position(|s| s.read < s.records)?;
+            let (id, off) = (self.segs[i].id, self.segs[i].read_off);
+            let need_open =
+                !matches!(&self.reader, Some((rid, _, roff)) if *rid == id && *roff == off);
+            if need_open {
+                let path = self.segs[i].path.clone();
+                let mut f = match File::open(&path) {
+                    Ok(f) => f,
+                    Err(_) => {
+                        let s = &mut self.segs[i];
+                        let lost = u64::from(s.records - s.read);
+                        s.records = s.read;
+                        return Some(Err(lost));
+                    }
+                };
+                let _ = f.seek(SeekFrom::Start(off));
+                self.reader = Some((id, BufReader::new(f), off));
+            }
+            let (_, r, roff) = self.reader.as_mut().expect("reader");
+            let s = &mut self.segs[i];
+            match read_frame(r) {
+                Ok(Some(body)) => {
+                    let idx = s.read;
+                    let at = *roff;
+                    *roff += 8 + body.len() as u64;
+                    s.read_off = *roff;
+                    s.read += 1;
+                    if s.offsets.len() <= idx as usize {
+                        s.offsets.push(at);
+                        s.acked.push(false);
+                    }
+                    if s.acked[idx as usize] {
+                        continue;
+                    }
+                    match Record::decode(&body) {
+                        Some(rec) => return Some(Ok((id, idx, rec))),
+                        None => {
+                            s.acked[idx as usize] = true;
+                            s.acked_n += 1;
+                            return Some(Err(1));
+                        }
+                    }
+                }
+                _ => {
+                    let lost = u64::from(s.records - s.read);
+                    s.records = s.read;
+                    self.reader = None;
+                    self.collect();
+                    return Some(Err(lost));
+                }
+            }
+        }
+    }
+
+    /// Kafka acknowledged record `idx` of segment `id`.
+    pub fn ack(&mut self, id: u64, idx: u32) {
+        if let Some(s) = self.segs.iter_mut().find(|s| s.id == id) {
+            if let Some(a) = s.acked.get_mut(idx as usize) {
+                if !*a {
+                    *a = true;
+                    s.acked_n += 1;
+                }
+            }
+        }
+        self.collect();
+    }
+
+    /// Replays again from record `idx` of segment `id` (after a failed
+    /// delivery); acknowledged records on the way are skipped.
+    pub fn rewind(&mut self, id: u64, idx: u32) {
+        let mut after = false;
+        for s in self.segs.iter_mut() {
+            if s.id == id {
+                if let Some(off) = s.offsets.get(idx as usize) {
+                    if idx < s.read {
+                        s.read = idx;
+                        s.read_off = *off;
+                    }
+                }
+                after = true;
+            } else if after && s.read > 0 {
+                s.read = 0;
+                s.read_off = 0;
+            }
+        }
+        self.reader = None;
+    }
+
+    /// Deletes segments that are fully read and acknowledged.
+    fn collect(&mut self) {
+        while let Some(s) = self.segs.front() {
+            if !s.done() {
+                break;
+            }
+            let s = self.segs.pop_front().expect("front");
+            if self.segs.is_empty() {
+                self.writer = None;
+            }
+            if self.reader.as_ref().is_some_and(|(id, _, _)| *id == s.id) {
+                self.reader = None;
+            }
+            self.total -= s.bytes;
+            let _ = std::fs::remove_file(&s.path);
+        }
+    }
+
+    /// True when nothing waits: every record was read and acknowledged.
+    pub fn is_drained(&self) -> bool {
+        self.segs.iter().all(Seg::done)
+    }
+
+    /// True when records wait to be read (as opposed to only awaiting acks).
+    pub fn has_unread(&self) -> bool {
+        self.segs.iter().any(|s| s.read < s.records)
+    }
+
+    /// Records not yet acknowledged, and bytes on disk.
+    pub fn depth(&self) -> (u64, u64) {
+        (
+            self.segs
+                .iter()
+                .map(|s| u64::from(s.records - s.acked_n))
+                .sum(),
+            self.total,
+        )
+    }
+
+    /// Pushes written data to the disk.
+    pub fn sync(&self) {
+        if let Some(w) = &self.writer {
+            let _ = w.sync_data();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(i: u32) -> Record {
+        Record {
+            topic: "t".into(),
+            key: Some(b"k".to_vec()),
+            payload: format!("record {i}").into_bytes(),
+        }
+    }
+
+    fn drain(s: &mut Spill) -> Vec<(u64, u32, Record)> {
+        let mut v = Vec::new();
+        while let Some(Ok(x)) = s.next_unread() {
+            v.push(x);
+        }
+        v
+    }
+
+    #[test]
+    fn append_replay_ack_delete_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, r) = Spill::open(d.path(), 1 << 20, 4096, WhenFull::DropNewest).unwrap();
+        assert_eq!(r, Recovered::default());
+        for i in 0..500 {
+            s.append(&rec(i)).unwrap();
+        }
+        let got = drain(&mut s);
+        assert_eq!(got.len(), 500);
+        assert!(got.windows(2).all(|w| (w[0].0, w[0].1) < (w[1].0, w[1].1)));
+        assert_eq!(got[7].2, rec(7));
+        // A failure at record 100 rewinds; acknowledged ones are skipped.
+        for (id, idx, _) in &got[..100] {
+            s.ack(*id, *idx);
+        }
+        for (id, idx, _) in &got[101..] {
+            s.ack(*id, *idx);
+        }
+        s.rewind(got[100].0, got[100].1);
+        let again = drain(&mut s);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].2, rec(100));
+        s.ack(again[0].0, again[0].1);
+        assert!(s.is_drained());
+        let left: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name() != ".lock")
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_the_rest_replayed() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let (mut s, _) = Spill::open(d.path(), 1 << 20, 1 << 20, WhenFull::DropNewest).unwrap();
+            for i in 0..10 {
+                s.append(&rec(i)).unwrap();
+            }
+        }
+        let seg = seg_path(d.path(), 0);
+        let len = std::fs::metadata(&seg).unwrap().len();
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        f.set_len(len - 3).unwrap();
+        let (mut s, r) = Spill::open(d.path(), 1 << 20, 1 << 20, WhenFull::DropNewest).unwrap();
+        assert_eq!(
+            r,
+            Recovered {
+                records: 9,
+                torn: 1
+            }
+        );
+        let got: Vec<Record> = drain(&mut s).into_iter().map(|x| x.2).collect();
+        assert_eq!(got, (0..9).map(rec).collect::<Vec<_>>());
+        // Appending continues cleanly after the cut.
+        s.append(&rec(99)).unwrap();
+        assert_eq!(drain(&mut s)[0].2, rec(99));
+        assert!(matches!(
+            Spill::open(d.path(), 1, 4096, WhenFull::DropNewest),
+            Err(SpillError::Locked(_))
+        ));
+    }
+
+    #[test]
+    fn budgets_drop_newest_or_evict_oldest() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spill::open(d.path(), 200, 100, WhenFull::DropNewest).unwrap();
+        let mut ok = 0;
+        for i in 0..20 {
+            if s.append(&rec(i)).is_ok() {
+                ok += 1;
+            }
+        }
+        assert!(ok > 0 && ok < 20, "{ok}");
+        assert!(s.depth().1 <= 200);
+        let d2 = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spill::open(d2.path(), 200, 100, WhenFull::DropOldest).unwrap();
+        let mut evicted = 0;
+        for i in 0..20 {
+            evicted += s.append(&rec(i)).unwrap();
+        }
+        let kept = drain(&mut s).len() as u64;
+        assert_eq!(kept + evicted, 20, "every record is either kept or counted");
+        assert!(s.depth().1 <= 200);
+    }
+}
