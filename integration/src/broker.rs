@@ -49,8 +49,9 @@ impl Broker {
 
     /// Starts a broker whose data lives in SQLite, so it survives a restart.
     pub fn start_persistent() -> Broker {
-        let dir = fresh_dir("broker-db");
-        Self::start_with(format!("sqlite://{}", dir.join("tansu.db").display()))
+        // Relative to the broker's working directory, which stays the same
+        // across restarts (tansu mis-joins absolute sqlite paths).
+        Self::start_with("sqlite://tansu.db".to_string())
     }
 
     fn start_with(storage: String) -> Broker {
@@ -98,6 +99,11 @@ impl Broker {
     /// `127.0.0.1:PORT`, for `bootstrap.servers`.
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// What the broker logged (its current run).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("tansu.log")).unwrap_or_default()
     }
 
     /// The broker's pid (0 when stopped).

@@ -9,6 +9,8 @@
 //!
 //! Integration tests run as root (network namespaces, cgroups, mounts).
 
+#[cfg(feature = "kafka")]
+pub mod appender;
 pub mod artifacts;
 pub mod berth;
 #[cfg(feature = "kafka")]

@@ -42,6 +42,9 @@ pub enum Event {
     Failed(Token, Record, String),
     /// Every broker is down.
     AllBrokersDown,
+    /// The producer hit a fatal error (e.g. an idempotence sequence lost by
+    /// a restarted broker) and must be replaced.
+    Fatal(String),
 }
 
 /// The producer context: forwards reports to the router.
@@ -53,8 +56,14 @@ pub struct Ctx {
 impl ClientContext for Ctx {
     fn error(&self, error: KafkaError, reason: &str) {
         self.metrics.kafka_errors.fetch_add(1, Relaxed);
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            let _ = self.tx.send(Event::AllBrokersDown);
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::AllBrokersDown) => {
+                let _ = self.tx.send(Event::AllBrokersDown);
+            }
+            Some(RDKafkaErrorCode::Fatal) => {
+                let _ = self.tx.send(Event::Fatal(reason.to_string()));
+            }
+            _ => {}
         }
         tracing::warn!(%error, reason, "kafka client error");
     }
@@ -104,7 +113,11 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
     match k.acks {
         // Idempotence keeps per-partition order across retries.
         Acks::All => c.set("acks", "all").set("enable.idempotence", "true"),
-        Acks::Leader => c.set("acks", "1").set("enable.idempotence", "false"),
+        // Without idempotence, one request in flight keeps the order.
+        Acks::Leader => c
+            .set("acks", "1")
+            .set("enable.idempotence", "false")
+            .set("max.in.flight.requests.per.connection", "1"),
     };
     c
 }

@@ -87,6 +87,8 @@ struct Router {
     failed_mem: Vec<Record>,
     rewind: Option<(u64, u32)>,
     last_probe: Instant,
+    /// Replaced producers, kept until their last reports are in.
+    retired: Vec<(Sink, Instant)>,
 }
 
 fn kafka_settings_changed(a: &Config, b: &Config) -> bool {
@@ -157,12 +159,36 @@ impl Router {
                     }
                 }
             }
+            Event::Fatal(why) => {
+                tracing::error!(reason = %why, "kafka producer failed fatally; replacing it");
+                self.healthy = false;
+                self.replace_sink();
+            }
             Event::AllBrokersDown => {
                 if self.healthy {
                     tracing::warn!("all kafka brokers are down; spilling");
-                    kafka::purge(&self.sink);
+                    // A fresh producer session for when they are back: an
+                    // idempotent producer's old sequence state may not have
+                    // survived a broker restart.
+                    self.replace_sink();
                 }
                 self.healthy = false;
+            }
+        }
+    }
+
+    /// Purges the producer (what it held comes back as failures and is
+    /// spilled in order) and starts a new one.
+    fn replace_sink(&mut self) {
+        match kafka::sink(&self.cfg, self.tx.clone(), self.shared.metrics.clone()) {
+            Ok(s) => {
+                let old = std::mem::replace(&mut self.sink, s);
+                kafka::purge(&old);
+                self.retired.push((old, Instant::now()));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create a new kafka producer");
+                kafka::purge(&self.sink);
             }
         }
     }
@@ -294,6 +320,7 @@ pub fn run(
         failed_mem: Vec::new(),
         rewind: None,
         last_probe: Instant::now(),
+        retired: Vec::new(),
     };
     let mut last_sync = Instant::now();
     let mut last_log = Instant::now();
@@ -328,6 +355,8 @@ pub fn run(
             std::thread::sleep(Duration::from_millis(1));
         }
         r.replay();
+        r.retired
+            .retain(|(_, at)| at.elapsed() < Duration::from_secs(10));
         r.gauges();
         if last_sync.elapsed() >= Duration::from_secs(1) {
             r.spill.sync();

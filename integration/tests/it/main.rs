@@ -5,6 +5,7 @@ mod cni_lib;
 mod cpu_split;
 mod cpus;
 mod harness;
+mod log_appender;
 mod macvlan;
 mod ovs_vlan;
 mod runtime;

@@ -1,0 +1,395 @@
+//! `berth-log-appender` against the real Kafka-protocol broker (tansu):
+//! every accepted line arrives, in order per container, through outages,
+//! rate limits, full spills, crashes, reloads and containerd's binary logger.
+
+use berth_integration::appender::{arrivals, Appender, AppenderConfig};
+use berth_integration::artifacts::bin_dir;
+use berth_integration::broker::Broker;
+use berth_integration::engines::containerd::containerd;
+use berth_integration::names::unique;
+use std::time::{Duration, Instant};
+
+fn yaml(bootstrap: &str, topic: &str, extra: &str) -> String {
+    format!(
+        "kafka:\n  brokers: [\"{bootstrap}\"]\n  topic: \"{topic}\"\n  message_timeout_ms: 5000\n  linger_ms: 5\n{extra}\n"
+    )
+}
+
+fn no_loss(a: &berth_integration::appender::Arrival, what: &str) {
+    assert!(
+        a.missing.is_empty(),
+        "{what}: {} lines missing, first {:?}",
+        a.missing.len(),
+        &a.missing[..a.missing.len().min(10)]
+    );
+    assert!(
+        a.out_of_order.is_empty(),
+        "{what}: out of order {:?}",
+        &a.out_of_order[..a.out_of_order.len().min(5)]
+    );
+    if a.duplicates > 0 {
+        eprintln!("{what}: {} duplicates (at-least-once)", a.duplicates);
+    }
+}
+
+#[test]
+fn normal_flow_every_line_arrives_in_order_with_its_envelope() {
+    let broker = Broker::start();
+    let name = unique();
+    let topic = format!("{name}-logs");
+    broker.create_topic(&topic, 3);
+    let cfg = AppenderConfig::new(&yaml(
+        &broker.bootstrap(),
+        "{container_name}-logs",
+        "fields_from_env: [APP_TIER]\n",
+    ));
+    let mut app = Appender::start(&cfg, &name, &[("APP_TIER", "gold")]);
+    let n = 20_000;
+    for i in 0..n {
+        app.line(&format!("{name}-{i}"));
+    }
+    assert!(
+        app.finish(Duration::from_secs(60)),
+        "appender did not finish: {}",
+        app.log()
+    );
+    let a = arrivals(
+        &broker.bootstrap(),
+        &topic,
+        &name,
+        n,
+        Duration::from_secs(30),
+    );
+    no_loss(&a, "normal flow");
+    let e = &a.envelopes[0];
+    assert_eq!(e["container_name"], name.as_str());
+    assert_eq!(e["stream"], "stdout");
+    assert_eq!(e["fields"]["APP_TIER"], "gold");
+    assert!(e["ts"].as_str().unwrap().ends_with('Z'));
+    assert!(!e["host"].as_str().unwrap().is_empty());
+    let c = app.final_counts();
+    assert_eq!(c.get("received"), Some(&n), "{c:?}");
+    assert_eq!(c.get("dropped"), Some(&0), "{c:?}");
+}
+
+/// Writes `n` lines `"{prefix}-{i}"` at about `per_sec`, calling `at(i)`
+/// before each one (to kill or restart things mid-stream).
+fn write_paced(app: &mut Appender, prefix: &str, n: u64, per_sec: u64, mut at: impl FnMut(u64)) {
+    let start = Instant::now();
+    for i in 0..n {
+        at(i);
+        app.line(&format!("{prefix}-{i}"));
+        let due = start + Duration::from_secs_f64(i as f64 / per_sec as f64);
+        if let Some(d) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+    }
+}
+
+#[test]
+fn broker_killed_for_30_seconds_spills_then_replays_everything() {
+    let mut broker = Broker::start_persistent();
+    let name = unique();
+    broker.create_topic(&name, 2);
+    let cfg = AppenderConfig::new(&yaml(
+        &broker.bootstrap(),
+        &name,
+        "metrics:\n  log_interval_secs: 5\n",
+    ));
+    let mut app = Appender::start(&cfg, &name, &[]);
+    let rate = 1000;
+    let n = 45 * rate;
+    let (mut killed, mut restarted) = (false, false);
+    let mut down_at = Instant::now();
+    write_paced(&mut app, &name, n, rate, |i| {
+        if i == 5 * rate && !killed {
+            broker.kill();
+            killed = true;
+            down_at = Instant::now();
+        }
+        if killed && !restarted && down_at.elapsed() >= Duration::from_secs(30) {
+            broker.restart();
+            restarted = true;
+        }
+    });
+    if !restarted {
+        std::thread::sleep(Duration::from_secs(30).saturating_sub(down_at.elapsed()));
+        broker.restart();
+    }
+    let finished = app.finish(Duration::from_secs(120));
+    let tail = |s: String| s.lines().rev().take(30).collect::<Vec<_>>().join("\n");
+    assert!(
+        finished,
+        "appender did not drain: {}\nbroker: {}",
+        tail(app.log()),
+        tail(broker.log())
+    );
+    assert!(
+        broker.pid() != 0 && std::path::Path::new(&format!("/proc/{}", broker.pid())).exists(),
+        "broker died: {}",
+        tail(broker.log())
+    );
+    let a = arrivals(
+        &broker.bootstrap(),
+        &name,
+        &name,
+        n,
+        Duration::from_secs(60),
+    );
+    no_loss(&a, "broker outage");
+    let c = app.final_counts();
+    assert!(
+        c["spilled"] > 0 && c["replayed"] > 0,
+        "nothing went through the spill: {c:?}"
+    );
+    assert_eq!(c["dropped"], 0, "{c:?}");
+    eprintln!("outage: {c:?}, {} duplicates", a.duplicates);
+}
+
+#[test]
+fn over_the_rate_limit_spills_then_drains_in_order() {
+    let broker = Broker::start();
+    let name = unique();
+    broker.create_topic(&name, 1);
+    let cfg = AppenderConfig::new(&yaml(
+        &broker.bootstrap(),
+        &name,
+        "rate_limit:\n  lines_per_sec: 2000\n",
+    ));
+    let mut app = Appender::start(&cfg, &name, &[]);
+    let n = 12_000;
+    let t = Instant::now();
+    for i in 0..n {
+        app.line(&format!("{name}-{i}"));
+    }
+    assert!(app.finish(Duration::from_secs(60)), "{}", app.log());
+    let took = t.elapsed();
+    let a = arrivals(
+        &broker.bootstrap(),
+        &name,
+        &name,
+        n,
+        Duration::from_secs(30),
+    );
+    no_loss(&a, "rate limit");
+    let c = app.final_counts();
+    assert!(c["spilled"] > 5000, "the excess was not spilled: {c:?}");
+    // 12000 lines at 2000/s with a one-second bucket: at least ~5 s.
+    assert!(
+        took >= Duration::from_secs(4),
+        "drained too fast for the limit: {took:?}"
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Waits until the appender has taken in `n` lines and settled them (none
+/// in memory or in flight); returns its counters.
+fn settled(app: &Appender, n: u64) -> std::collections::BTreeMap<String, u64> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = app.scrape();
+        let get = |k: &str| m.get(k).copied().unwrap_or(0);
+        if get("received_total") == n
+            && get("memory_queue_records") == 0
+            && get("inflight_records") == 0
+        {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "appender did not settle: {m:?}\n{}",
+            app.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_full_spill_drops_and_counts_exactly_and_a_restart_replays_the_rest() {
+    let broker = Broker::start();
+    let name = unique();
+    broker.create_topic(&name, 1);
+    // First no broker at all: everything heads for a small spill.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let spill = "spill:\n  dir: SPILL_DIR\n  max_bytes: 262144\n  segment_bytes: 65536\n  when_full: drop_newest\n";
+    let metrics = format!("metrics:\n  listen: \"127.0.0.1:{}\"\n", free_port());
+    let cfg = AppenderConfig::new(&yaml(&dead, &name, &format!("{spill}{metrics}")));
+    let mut app = Appender::start(&cfg, &name, &[]);
+    let n = 5000;
+    let pad = "x".repeat(100);
+    for i in 0..n {
+        app.line(&format!("{name}-{i} {pad}"));
+    }
+    let m = settled(&app, n);
+    let (pending, full, mem) = (
+        m["spill_records"],
+        m["dropped_total{reason=\"spill_full\"}"],
+        m["dropped_total{reason=\"memory_full\"}"],
+    );
+    assert!(full > 0, "the spill never filled: {m:?}");
+    assert_eq!(
+        pending + full + mem,
+        n,
+        "every line is either spilled or counted as dropped: {m:?}"
+    );
+    app.kill9();
+    // Against the live broker, a restart delivers exactly what was spilled.
+    cfg.write(&yaml(&broker.bootstrap(), &name, spill));
+    let mut again = Appender::start(&cfg, &name, &[]);
+    assert!(again.finish(Duration::from_secs(60)), "{}", again.log());
+    let a = arrivals(&broker.bootstrap(), &name, &name, n, Duration::from_secs(5));
+    assert_eq!(
+        a.missing.len() as u64,
+        full + mem,
+        "delivered must be exactly what was not dropped; restart log:\n{}",
+        again.log()
+    );
+    assert_eq!(a.duplicates, 0);
+    assert!(a.out_of_order.is_empty(), "{:?}", a.out_of_order);
+}
+
+#[test]
+fn kill_minus_nine_then_restart_replays_the_spool_past_a_torn_tail() {
+    let broker = Broker::start();
+    let name = unique();
+    broker.create_topic(&name, 2);
+    let dead = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("metrics:\n  listen: \"127.0.0.1:{}\"\n", free_port());
+    let cfg = AppenderConfig::new(&yaml(&dead, &name, &metrics));
+    let mut app = Appender::start(&cfg, &name, &[]);
+    let n = 3000;
+    for i in 0..n {
+        app.line(&format!("{name}-{i}"));
+    }
+    let m = settled(&app, n);
+    assert_eq!(m["spill_records"], n, "{m:?}");
+    app.kill9();
+    // A write torn by the crash: half a frame at the end of the last segment.
+    let dir = cfg.spill_dir.join(&name);
+    let mut segs: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segs.sort();
+    let last = segs.last().expect("a segment");
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(last)
+        .unwrap()
+        .write_all(&[200, 0, 0, 0, 1, 2])
+        .unwrap();
+    cfg.write(&yaml(&broker.bootstrap(), &name, ""));
+    let mut again = Appender::start(&cfg, &name, &[]);
+    assert!(again.finish(Duration::from_secs(60)), "{}", again.log());
+    assert!(
+        again.log().contains("torn"),
+        "the torn tail was not reported: {}",
+        again.log()
+    );
+    let a = arrivals(
+        &broker.bootstrap(),
+        &name,
+        &name,
+        n,
+        Duration::from_secs(30),
+    );
+    no_loss(&a, "kill -9 and restart");
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name() != ".lock")
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "segments left after replay: {left:?}");
+}
+
+#[test]
+fn a_reload_mid_stream_switches_the_topic_without_losing_lines() {
+    let broker = Broker::start();
+    let name = unique();
+    let (t1, t2) = (format!("{name}-a"), format!("{name}-b"));
+    broker.create_topic(&t1, 1);
+    broker.create_topic(&t2, 1);
+    let cfg = AppenderConfig::new(&yaml(&broker.bootstrap(), &t1, ""));
+    let mut app = Appender::start(&cfg, &name, &[]);
+    let n = 4000;
+    write_paced(&mut app, &name, n, 1000, |i| {
+        if i == 1500 {
+            // An invalid change first: refused, the old config stays.
+            cfg.write("kafka: [not, a, map]\n");
+        }
+        if i == 2000 {
+            cfg.write(&yaml(&broker.bootstrap(), &t2, ""));
+        }
+    });
+    assert!(app.finish(Duration::from_secs(60)), "{}", app.log());
+    assert!(
+        app.log().contains("refused"),
+        "the invalid change was not reported: {}",
+        app.log()
+    );
+    let a = arrivals(&broker.bootstrap(), &t1, &name, n, Duration::from_secs(4));
+    let b = arrivals(&broker.bootstrap(), &t2, &name, n, Duration::from_secs(4));
+    let missing: Vec<u64> = a
+        .missing
+        .iter()
+        .filter(|i| b.missing.contains(i))
+        .copied()
+        .collect();
+    assert!(missing.is_empty(), "lost across the reload: {missing:?}");
+    let in_a = n - a.missing.len() as u64;
+    let in_b = n - b.missing.len() as u64;
+    assert!(
+        in_a >= 1500 && in_b >= 1500,
+        "topic did not switch: {in_a} in {t1}, {in_b} in {t2}"
+    );
+    assert!(a.out_of_order.is_empty() && b.out_of_order.is_empty());
+}
+
+#[test]
+fn containerd_binary_logger_forwards_stdout_and_stderr() {
+    let broker = Broker::start();
+    let id = unique();
+    broker.create_topic(&id, 1);
+    let cfg = AppenderConfig::new(&yaml(&broker.bootstrap(), "{container_name}", ""));
+    let c = containerd();
+    let image = c.busybox_image();
+    let uri = format!(
+        "binary://{}?config={}",
+        bin_dir().join("berth-log-appender").display(),
+        cfg.path.display()
+    );
+    let r = c.ctr_run(&[
+        "run",
+        "--rm",
+        "--log-uri",
+        &uri,
+        image,
+        &id,
+        "sh",
+        "-c",
+        &format!("i=0; while [ $i -lt 100 ]; do echo {id}-$i; echo {id}-$((i+100)) >&2; i=$((i+1)); done"),
+    ]);
+    assert!(r.ok(), "ctr run --log-uri: {}\n{}", r.stdout, r.stderr);
+    let a = arrivals(&broker.bootstrap(), &id, &id, 200, Duration::from_secs(30));
+    assert!(a.missing.is_empty(), "missing {:?}", a.missing);
+    let streams: std::collections::BTreeSet<String> = a
+        .envelopes
+        .iter()
+        .map(|e| e["stream"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        streams.into_iter().collect::<Vec<_>>(),
+        ["stderr", "stdout"]
+    );
+    assert!(a.envelopes.iter().all(|e| e["container_id"] == id.as_str()));
+}
