@@ -114,6 +114,10 @@ pub struct Kafka {
     /// The partition key: `container_id`, `container_name`, `field:NAME`
     /// (a `fields_from_env` field) or `none`.
     pub partition_key: String,
+    /// Produce requests in flight per broker connection (1 to 5). 1 keeps
+    /// per-container order even when a broker persists pipelined batches out
+    /// of order as it crashes.
+    pub max_in_flight: u32,
 }
 
 impl Default for Kafka {
@@ -127,6 +131,7 @@ impl Default for Kafka {
             batch_bytes: 1_000_000,
             message_timeout_ms: 30_000,
             partition_key: "container_id".into(),
+            max_in_flight: 1,
         }
     }
 }
@@ -340,6 +345,12 @@ impl Config {
                     "names a field that fields_from_env does not list",
                 );
             }
+        }
+        if !(1..=5).contains(&self.kafka.max_in_flight) {
+            return bad(
+                "kafka.max_in_flight",
+                "must be 1 to 5 (idempotence allows at most 5)",
+            );
         }
         if self.kafka.message_timeout_ms < 1000 {
             return bad("kafka.message_timeout_ms", "must be at least 1000");

@@ -4,6 +4,7 @@
 //! ever offers records to the memory queue, which never blocks.
 
 use crate::lines;
+use crate::queue::{MemQueue, Weighed};
 use crate::record::{self, Origin};
 use crate::router::Shared;
 use std::collections::BTreeMap;
@@ -11,19 +12,118 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::fd::{FromRawFd, RawFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 
-/// Reads `r` as `stream` of `origin` until EOF on a thread of its own.
+/// A chunk as the reader hands it to the formatter: bytes, or a gap where
+/// chunks were dropped (the formatter ends the line in progress there).
+enum Chunk {
+    Bytes(Vec<u8>),
+    Gap,
+    End,
+}
+
+impl Weighed for Chunk {
+    fn size(&self) -> u64 {
+        match self {
+            Chunk::Bytes(b) => b.size(),
+            _ => 32,
+        }
+    }
+}
+
+/// The formatter's view of the chunk queue, as a byte stream.
+struct Chunks {
+    q: Arc<MemQueue<Chunk>>,
+    cur: Vec<u8>,
+    at: usize,
+}
+
+impl Read for Chunks {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at >= self.cur.len() {
+            match self.q.pop_batch(1, Duration::from_millis(100)).pop() {
+                Some(Chunk::Bytes(b)) => {
+                    self.cur = b;
+                    self.at = 0;
+                }
+                Some(Chunk::Gap) => {
+                    self.cur = b"\n".to_vec();
+                    self.at = 0;
+                }
+                Some(Chunk::End) => return Ok(0),
+                None => {}
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.at);
+        buf[..n].copy_from_slice(&self.cur[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// Reads `r` as `stream` of `origin` until EOF. Two threads: the reader
+/// only copies bytes into a bounded chunk queue (a quarter of
+/// `memory_max_bytes`), so the writer's `write()` waits for nothing but a
+/// memcpy; the formatter cuts lines and builds records. A chunk that does
+/// not fit is dropped and its lines counted.
 pub fn spawn_reader(
     shared: Arc<Shared>,
     origin: Arc<Origin>,
     stream: &'static str,
-    r: impl Read + Send + 'static,
+    mut r: impl Read + Send + 'static,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     shared.inputs_open.fetch_add(1, Relaxed);
+    let q: Arc<MemQueue<Chunk>> = Arc::new(MemQueue::new(
+        (shared.cfg().memory_max_bytes / 4).max(1 << 20),
+    ));
+    let qr = q.clone();
+    let sr = shared.clone();
     std::thread::Builder::new()
-        .name(format!("in-{stream}"))
+        .name(format!("read-{stream}"))
         .spawn(move || {
-            read_into(&shared, &origin, stream, r);
+            let mut gap = false;
+            let mut big = vec![0u8; 256 * 1024];
+            loop {
+                match r.read(&mut big) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        // An exact-size copy: the queue's accounting is real memory.
+                        let buf = big[..n].to_vec();
+                        if gap && qr.try_push(Chunk::Gap).is_ok() {
+                            gap = false;
+                        }
+                        if let Err(Chunk::Bytes(b)) = qr.try_push(Chunk::Bytes(buf)) {
+                            let lines = b.iter().filter(|&&c| c == b'\n').count() as u64;
+                            sr.metrics.dropped_memory_full.fetch_add(lines, Relaxed);
+                            sr.metrics.received.fetch_add(lines, Relaxed);
+                            gap = true;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        tracing::warn!(stream, error = %e, "input read failed; input closed");
+                        break;
+                    }
+                }
+            }
+            // The end marker must get through: wait for room (the reader is done anyway).
+            while qr.try_push(Chunk::End).is_err() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })?;
+    std::thread::Builder::new()
+        .name(format!("fmt-{stream}"))
+        .spawn(move || {
+            read_into(
+                &shared,
+                &origin,
+                stream,
+                Chunks {
+                    q,
+                    cur: Vec::new(),
+                    at: 0,
+                },
+            );
             shared.inputs_open.fetch_sub(1, Relaxed);
             shared.queue.wake();
         })

@@ -29,6 +29,9 @@ pub enum From {
 pub struct Token {
     /// Its origin.
     pub from: From,
+    /// The router's sequence number (failures are re-spilled in this order,
+    /// whatever order librdkafka reports them in).
+    pub seq: u64,
     /// Its payload size.
     pub bytes: usize,
 }
@@ -109,11 +112,15 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
             "queue.buffering.max.kbytes",
             (cfg.memory_max_bytes / 2 / 1024).max(1024).to_string(),
         )
-        .set("queue.buffering.max.messages", "200000");
+        .set("queue.buffering.max.messages", "200000")
+        .set(
+            "max.in.flight.requests.per.connection",
+            k.max_in_flight.to_string(),
+        );
     match k.acks {
         // Idempotence keeps per-partition order across retries.
         Acks::All => c.set("acks", "all").set("enable.idempotence", "true"),
-        // Without idempotence, one request in flight keeps the order.
+        // Without idempotence, only one request in flight keeps the order.
         Acks::Leader => c
             .set("acks", "1")
             .set("enable.idempotence", "false")
@@ -128,9 +135,10 @@ pub fn sink(cfg: &Config, tx: Sender<Event>, metrics: Arc<Metrics>) -> Result<Si
 }
 
 /// Hands `r` to librdkafka; gives it back when its queue is full.
-pub fn send(s: &Sink, r: Record, from: From) -> Result<(), Record> {
+pub fn send(s: &Sink, r: Record, from: From, seq: u64) -> Result<(), Record> {
     let t = Box::new(Token {
         from,
+        seq,
         bytes: r.payload.len(),
     });
     let mut br = BaseRecord::with_opaque_to(&r.topic, t).payload(&r.payload);

@@ -1,22 +1,40 @@
-//! The in-memory queue between the inputs and the router: bounded by bytes
-//! (`memory_max_bytes`), and never blocking a producer: when it is full the
-//! record is handed back, to be dropped and counted.
+//! In-memory queues (between a reader and its formatter, and between the
+//! inputs and the router): bounded by bytes, and never blocking a producer:
+//! when one is full the item is handed back, to be dropped and counted.
 
 use crate::record::Record;
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
+/// What an item weighs in memory.
+pub trait Weighed {
+    /// Bytes it occupies.
+    fn size(&self) -> u64;
+}
+
+impl Weighed for Record {
+    fn size(&self) -> u64 {
+        Record::size(self)
+    }
+}
+
+impl Weighed for Vec<u8> {
+    fn size(&self) -> u64 {
+        self.len() as u64 + 32
+    }
+}
+
 /// A byte-bounded multi-producer queue.
-pub struct MemQueue {
-    inner: Mutex<(VecDeque<Record>, u64)>,
+pub struct MemQueue<T = Record> {
+    inner: Mutex<(VecDeque<T>, u64)>,
     ready: Condvar,
     cap: u64,
 }
 
-impl MemQueue {
+impl<T: Weighed> MemQueue<T> {
     /// A queue holding at most `cap` bytes of records.
-    pub fn new(cap: u64) -> MemQueue {
+    pub fn new(cap: u64) -> MemQueue<T> {
         MemQueue {
             inner: Mutex::new((VecDeque::new(), 0)),
             ready: Condvar::new(),
@@ -25,7 +43,7 @@ impl MemQueue {
     }
 
     /// Appends `r`, or gives it back when the queue is full.
-    pub fn try_push(&self, r: Record) -> Result<(), Record> {
+    pub fn try_push(&self, r: T) -> Result<(), T> {
         let size = r.size();
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if g.1 + size > self.cap {
@@ -39,7 +57,7 @@ impl MemQueue {
     }
 
     /// Takes up to `max` records, waiting up to `wait` for the first.
-    pub fn pop_batch(&self, max: usize, wait: Duration) -> Vec<Record> {
+    pub fn pop_batch(&self, max: usize, wait: Duration) -> Vec<T> {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if g.0.is_empty() && !wait.is_zero() {
             g = self
@@ -49,8 +67,8 @@ impl MemQueue {
                 .unwrap_or_else(|e| e.into_inner().0);
         }
         let n = g.0.len().min(max);
-        let out: Vec<Record> = g.0.drain(..n).collect();
-        let freed: u64 = out.iter().map(Record::size).sum();
+        let out: Vec<T> = g.0.drain(..n).collect();
+        let freed: u64 = out.iter().map(Weighed::size).sum();
         g.1 -= freed;
         out
     }
@@ -81,7 +99,7 @@ mod tests {
 
     #[test]
     fn bounded_by_bytes_and_fifo() {
-        let q = MemQueue::new(300);
+        let q: MemQueue = MemQueue::new(300);
         assert!(q.try_push(rec(100)).is_ok());
         assert!(q.try_push(rec(100)).is_err(), "165+165 > 300");
         let b = q.pop_batch(10, Duration::ZERO);

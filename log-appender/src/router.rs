@@ -84,7 +84,8 @@ struct Router {
     healthy: bool,
     inflight_mem: u64,
     inflight_spill: u64,
-    failed_mem: Vec<Record>,
+    failed_mem: Vec<(u64, Record)>,
+    seq: u64,
     rewind: Option<(u64, u32)>,
     last_probe: Instant,
     /// Replaced producers, kept until their last reports are in.
@@ -148,7 +149,7 @@ impl Router {
                 match t.from {
                     From::Memory => {
                         self.inflight_mem -= 1;
-                        self.failed_mem.push(rec);
+                        self.failed_mem.push((t.seq, rec));
                     }
                     From::Spill(seg, idx) => {
                         self.inflight_spill -= 1;
@@ -174,6 +175,15 @@ impl Router {
                 }
                 self.healthy = false;
             }
+        }
+    }
+
+    /// Spills the records whose delivery failed, in the order they were sent.
+    fn spill_failed(&mut self) {
+        let mut failed = std::mem::take(&mut self.failed_mem);
+        failed.sort_by_key(|(seq, _)| *seq);
+        for (_, rec) in failed {
+            self.spill_one(&rec);
         }
     }
 
@@ -235,7 +245,8 @@ impl Router {
                 && self.failed_mem.is_empty()
                 && self.spill.is_drained();
             if direct && self.limiter.try_take(r.payload.len()) {
-                match kafka::send(&self.sink, r, From::Memory) {
+                self.seq += 1;
+                match kafka::send(&self.sink, r, From::Memory, self.seq) {
                     Ok(()) => self.inflight_mem += 1,
                     Err(r) => self.spill_one(&r),
                 }
@@ -266,7 +277,7 @@ impl Router {
                         self.spill.rewind(seg, idx);
                         return;
                     }
-                    match kafka::send(&self.sink, rec, From::Spill(seg, idx)) {
+                    match kafka::send(&self.sink, rec, From::Spill(seg, idx), 0) {
                         Ok(()) => self.inflight_spill += 1,
                         Err(_) => {
                             self.spill.rewind(seg, idx);
@@ -318,6 +329,7 @@ pub fn run(
         inflight_mem: 0,
         inflight_spill: 0,
         failed_mem: Vec::new(),
+        seq: 0,
         rewind: None,
         last_probe: Instant::now(),
         retired: Vec::new(),
@@ -331,9 +343,7 @@ pub fn run(
             r.handle(ev);
         }
         if !r.failed_mem.is_empty() && r.inflight_mem == 0 {
-            for rec in std::mem::take(&mut r.failed_mem) {
-                r.spill_one(&rec);
-            }
+            r.spill_failed();
         }
         if r.inflight_spill == 0 {
             if let Some((seg, idx)) = r.rewind.take() {
@@ -396,9 +406,7 @@ pub fn run(
             Err(_) => continue,
         }
     }
-    for rec in std::mem::take(&mut r.failed_mem) {
-        r.spill_one(&rec);
-    }
+    r.spill_failed();
     r.spill.sync();
     r.gauges();
     r.shared.metrics.log();

@@ -1,4 +1,4 @@
-//! `berth-bench [planner|runtime-cycle|docker-run|preload|cni-macvlan|cni-ovs-vlan|all]`: Berth's benchmarks,
+//! `berth-bench [planner|runtime-cycle|docker-run|preload|cni-macvlan|cni-ovs-vlan|log-appender|all]`: Berth's benchmarks,
 //! each measured interleaved against the reference it names, in one run on
 //! one machine, printed as medians and a ratio. Run as root (`bench/run`).
 
@@ -9,7 +9,7 @@ use berth_integration::images::busybox_bundle;
 use berth_integration::names::unique;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Mounts a tmpfs on `dir` (unmounted with the scratch directory at exit),
 /// for state that lives under /run on production hosts.
@@ -404,6 +404,195 @@ fn cni_ovs_vlan(n: usize) {
     );
 }
 
+/// The same envelopes the appender would send, for the raw producer.
+fn envelope_lines(prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            format!(
+                "{prefix}-{i} GET /api/v1/items?page={} 200 {}ms user-agent=curl/7.88",
+                i % 97,
+                i % 250
+            )
+        })
+        .collect()
+}
+
+/// berth-log-appender against a minimal raw rdkafka producer (same settings,
+/// broker and input); write() latency while the broker is down; RSS at 10x
+/// the rate limit.
+fn log_appender() {
+    use berth_integration::appender::AppenderConfig;
+    use berth_integration::broker::Broker;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    use std::io::Write;
+    let broker = Broker::start();
+    let n = 300_000;
+    // Throughput: interleaved rounds, each on a fresh topic.
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        let name = format!("{}-{round}", unique());
+        let lines = envelope_lines(&name, n);
+        broker.create_topic(&format!("{name}-a"), 1);
+        broker.create_topic(&format!("{name}-r"), 1);
+        let cfg = AppenderConfig::new(&format!(
+            "kafka:\n  brokers: [\"{}\"]\n  topic: \"{name}-a\"\nmetrics:\n  log_interval_secs: 0\n",
+            broker.bootstrap()
+        ));
+        let input = fresh_dir("bench-input").join("lines");
+        std::fs::write(&input, lines.join("\n") + "\n").expect("input");
+        let t = Instant::now();
+        let st = Command::new(binary("berth-log-appender"))
+            .arg("--config")
+            .arg(&cfg.path)
+            .args(["--stdin", "--name", &name])
+            .stdin(std::fs::File::open(&input).expect("open input"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("appender");
+        assert!(st.success());
+        ours.push(n as f64 / t.elapsed().as_secs_f64());
+        // The raw producer: same librdkafka settings, records the appender
+        // would build (envelopes made up front, outside the clock).
+        let c: berth_log_appender::config::Config =
+            berth_log_appender::config::Config::load(&cfg.path).expect("config");
+        let origin = berth_log_appender::record::Origin {
+            container_id: name.clone(),
+            container_name: name.clone(),
+            host: "h".into(),
+            ..Default::default()
+        };
+        let recs: Vec<berth_log_appender::record::Record> = lines
+            .iter()
+            .map(|l| {
+                berth_log_appender::record::make(
+                    &c,
+                    &origin,
+                    "stdout",
+                    l.as_bytes(),
+                    berth_log_appender::record::Cut::Whole,
+                )
+            })
+            .collect();
+        let producer: ThreadedProducer<DefaultProducerContext> =
+            berth_log_appender::kafka::client_config(&c)
+                .create()
+                .expect("raw producer");
+        let topic = format!("{name}-r");
+        let t = Instant::now();
+        for r in &recs {
+            let mut rec = BaseRecord::to(&topic)
+                .payload(&r.payload)
+                .key(r.key.as_deref().unwrap_or_default());
+            loop {
+                match producer.send(rec) {
+                    Ok(()) => break,
+                    Err((_, back)) => {
+                        rec = back;
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(60)).expect("flush");
+        raw.push(n as f64 / t.elapsed().as_secs_f64());
+    }
+    let (o, r) = (median(ours), median(raw));
+    println!(
+        "log-appender throughput (n={n} lines, median of 3 interleaved runs): berth-log-appender {o:.0} lines/s end to end vs raw rdkafka producer {r:.0} lines/s; ratio {:.3} (goal >= 0.8)",
+        o / r
+    );
+
+    // write() latency while the broker is down, 1M lines.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        l.local_addr().expect("addr").port()
+    };
+    let cfg = AppenderConfig::new(&format!(
+        "kafka:\n  brokers: [\"127.0.0.1:{dead}\"]\n  topic: t\nspill:\n  dir: SPILL_DIR\n  max_bytes: 2147483648\nmetrics:\n  log_interval_secs: 0\n"
+    ));
+    let mut child = Command::new(binary("berth-log-appender"))
+        .arg("--config")
+        .arg(&cfg.path)
+        .args(["--stdin", "--name", &unique(), "--drain-seconds", "1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("appender");
+    let mut w = child.stdin.take().expect("stdin");
+    let mut lat = Vec::with_capacity(1_000_000);
+    let line =
+        b"2026-11-22T02:00:00Z INFO request served path=/api/v1/items status=200 took=12ms\n";
+    for _ in 0..1_000_000 {
+        let t = Instant::now();
+        w.write_all(line).expect("write");
+        lat.push(t.elapsed().as_nanos() as u64);
+    }
+    drop(w);
+    let _ = child.wait();
+    lat.sort_unstable();
+    let p = |q: f64| lat[((lat.len() as f64 - 1.0) * q) as usize] as f64 / 1000.0;
+    println!(
+        "log-appender write() with the broker down (1M lines, one write each): p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.0} us (goal p99.9 < 100 us)",
+        p(0.5),
+        p(0.99),
+        p(0.999),
+        p(1.0)
+    );
+
+    // RSS at 10x the rate limit for 60 s.
+    let name = unique();
+    broker.create_topic(&name, 1);
+    let cap_mb = 64;
+    let cfg = AppenderConfig::new(&format!(
+        "kafka:\n  brokers: [\"{}\"]\n  topic: \"{name}\"\nrate_limit:\n  lines_per_sec: 2000\nmemory_max_bytes: {}\nmetrics:\n  log_interval_secs: 0\n",
+        broker.bootstrap(),
+        cap_mb << 20
+    ));
+    let mut child = Command::new(binary("berth-log-appender"))
+        .arg("--config")
+        .arg(&cfg.path)
+        .args(["--stdin", "--name", &name, "--drain-seconds", "1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("appender");
+    let pid = child.id();
+    let mut w = child.stdin.take().expect("stdin");
+    let start = Instant::now();
+    let mut i = 0u64;
+    let mut peak_kb = 0u64;
+    while start.elapsed() < Duration::from_secs(60) {
+        // 20 000 lines/s: 10x the limit.
+        for _ in 0..200 {
+            let _ = writeln!(w, "{name}-{i} {}", "p".repeat(150));
+            i += 1;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        if i.is_multiple_of(20_000) {
+            let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            if let Some(kb) = st
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                peak_kb = peak_kb.max(kb);
+            }
+        }
+    }
+    drop(w);
+    let _ = child.kill();
+    let _ = child.wait();
+    println!(
+        "log-appender RSS at 10x the rate limit for 60 s ({i} lines, memory cap {cap_mb} MiB): peak {:.1} MiB (goal <= cap + 32 = {} MiB)",
+        peak_kb as f64 / 1024.0,
+        cap_mb + 32
+    );
+}
+
 fn main() {
     berth_integration::cleanup::tear_down_on_panic();
     berth_integration::require_root();
@@ -415,7 +604,9 @@ fn main() {
         "planner" => planner(),
         "cni-macvlan" => cni_macvlan(100),
         "cni-ovs-vlan" => cni_ovs_vlan(60),
+        "log-appender" => log_appender(),
         "all" => {
+            log_appender();
             cni_macvlan(100);
             cni_ovs_vlan(60);
             planner();
@@ -425,7 +616,7 @@ fn main() {
         }
         other => {
             eprintln!(
-                "usage: berth-bench [planner|runtime-cycle|docker-run|preload|cni-macvlan|cni-ovs-vlan|all] (not {other:?})"
+                "usage: berth-bench [planner|runtime-cycle|docker-run|preload|cni-macvlan|cni-ovs-vlan|log-appender|all] (not {other:?})"
             );
             std::process::exit(2);
         }
