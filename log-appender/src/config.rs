@@ -408,3 +408,15 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    #[test]
+    fn the_shipped_file_parses_to_the_defaults() {
+        let text = include_str!("../../etc/log-appender.yaml");
+        let c = Config::parse(text, Path::new("etc/log-appender.yaml")).unwrap();
+        assert_eq!(c, Config::default());
+    }
+}

@@ -393,3 +393,51 @@ fn containerd_binary_logger_forwards_stdout_and_stderr() {
     );
     assert!(a.envelopes.iter().all(|e| e["container_id"] == id.as_str()));
 }
+
+#[test]
+fn daemon_mode_takes_many_clients_on_a_unix_socket() {
+    let broker = Broker::start();
+    let name = unique();
+    broker.create_topic(&name, 2);
+    let cfg = AppenderConfig::new(&yaml(&broker.bootstrap(), &name, "fields_from_env: [TIER]\n"));
+    let sock = cfg.spill_dir.with_file_name("appender.sock");
+    let log = cfg.path.with_extension("daemon.log");
+    let mut daemon = std::process::Command::new(bin_dir().join("berth-log-appender"))
+        .arg("--config")
+        .arg(&cfg.path)
+        .arg("--listen")
+        .arg(&sock)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("daemon");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let sock = sock.clone();
+            let name = name.clone();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
+                writeln!(s, "BERTH-HELLO {{\"container_id\": \"c{c}\", \"container_name\": \"app{c}\", \"env\": {{\"TIER\": \"t{c}\"}}}}").unwrap();
+                for i in 0..500 {
+                    writeln!(s, "{name}-{}", c * 500 + i).unwrap();
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let a = arrivals(&broker.bootstrap(), &name, &name, 2000, Duration::from_secs(30));
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    no_loss(&a, "daemon mode");
+    for e in &a.envelopes {
+        let c = e["container_id"].as_str().unwrap().trim_start_matches('c').to_string();
+        assert_eq!(e["container_name"], format!("app{c}").as_str());
+        assert_eq!(e["fields"]["TIER"], format!("t{c}").as_str());
+    }
+}
