@@ -3,19 +3,21 @@
 //! and an embedded default Berth configuration, and shows what Berth did:
 //! the sysctl policy applied, the program seeing one CPU through the preload
 //! library, the container on a macvlan network (berth-macvlan, with egress
-//! shaping) reaching a neighbour, and the `io.berth.applied` record in the
-//! rewritten config.json.
+//! shaping) reaching a neighbour, its output forwarded to Kafka (a local
+//! tansu broker) by berth-log-appender, and the `io.berth.applied` record in
+//! the rewritten config.json.
 //!
 //! Usage: `berth-demo [TARGET_DIR]` (as root; `scripts/demo` builds and runs it).
 
 use berth_integration::artifacts::{fresh_dir, scratch};
+use berth_integration::broker::Broker;
 use berth_integration::cmd::sh;
 use berth_integration::cni::{host_local, Call};
 use berth_integration::images::{dynamic_rootfs, edit_config};
 use berth_integration::net::{Netns, ParentLink};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 fn main() {
     berth_integration::cleanup::tear_down_on_panic();
@@ -34,7 +36,8 @@ fn main() {
     let runtime = target.join("berth-runtime");
     let library = target.join("libberth_cpus.so");
     let macvlan = target.join("berth-macvlan");
-    for p in [&runtime, &library, &macvlan] {
+    let appender = target.join("berth-log-appender");
+    for p in [&runtime, &library, &macvlan, &appender] {
         assert!(
             p.is_file(),
             "{} is not built (scripts/demo builds it)",
@@ -143,16 +146,41 @@ fn main() {
             .arg(&root);
         c
     };
+    // The container's stdout and stderr go into berth-log-appender, which
+    // forwards them to a local Kafka-protocol broker.
+    let broker = Broker::start();
+    broker.create_topic("berth-demo", 1);
+    let log_cfg = scratch().join("log-appender.yaml");
+    std::fs::write(
+        &log_cfg,
+        format!(
+            "kafka:\n  brokers: [\"{}\"]\n  topic: berth-demo\nspill:\n  dir: {}\nmetrics:\n  log_interval_secs: 0\n",
+            broker.bootstrap(),
+            scratch().join("spill").display()
+        ),
+    )
+    .expect("log-appender.yaml");
+    let mut forwarder = Command::new(&appender)
+        .arg("--config")
+        .arg(&log_cfg)
+        .args(["--stdin", "--name", "berth-demo"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start berth-log-appender");
+    let pipe = forwarder.stdin.take().expect("appender stdin");
+    let pipe_fd: std::os::fd::OwnedFd = pipe.into();
     let status = berth()
         .args(["create", "--bundle"])
         .arg(&bundle)
         .arg(&id)
+        .stdout(Stdio::from(pipe_fd))
         .status()
         .expect("run berth-runtime");
     assert!(status.success(), "berth-runtime create failed: {status}");
     println!("\n--- berth-runtime cpus (the host's CPU ledger while the container exists)");
     let _ = berth().arg("cpus").status();
-    println!("--- the container's output");
+    println!("--- the container runs; its output goes to berth-log-appender");
     assert!(
         berth()
             .args(["start", &id])
@@ -183,7 +211,31 @@ fn main() {
         "delete failed"
     );
 
-    step("5. What Berth changed (annotation io.berth.applied in the rewritten config.json)");
+    step("5. The container's output, forwarded to Kafka by berth-log-appender (topic berth-demo)");
+    let _ = forwarder.wait();
+    let lines = berth_integration::broker::consume(
+        &broker.bootstrap(),
+        "berth-demo",
+        usize::MAX,
+        std::time::Duration::from_secs(3),
+    );
+    for r in &lines {
+        let v: Value = serde_json::from_slice(&r.value).unwrap_or_default();
+        println!(
+            "{}  [{}] {}",
+            v["ts"].as_str().unwrap_or(""),
+            v["stream"].as_str().unwrap_or(""),
+            v["line"].as_str().unwrap_or("")
+        );
+    }
+    if let Some(r) = lines.first() {
+        println!(
+            "\none record as Kafka has it: {}",
+            String::from_utf8_lossy(&r.value)
+        );
+    }
+
+    step("6. What Berth changed (annotation io.berth.applied in the rewritten config.json)");
     let spec: Value =
         serde_json::from_slice(&std::fs::read(bundle.join("config.json")).expect("read config"))
             .expect("json");
@@ -194,7 +246,7 @@ fn main() {
     )
     .unwrap_or_default();
     println!("{}", serde_json::to_string_pretty(&applied).expect("json"));
-    step("6. After delete the allocation is released (berth-runtime cpus), and berth-macvlan DEL frees the addresses");
+    step("7. After delete the allocation is released (berth-runtime cpus), and berth-macvlan DEL frees the addresses");
     let _ = Command::new(&runtime)
         .arg("--berth-config")
         .arg(&config)
@@ -217,7 +269,7 @@ fn main() {
         .unwrap_or_default();
     println!("IPAM leases left after DEL: {leases:?}");
     println!("plugin log: {}", scratch().join("cni.log").display());
-    println!("\nDone. (Log forwarding joins this demo when berth-log-appender lands.)");
+    println!("\nDone.");
 }
 
 fn step(title: &str) {

@@ -399,7 +399,11 @@ fn daemon_mode_takes_many_clients_on_a_unix_socket() {
     let broker = Broker::start();
     let name = unique();
     broker.create_topic(&name, 2);
-    let cfg = AppenderConfig::new(&yaml(&broker.bootstrap(), &name, "fields_from_env: [TIER]\n"));
+    let cfg = AppenderConfig::new(&yaml(
+        &broker.bootstrap(),
+        &name,
+        "fields_from_env: [TIER]\n",
+    ));
     let sock = cfg.spill_dir.with_file_name("appender.sock");
     let log = cfg.path.with_extension("daemon.log");
     let mut daemon = std::process::Command::new(bin_dir().join("berth-log-appender"))
@@ -431,12 +435,22 @@ fn daemon_mode_takes_many_clients_on_a_unix_socket() {
     for c in clients {
         c.join().unwrap();
     }
-    let a = arrivals(&broker.bootstrap(), &name, &name, 2000, Duration::from_secs(30));
+    let a = arrivals(
+        &broker.bootstrap(),
+        &name,
+        &name,
+        2000,
+        Duration::from_secs(30),
+    );
     let _ = daemon.kill();
     let _ = daemon.wait();
     no_loss(&a, "daemon mode");
     for e in &a.envelopes {
-        let c = e["container_id"].as_str().unwrap().trim_start_matches('c').to_string();
+        let c = e["container_id"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches('c')
+            .to_string();
         assert_eq!(e["container_name"], format!("app{c}").as_str());
         assert_eq!(e["fields"]["TIER"], format!("t{c}").as_str());
     }
