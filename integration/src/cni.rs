@@ -29,7 +29,7 @@ pub fn berth_ovs_vlan() -> PathBuf {
 
 /// Runs `ctr` (bound to the harness's containerd) with `conflist` as the
 /// only file in `/etc/cni/net.d` and `plugins` (Berth's build first, then
-/// Debian's) as `/opt/cni/bin`, both in a private mount namespace: ctr's
+/// Debian's; none: the host's own `/opt/cni/bin` and `/usr/lib/cni`) as `/opt/cni/bin`, both in a private mount namespace: ctr's
 /// `--cni` reads those fixed paths, and the host's stay untouched.
 pub fn ctr_with_cni(conflist: &Value, plugins: &[&str], args: &[&str]) -> Ran {
     let dir = fresh_dir("ctr-cni");
@@ -44,7 +44,7 @@ pub fn ctr_with_cni(conflist: &Value, plugins: &[&str], args: &[&str]) -> Ran {
         } else {
             PathBuf::from("/usr/lib/cni").join(name)
         };
-        std::os::unix::fs::symlink(from, bin.join(name)).expect("symlink plugin");
+        std::os::unix::fs::symlink(&from, bin.join(name)).expect("symlink plugin");
     }
     let ctr = containerd().ctr();
     let mut line: Vec<String> = vec![ctr.get_program().to_string_lossy().into_owned()];
@@ -54,10 +54,18 @@ pub fn ctr_with_cni(conflist: &Value, plugins: &[&str], args: &[&str]) -> Ran {
         .iter()
         .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
         .collect();
+    // No plugins named: the host's own plugin dirs (installed packages).
+    let bin_mount = if plugins.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "mount -t tmpfs berth /opt; mkdir -p /opt/cni/bin; mount --bind '{}' /opt/cni/bin; ",
+            bin.display()
+        )
+    };
     let script = format!(
-        "set -e; mkdir -p /etc/cni/net.d; mount --bind '{}' /etc/cni/net.d; mount -t tmpfs berth /opt; mkdir -p /opt/cni/bin; mount --bind '{}' /opt/cni/bin; exec {}",
+        "set -e; mkdir -p /etc/cni/net.d; mount --bind '{}' /etc/cni/net.d; {bin_mount}exec {}",
         netd.display(),
-        bin.display(),
         quoted.join(" ")
     );
     try_run(Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]))

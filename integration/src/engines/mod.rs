@@ -24,8 +24,10 @@ pub struct Runtime {
     pub args: Vec<String>,
 }
 
-/// The runtimes every private engine knows besides runc: `crun` and, when
-/// built, this workspace's `berth-runtime` twice: `berth`, which finds the
+/// The runtimes every private engine knows besides runc: `crun`,
+/// `berth-pkg` (the Debian package's `/usr/bin/berth-runtime` with
+/// `/etc/berth/runtime.toml`) and, when built, this workspace's
+/// `berth-runtime` twice: `berth`, which finds the
 /// test host's configuration through `BERTH_RUNTIME_CONFIG` in the engines'
 /// environment ([`engine_env`]), and `berth-flag`, which is given it with its
 /// `--berth-config` flag (Docker's `runtimeArgs`; Docker then calls it through
@@ -36,6 +38,13 @@ pub fn extra_runtimes() -> Vec<Runtime> {
         path: PathBuf::from("/usr/bin/crun"),
         args: vec![],
     }];
+    // The packaged runtime (present while the package test has it installed),
+    // with the packaged configuration.
+    v.push(Runtime {
+        name: "berth-pkg".into(),
+        path: PathBuf::from("/usr/bin/berth-runtime"),
+        args: vec!["--berth-config".into(), "/etc/berth/runtime.toml".into()],
+    });
     let berth = crate::artifacts::bin_dir().join("berth-runtime");
     if berth.is_file() {
         v.push(Runtime {

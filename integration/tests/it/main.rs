@@ -8,4 +8,5 @@ mod harness;
 mod log_appender;
 mod macvlan;
 mod ovs_vlan;
+mod packages;
 mod runtime;
