@@ -1,12 +1,11 @@
 //! The macvlan network configuration: its keys, capabilities and `CNI_ARGS`,
 //! checked with errors that name the offending key.
 
-use berth_cni::caps::{opt_str, opt_u32, Common};
+use berth_cni::caps::{invalid, opt_str, opt_u32, Common};
 use berth_cni::env::Env;
-use berth_cni::ipcfg::Cidr;
 use berth_cni::link::MacvlanMode;
 use berth_cni::types::NetConf;
-use berth_cni::{CniError, Code};
+use berth_cni::CniError;
 use serde_json::Value;
 
 /// What `berth-macvlan` reads from its configuration.
@@ -18,25 +17,10 @@ pub struct MacvlanConf {
     pub mode: MacvlanMode,
     /// `mtu`; `None` (or 0) inherits the master's.
     pub mtu: Option<u32>,
-    /// The MAC: `mac`, overridden by `CNI_ARGS` `MAC=`, overridden by
-    /// `runtimeConfig.mac`.
-    pub mac: Option<[u8; 6]>,
     /// `linkInContainer`: the master lives in the container's netns.
     pub link_in_container: bool,
-    /// `ipam.type`, if there is IPAM.
-    pub ipam_type: Option<String>,
-    /// Requested IPs (`runtimeConfig.ips`, `CNI_ARGS` `IP=`), assigned
-    /// directly when there is no IPAM (IPAM reads them itself otherwise).
-    pub static_ips: Vec<Cidr>,
-    /// The bandwidth settings and the key they came from: `bandwidth`,
-    /// replaced by the `runtimeConfig.bandwidth` capability when present.
-    pub bandwidth: Option<(Value, &'static str)>,
-    /// `dns`, passed to the result.
-    pub dns: Option<Value>,
-}
-
-fn invalid(msg: String) -> CniError {
-    CniError::new(Code::InvalidConfig, msg)
+    /// The shared keys (MAC, IPAM, static IPs, bandwidth, DNS).
+    pub common: Common,
 }
 
 impl MacvlanConf {
@@ -57,17 +41,12 @@ impl MacvlanConf {
             Some(Value::Bool(b)) => *b,
             Some(_) => return Err(invalid("linkInContainer must be true or false".into())),
         };
-        let common = Common::parse(conf, env)?;
         Ok(MacvlanConf {
             master: opt_str(obj, "master")?.map(str::to_string),
             mode,
             mtu: opt_u32(obj, "mtu")?,
-            mac: common.mac,
             link_in_container,
-            static_ips: common.static_ips,
-            ipam_type: common.ipam_type,
-            bandwidth: common.bandwidth,
-            dns: common.dns,
+            common: Common::parse(conf, env)?,
         })
     }
 }
@@ -104,12 +83,12 @@ mod tests {
         let mut c = base();
         c["mac"] = json!("02:00:00:00:00:01");
         let m = MacvlanConf::parse(&conf(c.clone()), &env("")).unwrap();
-        assert_eq!(m.mac, Some([2, 0, 0, 0, 0, 1]));
+        assert_eq!(m.common.mac, Some([2, 0, 0, 0, 0, 1]));
         let m = MacvlanConf::parse(&conf(c.clone()), &env("MAC=02:00:00:00:00:02")).unwrap();
-        assert_eq!(m.mac, Some([2, 0, 0, 0, 0, 2]));
+        assert_eq!(m.common.mac, Some([2, 0, 0, 0, 0, 2]));
         c["runtimeConfig"] = json!({"mac": "02:00:00:00:00:03"});
         let m = MacvlanConf::parse(&conf(c), &env("MAC=02:00:00:00:00:02")).unwrap();
-        assert_eq!(m.mac, Some([2, 0, 0, 0, 0, 3]));
+        assert_eq!(m.common.mac, Some([2, 0, 0, 0, 0, 3]));
     }
 
     #[test]
@@ -140,8 +119,8 @@ mod tests {
         c["runtimeConfig"] =
             json!({"bandwidth": {"ingressRate": 2_000_000}, "ips": ["10.9.0.5/24"]});
         let m = MacvlanConf::parse(&conf(c), &env("IP=10.9.0.6/24")).unwrap();
-        assert_eq!(m.bandwidth.unwrap().1, "runtimeConfig.bandwidth");
-        assert_eq!(m.static_ips.len(), 2);
+        assert_eq!(m.common.bandwidth.unwrap().1, "runtimeConfig.bandwidth");
+        assert_eq!(m.common.static_ips.len(), 2);
         assert_eq!(m.mode, MacvlanMode::Bridge);
     }
 }

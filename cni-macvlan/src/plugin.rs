@@ -1,8 +1,9 @@
 //! The macvlan verbs.
 
 use crate::conf::MacvlanConf;
+use berth_cni::check::{self, mismatch};
 use berth_cni::env::{Command as Verb, Env};
-use berth_cni::ipcfg::{self, Cidr};
+use berth_cni::ipcfg;
 use berth_cni::link::{self, Link, MacvlanSpec};
 use berth_cni::netlink::{Netlink, NetlinkError};
 use berth_cni::qos::{self, Bandwidth};
@@ -75,7 +76,7 @@ fn plan(env: &Env, conf: &NetConf, nl_master: &mut Netlink) -> Result<Plan, CniE
         }
     }
     let mtu = c.mtu.unwrap_or(m.mtu);
-    let bandwidth = match &c.bandwidth {
+    let bandwidth = match &c.common.bandwidth {
         Some((v, key)) => Bandwidth::parse(v, key, mtu)?,
         None => Bandwidth::default(),
     };
@@ -138,12 +139,12 @@ fn create_link(p: &Plan, env: &Env, netns: &Path, tmp: &str) -> Result<(), CniEr
         parent: p.master.index,
         mode: p.conf.mode,
         mtu: p.conf.mtu,
-        mac: p.conf.mac,
+        mac: p.conf.common.mac,
         netns_fd: fd,
     };
     let explain = |e: NetlinkError| -> CniError {
         match e.errno() {
-            Some(libc::EADDRINUSE) | Some(libc::EEXIST) if p.conf.mac.is_some() => CniError::new(
+            Some(libc::EADDRINUSE) | Some(libc::EEXIST) if p.conf.common.mac.is_some() => CniError::new(
                 Code::InvalidConfig,
                 format!("mac: the address is already used on master {}", p.master.name),
             )
@@ -207,7 +208,7 @@ impl Plugin for Macvlan {
             armed: true,
         };
         let mut result = CniResult::default();
-        if let Some(t) = &p.conf.ipam_type {
+        if let Some(t) = &p.conf.common.ipam_type {
             let stdin = serde_json::to_vec(&conf.raw).unwrap_or_default();
             rb.ipam = Some(t.clone());
             let r = ipam::add(t, env, &stdin)?;
@@ -222,6 +223,7 @@ impl Plugin for Macvlan {
         } else {
             result.ips = p
                 .conf
+                .common
                 .static_ips
                 .iter()
                 .map(|c| IpConfig {
@@ -278,7 +280,7 @@ impl Plugin for Macvlan {
             mtu: Some(attached.mtu),
             sandbox: Some(netns.display().to_string()),
         }];
-        result.dns = p.conf.dns.clone();
+        result.dns = p.conf.common.dns.clone();
         tracing::info!(master = %p.master.name, mode = p.conf.mode.as_str(), ?bw, "macvlan attached");
         Ok(result)
     }
@@ -320,7 +322,7 @@ impl Plugin for Macvlan {
         })?;
         let prev = CniResult::from_json(prev)?;
         let c = MacvlanConf::parse(conf, env)?;
-        if let Some(t) = &c.ipam_type {
+        if let Some(t) = &c.common.ipam_type {
             let plugin = ipam::find_plugin(t, &env.path)?;
             ipam::exec_negotiated(
                 &plugin,
@@ -330,18 +332,7 @@ impl Plugin for Macvlan {
             )?;
         }
         let ifname = env.ifname.clone();
-        let ours = prev
-            .interfaces
-            .iter()
-            .position(|i| i.name == ifname && i.sandbox.is_some())
-            .ok_or_else(|| {
-                CniError::new(
-                    Code::InvalidConfig,
-                    format!("prevResult has no interface {ifname} in a sandbox"),
-                )
-            })?;
-        let want_mac = prev.interfaces[ours].mac.clone();
-        let mismatch = |m: String| CniError::new(Code::Plugin(101), m);
+        let (ours, want_mac) = check::prev_interface(&prev, &ifname)?;
         netns::run_in(netns, move || -> Result<(), CniError> {
             let mut nl = Netlink::open().map_err(io)?;
             let l = link::by_name(&mut nl, &ifname)
@@ -360,44 +351,8 @@ impl Plugin for Macvlan {
                     c.mode.as_str()
                 )));
             }
-            if !want_mac.is_empty() && !l.mac_string().eq_ignore_ascii_case(&want_mac) {
-                return Err(mismatch(format!(
-                    "{ifname} has MAC {}, prevResult says {want_mac}",
-                    l.mac_string()
-                )));
-            }
-            if let Some(mtu) = c.mtu {
-                if l.mtu != mtu {
-                    return Err(mismatch(format!(
-                        "{ifname} has MTU {}, configured {mtu}",
-                        l.mtu
-                    )));
-                }
-            }
-            let have = ipcfg::addresses(&mut nl, l.index).map_err(io)?;
-            for ip in prev
-                .ips
-                .iter()
-                .filter(|i| i.interface.is_none_or(|i| i == ours))
-            {
-                let want = Cidr::parse(&ip.address).ok_or_else(|| {
-                    CniError::new(
-                        Code::Decode,
-                        format!("prevResult address {:?} is not a CIDR", ip.address),
-                    )
-                })?;
-                if !have.contains(&want) {
-                    return Err(mismatch(format!("{ifname} lacks address {want}")));
-                }
-            }
-            let routes = ipcfg::routes(&mut nl).map_err(io)?;
-            for r in &prev.routes {
-                let dst = Cidr::parse(&r.dst).map(|d| d.network());
-                if !routes.iter().any(|x| Some(x.dst) == dst) {
-                    return Err(mismatch(format!("route to {} is missing", r.dst)));
-                }
-            }
-            let bw = match &c.bandwidth {
+            check::link_matches(&mut nl, &l, &want_mac, c.mtu, &prev, ours, true)?;
+            let bw = match &c.common.bandwidth {
                 Some((v, key)) => Bandwidth::parse(v, key, l.mtu)?,
                 None => Bandwidth::default(),
             };
@@ -411,7 +366,7 @@ impl Plugin for Macvlan {
             let mut nl = Netlink::open().map_err(io)?;
             master(&mut nl, &c).map_err(|e| CniError::new(Code::NotAvailable, e.msg))?;
         }
-        if let Some(t) = &c.ipam_type {
+        if let Some(t) = &c.common.ipam_type {
             ipam::passthrough_11(
                 t,
                 Verb::Status,

@@ -1,9 +1,9 @@
 //! The OVS VLAN network configuration, checked with errors naming the key.
 
-use berth_cni::caps::{opt_str, opt_u32, Common};
+use berth_cni::caps::{invalid, opt_str, opt_u32, Common};
 use berth_cni::env::Env;
 use berth_cni::types::NetConf;
-use berth_cni::{CniError, Code};
+use berth_cni::CniError;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -40,10 +40,6 @@ pub struct OvsConf {
     pub egress_shaping: EgressShaping,
     /// The shared keys (MAC, IPAM, static IPs, bandwidth, DNS).
     pub common: Common,
-}
-
-fn invalid(msg: String) -> CniError {
-    CniError::new(Code::InvalidConfig, msg)
 }
 
 fn vlan_id(v: &Value, key: &str) -> Result<u16, CniError> {

@@ -3,8 +3,9 @@
 use crate::conf::{EgressShaping, OvsConf};
 use crate::ovsdb::Client;
 use crate::port::{self, cni_err, Found, Owner};
+use berth_cni::check::{self, mismatch};
 use berth_cni::env::{Command as Verb, Env};
-use berth_cni::ipcfg::{self, Cidr};
+use berth_cni::ipcfg;
 use berth_cni::link::{self, VethSpec};
 use berth_cni::netlink::{Netlink, NetlinkError};
 use berth_cni::qos::{self, Bandwidth};
@@ -319,7 +320,6 @@ impl Plugin for OvsVlan {
             let plugin = ipam::find_plugin(t, &env.path)?;
             ipam::exec_negotiated(&plugin, Verb::Check, env, &ipam_stdin(conf))?;
         }
-        let mismatch = |m: String| CniError::new(Code::Plugin(101), m);
         let mut db = Client::connect(&c.socket, c.timeout).map_err(|e| cni_err(e, &c))?;
         let ids = [
             (port::CONTAINER, env.container_id.clone()),
@@ -383,17 +383,7 @@ impl Plugin for OvsVlan {
             return Err(mismatch(format!("no linux-htb qdisc on {}", p.name)));
         }
         let ifname = env.ifname.clone();
-        let ours = prev
-            .interfaces
-            .iter()
-            .position(|i| i.name == ifname && i.sandbox.is_some())
-            .ok_or_else(|| {
-                CniError::new(
-                    Code::InvalidConfig,
-                    format!("prevResult has no interface {ifname} in a sandbox"),
-                )
-            })?;
-        let want_mac = prev.interfaces[ours].mac.clone();
+        let (ours, want_mac) = check::prev_interface(&prev, &ifname)?;
         let egress_tbf = Bandwidth {
             ingress: None,
             egress: bw.egress.filter(|_| c.egress_shaping == EgressShaping::Tbf),
@@ -406,36 +396,7 @@ impl Plugin for OvsVlan {
             if l.kind.as_deref() != Some("veth") {
                 return Err(mismatch(format!("{ifname} is not a veth")));
             }
-            if !want_mac.is_empty() && !l.mac_string().eq_ignore_ascii_case(&want_mac) {
-                return Err(mismatch(format!(
-                    "{ifname} has MAC {}, prevResult says {want_mac}",
-                    l.mac_string()
-                )));
-            }
-            if let Some(mtu) = c.mtu {
-                if l.mtu != mtu {
-                    return Err(mismatch(format!(
-                        "{ifname} has MTU {}, configured {mtu}",
-                        l.mtu
-                    )));
-                }
-            }
-            let have = ipcfg::addresses(&mut nl, l.index).map_err(io)?;
-            for ip in prev
-                .ips
-                .iter()
-                .filter(|i| i.interface.is_none_or(|i| i == ours))
-            {
-                let want = Cidr::parse(&ip.address).ok_or_else(|| {
-                    CniError::new(
-                        Code::Decode,
-                        format!("prevResult address {:?} is not a CIDR", ip.address),
-                    )
-                })?;
-                if !have.contains(&want) {
-                    return Err(mismatch(format!("{ifname} lacks address {want}")));
-                }
-            }
+            check::link_matches(&mut nl, &l, &want_mac, c.mtu, &prev, ours, false)?;
             qos::verify(&mut nl, l.index, &ifname, &egress_tbf)
         })?
     }

@@ -26,7 +26,8 @@ pub struct Common {
     pub dns: Option<Value>,
 }
 
-fn invalid(msg: String) -> CniError {
+/// An invalid-configuration error (code 7) with `msg`, which names the key.
+pub fn invalid(msg: String) -> CniError {
     CniError::new(Code::InvalidConfig, msg)
 }
 

@@ -14,6 +14,7 @@
 
 pub mod arp;
 pub mod caps;
+pub mod check;
 pub mod env;
 pub mod error;
 #[cfg(feature = "fuzzing")]

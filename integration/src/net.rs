@@ -149,3 +149,51 @@ impl Drop for ParentLink {
         let _ = try_sh("ip", ["link", "del", &self.name]);
     }
 }
+
+/// Runs iperf3 for `secs` seconds from `client` to a one-off server at `addr`
+/// in `server` (`reverse`: the server sends); returns the received bits/s.
+/// The first second is omitted (slow start); the server is killed by pid.
+pub fn iperf(server: &Netns, client: &Netns, addr: &str, reverse: bool, secs: u32) -> f64 {
+    use std::process::{Command, Stdio};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let port = (5300 + (std::process::id() % 400) * 8 + n % 8).to_string();
+    let mut srv = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &server.name,
+            "iperf3",
+            "-s",
+            "-1",
+            "-p",
+            &port,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("iperf3 -s");
+    let t = secs.to_string();
+    let mut args = vec!["-c", addr, "-p", &port, "-t", &t, "-O", "1", "-J"];
+    if reverse {
+        args.push("-R");
+    }
+    let mut out = String::new();
+    for _ in 0..20 {
+        let r = client.exec("iperf3", &args);
+        // iperf3 -J may exit 0 with {"error": ...} while the server starts.
+        if r.ok() && !r.stdout.contains("\"error\"") {
+            out = r.stdout;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let _ = srv.kill();
+    let _ = srv.wait();
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|_| panic!("iperf3 gave no JSON: {out}"));
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("iperf3 gave no rate: {out}"))
+}

@@ -455,3 +455,36 @@ fn daemon_mode_takes_many_clients_on_a_unix_socket() {
         assert_eq!(e["fields"]["TIER"], format!("t{c}").as_str());
     }
 }
+
+#[test]
+fn disk_first_mode_spills_everything_and_ships_it_in_order() {
+    let broker = Broker::start();
+    let name = unique();
+    broker.create_topic(&name, 1);
+    let cfg = AppenderConfig::new(&yaml(
+        &broker.bootstrap(),
+        &name,
+        "mode: disk_first\nrate_limit:\n  lines_per_sec: 5000\n",
+    ));
+    let mut app = Appender::start(&cfg, &name, &[]);
+    let n = 8000;
+    for i in 0..n {
+        app.line(&format!("{name}-{i}"));
+    }
+    assert!(app.finish(Duration::from_secs(60)), "{}", app.log());
+    let a = arrivals(
+        &broker.bootstrap(),
+        &name,
+        &name,
+        n,
+        Duration::from_secs(30),
+    );
+    no_loss(&a, "disk_first");
+    let c = app.final_counts();
+    assert_eq!(
+        c["spilled"], n,
+        "disk_first writes every line to the spill first: {c:?}"
+    );
+    assert_eq!(c["replayed"], n, "{c:?}");
+    assert_eq!(c["sent"], 0, "nothing bypasses the spill: {c:?}");
+}

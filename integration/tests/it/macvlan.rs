@@ -9,7 +9,7 @@ use berth_integration::cni::{
 use berth_integration::engines::containerd::containerd;
 use berth_integration::engines::podman::podman;
 use berth_integration::names::unique;
-use berth_integration::net::{Netns, ParentLink};
+use berth_integration::net::{iperf, Netns, ParentLink};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -527,48 +527,6 @@ impl WaitTimeout for Child {
     }
 }
 
-/// iperf3 from `client` to the server at `addr` in `server`; received bits/s.
-fn iperf(server: &Netns, client: &Netns, addr: &str, reverse: bool) -> f64 {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let port = (5300 + (std::process::id() % 400) * 4 + n % 4).to_string();
-    let _srv = Reaped(
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &server.name,
-                "iperf3",
-                "-s",
-                "-1",
-                "-p",
-                &port,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("iperf3 -s"),
-    );
-    let mut args = vec!["-c", addr, "-p", &port, "-t", "4", "-O", "1", "-J"];
-    if reverse {
-        args.push("-R");
-    }
-    let mut out = String::new();
-    for _ in 0..20 {
-        let r = client.exec("iperf3", &args);
-        // iperf3 -J may exit 0 with {"error": ...} when the server is not up yet.
-        if r.ok() && !r.stdout.contains("\"error\"") {
-            out = r.stdout;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    let v: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("iperf3: {out}"));
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("iperf3 gave no rate: {out}"))
-}
-
 #[test]
 fn bandwidth_is_shaped_both_ways_within_15_percent() {
     let master = ParentLink::new();
@@ -595,8 +553,8 @@ fn bandwidth_is_shaped_both_ways_within_15_percent() {
         .next()
         .unwrap()
         .to_string();
-    let up = iperf(&other, &shaped, &ip_o, false);
-    let down = iperf(&other, &shaped, &ip_o, true);
+    let up = iperf(&other, &shaped, &ip_o, false, 4);
+    let down = iperf(&other, &shaped, &ip_o, true, 4);
     let within = |got: f64, want: u64| (got / want as f64 - 1.0).abs() <= 0.15;
     assert!(
         within(up, egress),

@@ -7,7 +7,7 @@ use berth_integration::cmd::sh;
 use berth_integration::cni::{berth_ovs_vlan, ctr_with_cni, host_local, Call};
 use berth_integration::engines::containerd::containerd;
 use berth_integration::names::unique;
-use berth_integration::net::Netns;
+use berth_integration::net::{iperf, Netns};
 use berth_integration::ovs::{ovs, OvsBridge};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -183,48 +183,6 @@ fn trunk_ports_see_802_1q_tagged_frames() {
         text.contains("vlan 100"),
         "no 802.1Q tag 100 on the trunk port: {text:?}"
     );
-}
-
-/// iperf3 from `client` to the server at `addr` in `server`; received bits/s.
-fn iperf(server: &Netns, client: &Netns, addr: &str, reverse: bool, secs: u32) -> f64 {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let port = (6300 + (std::process::id() % 400) * 4 + n % 4).to_string();
-    let mut srv = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &server.name,
-            "iperf3",
-            "-s",
-            "-1",
-            "-p",
-            &port,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("iperf3 -s");
-    let t = secs.to_string();
-    let mut args = vec!["-c", addr, "-p", &port, "-t", &t, "-O", "1", "-J"];
-    if reverse {
-        args.push("-R");
-    }
-    let mut out = String::new();
-    for _ in 0..20 {
-        let r = client.exec("iperf3", &args);
-        if r.ok() && !r.stdout.contains("\"error\"") {
-            out = r.stdout;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let _ = srv.kill();
-    let _ = srv.wait();
-    let v: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("iperf3: {out}"));
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("iperf3 gave no rate: {out}"))
 }
 
 #[test]
