@@ -105,7 +105,7 @@ mod tests {
             let mut c = base();
             c[k] = v;
             let e = MacvlanConf::parse(&conf(c), &env("")).unwrap_err();
-            assert_eq!(e.code, Code::InvalidConfig);
+            assert_eq!(e.code, berth_cni::Code::InvalidConfig);
             assert!(e.msg.contains(needle), "{k}: {}", e.msg);
         }
         let e = MacvlanConf::parse(&conf(base()), &env("IP=10.1.2.3")).unwrap_err();

@@ -190,7 +190,7 @@ mod tests {
             (json!({"egressShaping": "meter"}), "egressShaping"),
         ] {
             let e = parse(extra.clone()).unwrap_err();
-            assert_eq!(e.code, Code::InvalidConfig);
+            assert_eq!(e.code, berth_cni::Code::InvalidConfig);
             assert!(e.msg.contains(needle), "{extra}: {}", e.msg);
         }
     }
