@@ -256,9 +256,12 @@ impl Router {
         }
     }
 
-    fn replay(&mut self) {
+    /// Sends spilled records while allowed; returns true when the rate
+    /// limit or a full librdkafka queue stopped it (the loop then waits
+    /// instead of spinning).
+    fn replay(&mut self) -> bool {
         if self.rewind.is_some() || !self.failed_mem.is_empty() {
-            return;
+            return false;
         }
         let window = if self.healthy {
             REPLAY_WINDOW
@@ -267,7 +270,7 @@ impl Router {
             self.last_probe = Instant::now();
             1
         } else {
-            return;
+            return false;
         };
         while self.inflight_spill < window && self.spill.has_unread() {
             match self.spill.next_unread() {
@@ -275,22 +278,23 @@ impl Router {
                     if !self.limiter.try_take(rec.payload.len()) {
                         // Over the limit: read it again next time.
                         self.spill.rewind(seg, idx);
-                        return;
+                        return true;
                     }
                     match kafka::send(&self.sink, rec, From::Spill(seg, idx), 0) {
                         Ok(()) => self.inflight_spill += 1,
                         Err(_) => {
                             self.spill.rewind(seg, idx);
-                            return;
+                            return true;
                         }
                     }
                 }
                 Some(Err(lost)) => {
                     self.shared.metrics.dropped_corrupt.fetch_add(lost, Relaxed);
                 }
-                None => return,
+                None => return false,
             }
         }
+        false
     }
 
     fn gauges(&self) {
@@ -337,6 +341,7 @@ pub fn run(
     let mut last_sync = Instant::now();
     let mut last_log = Instant::now();
     let mut closed_at: Option<Instant> = None;
+    let mut throttled = false;
     loop {
         r.apply_reload();
         while let Ok(ev) = r.events.try_recv() {
@@ -353,7 +358,7 @@ pub fn run(
         // After a failure, settle what is in flight before taking anything newer.
         let hold = !r.healthy && r.inflight_mem > 0;
         if !hold {
-            let busy = r.spill.has_unread() && r.healthy;
+            let busy = r.spill.has_unread() && r.healthy && !throttled;
             let wait = if busy {
                 Duration::ZERO
             } else {
@@ -364,7 +369,7 @@ pub fn run(
         } else {
             std::thread::sleep(Duration::from_millis(1));
         }
-        r.replay();
+        throttled = r.replay();
         r.retired
             .retain(|(_, at)| at.elapsed() < Duration::from_secs(10));
         r.gauges();
