@@ -763,3 +763,55 @@ fn ctr_run_cni_and_podman_attach_through_berth_macvlan() {
     assert!(r.ok(), "podman: {}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("10.211.0."), "{}", r.stdout);
 }
+
+#[test]
+fn link_in_container_and_static_ips_without_ipam() {
+    // The master lives inside the container's netns (an SR-IOV VF moved
+    // there, say); here a bridge created in it.
+    let ns = Netns::new();
+    ns.ip(&["link", "add", "vf0", "type", "bridge"]);
+    ns.ip(&["link", "set", "vf0", "up"]);
+    let mut c = conf(
+        "1.1.0",
+        "vf0",
+        json!({"linkInContainer": true, "mode": "bridge"}),
+    );
+    c["type"] = json!("berth-macvlan");
+    // No ipam: the ips capability is assigned as given.
+    c["runtimeConfig"] = json!({"ips": ["10.223.0.7/24"]});
+    let id = unique();
+    let r = Call::new(&berth_macvlan(), "ADD", &id, Some(&ns.path())).run(&c);
+    assert_eq!(r.result()["ips"][0]["address"], "10.223.0.7/24");
+    let l = link_state(&ns, "eth0");
+    assert_eq!(l["kind"], "macvlan");
+    assert_eq!(l["addrs"], json!(["10.223.0.7/24"]));
+    // A master that is only on the host is not found in the container.
+    let host_master = ParentLink::new();
+    let mut wrong = c.clone();
+    wrong["master"] = json!(host_master.name);
+    let e = Call::new(&berth_macvlan(), "ADD", &unique(), Some(&ns.path()))
+        .ifname("net1")
+        .run(&wrong);
+    assert_eq!(e.code(), Some(7), "{}", e.stdout);
+    assert!(
+        e.stdout.contains("in the container's netns"),
+        "{}",
+        e.stdout
+    );
+    assert!(
+        Call::new(&berth_macvlan(), "DEL", &id, Some(&ns.path()))
+            .run(&c)
+            .ok
+    );
+    assert_eq!(
+        ip_json(&ns, &["link", "show"]).as_array().map(Vec::len),
+        Some(2),
+        "only lo and vf0 may remain"
+    );
+    // Without ipam, an IP without a prefix length is refused, naming the key.
+    let mut bad = c.clone();
+    bad["runtimeConfig"] = json!({"ips": ["10.223.0.8"]});
+    let e = Call::new(&berth_macvlan(), "ADD", &unique(), Some(&ns.path())).run(&bad);
+    assert_eq!(e.code(), Some(7));
+    assert!(e.stdout.contains("runtimeConfig.ips"), "{}", e.stdout);
+}
