@@ -302,9 +302,7 @@ impl Plugin for Macvlan {
             let ifname = env.ifname.clone();
             let r = netns::run_in(ns, move || -> Result<(), CniError> {
                 let mut nl = Netlink::open().map_err(io)?;
-                link::delete_by_name(&mut nl, &qos::ifb_name(&ifname)).map_err(io)?;
-                link::delete_by_name(&mut nl, &ifname).map_err(io)?;
-                Ok(())
+                qos::delete_with_ifb(&mut nl, &ifname)
             });
             match r {
                 Ok(r) => r?,

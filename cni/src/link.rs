@@ -31,6 +31,8 @@ pub struct Link {
     pub up: bool,
     /// `IFLA_IFALIAS`, if set.
     pub alias: Option<String>,
+    /// The interface group (`IFLA_GROUP`; 0 is the default group).
+    pub group: u32,
 }
 
 /// A macvlan mode, as the config spells it.
@@ -100,6 +102,7 @@ impl Link {
             parent: None,
             up: m.header.flags.contains(LinkFlags::Up),
             alias: None,
+            group: 0,
         };
         for a in m.attributes {
             match a {
@@ -108,6 +111,7 @@ impl Link {
                 LinkAttribute::Address(a) => l.mac = a,
                 LinkAttribute::Link(p) => l.parent = Some(p),
                 LinkAttribute::IfAlias(a) => l.alias = Some(a),
+                LinkAttribute::Group(g) => l.group = g,
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         match i {
@@ -344,6 +348,31 @@ pub fn set_up(nl: &mut Netlink, index: u32) -> Result<(), NetlinkError> {
             m.header.change_mask = LinkFlags::Up;
         },
     )
+}
+
+/// Puts link `index` in interface group `group`.
+pub fn set_group(nl: &mut Netlink, index: u32, group: u32) -> Result<(), NetlinkError> {
+    set(
+        nl,
+        index,
+        || format!("put link #{index} in group {group}"),
+        |m| m.attributes.push(LinkAttribute::Group(group)),
+    )
+}
+
+/// Deletes every link of interface group `group` in one request, so the
+/// kernel waits for them to unregister once rather than once per link.
+pub fn delete_group(nl: &mut Netlink, group: u32) -> Result<(), NetlinkError> {
+    let mut m = LinkMessage::default();
+    m.attributes.push(LinkAttribute::Group(group));
+    match nl.request(
+        || format!("delete the links of group {group}"),
+        RouteNetlinkMessage::DelLink(m),
+        0,
+    ) {
+        Err(e) if e.is_not_found() => Ok(()),
+        r => r,
+    }
 }
 
 /// Deletes link `index`; a link already gone is not an error.

@@ -123,14 +123,46 @@ impl Bandwidth {
     }
 }
 
-/// The ifb link that shapes traffic to interface `ifname` (in its netns).
-pub fn ifb_name(ifname: &str) -> String {
+fn fnv(s: &str) -> u32 {
     // FNV-1a: stable across releases, unlike std's hasher.
     let mut h: u32 = 0x811c_9dc5;
-    for b in ifname.bytes() {
+    for b in s.bytes() {
         h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
     }
-    format!("ifb{h:08x}")
+    h
+}
+
+/// The ifb link that shapes traffic to interface `ifname` (in its netns).
+pub fn ifb_name(ifname: &str) -> String {
+    format!("ifb{:08x}", fnv(ifname))
+}
+
+/// The interface group that holds `ifname` and its ifb, so both can be
+/// deleted in one request (never 0, the default group).
+pub fn group_of(ifname: &str) -> u32 {
+    fnv(ifname) | 0x4000_0000
+}
+
+/// Deletes `ifname` and its ifb. When the two are alone in their group,
+/// one group delete does it (the kernel then waits for one unregister
+/// instead of two, ~20 ms less here); otherwise they go one by one. Call
+/// inside the netns; links already gone are fine.
+pub fn delete_with_ifb(nl: &mut Netlink, ifname: &str) -> Result<(), CniError> {
+    let ifb = ifb_name(ifname);
+    let group = group_of(ifname);
+    let members: Vec<String> = link::list(nl)
+        .map_err(io)?
+        .into_iter()
+        .filter(|l| l.group == group)
+        .map(|l| l.name)
+        .collect();
+    let ours = |n: &String| *n == ifname || *n == ifb;
+    if members.iter().any(|n| n == ifname) && members.iter().all(ours) {
+        return link::delete_group(nl, group).map_err(io);
+    }
+    link::delete_by_name(nl, &ifb).map_err(io)?;
+    link::delete_by_name(nl, ifname).map_err(io)?;
+    Ok(())
 }
 
 fn io(e: NetlinkError) -> CniError {
@@ -149,6 +181,9 @@ pub fn apply(nl: &mut Netlink, index: u32, ifname: &str, bw: &Bandwidth) -> Resu
             CniError::new(Code::Io, format!("ifb {name} vanished after creation"))
         })?;
         link::set_up(nl, ifb.index).map_err(io)?;
+        for i in [index, ifb.index] {
+            link::set_group(nl, i, group_of(ifname)).map_err(io)?;
+        }
         tc::add_root_tbf(nl, ifb.index, &s.tbf()).map_err(io)?;
         tc::add_ingress(nl, index).map_err(io)?;
         tc::add_ingress_redirect(nl, index, ifb.index).map_err(io)?;
@@ -314,5 +349,7 @@ mod tests {
         assert_eq!(ifb_name("eth0"), ifb_name("eth0"));
         assert_ne!(ifb_name("eth0"), ifb_name("net1"));
         assert!(ifb_name("a-long-ifname15").len() <= 15);
+        assert_ne!(group_of("eth0"), 0);
+        assert_ne!(group_of("eth0"), group_of("net1"));
     }
 }
