@@ -88,11 +88,14 @@ fn plan(env: &Env, conf: &NetConf, nl_master: &mut Netlink) -> Result<Plan, CniE
 }
 
 /// Undoes a partial ADD when dropped armed: the link in the netns, then the lease.
+/// Only what this ADD made is removed: its link is known by index, which a
+/// rename keeps, so an interface that already had the name is left alone.
 struct Rollback<'a> {
     env: &'a Env,
     conf: &'a NetConf,
     netns: &'a Path,
-    names: Vec<String>,
+    tmp: String,
+    index: Option<u32>,
     ipam: Option<String>,
     armed: bool,
 }
@@ -102,12 +105,19 @@ impl Drop for Rollback<'_> {
         if !self.armed {
             return;
         }
-        let names = self.names.clone();
+        let (tmp, index, ifname) = (self.tmp.clone(), self.index, self.env.ifname.clone());
         let r = netns::run_in(self.netns, move || -> Result<(), NetlinkError> {
             let mut nl = Netlink::open()?;
-            for n in &names {
-                let _ = link::delete_by_name(&mut nl, &qos::ifb_name(n));
-                link::delete_by_name(&mut nl, n)?;
+            let ours = match index {
+                Some(i) => link::by_index(&mut nl, i)?,
+                None => link::by_name(&mut nl, &tmp)?,
+            };
+            if let Some(l) = ours {
+                // Renamed already: its ifb (if shaping got that far) is ours too.
+                if l.name == ifname {
+                    link::delete_by_name(&mut nl, &qos::ifb_name(&ifname))?;
+                }
+                link::delete(&mut nl, l.index)?;
             }
             Ok(())
         });
@@ -203,10 +213,16 @@ impl Plugin for Macvlan {
             env,
             conf,
             netns,
-            names: vec![tmp.clone(), env.ifname.clone()],
+            tmp: tmp.clone(),
+            index: None,
             ipam: None,
             armed: true,
         };
+        let t = tmp.clone();
+        rb.index = netns::run_in(netns, move || -> Result<Option<u32>, NetlinkError> {
+            Ok(link::by_name(&mut Netlink::open()?, &t)?.map(|l| l.index))
+        })?
+        .map_err(io)?;
         let mut result = CniResult::default();
         if let Some(t) = &p.conf.common.ipam_type {
             let stdin = serde_json::to_vec(&conf.raw).unwrap_or_default();

@@ -808,6 +808,23 @@ fn link_in_container_and_static_ips_without_ipam() {
         Some(2),
         "only lo and vf0 may remain"
     );
+    // CNI_IFNAME already taken in the netns: refused (code 4), and the
+    // rollback removes only what this ADD made, never the existing eth0.
+    ns.ip(&["link", "add", "eth0", "type", "bridge"]);
+    let e = Call::new(&berth_macvlan(), "ADD", &unique(), Some(&ns.path())).run(&c);
+    assert_eq!(e.code(), Some(4), "{}", e.stdout);
+    let names: Vec<String> = ip_json(&ns, &["link", "show"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["ifname"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        ["lo", "vf0", "eth0"],
+        "the existing eth0 must survive, nothing else remain"
+    );
+    assert_eq!(link_state(&ns, "eth0")["kind"], "bridge");
     // Without ipam, an IP without a prefix length is refused, naming the key.
     let mut bad = c.clone();
     bad["runtimeConfig"] = json!({"ips": ["10.223.0.8"]});
