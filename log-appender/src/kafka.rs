@@ -57,18 +57,28 @@ pub struct Ctx {
 }
 
 impl ClientContext for Ctx {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, msg: &str) {
+        // librdkafka repeats connection failures many times a second while
+        // a broker is down; the router logs the outage once.
+        tracing::debug!(?level, fac, "librdkafka: {msg}");
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         self.metrics.kafka_errors.fetch_add(1, Relaxed);
         match error.rdkafka_error_code() {
             Some(RDKafkaErrorCode::AllBrokersDown) => {
                 let _ = self.tx.send(Event::AllBrokersDown);
+                tracing::debug!(%error, reason, "kafka client error");
+            }
+            Some(RDKafkaErrorCode::BrokerTransportFailure) => {
+                tracing::debug!(%error, reason, "kafka client error");
             }
             Some(RDKafkaErrorCode::Fatal) => {
                 let _ = self.tx.send(Event::Fatal(reason.to_string()));
+                tracing::error!(%error, reason, "kafka client error");
             }
-            _ => {}
+            _ => tracing::warn!(%error, reason, "kafka client error"),
         }
-        tracing::warn!(%error, reason, "kafka client error");
     }
 }
 

@@ -170,13 +170,30 @@ fn run() -> Result<()> {
             format!("{namespace}-{id}")
         }
     };
-    let dir = cfg.spill.dir.join(sanitize(&source));
-    let (spill, found) = Spill::open(
-        &dir,
-        cfg.spill.max_bytes,
-        cfg.spill.segment_bytes,
-        cfg.spill.when_full,
-    )?;
+    let mut dir = cfg.spill.dir.join(sanitize(&source));
+    let open = |d: &std::path::Path| {
+        Spill::open(
+            d,
+            cfg.spill.max_bytes,
+            cfg.spill.segment_bytes,
+            cfg.spill.when_full,
+        )
+    };
+    let (spill, found) = match open(&dir) {
+        // The previous appender of this container is still draining (a
+        // restarted container): never keep the container from starting;
+        // spill beside it instead.
+        Err(berth_log_appender::spill::SpillError::Locked(_)) => {
+            let busy = dir.clone();
+            dir = cfg
+                .spill
+                .dir
+                .join(format!("{}.{}", sanitize(&source), std::process::id()));
+            tracing::warn!(busy = %busy.display(), using = %dir.display(), "spill directory in use by another appender");
+            open(&dir)?
+        }
+        r => r?,
+    };
     if found.records > 0 || found.torn > 0 {
         tracing::info!(records = found.records, torn = found.torn, dir = %dir.display(), "replaying the spill left by a previous run");
     }

@@ -319,9 +319,23 @@ fn bad_input_gets_the_spec_codes_and_names_the_key() {
             "CNI_NETNS",
         ),
     ];
+    // The reference runs in a netns of its own: on an IPAM failure it leaks
+    // its link (1.1.1 shadows `err` in cmdAdd, so its deferred cleanup never
+    // runs), which must not be counted against Berth.
+    let ref_ns = Netns::new();
     for (what, stdin, netns, ref_code, our_code, words) in table {
-        let reference =
-            Call::new(Path::new(REFERENCE_MACVLAN), "ADD", &unique(), Some(&netns)).run_raw(&stdin);
+        let ref_netns = if netns == ns.path() {
+            ref_ns.path()
+        } else {
+            netns.clone()
+        };
+        let reference = Call::new(
+            Path::new(REFERENCE_MACVLAN),
+            "ADD",
+            &unique(),
+            Some(&ref_netns),
+        )
+        .run_raw(&stdin);
         let mut s: Value = serde_json::from_slice(&stdin).unwrap_or(Value::Null);
         let ours = if s.is_object() {
             s["type"] = json!("berth-macvlan");
@@ -362,10 +376,11 @@ fn bad_input_gets_the_spec_codes_and_names_the_key() {
         c.run(&ok)
     };
     assert_eq!(missing_env.code(), Some(4), "{}", missing_env.stdout);
+    let left = ip_json(&ns, &["link", "show"]);
     assert_eq!(
-        ip_json(&ns, &["link", "show"]).as_array().map(Vec::len),
+        left.as_array().map(Vec::len),
         Some(1),
-        "a refused ADD left something in the netns"
+        "a refused ADD left something in the netns: {left}"
     );
     // A burst that cannot hold one frame would black-hole the container.
     let tiny = with(
