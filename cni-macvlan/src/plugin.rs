@@ -7,6 +7,7 @@ use berth_cni::ipcfg;
 use berth_cni::link::{self, Link, MacvlanSpec};
 use berth_cni::netlink::{Netlink, NetlinkError};
 use berth_cni::qos::{self, Bandwidth};
+use berth_cni::setup;
 use berth_cni::skel::Plugin;
 use berth_cni::types::{CniResult, Interface, IpConfig, NetConf};
 use berth_cni::{ipam, netns, CniError, Code};
@@ -267,22 +268,7 @@ impl Plugin for Macvlan {
                 ));
             }
             link::rename(&mut nl, l.index, &ifname).map_err(io)?;
-            if !bw.is_empty() {
-                qos::apply(&mut nl, l.index, &ifname, &bw)?;
-            }
-            // As the reference plugin: only a layer-3 attachment announces.
-            // With arp_notify set and the addresses in place before the link
-            // comes up, the kernel broadcasts the gratuitous ARP itself at
-            // link-up (a packet socket of our own would cost an RCU grace
-            // period, ~8 ms, when closed). Routes need the link up.
-            if !res.ips.is_empty() {
-                if let Err(e) = berth_cni::arp::set_arp_notify(&ifname) {
-                    tracing::warn!(error = %e, "cannot set arp_notify");
-                }
-            }
-            ipcfg::add_addresses(&mut nl, l.index, 0, res)?;
-            link::set_up(&mut nl, l.index).map_err(io)?;
-            ipcfg::add_routes(&mut nl, l.index, 0, res)?;
+            setup::finish(&mut nl, l.index, &ifname, 0, res, &bw)?;
             let l = link::by_index(&mut nl, l.index).map_err(io)?.unwrap_or(l);
             Ok(Attached {
                 mac: l.mac_string(),

@@ -5,10 +5,10 @@ use crate::ovsdb::Client;
 use crate::port::{self, cni_err, Found, Owner};
 use berth_cni::check::{self, mismatch};
 use berth_cni::env::{Command as Verb, Env};
-use berth_cni::ipcfg;
 use berth_cni::link::{self, VethSpec};
 use berth_cni::netlink::{Netlink, NetlinkError};
 use berth_cni::qos::{self, Bandwidth};
+use berth_cni::setup;
 use berth_cni::skel::Plugin;
 use berth_cni::types::{CniResult, Interface, IpConfig, NetConf};
 use berth_cni::{ipam, netns, tc, CniError, Code};
@@ -255,17 +255,7 @@ impl Plugin for OvsVlan {
                         format!("{ifname} is not in the container's netns"),
                     )
                 })?;
-            if !egress_tbf.is_empty() {
-                qos::apply(&mut nl, l.index, &ifname, &egress_tbf)?;
-            }
-            if !res.ips.is_empty() {
-                if let Err(e) = berth_cni::arp::set_arp_notify(&ifname) {
-                    tracing::warn!(error = %e, "cannot set arp_notify");
-                }
-            }
-            ipcfg::add_addresses(&mut nl, l.index, 1, res)?;
-            link::set_up(&mut nl, l.index).map_err(io)?;
-            ipcfg::add_routes(&mut nl, l.index, 1, res)?;
+            setup::finish(&mut nl, l.index, &ifname, 1, res, &egress_tbf)?;
             Ok((l.mac_string(), l.mtu))
         })??;
         rb.armed = false;

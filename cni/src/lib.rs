@@ -26,6 +26,7 @@ pub mod logging;
 pub mod netlink;
 pub mod netns;
 pub mod qos;
+pub mod setup;
 pub mod skel;
 pub mod tc;
 pub mod types;
