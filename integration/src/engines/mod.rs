@@ -67,15 +67,28 @@ pub fn extra_runtimes() -> Vec<Runtime> {
 /// Removes the cgroup directory `rel` (relative to each hierarchy root) from
 /// every mounted v1 hierarchy and the unified one. Only empty directories go:
 /// a leaked child cgroup keeps its parent, so the leak check still sees it.
+/// A child that a shim or runc removes just after the engine stopped is
+/// waited for, up to 2 s.
 pub fn remove_cgroup_dirs(rel: &str) {
     let rel = rel.trim_start_matches('/');
     if rel.is_empty() {
         return;
     }
-    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
-        for e in entries.flatten() {
-            let _ = std::fs::remove_dir(e.path().join(rel));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let mut left = false;
+        if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+            for e in entries.flatten() {
+                let d = e.path().join(rel);
+                if std::fs::remove_dir(&d).is_err() && d.exists() {
+                    left = true;
+                }
+            }
         }
+        if !left || std::time::Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 
