@@ -18,10 +18,6 @@ use std::path::Path;
 /// `berth-macvlan`.
 pub struct Macvlan;
 
-fn io(e: NetlinkError) -> CniError {
-    CniError::new(Code::Io, e.what.clone()).with_details(e.source.to_string())
-}
-
 fn netns_path(env: &Env) -> Result<&Path, CniError> {
     env.netns
         .as_deref()
@@ -31,7 +27,7 @@ fn netns_path(env: &Env) -> Result<&Path, CniError> {
 /// Finds the master (by name, or the default route's link) where `nl` looks.
 fn master(nl: &mut Netlink, c: &MacvlanConf) -> Result<Link, CniError> {
     match &c.master {
-        Some(name) => link::by_name(nl, name).map_err(io)?.ok_or_else(|| {
+        Some(name) => link::by_name(nl, name)?.ok_or_else(|| {
             CniError::new(
                 Code::InvalidConfig,
                 format!(
@@ -45,13 +41,13 @@ fn master(nl: &mut Netlink, c: &MacvlanConf) -> Result<Link, CniError> {
             )
         }),
         None => {
-            let idx = ipcfg::default_route_link(nl).map_err(io)?.ok_or_else(|| {
+            let idx = ipcfg::default_route_link(nl)?.ok_or_else(|| {
                 CniError::new(
                     Code::InvalidConfig,
                     "master is not set and there is no default route to take it from",
                 )
             })?;
-            link::by_index(nl, idx).map_err(io)?.ok_or_else(|| {
+            link::by_index(nl, idx)?.ok_or_else(|| {
                 CniError::new(Code::Io, format!("default route link #{idx} vanished"))
             })
         }
@@ -168,12 +164,12 @@ fn create_link(p: &Plan, env: &Env, netns: &Path, tmp: &str) -> Result<(), CniEr
                 ),
             )
             .with_details(e.to_string()),
-            _ => io(e),
+            _ => CniError::from(e),
         }
     };
     if p.conf.link_in_container {
         netns::run_in(netns, || {
-            let mut nl = Netlink::open().map_err(io)?;
+            let mut nl = Netlink::open()?;
             link::add_macvlan(&mut nl, &spec(None)).map_err(explain)
         })?
     } else {
@@ -184,7 +180,7 @@ fn create_link(p: &Plan, env: &Env, netns: &Path, tmp: &str) -> Result<(), CniEr
             )
             .with_details(e.to_string())
         })?;
-        let mut nl = Netlink::open().map_err(io)?;
+        let mut nl = Netlink::open()?;
         let _ = env;
         link::add_macvlan(&mut nl, &spec(Some(f.as_raw_fd()))).map_err(explain)
     }
@@ -202,11 +198,11 @@ impl Plugin for Macvlan {
         let c0 = MacvlanConf::parse(conf, env)?;
         let p = if c0.link_in_container {
             netns::run_in(netns, || {
-                let mut nl = Netlink::open().map_err(io)?;
+                let mut nl = Netlink::open()?;
                 plan(env, conf, &mut nl)
             })??
         } else {
-            plan(env, conf, &mut Netlink::open().map_err(io)?)?
+            plan(env, conf, &mut Netlink::open()?)?
         };
         let tmp = link::temp_name("bmv");
         create_link(&p, env, netns, &tmp)?;
@@ -222,8 +218,7 @@ impl Plugin for Macvlan {
         let t = tmp.clone();
         rb.index = netns::run_in(netns, move || -> Result<Option<u32>, NetlinkError> {
             Ok(link::by_name(&mut Netlink::open()?, &t)?.map(|l| l.index))
-        })?
-        .map_err(io)?;
+        })??;
         let mut result = CniResult::default();
         if let Some(t) = &p.conf.common.ipam_type {
             let stdin = serde_json::to_vec(&conf.raw).unwrap_or_default();
@@ -257,19 +252,19 @@ impl Plugin for Macvlan {
         let bw = p.bandwidth;
         let res = &result;
         let attached = netns::run_in(netns, move || -> Result<Attached, CniError> {
-            let mut nl = Netlink::open().map_err(io)?;
-            let l = link::by_name(&mut nl, &tmp).map_err(io)?.ok_or_else(|| {
+            let mut nl = Netlink::open()?;
+            let l = link::by_name(&mut nl, &tmp)?.ok_or_else(|| {
                 CniError::new(Code::Io, format!("new macvlan {tmp} is not in the netns"))
             })?;
-            if link::by_name(&mut nl, &ifname).map_err(io)?.is_some() {
+            if link::by_name(&mut nl, &ifname)?.is_some() {
                 return Err(CniError::new(
                     Code::InvalidEnv,
                     format!("CNI_IFNAME {ifname} already exists in the container's netns"),
                 ));
             }
-            link::rename(&mut nl, l.index, &ifname).map_err(io)?;
+            link::rename(&mut nl, l.index, &ifname)?;
             setup::finish(&mut nl, l.index, &ifname, 0, res, &bw)?;
-            let l = link::by_index(&mut nl, l.index).map_err(io)?.unwrap_or(l);
+            let l = link::by_index(&mut nl, l.index)?.unwrap_or(l);
             Ok(Attached {
                 mac: l.mac_string(),
                 mtu: l.mtu,
@@ -303,7 +298,7 @@ impl Plugin for Macvlan {
         if let Some(ns) = env.netns.as_deref().filter(|n| netns::exists(n)) {
             let ifname = env.ifname.clone();
             let r = netns::run_in(ns, move || -> Result<(), CniError> {
-                let mut nl = Netlink::open().map_err(io)?;
+                let mut nl = Netlink::open()?;
                 qos::delete_with_ifb(&mut nl, &ifname)
             });
             match r {
@@ -334,9 +329,8 @@ impl Plugin for Macvlan {
         let ifname = env.ifname.clone();
         let (ours, want_mac) = check::prev_interface(&prev, &ifname)?;
         netns::run_in(netns, move || -> Result<(), CniError> {
-            let mut nl = Netlink::open().map_err(io)?;
-            let l = link::by_name(&mut nl, &ifname)
-                .map_err(io)?
+            let mut nl = Netlink::open()?;
+            let l = link::by_name(&mut nl, &ifname)?
                 .ok_or_else(|| mismatch(format!("{ifname} is not in the container's netns")))?;
             if l.kind.as_deref() != Some("macvlan") {
                 return Err(mismatch(format!(
@@ -363,7 +357,7 @@ impl Plugin for Macvlan {
     fn status(&self, env: &Env, conf: &NetConf) -> Result<(), CniError> {
         let c = MacvlanConf::parse(conf, env)?;
         if !c.link_in_container {
-            let mut nl = Netlink::open().map_err(io)?;
+            let mut nl = Netlink::open()?;
             master(&mut nl, &c).map_err(|e| CniError::new(Code::NotAvailable, e.msg))?;
         }
         if let Some(t) = &c.common.ipam_type {

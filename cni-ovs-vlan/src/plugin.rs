@@ -6,7 +6,7 @@ use crate::port::{self, cni_err, Found, Owner};
 use berth_cni::check::{self, mismatch};
 use berth_cni::env::{Command as Verb, Env};
 use berth_cni::link::{self, VethSpec};
-use berth_cni::netlink::{Netlink, NetlinkError};
+use berth_cni::netlink::Netlink;
 use berth_cni::qos::{self, Bandwidth};
 use berth_cni::setup;
 use berth_cni::skel::Plugin;
@@ -18,10 +18,6 @@ use std::os::fd::AsRawFd;
 
 /// `berth-ovs-vlan`.
 pub struct OvsVlan;
-
-fn io(e: NetlinkError) -> CniError {
-    CniError::new(Code::Io, e.what.clone()).with_details(e.source.to_string())
-}
 
 /// The host end of the veth for an attachment: `bov` + 12 hex of a stable
 /// hash of container ID and interface, so DEL finds it with no state.
@@ -46,9 +42,9 @@ fn ipam_stdin(conf: &NetConf) -> Vec<u8> {
 /// and the host end of its veth.
 fn remove_attachment(db: &mut Client, ports: &[Found], host: &str) -> Result<(), CniError> {
     port::remove(db, ports)?;
-    let mut nl = Netlink::open().map_err(io)?;
+    let mut nl = Netlink::open()?;
     for n in ports.iter().map(|p| p.name.as_str()).chain([host]) {
-        link::delete_by_name(&mut nl, n).map_err(io)?;
+        link::delete_by_name(&mut nl, n)?;
     }
     Ok(())
 }
@@ -140,7 +136,7 @@ impl Plugin for OvsVlan {
         let stale = port::find(&mut db, &ids).map_err(|e| cni_err(e, &c))?;
         remove_attachment(&mut db, &stale, &host)?;
 
-        let mut nl = Netlink::open().map_err(io)?;
+        let mut nl = Netlink::open()?;
         let al = alias(&conf.name, &env.container_id, &env.ifname);
         link::add_veth(
             &mut nl,
@@ -163,7 +159,7 @@ impl Plugin for OvsVlan {
                     ),
                 )
             } else {
-                io(e)
+                CniError::from(e)
             }
         })?;
         let mut rb = Rollback {
@@ -174,10 +170,9 @@ impl Plugin for OvsVlan {
             ipam: false,
             armed: true,
         };
-        let hl = link::by_name(&mut nl, &host)
-            .map_err(io)?
+        let hl = link::by_name(&mut nl, &host)?
             .ok_or_else(|| CniError::new(Code::Io, format!("veth {host} vanished")))?;
-        link::set_up(&mut nl, hl.index).map_err(io)?;
+        link::set_up(&mut nl, hl.index)?;
         let owner = Owner {
             container_id: &env.container_id,
             ifname: &env.ifname,
@@ -186,8 +181,7 @@ impl Plugin for OvsVlan {
         };
         port::add(&mut db, &c, &host, &owner, bw.ingress, bw.egress)?;
         if bw.ingress.is_some()
-            && !tc::qdiscs(&mut nl, hl.index)
-                .map_err(io)?
+            && !tc::qdiscs(&mut nl, hl.index)?
                 .iter()
                 .any(|q| q.parent == tc::ROOT && q.kind == "htb")
         {
@@ -197,11 +191,10 @@ impl Plugin for OvsVlan {
             ));
         }
         if c.egress_shaping == EgressShaping::Police && bw.egress.is_some() {
-            let applied = tc::qdiscs(&mut nl, hl.index)
-                .map_err(io)?
+            let applied = tc::qdiscs(&mut nl, hl.index)?
                 .iter()
                 .any(|q| q.parent == tc::INGRESS)
-                && tc::ingress_filters(&mut nl, hl.index).map_err(io)? > 0;
+                && tc::ingress_filters(&mut nl, hl.index)? > 0;
             if !applied {
                 return Err(CniError::new(
                     Code::InvalidConfig,
@@ -246,15 +239,13 @@ impl Plugin for OvsVlan {
         };
         let res = &result;
         let (mac, mtu) = netns::run_in(netns, move || -> Result<(String, u32), CniError> {
-            let mut nl = Netlink::open().map_err(io)?;
-            let l = link::by_name(&mut nl, &ifname)
-                .map_err(io)?
-                .ok_or_else(|| {
-                    CniError::new(
-                        Code::Io,
-                        format!("{ifname} is not in the container's netns"),
-                    )
-                })?;
+            let mut nl = Netlink::open()?;
+            let l = link::by_name(&mut nl, &ifname)?.ok_or_else(|| {
+                CniError::new(
+                    Code::Io,
+                    format!("{ifname} is not in the container's netns"),
+                )
+            })?;
             setup::finish(&mut nl, l.index, &ifname, 1, res, &egress_tbf)?;
             Ok((l.mac_string(), l.mtu))
         })??;
@@ -360,13 +351,11 @@ impl Plugin for OvsVlan {
                 }
             )));
         }
-        let mut nl = Netlink::open().map_err(io)?;
-        let hl = link::by_name(&mut nl, &p.name)
-            .map_err(io)?
+        let mut nl = Netlink::open()?;
+        let hl = link::by_name(&mut nl, &p.name)?
             .ok_or_else(|| mismatch(format!("host veth {} is missing", p.name)))?;
         if bw.ingress.is_some()
-            && !tc::qdiscs(&mut nl, hl.index)
-                .map_err(io)?
+            && !tc::qdiscs(&mut nl, hl.index)?
                 .iter()
                 .any(|q| q.parent == tc::ROOT && q.kind == "htb")
         {
@@ -379,9 +368,8 @@ impl Plugin for OvsVlan {
             egress: bw.egress.filter(|_| c.egress_shaping == EgressShaping::Tbf),
         };
         netns::run_in(netns, move || -> Result<(), CniError> {
-            let mut nl = Netlink::open().map_err(io)?;
-            let l = link::by_name(&mut nl, &ifname)
-                .map_err(io)?
+            let mut nl = Netlink::open()?;
+            let l = link::by_name(&mut nl, &ifname)?
                 .ok_or_else(|| mismatch(format!("{ifname} is not in the container's netns")))?;
             if l.kind.as_deref() != Some("veth") {
                 return Err(mismatch(format!("{ifname} is not a veth")));
@@ -444,14 +432,14 @@ impl Plugin for OvsVlan {
         }
         port::remove(&mut db, &stale)?;
         // Veths whose ADD died before its port was written, found by alias.
-        let mut nl = Netlink::open().map_err(io)?;
+        let mut nl = Netlink::open()?;
         let prefix = format!("berth-ovs-vlan network={} ", conf.name);
         let keep: Vec<String> = valid.iter().map(|(id, ifn)| host_name(id, ifn)).collect();
-        for l in link::list(&mut nl).map_err(io)? {
+        for l in link::list(&mut nl)? {
             let ours = l.alias.as_deref().is_some_and(|a| a.starts_with(&prefix));
             if ours && !keep.contains(&l.name) {
                 tracing::info!(veth = %l.name, "GC: removing a veth not in the valid list");
-                link::delete(&mut nl, l.index).map_err(io)?;
+                link::delete(&mut nl, l.index)?;
             }
         }
         let n = port::remove_orphan_qos(&mut db, &conf.name).map_err(|e| cni_err(e, &c))?;

@@ -38,9 +38,6 @@ pub fn link_matches(
     ours: usize,
     routes: bool,
 ) -> Result<(), CniError> {
-    let io = |e: crate::netlink::NetlinkError| {
-        CniError::new(Code::Io, e.what.clone()).with_details(e.source.to_string())
-    };
     let ifname = &l.name;
     if !want_mac.is_empty() && !l.mac_string().eq_ignore_ascii_case(want_mac) {
         return Err(mismatch(format!(
@@ -56,7 +53,7 @@ pub fn link_matches(
             )));
         }
     }
-    let have = ipcfg::addresses(nl, l.index).map_err(io)?;
+    let have = ipcfg::addresses(nl, l.index)?;
     for ip in prev
         .ips
         .iter()
@@ -73,7 +70,7 @@ pub fn link_matches(
         }
     }
     if routes {
-        let table = ipcfg::routes(nl).map_err(io)?;
+        let table = ipcfg::routes(nl)?;
         for r in &prev.routes {
             let dst = Cidr::parse(&r.dst).map(|d| d.network());
             if !table.iter().any(|x| Some(x.dst) == dst) {

@@ -227,10 +227,6 @@ pub fn default_route_link(nl: &mut Netlink) -> Result<Option<u32>, NetlinkError>
     Ok(rs.iter().filter(|r| r.dst.prefix == 0).find_map(|r| r.oif))
 }
 
-fn netlink_err(e: NetlinkError) -> CniError {
-    CniError::new(Code::Io, e.what.clone()).with_details(e.source.to_string())
-}
-
 /// Adds the result's addresses for interface `ifindex_in_result` to link `index`.
 pub fn add_addresses(
     nl: &mut Netlink,
@@ -249,7 +245,7 @@ pub fn add_addresses(
                 format!("IPAM result address {:?} is not a CIDR", ip.address),
             )
         })?;
-        add_address(nl, index, cidr).map_err(netlink_err)?;
+        add_address(nl, index, cidr)?;
     }
     Ok(())
 }
@@ -288,7 +284,7 @@ pub fn add_routes(
                 .copied()
                 .find(|g| g.is_ipv4() == dst.addr.is_ipv4()),
         };
-        add_route(nl, index, dst, gw).map_err(netlink_err)?;
+        add_route(nl, index, dst, gw)?;
     }
     Ok(())
 }

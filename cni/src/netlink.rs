@@ -43,6 +43,13 @@ impl NetlinkError {
     }
 }
 
+impl From<NetlinkError> for crate::CniError {
+    /// An I/O failure (code 5) naming the operation, with the kernel's answer.
+    fn from(e: NetlinkError) -> crate::CniError {
+        crate::CniError::new(crate::Code::Io, e.what.clone()).with_details(e.source.to_string())
+    }
+}
+
 /// A blocking `NETLINK_ROUTE` socket in the namespace it was opened in.
 pub struct Netlink {
     socket: Socket,

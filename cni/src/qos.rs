@@ -10,7 +10,7 @@
 
 use crate::error::{CniError, Code};
 use crate::link;
-use crate::netlink::{Netlink, NetlinkError};
+use crate::netlink::Netlink;
 use crate::tc::{self, Tbf};
 use serde_json::Value;
 
@@ -150,43 +150,38 @@ pub fn group_of(ifname: &str) -> u32 {
 pub fn delete_with_ifb(nl: &mut Netlink, ifname: &str) -> Result<(), CniError> {
     let ifb = ifb_name(ifname);
     let group = group_of(ifname);
-    let members: Vec<String> = link::list(nl)
-        .map_err(io)?
+    let members: Vec<String> = link::list(nl)?
         .into_iter()
         .filter(|l| l.group == group)
         .map(|l| l.name)
         .collect();
     let ours = |n: &String| *n == ifname || *n == ifb;
     if members.iter().any(|n| n == ifname) && members.iter().all(ours) {
-        return link::delete_group(nl, group).map_err(io);
+        return link::delete_group(nl, group).map_err(CniError::from);
     }
-    link::delete_by_name(nl, &ifb).map_err(io)?;
-    link::delete_by_name(nl, ifname).map_err(io)?;
+    link::delete_by_name(nl, &ifb)?;
+    link::delete_by_name(nl, ifname)?;
     Ok(())
-}
-
-fn io(e: NetlinkError) -> CniError {
-    CniError::new(Code::Io, e.what.clone()).with_details(e.source.to_string())
 }
 
 /// Applies `bw` to link `index` named `ifname`. Call inside its netns.
 pub fn apply(nl: &mut Netlink, index: u32, ifname: &str, bw: &Bandwidth) -> Result<(), CniError> {
     if let Some(s) = bw.egress {
-        tc::add_root_tbf(nl, index, &s.tbf()).map_err(io)?;
+        tc::add_root_tbf(nl, index, &s.tbf())?;
     }
     if let Some(s) = bw.ingress {
         let name = ifb_name(ifname);
-        link::add_ifb(nl, &name).map_err(io)?;
-        let ifb = link::by_name(nl, &name).map_err(io)?.ok_or_else(|| {
+        link::add_ifb(nl, &name)?;
+        let ifb = link::by_name(nl, &name)?.ok_or_else(|| {
             CniError::new(Code::Io, format!("ifb {name} vanished after creation"))
         })?;
-        link::set_up(nl, ifb.index).map_err(io)?;
+        link::set_up(nl, ifb.index)?;
         for i in [index, ifb.index] {
-            link::set_group(nl, i, group_of(ifname)).map_err(io)?;
+            link::set_group(nl, i, group_of(ifname))?;
         }
-        tc::add_root_tbf(nl, ifb.index, &s.tbf()).map_err(io)?;
-        tc::add_ingress(nl, index).map_err(io)?;
-        tc::add_ingress_redirect(nl, index, ifb.index).map_err(io)?;
+        tc::add_root_tbf(nl, ifb.index, &s.tbf())?;
+        tc::add_ingress(nl, index)?;
+        tc::add_ingress_redirect(nl, index, ifb.index)?;
     }
     Ok(())
 }
@@ -194,10 +189,10 @@ pub fn apply(nl: &mut Netlink, index: u32, ifname: &str, bw: &Bandwidth) -> Resu
 /// Removes what [`apply`] made: the ifb and both qdiscs. Things already
 /// gone are fine. Call inside the netns.
 pub fn remove(nl: &mut Netlink, ifname: &str) -> Result<(), CniError> {
-    link::delete_by_name(nl, &ifb_name(ifname)).map_err(io)?;
-    if let Some(l) = link::by_name(nl, ifname).map_err(io)? {
-        tc::delete_qdisc(nl, l.index, tc::ROOT).map_err(io)?;
-        tc::delete_qdisc(nl, l.index, tc::INGRESS).map_err(io)?;
+    link::delete_by_name(nl, &ifb_name(ifname))?;
+    if let Some(l) = link::by_name(nl, ifname)? {
+        tc::delete_qdisc(nl, l.index, tc::ROOT)?;
+        tc::delete_qdisc(nl, l.index, tc::INGRESS)?;
     }
     Ok(())
 }
@@ -207,7 +202,7 @@ fn mismatch(msg: String) -> CniError {
 }
 
 fn check_tbf(nl: &mut Netlink, index: u32, what: &str, want: &Shape) -> Result<(), CniError> {
-    let qs = tc::qdiscs(nl, index).map_err(io)?;
+    let qs = tc::qdiscs(nl, index)?;
     let Some(root) = qs.iter().find(|q| q.parent == tc::ROOT) else {
         return Err(mismatch(format!("{what}: no root qdisc")));
     };
@@ -243,8 +238,7 @@ pub fn verify(nl: &mut Netlink, index: u32, ifname: &str, bw: &Bandwidth) -> Res
     match &bw.egress {
         Some(s) => check_tbf(nl, index, &format!("egress shaping on {ifname}"), s)?,
         None => {
-            if let Some(q) = tc::qdiscs(nl, index)
-                .map_err(io)?
+            if let Some(q) = tc::qdiscs(nl, index)?
                 .iter()
                 .find(|q| q.parent == tc::ROOT && q.kind == "tbf")
             {
@@ -258,7 +252,7 @@ pub fn verify(nl: &mut Netlink, index: u32, ifname: &str, bw: &Bandwidth) -> Res
     let ifb = ifb_name(ifname);
     match &bw.ingress {
         Some(s) => {
-            let l = link::by_name(nl, &ifb).map_err(io)?.ok_or_else(|| {
+            let l = link::by_name(nl, &ifb)?.ok_or_else(|| {
                 mismatch(format!("ingress shaping on {ifname}: ifb {ifb} is missing"))
             })?;
             if !l.up {
@@ -270,21 +264,20 @@ pub fn verify(nl: &mut Netlink, index: u32, ifname: &str, bw: &Bandwidth) -> Res
                 &format!("ingress shaping on {ifname} ({ifb})"),
                 s,
             )?;
-            let has_ingress = tc::qdiscs(nl, index)
-                .map_err(io)?
+            let has_ingress = tc::qdiscs(nl, index)?
                 .iter()
                 .any(|q| q.parent == tc::INGRESS);
             if !has_ingress {
                 return Err(mismatch(format!("{ifname} has no ingress qdisc")));
             }
-            if tc::ingress_filters(nl, index).map_err(io)? == 0 {
+            if tc::ingress_filters(nl, index)? == 0 {
                 return Err(mismatch(format!(
                     "{ifname}: no filter redirects ingress to {ifb}"
                 )));
             }
         }
         None => {
-            if link::by_name(nl, &ifb).map_err(io)?.is_some() {
+            if link::by_name(nl, &ifb)?.is_some() {
                 return Err(mismatch(format!(
                     "ifb {ifb} exists but no ingress bandwidth is configured"
                 )));

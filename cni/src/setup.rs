@@ -7,7 +7,7 @@
 use crate::netlink::Netlink;
 use crate::qos::{self, Bandwidth};
 use crate::types::CniResult;
-use crate::{arp, ipcfg, link, CniError, Code};
+use crate::{arp, ipcfg, link, CniError};
 
 /// Shapes link `index` (named `ifname`) per `bw`, configures interface
 /// `ours` of `result` on it and brings it up. Call inside the netns.
@@ -29,7 +29,6 @@ pub fn finish(
         }
     }
     ipcfg::add_addresses(nl, index, ours, result)?;
-    link::set_up(nl, index)
-        .map_err(|e| CniError::new(Code::Io, e.what.clone()).with_details(e.source.to_string()))?;
+    link::set_up(nl, index)?;
     ipcfg::add_routes(nl, index, ours, result)
 }
