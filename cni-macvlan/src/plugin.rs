@@ -9,7 +9,7 @@ use berth_cni::netlink::{Netlink, NetlinkError};
 use berth_cni::qos::{self, Bandwidth};
 use berth_cni::setup;
 use berth_cni::skel::Plugin;
-use berth_cni::types::{CniResult, Interface, IpConfig, NetConf};
+use berth_cni::types::{CniResult, Interface, NetConf};
 use berth_cni::{ipam, netns, CniError, Code};
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -122,11 +122,7 @@ impl Drop for Rollback<'_> {
             tracing::warn!(?r, "rollback: could not remove the link");
         }
         if let Some(t) = &self.ipam {
-            if let Err(e) = ipam::del(
-                t,
-                self.env,
-                &serde_json::to_vec(&self.conf.raw).unwrap_or_default(),
-            ) {
+            if let Err(e) = ipam::del(t, self.env, &self.conf.bytes()) {
                 tracing::warn!(error = %e, "rollback: IPAM DEL failed");
             }
         }
@@ -219,35 +215,8 @@ impl Plugin for Macvlan {
         rb.index = netns::run_in(netns, move || -> Result<Option<u32>, NetlinkError> {
             Ok(link::by_name(&mut Netlink::open()?, &t)?.map(|l| l.index))
         })??;
-        let mut result = CniResult::default();
-        if let Some(t) = &p.conf.common.ipam_type {
-            let stdin = serde_json::to_vec(&conf.raw).unwrap_or_default();
-            rb.ipam = Some(t.clone());
-            let r = ipam::add(t, env, &stdin)?;
-            if r.ips.is_empty() {
-                return Err(CniError::new(
-                    Code::Plugin(100),
-                    format!("IPAM plugin {t} returned no IP configuration"),
-                ));
-            }
-            result.ips = r.ips;
-            result.routes = r.routes;
-        } else {
-            result.ips = p
-                .conf
-                .common
-                .static_ips
-                .iter()
-                .map(|c| IpConfig {
-                    address: c.to_string(),
-                    gateway: None,
-                    interface: None,
-                })
-                .collect();
-        }
-        for ip in &mut result.ips {
-            ip.interface = Some(0);
-        }
+        rb.ipam = p.conf.common.ipam_type.clone();
+        let mut result = p.conf.common.addresses(env, conf, 0)?;
         let ifname = env.ifname.clone();
         let bw = p.bandwidth;
         let res = &result;
@@ -292,7 +261,7 @@ impl Plugin for Macvlan {
             .and_then(|t| t.as_str())
             .map(str::to_string);
         let ipam_result = match &ipam_type {
-            Some(t) => ipam::del(t, env, &serde_json::to_vec(&conf.raw).unwrap_or_default()),
+            Some(t) => ipam::del(t, env, &conf.bytes()),
             None => Ok(()),
         };
         if let Some(ns) = env.netns.as_deref().filter(|n| netns::exists(n)) {
@@ -319,12 +288,7 @@ impl Plugin for Macvlan {
         let c = MacvlanConf::parse(conf, env)?;
         if let Some(t) = &c.common.ipam_type {
             let plugin = ipam::find_plugin(t, &env.path)?;
-            ipam::exec_negotiated(
-                &plugin,
-                Verb::Check,
-                env,
-                &serde_json::to_vec(&conf.raw).unwrap_or_default(),
-            )?;
+            ipam::exec_negotiated(&plugin, Verb::Check, env, &conf.bytes())?;
         }
         let ifname = env.ifname.clone();
         let (ours, want_mac) = check::prev_interface(&prev, &ifname)?;
@@ -361,12 +325,7 @@ impl Plugin for Macvlan {
             master(&mut nl, &c).map_err(|e| CniError::new(Code::NotAvailable, e.msg))?;
         }
         if let Some(t) = &c.common.ipam_type {
-            ipam::passthrough_11(
-                t,
-                Verb::Status,
-                env,
-                &serde_json::to_vec(&conf.raw).unwrap_or_default(),
-            )?;
+            ipam::passthrough_11(t, Verb::Status, env, &conf.bytes())?;
         }
         Ok(())
     }
@@ -380,12 +339,7 @@ impl Plugin for Macvlan {
             .and_then(|i| i.get("type"))
             .and_then(|t| t.as_str())
         {
-            let asked = ipam::passthrough_11(
-                t,
-                Verb::Gc,
-                env,
-                &serde_json::to_vec(&conf.raw).unwrap_or_default(),
-            )?;
+            let asked = ipam::passthrough_11(t, Verb::Gc, env, &conf.bytes())?;
             if !asked {
                 tracing::info!(
                     ipam = t,

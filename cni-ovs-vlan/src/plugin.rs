@@ -10,7 +10,7 @@ use berth_cni::netlink::Netlink;
 use berth_cni::qos::{self, Bandwidth};
 use berth_cni::setup;
 use berth_cni::skel::Plugin;
-use berth_cni::types::{CniResult, Interface, IpConfig, NetConf};
+use berth_cni::types::{CniResult, Interface, NetConf};
 use berth_cni::{ipam, netns, tc, CniError, Code};
 use serde_json::Value;
 use std::fs::File;
@@ -32,10 +32,6 @@ pub fn host_name(container_id: &str, ifname: &str) -> String {
 /// The alias on the host end, so GC can find veths whose port never made it.
 fn alias(network: &str, container_id: &str, ifname: &str) -> String {
     format!("berth-ovs-vlan network={network} container={container_id} ifname={ifname}")
-}
-
-fn ipam_stdin(conf: &NetConf) -> Vec<u8> {
-    serde_json::to_vec(&conf.raw).unwrap_or_default()
 }
 
 /// Removes what an attachment left on the host: its ports (with QoS rows)
@@ -81,7 +77,7 @@ impl Drop for Rollback<'_> {
         }
         if self.ipam {
             if let Some(t) = &self.c.common.ipam_type {
-                if let Err(e) = ipam::del(t, self.env, &ipam_stdin(self.conf)) {
+                if let Err(e) = ipam::del(t, self.env, &self.conf.bytes()) {
                     tracing::warn!(error = %e, "rollback: IPAM DEL failed");
                 }
             }
@@ -205,33 +201,8 @@ impl Plugin for OvsVlan {
             }
         }
 
-        let mut result = CniResult::default();
-        if let Some(t) = &c.common.ipam_type {
-            rb.ipam = true;
-            let r = ipam::add(t, env, &ipam_stdin(conf))?;
-            if r.ips.is_empty() {
-                return Err(CniError::new(
-                    Code::Plugin(100),
-                    format!("IPAM plugin {t} returned no IP configuration"),
-                ));
-            }
-            result.ips = r.ips;
-            result.routes = r.routes;
-        } else {
-            result.ips = c
-                .common
-                .static_ips
-                .iter()
-                .map(|x| IpConfig {
-                    address: x.to_string(),
-                    gateway: None,
-                    interface: None,
-                })
-                .collect();
-        }
-        for ip in &mut result.ips {
-            ip.interface = Some(1);
-        }
+        rb.ipam = c.common.ipam_type.is_some();
+        let mut result = c.common.addresses(env, conf, 1)?;
         let ifname = env.ifname.clone();
         let egress_tbf = Bandwidth {
             ingress: None,
@@ -272,7 +243,7 @@ impl Plugin for OvsVlan {
     fn del(&self, env: &Env, conf: &NetConf) -> Result<(), CniError> {
         let c = OvsConf::parse(conf, env)?;
         let ipam_result = match &c.common.ipam_type {
-            Some(t) => ipam::del(t, env, &ipam_stdin(conf)),
+            Some(t) => ipam::del(t, env, &conf.bytes()),
             None => Ok(()),
         };
         let host = host_name(&env.container_id, &env.ifname);
@@ -299,7 +270,7 @@ impl Plugin for OvsVlan {
         let bw = bandwidth(&c)?;
         if let Some(t) = &c.common.ipam_type {
             let plugin = ipam::find_plugin(t, &env.path)?;
-            ipam::exec_negotiated(&plugin, Verb::Check, env, &ipam_stdin(conf))?;
+            ipam::exec_negotiated(&plugin, Verb::Check, env, &conf.bytes())?;
         }
         let mut db = Client::connect(&c.socket, c.timeout).map_err(|e| cni_err(e, &c))?;
         let ids = [
@@ -398,7 +369,7 @@ impl Plugin for OvsVlan {
             ));
         }
         if let Some(t) = &c.common.ipam_type {
-            ipam::passthrough_11(t, Verb::Status, env, &ipam_stdin(conf))?;
+            ipam::passthrough_11(t, Verb::Status, env, &conf.bytes())?;
         }
         Ok(())
     }
@@ -447,7 +418,7 @@ impl Plugin for OvsVlan {
             tracing::info!(rows = n, "GC: removed orphaned QoS rows");
         }
         if let Some(t) = &c.common.ipam_type {
-            ipam::passthrough_11(t, Verb::Gc, env, &ipam_stdin(conf))?;
+            ipam::passthrough_11(t, Verb::Gc, env, &conf.bytes())?;
         }
         Ok(())
     }

@@ -6,7 +6,7 @@
 use crate::env::Env;
 use crate::ipcfg::Cidr;
 use crate::link::parse_mac;
-use crate::types::NetConf;
+use crate::types::{CniResult, IpConfig, NetConf};
 use crate::{CniError, Code};
 use serde_json::{Map, Value};
 
@@ -68,6 +68,42 @@ fn mac(s: &str, key: &str) -> Result<[u8; 6], CniError> {
 }
 
 impl Common {
+    /// The addresses of a new attachment, each on result interface `ours`:
+    /// the IPAM plugin's (ADD, with its routes) when there is IPAM, else the
+    /// static IPs. An IPAM result without addresses is an error. Arm the
+    /// rollback's IPAM DEL before calling: a lease may exist on failure.
+    pub fn addresses(&self, env: &Env, conf: &NetConf, ours: usize) -> Result<CniResult, CniError> {
+        let mut result = CniResult::default();
+        match &self.ipam_type {
+            Some(t) => {
+                let r = crate::ipam::add(t, env, &conf.bytes())?;
+                if r.ips.is_empty() {
+                    return Err(CniError::new(
+                        Code::Plugin(100),
+                        format!("IPAM plugin {t} returned no IP configuration"),
+                    ));
+                }
+                result.ips = r.ips;
+                result.routes = r.routes;
+            }
+            None => {
+                result.ips = self
+                    .static_ips
+                    .iter()
+                    .map(|c| IpConfig {
+                        address: c.to_string(),
+                        gateway: None,
+                        interface: None,
+                    })
+                    .collect();
+            }
+        }
+        for ip in &mut result.ips {
+            ip.interface = Some(ours);
+        }
+        Ok(result)
+    }
+
     /// Reads the shared keys of `conf` and `env`'s `CNI_ARGS`.
     pub fn parse(conf: &NetConf, env: &Env) -> Result<Common, CniError> {
         let obj = conf

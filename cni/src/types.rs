@@ -30,6 +30,13 @@ pub struct NetConf {
     pub raw: Value,
 }
 
+impl NetConf {
+    /// The configuration as JSON bytes, as an IPAM plugin is given it.
+    pub fn bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.raw).unwrap_or_default()
+    }
+}
+
 /// Parses a network configuration from stdin bytes: 6 for JSON that does not
 /// decode, 7 for missing or mistyped keys, 1 for an unsupported `cniVersion`.
 pub fn parse_conf(bytes: &[u8]) -> Result<NetConf, CniError> {
