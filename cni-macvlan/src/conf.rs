@@ -1,7 +1,7 @@
 //! The macvlan network configuration: its keys, capabilities and `CNI_ARGS`,
 //! checked with errors that name the offending key.
 
-use berth_cni::caps::{invalid, opt_str, opt_u32, Common};
+use berth_cni::caps::{invalid, object, opt_str, opt_u32, Common};
 use berth_cni::env::Env;
 use berth_cni::link::MacvlanMode;
 use berth_cni::types::NetConf;
@@ -26,10 +26,7 @@ pub struct MacvlanConf {
 impl MacvlanConf {
     /// Reads the plugin's keys from `conf` and `env`'s `CNI_ARGS`.
     pub fn parse(conf: &NetConf, env: &Env) -> Result<MacvlanConf, CniError> {
-        let obj = conf
-            .raw
-            .as_object()
-            .ok_or_else(|| invalid("the configuration is not an object".into()))?;
+        let obj = object(conf)?;
         let mode_s = opt_str(obj, "mode")?.unwrap_or("");
         let mode = MacvlanMode::parse(mode_s).ok_or_else(|| {
             invalid(format!(

@@ -254,13 +254,7 @@ impl Plugin for Macvlan {
     fn del(&self, env: &Env, conf: &NetConf) -> Result<(), CniError> {
         // Only ipam.type matters: a master or bandwidth that is gone or
         // broken by now must not stop the cleanup.
-        let ipam_type = conf
-            .ipam
-            .as_ref()
-            .and_then(|i| i.get("type"))
-            .and_then(|t| t.as_str())
-            .map(str::to_string);
-        let ipam_result = match &ipam_type {
+        let ipam_result = match conf.ipam_type() {
             Some(t) => ipam::del(t, env, &conf.bytes()),
             None => Ok(()),
         };
@@ -333,12 +327,7 @@ impl Plugin for Macvlan {
     fn gc(&self, env: &Env, conf: &NetConf) -> Result<(), CniError> {
         // A macvlan lives and dies with its netns: the only host state is
         // the IPAM's leases.
-        if let Some(t) = conf
-            .ipam
-            .as_ref()
-            .and_then(|i| i.get("type"))
-            .and_then(|t| t.as_str())
-        {
+        if let Some(t) = conf.ipam_type() {
             let asked = ipam::passthrough_11(t, Verb::Gc, env, &conf.bytes())?;
             if !asked {
                 tracing::info!(

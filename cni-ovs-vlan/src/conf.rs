@@ -1,6 +1,6 @@
 //! The OVS VLAN network configuration, checked with errors naming the key.
 
-use berth_cni::caps::{invalid, opt_str, opt_u32, Common};
+use berth_cni::caps::{invalid, object, opt_str, opt_u32, Common};
 use berth_cni::env::Env;
 use berth_cni::types::NetConf;
 use berth_cni::CniError;
@@ -92,10 +92,7 @@ fn parse_trunk(v: &Value) -> Result<Vec<u16>, CniError> {
 impl OvsConf {
     /// Reads the plugin's keys from `conf` and `env`'s `CNI_ARGS`.
     pub fn parse(conf: &NetConf, env: &Env) -> Result<OvsConf, CniError> {
-        let obj = conf
-            .raw
-            .as_object()
-            .ok_or_else(|| invalid("the configuration is not an object".into()))?;
+        let obj = object(conf)?;
         let bridge = opt_str(obj, "bridge")?
             .ok_or_else(|| invalid("bridge is required".into()))?
             .to_string();

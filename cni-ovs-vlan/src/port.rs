@@ -258,6 +258,23 @@ pub fn find(db: &mut Client, ids: &[(&str, String)]) -> Result<Vec<Found>, Ovsdb
         .collect())
 }
 
+/// The operation deleting row `id` of `table`.
+fn delete_row(table: &str, id: &str) -> Value {
+    json!({"op": "delete", "table": table, "where": [["_uuid", "==", uuid(id)]]})
+}
+
+/// Operations deleting the Queue rows a QoS row's `queues` map names.
+fn delete_queues(qos_row: &Value) -> Vec<Value> {
+    qos_row["queues"]
+        .get(1)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|kv| kv.get(1).and_then(uuid_of))
+        .map(|q| delete_row("Queue", &q))
+        .collect()
+}
+
 /// Removes `ports` (and their QoS and Queue rows, which OVSDB does not
 /// collect by itself) in one transaction. It does not wait for vswitchd to
 /// apply it: the next ADD's own wait orders after it, and the caller can
@@ -277,23 +294,14 @@ pub fn remove(db: &mut Client, ports: &[Found]) -> Result<(), CniError> {
                 .select("QoS", json!([["_uuid", "==", uuid(q)]]), &["queues"])
                 .map_err(io)?;
             for r in rows {
-                for kv in r["queues"]
-                    .get(1)
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default()
-                {
-                    if let Some(u) = kv.get(1).and_then(uuid_of) {
-                        ops.push(json!({"op": "delete", "table": "Queue", "where": [["_uuid", "==", uuid(&u)]]}));
-                    }
-                }
+                ops.extend(delete_queues(&r));
             }
             // The port must stop referring to the QoS row before it can go.
             ops.push(
                 json!({"op": "mutate", "table": "Port", "where": [["_uuid", "==", uuid(&p.port)]],
                 "mutations": [["qos", "delete", uuid(q)]]}),
             );
-            ops.push(json!({"op": "delete", "table": "QoS", "where": [["_uuid", "==", uuid(q)]]}));
+            ops.push(delete_row("QoS", q));
         }
     }
     ops.push(json!({"op": "mutate", "table": "Open_vSwitch", "where": [], "mutations": [["next_cfg", "+=", 1]]}));
@@ -324,19 +332,8 @@ pub fn remove_orphan_qos(db: &mut Client, network: &str) -> Result<usize, OvsdbE
         if used.contains(&u) {
             continue;
         }
-        ops.push(json!({"op": "delete", "table": "QoS", "where": [["_uuid", "==", uuid(&u)]]}));
-        for kv in r["queues"]
-            .get(1)
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
-        {
-            if let Some(q) = kv.get(1).and_then(uuid_of) {
-                ops.push(
-                    json!({"op": "delete", "table": "Queue", "where": [["_uuid", "==", uuid(&q)]]}),
-                );
-            }
-        }
+        ops.push(delete_row("QoS", &u));
+        ops.extend(delete_queues(&r));
     }
     let n = ops.len();
     if n > 0 {

@@ -31,6 +31,13 @@ pub fn invalid(msg: String) -> CniError {
     CniError::new(Code::InvalidConfig, msg)
 }
 
+/// The configuration's top-level object.
+pub fn object(conf: &NetConf) -> Result<&Map<String, Value>, CniError> {
+    conf.raw
+        .as_object()
+        .ok_or_else(|| invalid("the configuration is not an object".into()))
+}
+
 /// A string key: absent, null or empty is `None`; another type is an error.
 pub fn opt_str<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, CniError> {
     match obj.get(key) {
@@ -106,10 +113,7 @@ impl Common {
 
     /// Reads the shared keys of `conf` and `env`'s `CNI_ARGS`.
     pub fn parse(conf: &NetConf, env: &Env) -> Result<Common, CniError> {
-        let obj = conf
-            .raw
-            .as_object()
-            .ok_or_else(|| invalid("the configuration is not an object".into()))?;
+        let obj = object(conf)?;
         let mut mac_v = opt_str(obj, "mac")?.map(|s| mac(s, "mac")).transpose()?;
         if let Some(m) = env.args.get("MAC").filter(|m| !m.is_empty()) {
             mac_v = Some(mac(m, "CNI_ARGS MAC")?);

@@ -31,6 +31,11 @@ pub struct NetConf {
 }
 
 impl NetConf {
+    /// `ipam.type`, if there is IPAM and it names one.
+    pub fn ipam_type(&self) -> Option<&str> {
+        self.ipam.as_ref()?.get("type")?.as_str()
+    }
+
     /// The configuration as JSON bytes, as an IPAM plugin is given it.
     pub fn bytes(&self) -> Vec<u8> {
         serde_json::to_vec(&self.raw).unwrap_or_default()
