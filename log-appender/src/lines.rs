@@ -63,15 +63,7 @@ pub fn split<R: Read>(
             }
             if ended {
                 if !skipping {
-                    let cut = if part > 0 {
-                        Cut::Part {
-                            n: part,
-                            last: true,
-                        }
-                    } else {
-                        Cut::Whole
-                    };
-                    emit(&cur, cut);
+                    emit(&cur, last_cut(part));
                 }
                 cur.clear();
                 part = 0;
@@ -80,17 +72,21 @@ pub fn split<R: Read>(
         }
     }
     if !cur.is_empty() && !skipping {
-        let cut = if part > 0 {
-            Cut::Part {
-                n: part,
-                last: true,
-            }
-        } else {
-            Cut::Whole
-        };
-        emit(&cur, cut);
+        emit(&cur, last_cut(part));
     }
     Ok(())
+}
+
+/// How the end of a line is marked: whole, or the last of its parts.
+fn last_cut(part: u32) -> Cut {
+    if part > 0 {
+        Cut::Part {
+            n: part,
+            last: true,
+        }
+    } else {
+        Cut::Whole
+    }
 }
 
 #[cfg(test)]
