@@ -61,8 +61,7 @@ struct Plan {
     bandwidth: Bandwidth,
 }
 
-fn plan(env: &Env, conf: &NetConf, nl_master: &mut Netlink) -> Result<Plan, CniError> {
-    let c = MacvlanConf::parse(conf, env)?;
+fn plan(c: MacvlanConf, nl_master: &mut Netlink) -> Result<Plan, CniError> {
     let m = master(nl_master, &c)?;
     if let Some(mtu) = c.mtu {
         if mtu > m.mtu {
@@ -191,14 +190,11 @@ impl Plugin for Macvlan {
                 format!("CNI_NETNS {} does not exist", netns.display()),
             ));
         }
-        let c0 = MacvlanConf::parse(conf, env)?;
-        let p = if c0.link_in_container {
-            netns::run_in(netns, || {
-                let mut nl = Netlink::open()?;
-                plan(env, conf, &mut nl)
-            })??
+        let c = MacvlanConf::parse(conf, env)?;
+        let p = if c.link_in_container {
+            netns::run_in(netns, || plan(c, &mut Netlink::open()?))??
         } else {
-            plan(env, conf, &mut Netlink::open()?)?
+            plan(c, &mut Netlink::open()?)?
         };
         let tmp = link::temp_name("bmv");
         create_link(&p, env, netns, &tmp)?;
@@ -220,9 +216,14 @@ impl Plugin for Macvlan {
         let ifname = env.ifname.clone();
         let bw = p.bandwidth;
         let res = &result;
+        let index = rb.index;
         let attached = netns::run_in(netns, move || -> Result<Attached, CniError> {
             let mut nl = Netlink::open()?;
-            let l = link::by_name(&mut nl, &tmp)?.ok_or_else(|| {
+            let ours = match index {
+                Some(i) => link::by_index(&mut nl, i)?,
+                None => link::by_name(&mut nl, &tmp)?,
+            };
+            let l = ours.ok_or_else(|| {
                 CniError::new(Code::Io, format!("new macvlan {tmp} is not in the netns"))
             })?;
             if link::by_name(&mut nl, &ifname)?.is_some() {
