@@ -70,7 +70,7 @@ pub struct Cli {
 }
 
 /// `create`'s flags, shared with `run`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct CreateArgs {
     /// Bundle directory (default: current directory).
     #[arg(short, long, value_name = "DIR")]
@@ -95,7 +95,7 @@ pub struct CreateArgs {
 }
 
 /// `run`: create and start.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub create: CreateArgs,
@@ -108,7 +108,7 @@ pub struct RunArgs {
 }
 
 /// `exec`: run a process in a container.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ExecArgs {
     #[arg(long = "console-socket", value_name = "PATH")]
     pub console_socket: Option<PathBuf>,
@@ -151,7 +151,7 @@ pub struct ExecArgs {
 }
 
 /// `update`: change a container's resources.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct UpdateArgs {
     /// JSON resources, or `-` for stdin.
     #[arg(short, long, value_name = "FILE")]
@@ -193,7 +193,7 @@ pub struct UpdateArgs {
 }
 
 /// runc's verbs. Anything else (checkpoint, restore, ...) is passed on as is.
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Verb {
     /// Create a container (rewrites config.json first).
     Create(CreateArgs),

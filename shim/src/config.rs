@@ -19,8 +19,10 @@ pub const ENV_VAR: &str = "BERTH_RUNTIME_CONFIG";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
-    /// The runtime that runs containers: `auto`, `runc`, `crun`, or an absolute path.
-    pub delegate: String,
+    /// The backend that runs containers: `auto`, `runc`, `crun`, `libcontainer`
+    /// (built in), or an absolute path. `delegate` is accepted as its old name.
+    #[serde(alias = "delegate")]
+    pub backend: String,
     /// What `auto` tries, in order (names looked up on PATH, or absolute paths).
     pub auto_order: Vec<String>,
     /// Whether a container may pick its delegate with `io.berth.delegate`.
@@ -40,8 +42,8 @@ pub struct RuntimeConfig {
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
-            delegate: "auto".into(),
-            auto_order: vec!["runc".into(), "crun".into()],
+            backend: "auto".into(),
+            auto_order: vec!["runc".into(), "crun".into(), "libcontainer".into()],
             allow_delegate_annotation: false,
             annotation_delegates: vec!["runc".into(), "crun".into()],
             state_dir: PathBuf::from("/run/berth"),
@@ -210,9 +212,9 @@ impl RuntimeConfig {
                 self.cpus.user_cpuset
             ));
         }
-        if self.delegate.is_empty() || (self.delegate == "auto" && self.auto_order.is_empty()) {
+        if self.backend.is_empty() || (self.backend == "auto" && self.auto_order.is_empty()) {
             return Err(
-                "delegate must name a runtime (or be \"auto\" with a non-empty auto_order)".into(),
+                "backend must name a runtime (or be \"auto\" with a non-empty auto_order)".into(),
             );
         }
         Ok(())
@@ -226,7 +228,7 @@ mod tests {
     #[test]
     fn empty_file_means_defaults() {
         let c = RuntimeConfig::parse("", Path::new("x")).unwrap();
-        assert_eq!(c.delegate, "auto");
+        assert_eq!(c.backend, "auto");
         assert!(c.preload.enabled);
     }
 
@@ -252,6 +254,6 @@ mod tests {
     fn the_shipped_example_parses() {
         let text = include_str!("../../etc/runtime.toml");
         let c = RuntimeConfig::parse(text, Path::new("etc/runtime.toml")).unwrap();
-        assert_eq!(c.delegate, "auto");
+        assert_eq!(c.backend, "auto");
     }
 }

@@ -15,6 +15,19 @@ use std::process::Command;
 /// The annotation by which a container may pick its delegate, where allowed.
 pub const ANNOTATION: &str = "io.berth.delegate";
 
+/// The name of the built-in backend (youki's libcontainer, in-process). It is
+/// never looked up on PATH; records and [`resolve_name`] carry it as a bare
+/// relative path, which no binary delegate can be.
+pub const BUILTIN: &str = "libcontainer";
+
+/// The state root of the built-in backend when no `--root` is given.
+pub const BUILTIN_DEFAULT_ROOT: &str = "/run/berth/libcontainer";
+
+/// True when `delegate` (as [`resolve_name`] returned it) is the built-in backend.
+pub fn is_builtin(delegate: &Path) -> bool {
+    delegate == Path::new(BUILTIN)
+}
+
 /// True when `id` is a container id runc accepts (`[A-Za-z0-9_+.-]+`, not `.`/`..`).
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
@@ -53,8 +66,12 @@ fn is_executable(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Resolves a delegate name (`runc`, `crun`, or an absolute path) to a binary.
+/// Resolves a backend name (`runc`, `crun`, an absolute path, or
+/// [`BUILTIN`]) to a binary, or to `BUILTIN` itself.
 pub fn resolve_name(name: &str) -> Result<PathBuf> {
+    if name == BUILTIN {
+        return Ok(PathBuf::from(BUILTIN));
+    }
     if name.starts_with('/') {
         let p = PathBuf::from(name);
         return if is_executable(&p) {
@@ -71,10 +88,10 @@ pub fn resolve_name(name: &str) -> Result<PathBuf> {
     })
 }
 
-/// The configured default delegate: `delegate`, or for `auto` the first of `auto_order` found.
+/// The configured default backend: `backend`, or for `auto` the first of `auto_order` found.
 pub fn default_delegate(cfg: &RuntimeConfig) -> Result<PathBuf> {
-    if cfg.delegate != "auto" {
-        return resolve_name(&cfg.delegate);
+    if cfg.backend != "auto" {
+        return resolve_name(&cfg.backend);
     }
     cfg.auto_order
         .iter()
@@ -117,6 +134,9 @@ pub struct Record {
     pub id: String,
     /// Its cgroup path (`linux.cgroupsPath`), if set.
     pub cgroup: Option<String>,
+    /// Its root filesystem, absolute (the built-in backend's `state` shows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<PathBuf>,
     /// Whether its CPUs are in the ledger (false: unplanned, e.g. a user cpuset).
     #[serde(default)]
     pub cpus_planned: bool,
@@ -139,6 +159,9 @@ impl Record {
 pub fn state_root(root: Option<&Path>, delegate: &Path) -> Option<PathBuf> {
     if let Some(r) = root {
         return Some(r.to_path_buf());
+    }
+    if is_builtin(delegate) {
+        return Some(PathBuf::from(BUILTIN_DEFAULT_ROOT));
     }
     match delegate.file_name()?.to_str()? {
         "runc" => Some(PathBuf::from("/run/runc")),
@@ -185,7 +208,7 @@ impl Records {
     pub fn get(&self, id: &str) -> Option<PathBuf> {
         self.record(id)
             .map(|r| r.delegate)
-            .filter(|p| is_executable(p))
+            .filter(|p| is_builtin(p) || is_executable(p))
     }
 
     /// The whole record of container `id`, if any.
@@ -196,14 +219,16 @@ impl Records {
         Record::read(&self.dir.join(id))
     }
 
-    /// Records that container `id` runs on `delegate` in cgroup `cgroup`:
-    /// atomically, but not fsynced, since the record (like runc's own state
-    /// under `/run`) only matters while the host is up; GC reconciles it.
+    /// Records that container `id` (root filesystem `rootfs`) runs on
+    /// `delegate` in cgroup `cgroup`: atomically, but not fsynced, since the
+    /// record (like runc's own state under `/run`) only matters while the
+    /// host is up; GC reconciles it.
     pub fn put(
         &self,
         id: &str,
         delegate: &Path,
         cgroup: Option<&str>,
+        rootfs: Option<&Path>,
         cpus_planned: bool,
     ) -> Result<()> {
         if !valid_id(id) {
@@ -214,6 +239,7 @@ impl Records {
             root: self.root.clone(),
             id: id.to_string(),
             cgroup: cgroup.map(str::to_string),
+            rootfs: rootfs.map(Path::to_path_buf),
             cpus_planned,
         };
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
@@ -318,8 +344,8 @@ mod tests {
         };
         let r = Records::new(&cfg, Some(&root));
         let sh = PathBuf::from("/bin/sh");
-        r.put("alive", &sh, None, false).unwrap();
-        r.put("gone", &sh, Some("/x/gone"), true).unwrap();
+        r.put("alive", &sh, None, None, false).unwrap();
+        r.put("gone", &sh, Some("/x/gone"), None, true).unwrap();
         assert_eq!(Records::all(&cfg).len(), 2);
         assert_eq!(r.record("alive").unwrap().alive(), Some(true));
         assert_eq!(r.record("gone").unwrap().alive(), Some(false));

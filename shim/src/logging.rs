@@ -119,6 +119,13 @@ impl<S: Subscriber> Layer<S> for RuncLayer {
         if *level > self.max {
             return;
         }
+        // libcontainer narrates at info and warns of what runc passes over
+        // in silence (absent cgroup controllers, ambient capabilities):
+        // only its errors are shown unless --debug.
+        if self.max < Level::DEBUG && *level > Level::ERROR && is_library(event.metadata().target())
+        {
+            return;
+        }
         let mut f = Fields::default();
         event.record(&mut f);
         let time = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
@@ -129,6 +136,13 @@ impl<S: Subscriber> Layer<S> for RuncLayer {
             let _ = out.flush();
         }
     }
+}
+
+/// True for events of the container libraries under the built-in backend.
+fn is_library(target: &str) -> bool {
+    ["libcontainer", "libcgroups"]
+        .iter()
+        .any(|l| target == *l || target.starts_with(&format!("{l}::")))
 }
 
 /// Installs the global subscriber: to `log` (appended) or stderr, in

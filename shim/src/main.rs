@@ -1,19 +1,17 @@
 //! `berth-runtime`: the thin CLI over the `berth_runtime` library.
 
-mod cli;
-
+use berth_runtime::builtin;
+use berth_runtime::cli::{self, Cli, LogFormat, Verb};
 use berth_runtime::config::RuntimeConfig;
 use berth_runtime::cpus;
 use berth_runtime::delegate::{self, Records};
 use berth_runtime::logging::{self, Format};
 use berth_runtime::rewrite;
 use clap::Parser;
-use cli::{Cli, LogFormat, Verb};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-/// Spec version Berth reads and writes (as runc 1.1 reports it).
-const SPEC_VERSION: &str = "1.0.2-dev";
+use berth_runtime::SPEC_VERSION;
 
 fn main() {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
@@ -45,12 +43,18 @@ fn main() {
 
 enum Never {}
 
-/// Does Berth's part of `verb`, then becomes the delegate. Returns only on error.
+/// Does Berth's part of `verb`, then becomes the delegate, or runs the verb
+/// on the built-in backend and exits. Returns only on error.
 fn run(cli: &Cli, verb: &Verb, args: &[OsString]) -> anyhow::Result<Never> {
     let (cfg, cfg_path) = RuntimeConfig::load(cli.berth_config.as_deref())?;
     tracing::debug!(config = ?cfg_path, "berth-runtime {}", env!("CARGO_PKG_VERSION"));
     let root = cli.root.as_deref();
     let records = Records::new(&cfg, root);
+    // The built-in backend's container processes are clones of this one:
+    // run from a sealed copy of the binary before making any (CVE-2019-5736).
+    if spawns_on_builtin(&cfg, &records, verb)? && !builtin::seal::is_sealed() {
+        return Err(builtin::seal::reexec().into());
+    }
     let mut args = cli::delegate_args(args);
     let delegate = match verb {
         Verb::Create(c) => prepare(&cfg, &records, root, c.bundle.as_deref(), &c.id)?,
@@ -81,6 +85,39 @@ fn run(cli: &Cli, verb: &Verb, args: &[OsString]) -> anyhow::Result<Never> {
     };
     let planned = |id: &str| cfg.cpus.enabled && cpus::ops::has_entry(&cfg, root, id);
     let holds = |id: &str| cfg.cpus.enabled && cpus::ops::holds_capacity(&cfg, root, id);
+    if delegate::is_builtin(&delegate) {
+        let ctx = builtin::Context {
+            root: root.map_or_else(
+                || PathBuf::from(delegate::BUILTIN_DEFAULT_ROOT),
+                Path::to_path_buf,
+            ),
+            cfg: &cfg,
+            records: &records,
+            systemd: cli.systemd_cgroup,
+        };
+        let (verb, release) = match verb {
+            Verb::Update(u) if planned(&u.id) && u.resources.is_some() => {
+                let mut u = u.clone();
+                u.resources = Some(replanned_resources(&cfg, root, &u)?);
+                (Verb::Update(u), None)
+            }
+            Verb::Delete { id, .. } if holds(id) => (verb.clone(), Some(id.as_str())),
+            Verb::Run(r) if !r.detach && !r.keep && holds(&r.create.id) => {
+                (verb.clone(), Some(r.create.id.as_str()))
+            }
+            _ => (verb.clone(), None),
+        };
+        let code = builtin::run(&ctx, &verb)?;
+        if let Some(id) = release.filter(|_| code == 0 || matches!(verb, Verb::Run(_))) {
+            if let Err(e) = cpus::ops::release(&cfg, root, id) {
+                tracing::warn!(
+                    container = id,
+                    "cannot release the CPU allocation (GC will): {e}"
+                );
+            }
+        }
+        std::process::exit(code);
+    }
     match verb {
         // The allocation outlives the container unless released here: run the
         // delegate as a child, then release on success (exit code passed on).
@@ -89,23 +126,67 @@ fn run(cli: &Cli, verb: &Verb, args: &[OsString]) -> anyhow::Result<Never> {
         Verb::Delete { id, .. } if holds(id) => {
             finish_then_release(&cfg, root, id, &delegate, &args)
         }
-        Verb::Update(u) if planned(&u.id) => {
-            if let Some(src) = u.resources.as_deref() {
-                let text = if src == "-" {
-                    std::io::read_to_string(std::io::stdin())?
-                } else {
-                    std::fs::read_to_string(src)?
-                };
-                let mut res: serde_json::Value = serde_json::from_str(&text)?;
-                cpus::ops::replan(&cfg, root, &u.id, &mut res)?;
-                let path = memfd_with(&serde_json::to_vec(&res)?)?;
-                replace_value(&mut args, "--resources", "-r", &path);
-            }
+        Verb::Update(u) if planned(&u.id) && u.resources.is_some() => {
+            let path = replanned_resources(&cfg, root, u)?;
+            replace_value(&mut args, "--resources", "-r", &path);
         }
         _ => {}
     }
     tracing::debug!(delegate = %delegate.display(), "handing over");
     Err(delegate::exec(&delegate, &args).into())
+}
+
+/// True when `verb` starts container processes on the built-in backend.
+fn spawns_on_builtin(cfg: &RuntimeConfig, records: &Records, verb: &Verb) -> anyhow::Result<bool> {
+    let backend = match verb {
+        Verb::Create(c) => new_container_backend(cfg, c.bundle.as_deref())?,
+        Verb::Run(r) => new_container_backend(cfg, r.create.bundle.as_deref())?,
+        Verb::Exec(e) => match records.get(&e.id) {
+            Some(d) => d,
+            None => delegate::default_delegate(cfg)?,
+        },
+        _ => return Ok(false),
+    };
+    Ok(delegate::is_builtin(&backend))
+}
+
+/// The bundle's config.json as the engine wrote it (Null when unreadable).
+fn read_spec(bundle: &Path) -> serde_json::Value {
+    match std::fs::read(rewrite::config_path(bundle)) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null),
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
+/// The backend a new container in `bundle` (default: the current directory) gets.
+fn new_container_backend(cfg: &RuntimeConfig, bundle: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let bundle = match bundle {
+        Some(b) => b.to_path_buf(),
+        None => std::env::current_dir()?,
+    };
+    let spec = read_spec(&bundle);
+    Ok(delegate::for_new_container(
+        cfg,
+        berth_runtime::spec::annotation(&spec, delegate::ANNOTATION),
+    )?)
+}
+
+/// `update --resources` with the CPU plan applied: the new resources in a
+/// memfd, as a path the backend can read.
+fn replanned_resources(
+    cfg: &RuntimeConfig,
+    root: Option<&Path>,
+    u: &cli::UpdateArgs,
+) -> anyhow::Result<String> {
+    let src = u.resources.as_deref().unwrap_or("-");
+    let text = if src == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(src)?
+    };
+    let mut res: serde_json::Value = serde_json::from_str(&text)?;
+    cpus::ops::replan(cfg, root, &u.id, &mut res)?;
+    memfd_with(&serde_json::to_vec(&res)?)
 }
 
 fn finish_then_release(
@@ -186,10 +267,7 @@ fn prepare(
         None => std::env::current_dir()?,
     };
     // The delegate and cgroup come from the document as the engine wrote it.
-    let spec: serde_json::Value = match std::fs::read(rewrite::config_path(&bundle)) {
-        Ok(b) => serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null),
-        Err(_) => serde_json::Value::Null,
-    };
+    let spec = read_spec(&bundle);
     let delegate = delegate::for_new_container(
         cfg,
         berth_runtime::spec::annotation(&spec, delegate::ANNOTATION),
@@ -218,6 +296,11 @@ fn prepare(
         id,
         &delegate,
         cgroup.as_deref(),
+        berth_runtime::spec::rootfs(
+            &spec,
+            &std::fs::canonicalize(&bundle).unwrap_or_else(|_| bundle.clone()),
+        )
+        .as_deref(),
         applied.get("cpu").is_some(),
     )?;
     Ok(delegate)

@@ -1,0 +1,199 @@
+//! Cgroup placement as runc does it, around libcontainer's own.
+//!
+//! libcontainer 0.7 names a container without `linux.cgroupsPath`
+//! `:youki:<id>` and joins only the v1 controller hierarchies. runc
+//! (cgroupfs driver) instead puts it at `<own cgroup>/<id>`, resolves a
+//! relative path against its own cgroup, and on a hybrid host also joins the
+//! `name=systemd` and unified hierarchies. [`place`] fixes the path in the
+//! bundle before libcontainer reads it; [`join_extra`] adds the container's
+//! processes to the two hierarchies libcontainer skips; [`remove`] deletes
+//! the container's directories from every hierarchy on delete.
+
+use super::{Error, Result};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Where cgroup hierarchies are mounted.
+const ROOT: &str = "/sys/fs/cgroup";
+
+/// The hierarchies libcontainer does not join, by mount directory.
+const EXTRA: &[&str] = &["systemd", "unified"];
+
+/// This process's cgroup in the hierarchy runc takes its parent from:
+/// the first v1 controller line of `/proc/self/cgroup`, else the v2 line.
+fn own_cgroup() -> String {
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mut v2 = None;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctrl, path) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(a), Some(b), Some(c)) => (a, b, c),
+            _ => continue,
+        };
+        if ctrl.is_empty() {
+            v2 = Some(path.to_string());
+        } else if !ctrl.starts_with("name=") {
+            return path.to_string();
+        }
+    }
+    v2.unwrap_or_else(|| "/".into())
+}
+
+/// The absolute cgroup path runc would give a container `id` whose spec
+/// says `cgroups_path` (None: not set).
+pub fn runc_path(cgroups_path: Option<&str>, id: &str) -> String {
+    match cgroups_path {
+        Some(p) if p.starts_with('/') => clean(p),
+        Some(p) if !p.is_empty() => clean(&format!("{}/{p}", own_cgroup())),
+        _ => clean(&format!("{}/{id}", own_cgroup())),
+    }
+}
+
+/// Collapses `//`, `.` and `..` (never above `/`), as Go's `CleanPath`.
+fn clean(p: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for part in p.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
+/// The annotation recording that Berth filled `linux.cgroupsPath` in, so a
+/// bundle used again for another container gets that container's path.
+pub const FILLED: &str = "io.berth.cgroup-filled";
+
+/// Sets `linux.cgroupsPath` in `spec` to the absolute path runc would use,
+/// when it is missing or relative; returns the path. A `slice:prefix:name`
+/// (systemd driver) path is refused: the built-in backend uses cgroupfs.
+pub fn place(spec: &mut Value, id: &str) -> Result<String> {
+    let filled = crate::spec::annotation(spec, FILLED).map(str::to_string);
+    let given = spec
+        .pointer("/linux/cgroupsPath")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .filter(|g| filled.as_deref() != Some(g.as_str()));
+    if let Some(g) = &given {
+        if !g.starts_with('/') && g.split(':').count() == 3 {
+            return Err(Error::Usage(format!(
+                "linux.cgroupsPath {g:?} is a systemd unit path; the built-in backend \
+                 uses cgroupfs paths (configure the engine's cgroupfs driver)"
+            )));
+        }
+    }
+    let path = runc_path(given.as_deref(), id);
+    if given.as_deref() != Some(path.as_str()) {
+        let linux = spec
+            .as_object_mut()
+            .ok_or_else(|| Error::Usage("config.json is not a JSON object".into()))?
+            .entry("linux")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(l) = linux.as_object_mut() {
+            l.insert("cgroupsPath".into(), Value::String(path.clone()));
+        }
+        if let Some(a) = crate::spec::annotations_mut(spec) {
+            a.insert(FILLED.into(), Value::String(path.clone()));
+        }
+    }
+    Ok(path)
+}
+
+/// Mount points of the extra hierarchies that exist on this host.
+fn extra_hierarchies() -> impl Iterator<Item = PathBuf> {
+    EXTRA
+        .iter()
+        .map(|h| Path::new(ROOT).join(h))
+        .filter(|p| p.join("cgroup.procs").is_file())
+}
+
+/// Puts `pid` into cgroup `path` of the `name=systemd` and unified
+/// hierarchies (where mounted), as runc does on a hybrid host.
+pub fn join_extra(pid: i32, path: &str) -> Result<()> {
+    let rel = path.trim_start_matches('/');
+    for h in extra_hierarchies() {
+        let dir = h.join(rel);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::Cgroup(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+            .map_err(|e| Error::Cgroup(format!("cannot join {}: {e}", dir.display())))?;
+    }
+    Ok(())
+}
+
+/// Removes cgroup `path` from every hierarchy (the ones libcontainer
+/// created and the extra ones), waiting up to a second for processes that
+/// are still being reaped. What cannot be removed is logged, not fatal:
+/// runc too leaves a busy cgroup behind with a warning.
+pub fn remove(path: &str) {
+    let rel = path.trim_start_matches('/');
+    if rel.is_empty() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(ROOT) else {
+        return;
+    };
+    let dirs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path().join(rel))
+        .filter(|d| d.is_dir())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    for d in dirs {
+        loop {
+            match std::fs::remove_dir(&d) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(dir = %d.display(), "cgroup busy ({e}); retrying");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %d.display(), "cannot remove cgroup: {e}");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn paths_resolve_as_runc_resolves_them() {
+        let own = own_cgroup();
+        assert!(own.starts_with('/'));
+        assert_eq!(runc_path(Some("/docker/abc"), "abc"), "/docker/abc");
+        assert_eq!(runc_path(Some("//a/./b/../c"), "x"), "/a/c");
+        assert_eq!(runc_path(None, "abc"), clean(&format!("{own}/abc")));
+        assert_eq!(
+            runc_path(Some("rel/x"), "abc"),
+            clean(&format!("{own}/rel/x"))
+        );
+        assert_eq!(clean("/../.."), "/");
+    }
+
+    #[test]
+    fn place_fills_a_missing_path_and_refuses_systemd_paths() {
+        let mut s = json!({"linux": {}});
+        let p = place(&mut s, "c1").unwrap();
+        assert!(p.ends_with("/c1"), "{p}");
+        assert_eq!(s["linux"]["cgroupsPath"], p.as_str());
+        // Filled in once, it follows the container, not the bundle.
+        let p2 = place(&mut s, "c2").unwrap();
+        assert!(p2.ends_with("/c2"), "{p2}");
+        assert_eq!(s["annotations"][FILLED], p2.as_str());
+        let mut s = json!({"linux": {"cgroupsPath": "/kubepods/x"}});
+        assert_eq!(place(&mut s, "c1").unwrap(), "/kubepods/x");
+        let mut s = json!({"linux": {"cgroupsPath": "system.slice:docker:abc"}});
+        assert!(matches!(place(&mut s, "abc"), Err(Error::Usage(_))));
+    }
+}

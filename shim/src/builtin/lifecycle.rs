@@ -1,0 +1,209 @@
+//! `create`, `run`, `start`, `kill`, `delete`, `pause` and `resume`.
+
+use super::{cgroup, foreground, stdio, write_pid_file, Context, Error, Result};
+use crate::cli::{CreateArgs, RunArgs};
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::{Container, ContainerStatus};
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::signal::Signal;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// The bundle directory, absolute.
+fn bundle_dir(given: Option<&Path>) -> Result<PathBuf> {
+    let b = match given {
+        Some(b) => b.to_path_buf(),
+        None => std::env::current_dir().map_err(|e| Error::io("current directory", e))?,
+    };
+    std::fs::canonicalize(&b).map_err(|e| Error::io(format!("bundle {}", b.display()), e))
+}
+
+/// Gives the bundle's config.json the cgroup path runc would use (see
+/// [`cgroup::place`]); returns that path.
+fn place_cgroup(bundle: &Path, id: &str) -> Result<String> {
+    let path = crate::rewrite::config_path(bundle);
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(path.display().to_string(), e))?;
+    let mut spec: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::Berth(crate::Error::Spec {
+            path: path.clone(),
+            message: e.to_string(),
+        })
+    })?;
+    let before = spec.pointer("/linux/cgroupsPath").cloned();
+    let cg = cgroup::place(&mut spec, id)?;
+    if spec.pointer("/linux/cgroupsPath") != before.as_ref() {
+        let out = serde_json::to_vec(&spec).map_err(|e| Error::Usage(e.to_string()))?;
+        crate::atomic::write_file(&path, &out, 0o644, crate::atomic::Durability::Atomic)?;
+    }
+    Ok(cg)
+}
+
+/// `create` (and the first half of `run`): builds the container, stopped
+/// before the workload's `execve` until `start`.
+pub fn create(ctx: &Context, a: &CreateArgs, detach: bool) -> Result<Container> {
+    let dir = ctx.dir(&a.id)?;
+    if dir.exists() {
+        return Err(Error::Exists(a.id.clone()));
+    }
+    let bundle = bundle_dir(a.bundle.as_deref())?;
+    let cg = place_cgroup(&bundle, &a.id)?;
+    std::fs::create_dir_all(&ctx.root)
+        .map_err(|e| Error::io(format!("state root {}", ctx.root.display()), e))?;
+    let what = || format!("cannot create container \"{}\"", a.id);
+    let mut container = ContainerBuilder::new(a.id.clone(), SyscallType::default())
+        .with_executor(stdio::Workload)
+        .with_console_socket(a.console_socket.as_ref())
+        .with_root_path(&ctx.root)
+        .map_err(Error::container(what()))?
+        .with_preserved_fds(a.preserve_fds.unwrap_or(0) as i32)
+        .validate_id()
+        .map_err(Error::container(what()))?
+        .as_init(&bundle)
+        .with_systemd(false)
+        .with_detach(detach)
+        .with_no_pivot(a.no_pivot)
+        .build()
+        .map_err(Error::container(what()))?;
+    let pid = container.pid().map(|p| p.as_raw()).unwrap_or(0);
+    let finish = || -> Result<()> {
+        cgroup::join_extra(pid, &cg)?;
+        if let Some(p) = &a.pid_file {
+            write_pid_file(p, pid)?;
+        }
+        Ok(())
+    };
+    if let Err(e) = finish() {
+        // Leave nothing half made: the engine will not delete what it
+        // was told failed to be created.
+        let _ = container.delete(true);
+        cgroup::remove(&cg);
+        return Err(e);
+    }
+    tracing::info!(container = %a.id, pid, cgroup = %cg, "created on the built-in backend");
+    Ok(container)
+}
+
+/// `run`: create and start; in the foreground, wait, pass signals on, and
+/// delete the container afterwards unless `--keep`.
+pub fn run(ctx: &Context, r: &RunArgs) -> Result<i32> {
+    let mut c = create(ctx, &r.create, r.detach)?;
+    let id = r.create.id.as_str();
+    if let Err(e) = c.start() {
+        let _ = delete(ctx, id, true);
+        return Err(Error::Container {
+            what: format!("cannot start container \"{id}\""),
+            source: e,
+        });
+    }
+    if r.detach {
+        return Ok(0);
+    }
+    let pid = c.pid().map(|p| p.as_raw()).unwrap_or(0);
+    let code = foreground::wait(pid)?;
+    if !r.keep {
+        delete(ctx, id, true)?;
+    }
+    Ok(code)
+}
+
+/// `start`: lets a created container run its workload.
+pub fn start(ctx: &Context, id: &str) -> Result<()> {
+    let mut c = ctx.load(id)?;
+    c.start()
+        .map_err(Error::container(format!("cannot start container \"{id}\"")))
+}
+
+/// Parses a signal as runc does: a number, `KILL` or `SIGKILL`.
+pub fn parse_signal(s: &str) -> Result<Signal> {
+    let bad = || Error::Usage(format!("unknown signal {s:?}"));
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| bad());
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    Signal::from_str(&name).map_err(|_| bad())
+}
+
+/// `kill`: sends a signal (default SIGTERM) to the init process, or with
+/// `--all` to every process of the container.
+pub fn kill(ctx: &Context, id: &str, signal: Option<&str>, all: bool) -> Result<()> {
+    let sig = parse_signal(signal.unwrap_or("SIGTERM"))?;
+    let mut c = ctx.load(id)?;
+    if c.status() == ContainerStatus::Stopped && !all {
+        return Err(Error::Usage("container not running".into()));
+    }
+    c.kill(sig, all)
+        .map_err(Error::container(format!("cannot kill container \"{id}\"")))
+}
+
+/// `delete`: removes a stopped (or created) container; `--force` kills a
+/// running one first. Its cgroups go from every hierarchy.
+pub fn delete(ctx: &Context, id: &str, force: bool) -> Result<()> {
+    let dir = ctx.dir(id)?;
+    if !dir.join("state.json").is_file() {
+        // A create that died before writing its state leaves a bare
+        // directory: runc removes it too.
+        if dir.exists() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        return if force {
+            Ok(())
+        } else {
+            Err(Error::NotExist(id.into()))
+        };
+    }
+    let mut c = ctx.load(id)?;
+    let cg = c
+        .spec()
+        .ok()
+        .map(|s| s.cgroup_path.to_string_lossy().into_owned());
+    let what = || format!("cannot delete container \"{id}\"");
+    if let Err(e) = c.delete(force) {
+        if c.status() != ContainerStatus::Stopped {
+            return Err(Error::Container {
+                what: what(),
+                source: e,
+            });
+        }
+        // A stopped init can leave processes behind (no PID namespace):
+        // runc kills them too before removing the cgroup.
+        tracing::debug!(container = id, "delete failed ({e}); killing what is left");
+        let _ = c.kill(Signal::SIGKILL, true);
+        c.delete(true).map_err(Error::container(what()))?;
+    }
+    if let Some(cg) = cg {
+        cgroup::remove(&cg);
+    }
+    Ok(())
+}
+
+/// `pause` (`freeze` true) and `resume` (false).
+pub fn pause(ctx: &Context, id: &str, freeze: bool) -> Result<()> {
+    let mut c = ctx.load(id)?;
+    if freeze {
+        c.pause()
+            .map_err(Error::container(format!("cannot pause container \"{id}\"")))
+    } else {
+        c.resume().map_err(Error::container(format!(
+            "cannot resume container \"{id}\""
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_like_runc() {
+        assert_eq!(parse_signal("9").unwrap(), Signal::SIGKILL);
+        assert_eq!(parse_signal("KILL").unwrap(), Signal::SIGKILL);
+        assert_eq!(parse_signal("sigterm").unwrap(), Signal::SIGTERM);
+        assert!(parse_signal("NOPE").is_err());
+        assert!(parse_signal("99").is_err());
+    }
+}
