@@ -84,6 +84,96 @@ library = "{lib}"
     })
 }
 
+/// The test host's configuration with the built-in backend
+/// (`backend = "libcontainer"`): the same state, policies and CPU ledger as
+/// [`config`], written on first use.
+pub fn config_builtin() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let text = std::fs::read_to_string(config()).expect("runtime.toml");
+        let text = text.replacen("delegate = \"runc\"", "backend = \"libcontainer\"", 1);
+        assert!(
+            text.contains("libcontainer"),
+            "runtime.toml has no delegate line"
+        );
+        let path = config().with_file_name("runtime-builtin.toml");
+        std::fs::write(&path, text).expect("runtime-builtin.toml");
+        path
+    })
+}
+
+/// An executable script that runs this workspace's `berth-runtime` with
+/// [`config_builtin`]: what engines that take a runtime path but no
+/// arguments (containerd's `BinaryName`, `ctr --runc-binary`) are given.
+pub fn builtin_wrapper() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let path = config().with_file_name("berth-runtime-builtin");
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\nexec {} --berth-config {} \"$@\"\n",
+                crate::artifacts::binary("berth-runtime").display(),
+                config_builtin().display()
+            ),
+        )
+        .expect("wrapper");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        path
+    })
+}
+
+/// One of berth-runtime's backends, as the engine tests select it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// runc as the delegate.
+    Runc,
+    /// The built-in libcontainer backend.
+    Builtin,
+}
+
+impl Backend {
+    /// Docker's `--runtime` name (configuration through the environment or a wrapper).
+    pub fn docker_runtime(self) -> &'static str {
+        match self {
+            Backend::Runc => "berth",
+            Backend::Builtin => "berth-builtin",
+        }
+    }
+
+    /// Docker's `--runtime` name with the configuration given as `runtimeArgs`.
+    pub fn docker_runtime_flag(self) -> &'static str {
+        match self {
+            Backend::Runc => "berth-flag",
+            Backend::Builtin => "berth-builtin-flag",
+        }
+    }
+
+    /// The containerd CRI runtime handler.
+    pub fn cri_handler(self) -> &'static str {
+        self.docker_runtime()
+    }
+
+    /// The configuration file.
+    pub fn config(self) -> &'static Path {
+        match self {
+            Backend::Runc => config(),
+            Backend::Builtin => config_builtin(),
+        }
+    }
+
+    /// A runtime binary to hand engines that take no arguments
+    /// (`ctr --runc-binary`): berth-runtime itself (configured through the
+    /// engines' environment) or the builtin wrapper script.
+    pub fn binary(self) -> PathBuf {
+        match self {
+            Backend::Runc => crate::artifacts::binary("berth-runtime"),
+            Backend::Builtin => builtin_wrapper().to_path_buf(),
+        }
+    }
+}
+
 /// Serialises tests that request CPUs: they share this host's two CPUs and
 /// the test host's ledger, so their expectations hold only one at a time.
 pub fn cpu_lock() -> std::sync::MutexGuard<'static, ()> {
@@ -104,9 +194,14 @@ pub fn cpu_status() -> serde_json::Value {
 
 /// `berth-runtime --berth-config <test host config> --root ROOT`, ready for a verb.
 pub fn runtime_cmd(root: &std::path::Path) -> std::process::Command {
+    runtime_cmd_on(Backend::Runc, root)
+}
+
+/// [`runtime_cmd`] with the configuration of `backend`.
+pub fn runtime_cmd_on(backend: Backend, root: &std::path::Path) -> std::process::Command {
     let mut c = std::process::Command::new(crate::artifacts::binary("berth-runtime"));
     c.arg("--berth-config")
-        .arg(config())
+        .arg(backend.config())
         .arg("--root")
         .arg(root);
     c

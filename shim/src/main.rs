@@ -317,6 +317,7 @@ fn print_version(config: Option<&Path>) {
         .ok()
         .and_then(|(c, _)| delegate::default_delegate(&c).ok());
     match delegate {
+        Some(d) if delegate::is_builtin(&d) => println!("backend: libcontainer (built in)"),
         Some(d) => {
             let v = std::process::Command::new(&d)
                 .arg("--version")
@@ -326,11 +327,11 @@ fn print_version(config: Option<&Path>) {
                 .and_then(|o| String::from_utf8(o.stdout).ok())
                 .and_then(|s| s.lines().next().map(str::to_string));
             println!(
-                "delegate: {} ({})",
+                "backend: {} ({})",
                 d.display(),
                 first.unwrap_or_else(|| "version unknown".into())
             );
         }
-        None => println!("delegate: none found"),
+        None => println!("backend: none found"),
     }
 }

@@ -1,5 +1,6 @@
 //! `berth-demo`: the README's demo. Builds a small glibc image, then runs it
-//! through `berth-runtime` (delegating to runc) with a CPU limit of one CPU
+//! through `berth-runtime` (on runc, crun, or the built-in libcontainer
+//! backend when neither is installed) with a CPU limit of one CPU
 //! and an embedded default Berth configuration, and shows what Berth did:
 //! the sysctl policy applied, the program seeing one CPU through the preload
 //! library, the container on a macvlan network (berth-macvlan, with egress
@@ -58,7 +59,7 @@ fn main() {
     std::fs::write(
         &config,
         format!(
-            "delegate = \"auto\"\nstate_dir = \"{}\"\n\n[sysctl]\nmachine_class_file = \"{}\"\n\n[preload]\nlibrary = \"{}\"\n\n[cpus]\nbase = 100\n",
+            "backend = \"auto\"\nstate_dir = \"{}\"\n\n[sysctl]\nmachine_class_file = \"{}\"\n\n[preload]\nlibrary = \"{}\"\n\n[cpus]\nbase = 100\n",
             scratch().join("state").display(),
             etc.join("machine.toml").display(),
             library.display()
@@ -76,10 +77,23 @@ fn main() {
     )
     .expect("libdl");
     std::fs::rename(&rootfs, bundle.join("rootfs")).expect("move rootfs");
-    sh(
-        "runc",
-        ["spec".as_ref(), "--bundle".as_ref(), bundle.as_os_str()],
-    );
+    // A template config.json from berth-runtime itself (runc's, or the
+    // built-in backend's when no runc is installed).
+    let status = Command::new(&runtime)
+        .arg("--berth-config")
+        .arg(&config)
+        .args(["spec", "--bundle"])
+        .arg(&bundle)
+        .status()
+        .expect("berth-runtime spec");
+    assert!(status.success(), "berth-runtime spec failed");
+    let version = Command::new(&runtime)
+        .arg("--berth-config")
+        .arg(&config)
+        .arg("--version")
+        .output()
+        .expect("berth-runtime --version");
+    print!("{}", String::from_utf8_lossy(&version.stdout));
     let script = format!(
         "echo \"host CPUs: {host_cpus}; cpuset: $(cat /sys/fs/cgroup/cpuset/cpuset.cpus 2>/dev/null || cat /sys/fs/cgroup/cpuset.cpus.effective); CPU quota: $(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null)/100000\"; \
          echo \"CPUs this container sees: $(/usr/bin/nproc)\"; \
@@ -135,7 +149,7 @@ fn main() {
     });
     println!("bundle: {}", bundle.display());
 
-    step("4. berth-runtime create + start (runc's command line; Berth rewrites config.json, plans CPUs, then execs the delegate)");
+    step("4. berth-runtime create + start (runc's command line; Berth rewrites config.json, plans CPUs, then runs the container on runc, crun or its built-in backend)");
     let root = scratch().join("runtime-root");
     let id = format!("berth-demo-{}", std::process::id());
     let berth = || {

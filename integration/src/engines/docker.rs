@@ -187,7 +187,18 @@ impl Drop for DockerContainer {
 impl Docker {
     /// `docker run --rm --runtime berth FLAGS... --network none IMAGE CMD...`.
     pub fn run_berth(&self, flags: &[&str], image: &str, cmd: &[&str]) -> Ran {
-        let mut args = vec!["run", "--rm", "--runtime", "berth"];
+        self.run_berth_on(crate::berth::Backend::Runc, flags, image, cmd)
+    }
+
+    /// [`Docker::run_berth`] on `backend`.
+    pub fn run_berth_on(
+        &self,
+        backend: crate::berth::Backend,
+        flags: &[&str],
+        image: &str,
+        cmd: &[&str],
+    ) -> Ran {
+        let mut args = vec!["run", "--rm", "--runtime", backend.docker_runtime()];
         args.extend_from_slice(flags);
         args.extend_from_slice(&["--network", "none", image]);
         args.extend_from_slice(cmd);

@@ -31,7 +31,9 @@ pub struct Runtime {
 /// test host's configuration through `BERTH_RUNTIME_CONFIG` in the engines'
 /// environment ([`engine_env`]), and `berth-flag`, which is given it with its
 /// `--berth-config` flag (Docker's `runtimeArgs`; Docker then calls it through
-/// a generated wrapper script, which costs an extra exec per call).
+/// a generated wrapper script, which costs an extra exec per call); and the
+/// same pair on the built-in backend, `berth-builtin` (a wrapper script
+/// giving [`crate::berth::config_builtin`]) and `berth-builtin-flag`.
 pub fn extra_runtimes() -> Vec<Runtime> {
     let mut v = vec![Runtime {
         name: "crun".into(),
@@ -54,10 +56,25 @@ pub fn extra_runtimes() -> Vec<Runtime> {
         });
         v.push(Runtime {
             name: "berth-flag".into(),
-            path: berth,
+            path: berth.clone(),
             args: vec![
                 "--berth-config".into(),
                 crate::berth::config().display().to_string(),
+            ],
+        });
+        // The same two on the built-in backend: a wrapper script (for
+        // callers that take no arguments), and the configuration as a flag.
+        v.push(Runtime {
+            name: "berth-builtin".into(),
+            path: crate::berth::builtin_wrapper().to_path_buf(),
+            args: vec![],
+        });
+        v.push(Runtime {
+            name: "berth-builtin-flag".into(),
+            path: berth,
+            args: vec![
+                "--berth-config".into(),
+                crate::berth::config_builtin().display().to_string(),
             ],
         });
     }

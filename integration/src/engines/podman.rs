@@ -138,11 +138,16 @@ impl Podman {
     /// runtime flag (podman's runtimes table takes no arguments, and conmon
     /// does not pass our environment on).
     pub fn berth_run_args(&self) -> Vec<String> {
+        self.berth_run_args_on(crate::berth::Backend::Runc)
+    }
+
+    /// [`Podman::berth_run_args`] with the configuration of `backend`.
+    pub fn berth_run_args_on(&self, backend: crate::berth::Backend) -> Vec<String> {
         let mut v = vec![
             "--runtime".into(),
             "berth".into(),
             "--runtime-flag".into(),
-            format!("berth-config={}", crate::berth::config().display()),
+            format!("berth-config={}", backend.config().display()),
         ];
         v.extend(self.run_args());
         v

@@ -1,6 +1,7 @@
 //! Berth's integration tests: one test binary, so the private engines start
 //! once per run and are shared by every test. Run as root (scripts/test).
 
+mod builtin;
 mod cni_lib;
 mod cpu_split;
 mod cpus;

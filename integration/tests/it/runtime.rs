@@ -2,7 +2,9 @@
 //! directly with runc's command line.
 
 use berth_integration::artifacts::{binary, fresh_dir};
-use berth_integration::berth::{self, ALLOWED_SYSCTL, APP_POLICY, APP_SYSCTL, MACHINE_SYSCTL};
+use berth_integration::berth::{
+    self, Backend, ALLOWED_SYSCTL, APP_POLICY, APP_SYSCTL, MACHINE_SYSCTL,
+};
 use berth_integration::cmd::{try_run, try_run_via_files, Ran};
 use berth_integration::engines::containerd::containerd;
 use berth_integration::engines::docker::{docker, DockerContainer};
@@ -47,13 +49,12 @@ fn exit_code_when_stopped(id: &str) -> String {
     inspect(id, "{{.State.ExitCode}}")
 }
 
-#[test]
-fn docker_run_passes_output_and_exit_code() {
+fn docker_run_passes_output_and_exit_code(b: Backend) {
     let r = dock(&[
         "run",
         "--rm",
         "--runtime",
-        "berth-flag", // config through Docker's runtimeArgs (--berth-config)
+        b.docker_runtime_flag(), // config through Docker's runtimeArgs (--berth-config)
         "--network",
         "none",
         image(),
@@ -66,11 +67,10 @@ fn docker_run_passes_output_and_exit_code() {
     assert!(r.stderr.contains("err"), "{}", r.stderr);
 }
 
-#[test]
-fn docker_exec_logs_stop_kill_restart() {
+fn docker_exec_logs_stop_kill_restart(b: Backend) {
     let c = DockerContainer::start(&[
         "--runtime",
-        "berth",
+        b.docker_runtime(),
         "--network",
         "none",
         image(),
@@ -113,14 +113,13 @@ fn docker_exec_logs_stop_kill_restart() {
     assert_eq!(exit_code_when_stopped(&c.id), "0");
 }
 
-#[test]
-fn docker_tty_goes_through_the_console_socket() {
+fn docker_tty_goes_through_the_console_socket(b: Backend) {
     let r = dock(&[
         "run",
         "--rm",
         "-t",
         "--runtime",
-        "berth",
+        b.docker_runtime(),
         "--network",
         "none",
         image(),
@@ -134,12 +133,11 @@ fn docker_tty_goes_through_the_console_socket() {
     );
 }
 
-#[test]
-fn docker_update_cpus_reaches_the_cgroup() {
+fn docker_update_cpus_reaches_the_cgroup(b: Backend) {
     let _g = berth_integration::berth::cpu_lock();
     let c = DockerContainer::start(&[
         "--runtime",
-        "berth",
+        b.docker_runtime(),
         "--network",
         "none",
         image(),
@@ -159,10 +157,10 @@ fn docker_update_cpus_reaches_the_cgroup() {
     assert_eq!(q * 2, p, "quota {q} / period {p} is not 0.5 CPU");
 }
 
-#[test]
-fn docker_sysctls_from_user_and_policy_are_visible() {
+fn docker_sysctls_from_user_and_policy_are_visible(b: Backend) {
     let allowed = format!("{ALLOWED_SYSCTL}=333");
-    let r = docker().run_berth(
+    let r = docker().run_berth_on(
+        b,
         &[
             "--sysctl",
             "net.ipv4.tcp_syncookies=0",
@@ -186,13 +184,12 @@ fn docker_sysctls_from_user_and_policy_are_visible() {
     );
 }
 
-#[test]
-fn docker_shows_berths_refusal() {
+fn docker_shows_berths_refusal(b: Backend) {
     let r = dock(&[
         "run",
         "--rm",
         "--runtime",
-        "berth-flag",
+        b.docker_runtime_flag(),
         "--network",
         "none",
         "--sysctl",
@@ -209,12 +206,11 @@ fn docker_shows_berths_refusal() {
     );
 }
 
-#[test]
-fn ctr_runc_binary_with_app_policy_annotation() {
+fn ctr_runc_binary_with_app_policy_annotation(b: Backend) {
     let c = containerd();
     let img = c.busybox_image();
     let id = unique();
-    let bin = binary("berth-runtime");
+    let bin = b.binary();
     let r = c.ctr_run(&[
         "run",
         "--rm",
@@ -231,11 +227,10 @@ fn ctr_runc_binary_with_app_policy_annotation() {
     assert_eq!(r.stdout.trim(), APP_SYSCTL.1);
 }
 
-#[test]
-fn podman_runtime_berth_with_policy() {
+fn podman_runtime_berth_with_policy(b: Backend) {
     let p = podman();
     let img = p.busybox_image();
-    let mut args = p.berth_run_args();
+    let mut args = p.berth_run_args_on(b);
     args.extend(
         [
             "--rm",
@@ -256,22 +251,21 @@ fn podman_runtime_berth_with_policy() {
     assert_eq!(lines, [APP_SYSCTL.1, MACHINE_SYSCTL.1]);
 }
 
-fn berth_cli(root: &Path) -> Command {
-    berth::runtime_cmd(root)
+fn berth_cli(b: Backend, root: &Path) -> Command {
+    berth::runtime_cmd_on(b, root)
 }
 
 fn config_json(bundle: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap()
 }
 
-#[test]
-fn raw_lifecycle_create_start_state_kill_delete() {
+fn raw_lifecycle_create_start_state_kill_delete(b: Backend) {
     let root = fresh_dir("runc-root");
     let bundle = busybox_bundle(&["sleep", "60"]);
     let id = unique();
     let pidfile = bundle.join("init.pid");
     let r = try_run_via_files(
-        berth_cli(&root)
+        berth_cli(b, &root)
             .args(["create", "--bundle"])
             .arg(&bundle)
             .arg("--pid-file")
@@ -293,41 +287,40 @@ fn raw_lifecycle_create_start_state_kill_delete() {
     );
     assert_eq!(spec["linux"]["sysctl"][MACHINE_SYSCTL.0], MACHINE_SYSCTL.1);
     let state = |expect: &str| {
-        let r = try_run(berth_cli(&root).args(["state", &id]));
+        let r = try_run(berth_cli(b, &root).args(["state", &id]));
         assert!(r.ok(), "state: {}", r.stderr);
         let v: Value = serde_json::from_str(&r.stdout).expect("state JSON");
         assert_eq!(v["status"], expect, "{v}");
         assert_eq!(v["id"], json!(id));
     };
     state("created");
-    assert!(try_run(berth_cli(&root).args(["start", &id])).ok());
+    assert!(try_run(berth_cli(b, &root).args(["start", &id])).ok());
     state("running");
-    let r = try_run(berth_cli(&root).args(["ps", "--format", "json", &id]));
+    let r = try_run(berth_cli(b, &root).args(["ps", "--format", "json", &id]));
     assert!(
         r.ok() && r.stdout.contains(&pid.to_string()),
         "ps: {} {}",
         r.stdout,
         r.stderr
     );
-    assert!(try_run(berth_cli(&root).args(["pause", &id])).ok());
+    assert!(try_run(berth_cli(b, &root).args(["pause", &id])).ok());
     state("paused");
-    assert!(try_run(berth_cli(&root).args(["resume", &id])).ok());
-    assert!(try_run(berth_cli(&root).args(["kill", &id, "KILL"])).ok());
+    assert!(try_run(berth_cli(b, &root).args(["resume", &id])).ok());
+    assert!(try_run(berth_cli(b, &root).args(["kill", &id, "KILL"])).ok());
     assert!(wait_until(Duration::from_secs(10), || try_run(
-        berth_cli(&root).args(["state", &id])
+        berth_cli(b, &root).args(["state", &id])
     )
     .stdout
     .contains("stopped")));
-    let r = try_run(berth_cli(&root).args(["delete", &id]));
+    let r = try_run(berth_cli(b, &root).args(["delete", &id]));
     assert!(r.ok(), "delete: {}", r.stderr);
     assert!(
-        !try_run(berth_cli(&root).args(["state", &id])).ok(),
+        !try_run(berth_cli(b, &root).args(["state", &id])).ok(),
         "deleted container still has state"
     );
 }
 
-#[test]
-fn raw_refusal_goes_to_the_log_as_runc_json_and_leaves_config_alone() {
+fn raw_refusal_goes_to_the_log_as_runc_json_and_leaves_config_alone(b: Backend) {
     let root = fresh_dir("runc-root");
     let bundle = busybox_bundle(&["true"]);
     edit_config(&bundle, |c| {
@@ -337,7 +330,7 @@ fn raw_refusal_goes_to_the_log_as_runc_json_and_leaves_config_alone() {
     let log = bundle.join("log.json");
     let id = unique();
     let r = try_run(
-        berth_cli(&root)
+        berth_cli(b, &root)
             .arg("--log")
             .arg(&log)
             .args(["--log-format", "json", "create", "--bundle"])
@@ -355,8 +348,7 @@ fn raw_refusal_goes_to_the_log_as_runc_json_and_leaves_config_alone() {
     assert_eq!(std::fs::read(bundle.join("config.json")).unwrap(), before);
 }
 
-#[test]
-fn run_keeps_preserved_fds_and_hooks_working() {
+fn run_keeps_preserved_fds_and_hooks_working(b: Backend) {
     let root = fresh_dir("runc-root");
     let bundle = busybox_bundle(&["sh", "-c", "cat <&3"]);
     let marker = bundle.join("hook-ran");
@@ -370,7 +362,7 @@ fn run_keeps_preserved_fds_and_hooks_working() {
         "exec 3<{input} && exec {bin} --berth-config {cfg} --root {root} run --preserve-fds 1 --bundle {bundle} {id}",
         input = input.display(),
         bin = binary("berth-runtime").display(),
-        cfg = berth::config().display(),
+        cfg = b.config().display(),
         root = root.display(),
         bundle = bundle.display(),
     );
@@ -399,15 +391,14 @@ fn version_prints_runc_style_lines() {
     assert!(lines[2].starts_with("spec: "));
 }
 
-#[test]
-fn cri_runtime_handler_runs_pods_on_berth() {
+fn cri_runtime_handler_runs_pods_on_berth(b: Backend) {
     let _g = berth_integration::berth::cpu_lock();
     use berth_integration::berth::MACHINE_IPC_SYSCTL;
     use berth_integration::engines::cri::Pod;
     // A pod with the `berth` handler (what a RuntimeClass names): the sandbox
     // and its container both go through berth-runtime, so the machine-class
     // IPC sysctl shows up; ExecSync goes through `berth-runtime exec`.
-    let mut pod = Pod::run("berth").expect("RunPodSandbox with handler berth");
+    let mut pod = Pod::run(b.cri_handler()).expect("RunPodSandbox with a Berth handler");
     let c = pod
         .start_container(&["sleep", "300"], Some(0.5))
         .expect("create and start container");
@@ -504,15 +495,14 @@ fn annotation_picks_the_delegate_where_allowed() {
     );
 }
 
-#[test]
-fn docker_prestart_hook_survives_and_host_network_skips_net_sysctls() {
+fn docker_prestart_hook_survives_and_host_network_skips_net_sysctls(b: Backend) {
     // On the host network the machine-class net.* sysctl is skipped (host
     // namespace) and the IPC one still applies; nothing touches an interface.
     let r = dock(&[
         "run",
         "--rm",
         "--runtime",
-        "berth",
+        b.docker_runtime(),
         "--network",
         "host",
         image(),
@@ -529,7 +519,7 @@ fn docker_prestart_hook_survives_and_host_network_skips_net_sysctls() {
     // the container runs (so the hook ran through Berth and runc).
     let c = DockerContainer::start(&[
         "--runtime",
-        "berth",
+        b.docker_runtime(),
         "--network",
         "none",
         image(),
@@ -557,3 +547,89 @@ fn docker_prestart_hook_survives_and_host_network_skips_net_sysctls() {
     );
     assert_eq!(inspect(&c.id, "{{.State.Running}}"), "true");
 }
+
+fn docker_pause_exec_tty_memory_update_and_oom(b: Backend) {
+    let c = DockerContainer::start(&[
+        "--runtime",
+        b.docker_runtime(),
+        "--network",
+        "none",
+        image(),
+        "sleep",
+        "60",
+    ]);
+    // pause / unpause go through the runtime's pause and resume.
+    assert!(dock(&["pause", &c.id]).ok(), "docker pause");
+    assert_eq!(inspect(&c.id, "{{.State.Status}}"), "paused");
+    let frozen =
+        std::fs::read_to_string(c.cgroup("freezer").join("freezer.state")).expect("freezer cgroup");
+    assert_eq!(frozen.trim(), "FROZEN");
+    assert!(dock(&["unpause", &c.id]).ok(), "docker unpause");
+    assert_eq!(inspect(&c.id, "{{.State.Status}}"), "running");
+    // exec with a tty: the console socket of `exec`.
+    let r = dock(&["exec", "-t", &c.id, "tty"]);
+    assert!(
+        r.ok() && r.stdout.trim().starts_with("/dev/pts/"),
+        "docker exec -t: {} {}",
+        r.stdout,
+        r.stderr
+    );
+    // update --memory reaches the memory cgroup.
+    let r = dock(&["update", "--memory", "48m", "--memory-swap", "96m", &c.id]);
+    assert!(r.ok(), "docker update: {}", r.stderr);
+    let limit = std::fs::read_to_string(c.cgroup("memory").join("memory.limit_in_bytes"))
+        .expect("memory cgroup");
+    assert_eq!(limit.trim(), (48u64 << 20).to_string());
+    // An OOM kill: exit 137, and Docker sees it as one.
+    let id = unique();
+    let r = dock(&[
+        "run",
+        "--name",
+        &id,
+        "--runtime",
+        b.docker_runtime(),
+        "--network",
+        "none",
+        "--memory",
+        "16m",
+        "--memory-swap",
+        "16m",
+        image(),
+        "sh",
+        "-c",
+        "x=a; while true; do x=\"$x$x\"; done",
+    ]);
+    let oom = inspect(&id, "{{.State.OOMKilled}}");
+    let _ = dock(&["rm", "-f", &id]);
+    assert_eq!(r.code, 137, "OOM exit code: {}", r.stderr);
+    assert_eq!(oom, "true", "docker did not see the OOM kill");
+}
+
+/// Each engine test once per backend: `on_runc::NAME` and `on_builtin::NAME`.
+macro_rules! on_both_backends {
+    ($($(#[$attr:meta])* $name:ident),* $(,)?) => {
+        mod on_runc {
+            $( $(#[$attr])* #[test] fn $name() { super::$name(super::Backend::Runc) } )*
+        }
+        mod on_builtin {
+            $( $(#[$attr])* #[test] fn $name() { super::$name(super::Backend::Builtin) } )*
+        }
+    };
+}
+
+on_both_backends!(
+    docker_pause_exec_tty_memory_update_and_oom,
+    docker_run_passes_output_and_exit_code,
+    docker_exec_logs_stop_kill_restart,
+    docker_tty_goes_through_the_console_socket,
+    docker_update_cpus_reaches_the_cgroup,
+    docker_sysctls_from_user_and_policy_are_visible,
+    docker_shows_berths_refusal,
+    ctr_runc_binary_with_app_policy_annotation,
+    podman_runtime_berth_with_policy,
+    raw_lifecycle_create_start_state_kill_delete,
+    raw_refusal_goes_to_the_log_as_runc_json_and_leaves_config_alone,
+    run_keeps_preserved_fds_and_hooks_working,
+    cri_runtime_handler_runs_pods_on_berth,
+    docker_prestart_hook_survives_and_host_network_skips_net_sysctls
+);

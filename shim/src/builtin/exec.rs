@@ -95,6 +95,9 @@ pub fn exec(ctx: &Context, a: &ExecArgs) -> Result<i32> {
         .build()
         .map_err(Error::container(what()))?
         .as_raw();
+    if !a.detach {
+        foreground::block_signals()?;
+    }
     if let Ok(cfg) = container.spec() {
         if let Err(e) = cgroup::join_extra(pid, &cfg.cgroup_path.to_string_lossy()) {
             tracing::warn!(container = %a.id, pid, "{e}");

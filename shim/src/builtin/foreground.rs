@@ -25,13 +25,22 @@ fn reap(pid: Pid) -> Result<Option<i32>> {
     }
 }
 
+/// Blocks every signal in this thread, so that none sent from now on is
+/// lost (or kills Berth) before [`wait`] passes it on. Call it only once the
+/// container's processes exist: a clone inherits the mask, and an
+/// `execve` keeps it.
+pub fn block_signals() -> Result<()> {
+    SigSet::all()
+        .thread_block()
+        .map_err(|e| Error::io("sigprocmask", e.into()))
+}
+
 /// Waits for child `pid`, forwarding every signal but SIGCHLD, SIGURG and
 /// SIGWINCH to it; returns its exit code.
 pub fn wait(pid: i32) -> Result<i32> {
     let pid = Pid::from_raw(pid);
     let all = SigSet::all();
-    all.thread_block()
-        .map_err(|e| Error::io("sigprocmask", e.into()))?;
+    block_signals()?;
     if let Some(code) = reap(pid)? {
         return Ok(code);
     }

@@ -88,6 +88,11 @@ pub fn create(ctx: &Context, a: &CreateArgs, detach: bool) -> Result<Container> 
 pub fn run(ctx: &Context, r: &RunArgs) -> Result<i32> {
     let mut c = create(ctx, &r.create, r.detach)?;
     let id = r.create.id.as_str();
+    if !r.detach {
+        // The init exists (with its own signal mask): from here on signals
+        // are queued for the workload, not lost.
+        foreground::block_signals()?;
+    }
     if let Err(e) = c.start() {
         let _ = delete(ctx, id, true);
         return Err(Error::Container {

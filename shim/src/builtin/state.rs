@@ -33,7 +33,7 @@ pub struct RuncState {
     /// The container's annotations.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
-    /// The user name of the creator ("" when it has none).
+    /// The user name of the creator (`list`; empty in `state`, as runc).
     pub owner: String,
 }
 
@@ -74,8 +74,9 @@ fn rootfs_from_bundle(bundle: &Path) -> Option<PathBuf> {
     crate::spec::rootfs(&spec, bundle)
 }
 
-/// The runc-format state of a loaded container.
-pub fn of(ctx: &Context, c: &Container) -> RuncState {
+/// The runc-format state of a loaded container. runc names the owner in
+/// `list` only; its `state` leaves it empty.
+pub fn of(ctx: &Context, c: &Container, with_owner: bool) -> RuncState {
     let st = &c.state;
     let status = c.status();
     let rootfs = ctx
@@ -86,6 +87,7 @@ pub fn of(ctx: &Context, c: &Container) -> RuncState {
         .unwrap_or_default();
     let owner = st
         .creator
+        .filter(|_| with_owner)
         .and_then(|uid| nix::unistd::User::from_uid(uid.into()).ok().flatten())
         .map(|u| u.name)
         .unwrap_or_default();
@@ -113,7 +115,7 @@ pub fn of(ctx: &Context, c: &Container) -> RuncState {
 /// `state ID`: prints the container's state as runc does (indented JSON).
 pub fn print(ctx: &Context, id: &str) -> Result<()> {
     let c = ctx.load(id)?;
-    let out = serde_json::to_string_pretty(&of(ctx, &c)).unwrap_or_default();
+    let out = serde_json::to_string_pretty(&of(ctx, &c, false)).unwrap_or_default();
     println!("{out}");
     Ok(())
 }
@@ -130,7 +132,7 @@ pub fn list(ctx: &Context, format: Option<&str>, quiet: bool) -> Result<()> {
         names.sort();
         for n in names {
             if let Ok(c) = ctx.load(&n) {
-                states.push(of(ctx, &c));
+                states.push(of(ctx, &c, true));
             }
         }
     }

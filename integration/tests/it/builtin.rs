@@ -1,0 +1,352 @@
+//! The built-in libcontainer backend where it must match runc: the state
+//! document, cgroup placement and removal, stdio at /dev/null, OOM kills,
+//! signals in the foreground, the CVE-2019-5736 guard, and the demo on a
+//! host with runc and crun hidden. Most cases run on both backends, runc's
+//! result being the reference.
+
+use berth_integration::artifacts::{binary, fresh_dir};
+use berth_integration::berth::{runtime_cmd_on, Backend};
+use berth_integration::cmd::{try_run, try_run_via_files, Ran};
+use berth_integration::images::{busybox_bundle, edit_config};
+use berth_integration::names::unique;
+use berth_integration::process::wait_until;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const BOTH: [Backend; 2] = [Backend::Runc, Backend::Builtin];
+
+fn create(b: Backend, root: &Path, bundle: &Path, id: &str) -> Ran {
+    let pid_file = bundle.join("pid");
+    let r = try_run_via_files(
+        runtime_cmd_on(b, root)
+            .args(["create", "--bundle"])
+            .arg(bundle)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .arg(id),
+    );
+    assert!(r.ok(), "create on {b:?}: {}", r.stderr);
+    r
+}
+
+fn delete_force(b: Backend, root: &Path, id: &str) {
+    let r = try_run(runtime_cmd_on(b, root).args(["delete", "--force", id]));
+    assert!(r.ok(), "delete on {b:?}: {}", r.stderr);
+}
+
+/// The hierarchies (mount names under /sys/fs/cgroup) holding a directory
+/// whose path ends in `/<id>`.
+fn hierarchies_with(id: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let own_paths: Vec<String> = own
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2).map(str::to_string))
+        .collect();
+    for e in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let found = own_paths
+            .iter()
+            .any(|p| e.path().join(p.trim_start_matches('/')).join(id).is_dir());
+        if found {
+            out.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn state_prints_runcs_document_on_both_backends() {
+    let mut docs = Vec::new();
+    for b in BOTH {
+        let root = fresh_dir("state-root");
+        let bundle = busybox_bundle(&["sleep", "30"]);
+        let id = unique();
+        create(b, &root, &bundle, &id);
+        let pid: i64 = std::fs::read_to_string(bundle.join("pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let raw = try_run(runtime_cmd_on(b, &root).args(["state", &id])).stdout;
+        let v: Value = serde_json::from_str(&raw).unwrap();
+        assert_eq!(v["pid"], json!(pid), "{b:?}: {v}");
+        assert_eq!(v["status"], "created", "{b:?}");
+        let list = try_run(runtime_cmd_on(b, &root).args(["list", "--format", "json"]));
+        let listed: Value = serde_json::from_str(&list.stdout).expect("list JSON");
+        assert_eq!(listed[0]["id"], json!(id), "{b:?}: {listed}");
+        assert_eq!(listed[0]["owner"], "root", "{b:?}: list names the owner");
+        assert_eq!(
+            v["rootfs"],
+            json!(std::fs::canonicalize(bundle.join("rootfs")).unwrap()),
+            "{b:?}"
+        );
+        assert_eq!(
+            v["bundle"],
+            json!(std::fs::canonicalize(&bundle).unwrap()),
+            "{b:?}"
+        );
+        let keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        // Indented JSON, two spaces, as Go's MarshalIndent.
+        assert!(raw.starts_with("{\n  \"ociVersion\""), "{b:?}: {raw}");
+        delete_force(b, &root, &id);
+        docs.push((keys, v["ociVersion"].clone(), v["owner"].clone()));
+    }
+    assert_eq!(
+        docs[0], docs[1],
+        "runc's fields and order, then the built-in's"
+    );
+}
+
+#[test]
+fn cgroups_are_placed_as_runc_places_them_and_removed_on_delete() {
+    let mut placed = Vec::new();
+    for b in BOTH {
+        let root = fresh_dir("cg-root");
+        let bundle = busybox_bundle(&["sleep", "30"]);
+        edit_config(&bundle, |c| {
+            if let Some(l) = c["linux"].as_object_mut() {
+                l.remove("cgroupsPath");
+            }
+        });
+        let id = unique();
+        create(b, &root, &bundle, &id);
+        let hs = hierarchies_with(&id);
+        assert!(
+            hs.iter().any(|h| h == "memory"),
+            "{b:?}: not in the memory hierarchy: {hs:?}"
+        );
+        assert!(
+            !std::fs::read_dir("/sys/fs/cgroup/memory")
+                .unwrap()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().contains(":youki:")),
+            "a :youki: cgroup was made"
+        );
+        delete_force(b, &root, &id);
+        assert!(
+            wait_until(Duration::from_secs(3), || hierarchies_with(&id).is_empty()),
+            "{b:?}: cgroups left after delete: {:?}",
+            hierarchies_with(&id)
+        );
+        placed.push(hs);
+    }
+    assert_eq!(
+        placed[0], placed[1],
+        "runc's hierarchies, then the built-in backend's"
+    );
+    assert!(
+        placed[0].iter().any(|h| h == "systemd"),
+        "name=systemd joined: {:?}",
+        placed[0]
+    );
+}
+
+#[test]
+fn stdout_at_dev_null_still_writes() {
+    for b in BOTH {
+        let root = fresh_dir("null-root");
+        let bundle = busybox_bundle(&["sh", "-c", "echo to-null || exit 9; echo fine >&2"]);
+        let id = unique();
+        let out = Command::new(binary("berth-runtime"))
+            .arg("--berth-config")
+            .arg(b.config())
+            .arg("--root")
+            .arg(&root)
+            .args(["run", "--bundle"])
+            .arg(&bundle)
+            .arg(&id)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{b:?}: {err}");
+        assert!(err.contains("fine"), "{b:?}: {err}");
+    }
+}
+
+#[test]
+fn foreground_run_exit_codes_signals_and_oom() {
+    for b in BOTH {
+        let root = fresh_dir("fg-root");
+        let run = |bundle: &Path| {
+            let mut c = runtime_cmd_on(b, &root);
+            c.args(["run", "--bundle"]).arg(bundle).arg(unique());
+            c
+        };
+        // The workload's exit code is run's.
+        let bundle = busybox_bundle(&["sh", "-c", "exit 3"]);
+        assert_eq!(try_run(&mut run(&bundle)).code, 3, "{b:?}");
+        // SIGTERM to the runtime reaches the workload, whose trap decides.
+        let bundle = busybox_bundle(&[
+            "sh",
+            "-c",
+            "trap 'exit 7' TERM; echo ready; while true; do sleep 0.1; done",
+        ]);
+        let mut child = run(&bundle)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "ready", "{b:?}");
+        // SAFETY: signalling the child this test spawned, by pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let st = child.wait().unwrap();
+        assert_eq!(st.code(), Some(7), "{b:?}: signal forwarded");
+        // An OOM kill ends the run with 137.
+        let bundle = busybox_bundle(&["sh", "-c", "x=a; while true; do x=\"$x$x\"; done"]);
+        edit_config(&bundle, |c| {
+            c["linux"]["resources"]["memory"] = json!({"limit": 16 << 20, "swap": 16 << 20});
+        });
+        let r = try_run(&mut run(&bundle));
+        assert_eq!(r.code, 137, "{b:?}: OOM kill: {}", r.stderr);
+    }
+}
+
+#[test]
+fn exec_detached_with_process_json_and_pid_file() {
+    for b in BOTH {
+        let root = fresh_dir("exec-root");
+        let bundle = busybox_bundle(&["sleep", "30"]);
+        let id = unique();
+        create(b, &root, &bundle, &id);
+        assert!(try_run(runtime_cmd_on(b, &root).args(["start", &id])).ok());
+        let process = bundle.join("process.json");
+        std::fs::write(
+            &process,
+            json!({
+                "terminal": false, "user": {"uid": 0, "gid": 0}, "cwd": "/",
+                "args": ["sh", "-c", "sleep 30; : exec-marker"],
+                "env": ["PATH=/bin:/usr/bin"],
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let pid_file = bundle.join("exec.pid");
+        let r = try_run_via_files(
+            runtime_cmd_on(b, &root)
+                .args(["exec", "--detach", "--process"])
+                .arg(&process)
+                .arg("--pid-file")
+                .arg(&pid_file)
+                .arg(&id),
+        );
+        assert!(r.ok(), "{b:?} exec: {}", r.stderr);
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let ps = try_run(runtime_cmd_on(b, &root).args(["ps", "--format", "json", &id]));
+        let pids: Vec<i32> = serde_json::from_str(&ps.stdout).unwrap_or_default();
+        assert!(pids.contains(&pid), "{b:?}: {pid} not in {pids:?}");
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(
+            String::from_utf8_lossy(&cmdline).contains("exec-marker"),
+            "{b:?}: pid {pid} is not the exec'd process"
+        );
+        // Foreground exec returns the process's code.
+        let r = try_run(runtime_cmd_on(b, &root).args(["exec", &id, "sh", "-c", "exit 4"]));
+        assert_eq!(r.code, 4, "{b:?}: {}", r.stderr);
+        delete_force(b, &root, &id);
+    }
+}
+
+#[test]
+fn container_processes_run_from_a_sealed_copy_of_berth() {
+    let root = fresh_dir("seal-root");
+    let bundle = busybox_bundle(&["sleep", "30"]);
+    let id = unique();
+    create(Backend::Builtin, &root, &bundle, &id);
+    let pid = std::fs::read_to_string(bundle.join("pid")).unwrap();
+    let exe = format!("/proc/{}/exe", pid.trim());
+    // Until start, the init process runs Berth's code: from a memfd, not
+    // from the binary on disk.
+    let target = std::fs::read_link(&exe).unwrap();
+    assert!(
+        target.to_string_lossy().starts_with("/memfd:berth-runtime"),
+        "init runs {target:?}"
+    );
+    let err = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&exe)
+        .expect_err("the binary behind /proc/<pid>/exe must not be writable");
+    assert!(
+        matches!(err.raw_os_error(), Some(libc::EPERM) | Some(libc::ETXTBSY)),
+        "{err}"
+    );
+    let host = std::fs::read(binary("berth-runtime")).unwrap();
+    let copy = std::fs::read(&exe).unwrap();
+    assert!(host == copy, "the sealed copy is Berth's binary");
+    delete_force(Backend::Builtin, &root, &id);
+    // runc holds no state for it: the built-in backend ran it.
+    assert!(!try_run(
+        Command::new("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["state", &id])
+    )
+    .ok());
+}
+
+#[test]
+fn the_demo_runs_with_runc_and_crun_hidden() {
+    let _g = berth_integration::berth::cpu_lock();
+    // A private mount namespace where runc and crun are /dev/null (not
+    // executable files), and a PATH without their directories: berth-runtime's
+    // `auto` must fall through to the built-in backend.
+    let mut hide = String::new();
+    for p in ["runc", "crun"] {
+        for dir in [
+            "/usr/sbin",
+            "/usr/bin",
+            "/sbin",
+            "/bin",
+            "/usr/local/sbin",
+            "/usr/local/bin",
+        ] {
+            let f = Path::new(dir).join(p);
+            if f.is_file() && !std::fs::symlink_metadata(&f).unwrap().is_symlink() {
+                hide.push_str(&format!("mount --bind /dev/null {} && ", f.display()));
+            }
+        }
+    }
+    let script = format!(
+        "{hide}! command -v runc >/dev/null && ! command -v crun >/dev/null && exec {demo} {dir}",
+        demo = binary("berth-demo").display(),
+        dir = binary("berth-runtime").parent().unwrap().display(),
+    );
+    let r = try_run(Command::new("unshare").args([
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    assert!(r.ok(), "demo failed:\n{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("backend: libcontainer (built in)"),
+        "demo did not run on the built-in backend:\n{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("CPUs this container sees: 2"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("2 packets received"),
+        "no macvlan ping in the forwarded logs:\n{}",
+        r.stdout
+    );
+}
