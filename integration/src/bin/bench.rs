@@ -1,4 +1,4 @@
-//! `berth-bench [planner|runtime-cycle|docker-run|preload|cni-macvlan|cni-ovs-vlan|log-appender|all]`: Berth's benchmarks,
+//! `berth-bench [planner|runtime-cycle|builtin-cycle|docker-run|preload|cni-macvlan|cni-ovs-vlan|log-appender|all]`: Berth's benchmarks,
 //! each measured interleaved against the reference it names, in one run on
 //! one machine, printed as medians and a ratio. Run as root (`bench/run`).
 
@@ -110,6 +110,59 @@ fn runtime_cycle(n: usize) {
          overhead {:+.2} ms (goal <= 3 ms); ratio {:.3} vs runc",
         mb - ma,
         mb / ma
+    );
+}
+
+/// The built-in backend against runc and crun: create+start+delete of the
+/// same busybox bundle, the three interleaved (rotating who goes first).
+fn builtin_cycle(n: usize) {
+    berth_integration::engines::crun::ensure_hugetlb_hierarchy();
+    let runc = berth_integration::cmd::which("runc").expect("runc");
+    let crun = berth_integration::cmd::which("crun").expect("crun");
+    let berth = binary("berth-runtime");
+    let tmp = fresh_dir("bench-builtin");
+    mount_tmpfs(&tmp);
+    let cfg_path = tmp.join("runtime.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "backend = \"libcontainer\"\nstate_dir = \"{}\"\n",
+            tmp.join("berth-state").display()
+        ),
+    )
+    .expect("config");
+    let cfg = cfg_path.display().to_string();
+    let src = busybox_bundle(&["true"]);
+    let bundle_in = |name: &str| {
+        let dst = tmp.join(name);
+        sh("cp", ["-a".as_ref(), src.as_os_str(), dst.as_os_str()]);
+        dst
+    };
+    let bundles = [bundle_in("runc"), bundle_in("crun"), bundle_in("builtin")];
+    let root = tmp.join("root");
+    let runners: [(&Path, Vec<&str>); 3] = [
+        (&runc, vec![]),
+        (&crun, vec![]),
+        (&berth, vec!["--berth-config", &cfg]),
+    ];
+    let mut times: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    for i in 0..n + 3 {
+        for k in 0..3 {
+            let j = (i + k) % 3;
+            let (rt, extra) = &runners[j];
+            let t = cycle(rt, extra, &root, &bundles[j]);
+            if i >= 3 {
+                times[j].push(t);
+            }
+        }
+    }
+    let _ = sh("umount", ["-l".as_ref(), tmp.as_os_str()]);
+    let [r, c, b] = times.map(median);
+    println!(
+        "builtin-cycle (create+start+delete, busybox, tmpfs, n={n}): runc {r:.2} ms, crun {c:.2} ms, \
+         berth-runtime built-in {b:.2} ms median; ratio {:.3} vs runc (goal < 1), {:.3} vs crun (goal <= 1.2)",
+        b / r,
+        b / c
     );
 }
 
@@ -599,6 +652,7 @@ fn main() {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
     match what.as_str() {
         "runtime-cycle" => runtime_cycle(80),
+        "builtin-cycle" => builtin_cycle(80),
         "docker-run" => docker_run(40),
         "preload" => preload(),
         "planner" => planner(),
@@ -612,11 +666,12 @@ fn main() {
             planner();
             preload();
             runtime_cycle(80);
+            builtin_cycle(80);
             docker_run(40);
         }
         other => {
             eprintln!(
-                "usage: berth-bench [planner|runtime-cycle|docker-run|preload|cni-macvlan|cni-ovs-vlan|log-appender|all] (not {other:?})"
+                "usage: berth-bench [planner|runtime-cycle|builtin-cycle|docker-run|preload|cni-macvlan|cni-ovs-vlan|log-appender|all] (not {other:?})"
             );
             std::process::exit(2);
         }

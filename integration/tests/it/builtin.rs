@@ -262,32 +262,52 @@ fn exec_detached_with_process_json_and_pid_file() {
 }
 
 #[test]
-fn container_processes_run_from_a_sealed_copy_of_berth() {
-    let root = fresh_dir("seal-root");
+fn container_processes_cannot_overwrite_berth_cve_2019_5736() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::PermissionsExt;
+    // A private copy of berth-runtime, so that no other test executes the
+    // same file (which would make any write fail with ETXTBSY anyway).
+    let dir = fresh_dir("seal");
+    let bin = dir.join("berth-runtime");
+    std::fs::copy(binary("berth-runtime"), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let before = std::fs::read(&bin).unwrap();
+    let root = dir.join("root");
+    let rt = || {
+        let mut c = Command::new(&bin);
+        c.arg("--berth-config")
+            .arg(Backend::Builtin.config())
+            .arg("--root")
+            .arg(&root);
+        c
+    };
     let bundle = busybox_bundle(&["sleep", "30"]);
     let id = unique();
-    create(Backend::Builtin, &root, &bundle, &id);
+    let r = try_run_via_files(
+        rt().args(["create", "--bundle"])
+            .arg(&bundle)
+            .arg("--pid-file")
+            .arg(bundle.join("pid"))
+            .arg(&id),
+    );
+    assert!(r.ok(), "create: {}", r.stderr);
     let pid = std::fs::read_to_string(bundle.join("pid")).unwrap();
-    let exe = format!("/proc/{}/exe", pid.trim());
-    // Until start, the init process runs Berth's code: from a memfd, not
-    // from the binary on disk.
-    let target = std::fs::read_link(&exe).unwrap();
-    assert!(
-        target.to_string_lossy().starts_with("/memfd:berth-runtime"),
-        "init runs {target:?}"
-    );
-    let err = std::fs::OpenOptions::new()
+    // The attack: while the init still runs Berth's code, hold its
+    // /proc/<pid>/exe; once Berth is gone, reopen it for writing.
+    let exe = std::fs::File::open(format!("/proc/{}/exe", pid.trim())).unwrap();
+    assert!(std::fs::read(format!("/proc/self/fd/{}", exe.as_raw_fd())).unwrap() == before);
+    assert!(try_run(rt().args(["start", &id])).ok());
+    let reopened = std::fs::OpenOptions::new()
         .write(true)
-        .open(&exe)
-        .expect_err("the binary behind /proc/<pid>/exe must not be writable");
+        .open(format!("/proc/self/fd/{}", exe.as_raw_fd()));
+    let err =
+        reopened.expect_err("the host binary was opened for writing from the container's exe");
     assert!(
-        matches!(err.raw_os_error(), Some(libc::EPERM) | Some(libc::ETXTBSY)),
-        "{err}"
+        matches!(err.raw_os_error(), Some(libc::EROFS) | Some(libc::EPERM)),
+        "expected EROFS (read-only mount) or EPERM (sealed memfd): {err}"
     );
-    let host = std::fs::read(binary("berth-runtime")).unwrap();
-    let copy = std::fs::read(&exe).unwrap();
-    assert!(host == copy, "the sealed copy is Berth's binary");
-    delete_force(Backend::Builtin, &root, &id);
+    assert!(std::fs::read(&bin).unwrap() == before, "binary changed");
+    assert!(try_run(rt().args(["delete", "--force", &id])).ok());
     // runc holds no state for it: the built-in backend ran it.
     assert!(!try_run(
         Command::new("runc")

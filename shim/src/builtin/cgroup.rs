@@ -126,6 +126,58 @@ pub fn join_extra(pid: i32, path: &str) -> Result<()> {
     Ok(())
 }
 
+/// Where this process was in the extra hierarchies before [`enter_extra`].
+pub struct Entered(Vec<(PathBuf, String)>);
+
+/// This process's path in the hierarchy mounted at `mount` (`name=systemd`
+/// or the unified one), from `/proc/self/cgroup`.
+fn own_path_in(mount: &Path) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let want = if mount.ends_with("unified") {
+        ""
+    } else {
+        "name=systemd"
+    };
+    text.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, ctrl, path) = (parts.next()?, parts.next()?, parts.next()?);
+        (ctrl == want).then(|| path.to_string())
+    })
+}
+
+/// Moves this process into cgroup `path` of the extra hierarchies, so the
+/// container processes it is about to clone start there. Joining them
+/// right before libcontainer joins the controller hierarchies lets the
+/// kernel's cgroup migrations share one RCU grace period, instead of
+/// paying a second one (~7 ms here) to join the extras afterwards.
+pub fn enter_extra(path: &str) -> Result<Entered> {
+    let mut was = Vec::new();
+    for h in extra_hierarchies() {
+        if let Some(p) = own_path_in(&h) {
+            was.push((h, p));
+        }
+    }
+    let entered = Entered(was);
+    match join_extra(std::process::id() as i32, path) {
+        Ok(()) => Ok(entered),
+        Err(e) => {
+            entered.leave();
+            Err(e)
+        }
+    }
+}
+
+impl Entered {
+    /// Moves this process back to where it was, once the container's
+    /// processes exist (so its cgroups hold only them).
+    pub fn leave(self) {
+        for (h, p) in self.0 {
+            let procs = h.join(p.trim_start_matches('/')).join("cgroup.procs");
+            let _ = std::fs::write(procs, std::process::id().to_string());
+        }
+    }
+}
+
 /// Removes cgroup `path` from every hierarchy (the ones libcontainer
 /// created and the extra ones), waiting up to a second for processes that
 /// are still being reaped. What cannot be removed is logged, not fatal:

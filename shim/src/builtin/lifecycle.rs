@@ -50,34 +50,53 @@ pub fn create(ctx: &Context, a: &CreateArgs, detach: bool) -> Result<Container> 
     std::fs::create_dir_all(&ctx.root)
         .map_err(|e| Error::io(format!("state root {}", ctx.root.display()), e))?;
     let what = || format!("cannot create container \"{}\"", a.id);
-    let mut container = ContainerBuilder::new(a.id.clone(), SyscallType::default())
+    let entered = match cgroup::enter_extra(&cg) {
+        Ok(e) => e,
+        Err(e) => {
+            cgroup::remove(&cg);
+            return Err(e);
+        }
+    };
+    let built = ContainerBuilder::new(a.id.clone(), SyscallType::default())
         .with_executor(stdio::Workload)
         .with_console_socket(a.console_socket.as_ref())
         .with_root_path(&ctx.root)
-        .map_err(Error::container(what()))?
-        .with_preserved_fds(a.preserve_fds.unwrap_or(0) as i32)
-        .validate_id()
-        .map_err(Error::container(what()))?
-        .as_init(&bundle)
-        .with_systemd(false)
-        .with_detach(detach)
-        .with_no_pivot(a.no_pivot)
-        .build()
-        .map_err(Error::container(what()))?;
-    let pid = container.pid().map(|p| p.as_raw()).unwrap_or(0);
-    let finish = || -> Result<()> {
-        cgroup::join_extra(pid, &cg)?;
-        if let Some(p) = &a.pid_file {
-            write_pid_file(p, pid)?;
+        .map_err(Error::container(what()))
+        .and_then(|b| {
+            b.with_preserved_fds(a.preserve_fds.unwrap_or(0) as i32)
+                .validate_id()
+                .map_err(Error::container(what()))
+        })
+        .and_then(|b| {
+            b.as_init(&bundle)
+                .with_systemd(false)
+                .with_detach(detach)
+                .with_no_pivot(a.no_pivot)
+                .build()
+                .map_err(Error::container(what()))
+        });
+    // A failed create, or a foreground run (which outlives create and later
+    // deletes these cgroups), moves Berth back out; a detached create just
+    // exits and leaves them to the container.
+    if built.is_err() || !detach {
+        entered.leave();
+    }
+    // Leave nothing half made: the engine will not delete what it was told
+    // failed to be created.
+    let mut container = match built {
+        Ok(c) => c,
+        Err(e) => {
+            cgroup::remove(&cg);
+            return Err(e);
         }
-        Ok(())
     };
-    if let Err(e) = finish() {
-        // Leave nothing half made: the engine will not delete what it
-        // was told failed to be created.
-        let _ = container.delete(true);
-        cgroup::remove(&cg);
-        return Err(e);
+    let pid = container.pid().map(|p| p.as_raw()).unwrap_or(0);
+    if let Some(p) = &a.pid_file {
+        if let Err(e) = write_pid_file(p, pid) {
+            let _ = container.delete(true);
+            cgroup::remove(&cg);
+            return Err(e);
+        }
     }
     tracing::info!(container = %a.id, pid, cgroup = %cg, "created on the built-in backend");
     Ok(container)
