@@ -150,21 +150,9 @@ fn spawns_on_builtin(cfg: &RuntimeConfig, records: &Records, verb: &Verb) -> any
     Ok(delegate::is_builtin(&backend))
 }
 
-/// The bundle's config.json as the engine wrote it (Null when unreadable).
-fn read_spec(bundle: &Path) -> serde_json::Value {
-    match std::fs::read(rewrite::config_path(bundle)) {
-        Ok(b) => serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null),
-        Err(_) => serde_json::Value::Null,
-    }
-}
-
 /// The backend a new container in `bundle` (default: the current directory) gets.
 fn new_container_backend(cfg: &RuntimeConfig, bundle: Option<&Path>) -> anyhow::Result<PathBuf> {
-    let bundle = match bundle {
-        Some(b) => b.to_path_buf(),
-        None => std::env::current_dir()?,
-    };
-    let spec = read_spec(&bundle);
+    let spec = rewrite::read_config(&rewrite::bundle_dir(bundle)?);
     Ok(delegate::for_new_container(
         cfg,
         berth_runtime::spec::annotation(&spec, delegate::ANNOTATION),
@@ -262,12 +250,9 @@ fn prepare(
     if !delegate::valid_id(id) {
         return Err(berth_runtime::Error::ContainerId(id.into()).into());
     }
-    let bundle = match bundle {
-        Some(b) => b.to_path_buf(),
-        None => std::env::current_dir()?,
-    };
+    let bundle = rewrite::bundle_dir(bundle)?;
     // The delegate and cgroup come from the document as the engine wrote it.
-    let spec = read_spec(&bundle);
+    let spec = rewrite::read_config(&bundle);
     let delegate = delegate::for_new_container(
         cfg,
         berth_runtime::spec::annotation(&spec, delegate::ANNOTATION),

@@ -7,7 +7,7 @@ use berth_integration::cmd::{sh, try_run};
 use berth_integration::engines::docker::docker;
 use berth_integration::images::busybox_bundle;
 use berth_integration::names::unique;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,35 @@ fn quiet(cmd: &mut Command) -> bool {
         .unwrap_or(false)
 }
 
+/// A tmpfs for a runtime cycle (bundles, state roots and Berth's records
+/// on a tmpfs, as under /run on production hosts; this machine's /run is on
+/// disk): a Berth configuration of `config_head` plus its state_dir, and a
+/// copy of one busybox `true` bundle per name. Returns the tmpfs, the
+/// configuration's path and the bundles.
+fn cycle_setup(dir: &str, config_head: &str, names: &[&str]) -> (PathBuf, String, Vec<PathBuf>) {
+    let tmp = fresh_dir(dir);
+    mount_tmpfs(&tmp);
+    let cfg_path = tmp.join("runtime.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "{config_head}state_dir = \"{}\"\n",
+            tmp.join("berth-state").display()
+        ),
+    )
+    .expect("config");
+    let src = busybox_bundle(&["true"]);
+    let bundles = names
+        .iter()
+        .map(|name| {
+            let dst = tmp.join(name);
+            sh("cp", ["-a".as_ref(), src.as_os_str(), dst.as_os_str()]);
+            dst
+        })
+        .collect();
+    (tmp, cfg_path.display().to_string(), bundles)
+}
+
 /// create + start + delete --force of a busybox `true` bundle; milliseconds.
 fn cycle(runtime: &Path, extra: &[&str], root: &Path, bundle: &Path) -> f64 {
     let id = unique();
@@ -69,34 +98,18 @@ fn cycle(runtime: &Path, extra: &[&str], root: &Path, bundle: &Path) -> f64 {
 fn runtime_cycle(n: usize) {
     let runc = berth_integration::cmd::which("runc").expect("runc");
     let berth = binary("berth-runtime");
-    // Bundles, state roots and Berth's records on a tmpfs, as under /run on
-    // production hosts (this machine's /run is on disk).
-    let tmp = fresh_dir("bench-tmpfs");
-    mount_tmpfs(&tmp);
     // A neutral configuration: Berth's wrapper cost, not extra container work.
-    let cfg_path = tmp.join("runtime.toml");
-    std::fs::write(
-        &cfg_path,
-        format!("state_dir = \"{}\"\n", tmp.join("berth-state").display()),
-    )
-    .expect("config");
-    let cfg = cfg_path.display().to_string();
-    let bundle_in = |name: &str| {
-        let b = busybox_bundle(&["true"]);
-        let dst = tmp.join(name);
-        sh("cp", ["-a".as_ref(), b.as_os_str(), dst.as_os_str()]);
-        dst
-    };
-    let (rb, bb) = (bundle_in("runc-bundle"), bundle_in("berth-bundle"));
+    let (tmp, cfg, bundles) = cycle_setup("bench-tmpfs", "", &["runc-bundle", "berth-bundle"]);
+    let (rb, bb) = (&bundles[0], &bundles[1]);
     let root = tmp.join("root");
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for i in 0..n + 3 {
         let (x, y) = if i % 2 == 0 {
-            let x = cycle(&runc, &[], &root, &rb);
-            (x, cycle(&berth, &["--berth-config", &cfg], &root, &bb))
+            let x = cycle(&runc, &[], &root, rb);
+            (x, cycle(&berth, &["--berth-config", &cfg], &root, bb))
         } else {
-            let y = cycle(&berth, &["--berth-config", &cfg], &root, &bb);
-            (cycle(&runc, &[], &root, &rb), y)
+            let y = cycle(&berth, &["--berth-config", &cfg], &root, bb);
+            (cycle(&runc, &[], &root, rb), y)
         };
         if i >= 3 {
             a.push(x);
@@ -120,25 +133,11 @@ fn builtin_cycle(n: usize) {
     let runc = berth_integration::cmd::which("runc").expect("runc");
     let crun = berth_integration::cmd::which("crun").expect("crun");
     let berth = binary("berth-runtime");
-    let tmp = fresh_dir("bench-builtin");
-    mount_tmpfs(&tmp);
-    let cfg_path = tmp.join("runtime.toml");
-    std::fs::write(
-        &cfg_path,
-        format!(
-            "backend = \"libcontainer\"\nstate_dir = \"{}\"\n",
-            tmp.join("berth-state").display()
-        ),
-    )
-    .expect("config");
-    let cfg = cfg_path.display().to_string();
-    let src = busybox_bundle(&["true"]);
-    let bundle_in = |name: &str| {
-        let dst = tmp.join(name);
-        sh("cp", ["-a".as_ref(), src.as_os_str(), dst.as_os_str()]);
-        dst
-    };
-    let bundles = [bundle_in("runc"), bundle_in("crun"), bundle_in("builtin")];
+    let (tmp, cfg, bundles) = cycle_setup(
+        "bench-builtin",
+        "backend = \"libcontainer\"\n",
+        &["runc", "crun", "builtin"],
+    );
     let root = tmp.join("root");
     let runners: [(&Path, Vec<&str>); 3] = [
         (&runc, vec![]),

@@ -20,24 +20,28 @@ const ROOT: &str = "/sys/fs/cgroup";
 /// The hierarchies libcontainer does not join, by mount directory.
 const EXTRA: &[&str] = &["systemd", "unified"];
 
+/// The lines of `/proc/self/cgroup` as (controllers, path): controllers
+/// is empty for the unified hierarchy and `name=systemd` for systemd's.
+fn self_cgroups() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let _id = parts.next()?;
+            Some((parts.next()?.to_string(), parts.next()?.to_string()))
+        })
+        .collect()
+}
+
 /// This process's cgroup in the hierarchy runc takes its parent from:
 /// the first v1 controller line of `/proc/self/cgroup`, else the v2 line.
 fn own_cgroup() -> String {
-    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    let mut v2 = None;
-    for line in text.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, ctrl, path) = match (parts.next(), parts.next(), parts.next()) {
-            (Some(a), Some(b), Some(c)) => (a, b, c),
-            _ => continue,
-        };
-        if ctrl.is_empty() {
-            v2 = Some(path.to_string());
-        } else if !ctrl.starts_with("name=") {
-            return path.to_string();
-        }
-    }
-    v2.unwrap_or_else(|| "/".into())
+    let lines = self_cgroups();
+    lines
+        .iter()
+        .find(|(ctrl, _)| !ctrl.is_empty() && !ctrl.starts_with("name="))
+        .or_else(|| lines.iter().find(|(ctrl, _)| ctrl.is_empty()))
+        .map_or_else(|| "/".into(), |(_, path)| path.clone())
 }
 
 /// The absolute cgroup path runc would give a container `id` whose spec
@@ -132,17 +136,14 @@ pub struct Entered(Vec<(PathBuf, String)>);
 /// This process's path in the hierarchy mounted at `mount` (`name=systemd`
 /// or the unified one), from `/proc/self/cgroup`.
 fn own_path_in(mount: &Path) -> Option<String> {
-    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     let want = if mount.ends_with("unified") {
         ""
     } else {
         "name=systemd"
     };
-    text.lines().find_map(|l| {
-        let mut parts = l.splitn(3, ':');
-        let (_, ctrl, path) = (parts.next()?, parts.next()?, parts.next()?);
-        (ctrl == want).then(|| path.to_string())
-    })
+    self_cgroups()
+        .into_iter()
+        .find_map(|(ctrl, path)| (ctrl == want).then_some(path))
 }
 
 /// Moves this process into cgroup `path` of the extra hierarchies, so the

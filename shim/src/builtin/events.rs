@@ -2,7 +2,7 @@
 //! stream (`{"type":…, "id":…, "data":…}`, one JSON object per line).
 
 use super::{Context, Error, Result};
-use libcgroups::common::{create_cgroup_manager, CgroupConfig, CgroupManager};
+use libcgroups::common::CgroupManager;
 use libcontainer::container::ContainerStatus;
 use serde_json::json;
 use std::path::PathBuf;
@@ -31,17 +31,7 @@ pub fn events(ctx: &Context, id: &str, interval: Option<&str>, once: bool) -> Re
     if every.is_zero() {
         return Err(Error::Usage("--interval must be above zero".into()));
     }
-    let c = ctx.load(id)?;
-    let cg = c
-        .spec()
-        .map_err(Error::container(format!("cannot read container \"{id}\"")))?
-        .cgroup_path;
-    let m = create_cgroup_manager(CgroupConfig {
-        cgroup_path: cg.clone(),
-        systemd_cgroup: false,
-        container_name: id.into(),
-    })
-    .map_err(|e| Error::Cgroup(e.to_string()))?;
+    let (cg, m) = super::cgroup_manager(&ctx.load(id)?)?;
     let cg = cg.to_string_lossy().into_owned();
     let stats = || -> Result<String> {
         let s = m.stats().map_err(|e| Error::Cgroup(e.to_string()))?;

@@ -98,8 +98,8 @@ pub fn exec(ctx: &Context, a: &ExecArgs) -> Result<i32> {
     if !a.detach {
         foreground::block_signals()?;
     }
-    if let Ok(cfg) = container.spec() {
-        if let Err(e) = cgroup::join_extra(pid, &cfg.cgroup_path.to_string_lossy()) {
+    if let Ok(cg) = super::cgroup_path(&container) {
+        if let Err(e) = cgroup::join_extra(pid, &cg.to_string_lossy()) {
             tracing::warn!(container = %a.id, pid, "{e}");
         }
     }

@@ -11,10 +11,7 @@ use std::str::FromStr;
 
 /// The bundle directory, absolute.
 fn bundle_dir(given: Option<&Path>) -> Result<PathBuf> {
-    let b = match given {
-        Some(b) => b.to_path_buf(),
-        None => std::env::current_dir().map_err(|e| Error::io("current directory", e))?,
-    };
+    let b = crate::rewrite::bundle_dir(given).map_err(|e| Error::io("current directory", e))?;
     std::fs::canonicalize(&b).map_err(|e| Error::io(format!("bundle {}", b.display()), e))
 }
 
@@ -181,10 +178,9 @@ pub fn delete(ctx: &Context, id: &str, force: bool) -> Result<()> {
         };
     }
     let mut c = ctx.load(id)?;
-    let cg = c
-        .spec()
+    let cg = super::cgroup_path(&c)
         .ok()
-        .map(|s| s.cgroup_path.to_string_lossy().into_owned());
+        .map(|p| p.to_string_lossy().into_owned());
     let what = || format!("cannot delete container \"{id}\"");
     if let Err(e) = c.delete(force) {
         if c.status() != ContainerStatus::Stopped {

@@ -31,6 +31,7 @@ mod update;
 use crate::cli::Verb;
 use crate::config::RuntimeConfig;
 use crate::delegate::{valid_id, Records};
+use libcgroups::common::{create_cgroup_manager, AnyCgroupManager, CgroupConfig};
 use libcontainer::container::Container;
 use libcontainer::error::LibcontainerError;
 use std::path::{Path, PathBuf};
@@ -119,6 +120,28 @@ impl Context<'_> {
         }
         Container::load(dir).map_err(Error::container(format!("cannot load container \"{id}\"")))
     }
+}
+
+/// The cgroup path libcontainer recorded for container `c`.
+fn cgroup_path(c: &Container) -> Result<PathBuf> {
+    c.spec()
+        .map(|s| s.cgroup_path)
+        .map_err(Error::container(format!(
+            "cannot read container \"{}\"",
+            c.id()
+        )))
+}
+
+/// A cgroupfs manager for container `c`'s cgroup, with that cgroup's path.
+fn cgroup_manager(c: &Container) -> Result<(PathBuf, AnyCgroupManager)> {
+    let path = cgroup_path(c)?;
+    let m = create_cgroup_manager(CgroupConfig {
+        cgroup_path: path.clone(),
+        systemd_cgroup: false,
+        container_name: c.id().into(),
+    })
+    .map_err(|e| Error::Cgroup(e.to_string()))?;
+    Ok((path, m))
 }
 
 /// Runs `verb` on the built-in backend; returns the exit code to leave with.

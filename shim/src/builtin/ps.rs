@@ -1,20 +1,11 @@
 //! `ps`: the container's processes, as runc lists them.
 
 use super::{Context, Error, Result};
-use libcgroups::common::{create_cgroup_manager, CgroupConfig, CgroupManager};
+use libcgroups::common::CgroupManager;
 
 /// The pids in container `id`'s cgroup.
 pub fn pids(ctx: &Context, id: &str) -> Result<Vec<i32>> {
-    let c = ctx.load(id)?;
-    let spec = c.spec().map_err(super::Error::container(format!(
-        "cannot read container \"{id}\""
-    )))?;
-    let m = create_cgroup_manager(CgroupConfig {
-        cgroup_path: spec.cgroup_path,
-        systemd_cgroup: false,
-        container_name: id.into(),
-    })
-    .map_err(|e| Error::Cgroup(e.to_string()))?;
+    let (_, m) = super::cgroup_manager(&ctx.load(id)?)?;
     let mut pids: Vec<i32> = m
         .get_all_pids()
         .map_err(|e| Error::Cgroup(e.to_string()))?

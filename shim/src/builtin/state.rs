@@ -69,9 +69,7 @@ fn go_time(t: Option<DateTime<Utc>>) -> String {
 
 /// The root filesystem named by the bundle's config.json, absolute.
 fn rootfs_from_bundle(bundle: &Path) -> Option<PathBuf> {
-    let bytes = std::fs::read(crate::rewrite::config_path(bundle)).ok()?;
-    let spec: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    crate::spec::rootfs(&spec, bundle)
+    crate::spec::rootfs(&crate::rewrite::read_config(bundle), bundle)
 }
 
 /// The runc-format state of a loaded container. runc names the owner in

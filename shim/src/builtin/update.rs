@@ -8,7 +8,7 @@
 
 use super::{Context, Error, Result};
 use crate::cli::UpdateArgs;
-use libcgroups::common::{create_cgroup_manager, CgroupConfig, CgroupManager, ControllerOpt};
+use libcgroups::common::{CgroupManager, ControllerOpt};
 use oci_spec::runtime::LinuxResources;
 use serde_json::{json, Map, Value};
 use std::path::Path;
@@ -140,10 +140,9 @@ fn current(dir: &Path, bundle: &Path) -> Value {
     {
         return v;
     }
-    std::fs::read(crate::rewrite::config_path(bundle))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .and_then(|s| s.pointer("/linux/resources").cloned())
+    crate::rewrite::read_config(bundle)
+        .pointer("/linux/resources")
+        .cloned()
         .unwrap_or_else(|| json!({}))
 }
 
@@ -155,16 +154,7 @@ pub fn update(ctx: &Context, u: &UpdateArgs) -> Result<()> {
     merge(&mut res, requested(u)?);
     let parsed: LinuxResources =
         serde_json::from_value(res.clone()).map_err(|e| Error::Usage(format!("resources: {e}")))?;
-    let spec = c.spec().map_err(Error::container(format!(
-        "cannot read container \"{}\"",
-        u.id
-    )))?;
-    let m = create_cgroup_manager(CgroupConfig {
-        cgroup_path: spec.cgroup_path,
-        systemd_cgroup: false,
-        container_name: u.id.clone(),
-    })
-    .map_err(|e| Error::Cgroup(e.to_string()))?;
+    let (_, m) = super::cgroup_manager(&c)?;
     m.apply(&ControllerOpt {
         resources: &parsed,
         disable_oom_killer: false,

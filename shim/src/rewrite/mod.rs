@@ -72,6 +72,22 @@ pub fn config_path(bundle: &Path) -> PathBuf {
     bundle.join("config.json")
 }
 
+/// The bundle directory of a verb: `given`, else the current directory (as runc).
+pub fn bundle_dir(given: Option<&Path>) -> std::io::Result<PathBuf> {
+    match given {
+        Some(b) => Ok(b.to_path_buf()),
+        None => std::env::current_dir(),
+    }
+}
+
+/// `<bundle>/config.json` as JSON; `Null` when it is missing or not JSON.
+pub fn read_config(bundle: &Path) -> Value {
+    std::fs::read(config_path(bundle))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null)
+}
+
 /// Reads `<bundle>/config.json`, rewrites it and writes it back atomically.
 /// Returns the applied record. On error the file is left untouched.
 pub fn rewrite_bundle(bundle: &Path, config: &RuntimeConfig) -> Result<Value> {
