@@ -6,34 +6,78 @@
 
 use berth_integration::artifacts::{binary, fresh_dir};
 use berth_integration::berth::{runtime_cmd_on, Backend};
-use berth_integration::cmd::{try_run, try_run_via_files, Ran};
+use berth_integration::cmd::{try_run, try_run_via_files};
 use berth_integration::images::{busybox_bundle, edit_config};
 use berth_integration::names::unique;
 use berth_integration::process::wait_until;
 use serde_json::{json, Value};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const BOTH: [Backend; 2] = [Backend::Runc, Backend::Builtin];
 
-fn create(b: Backend, root: &Path, bundle: &Path, id: &str) -> Ran {
-    let pid_file = bundle.join("pid");
+/// A container this test made; dropping it force-deletes it, so a failed
+/// assertion leaves no container, process or cgroup behind.
+struct Created {
+    binary: PathBuf,
+    config: PathBuf,
+    root: PathBuf,
+    id: String,
+    deleted: bool,
+}
+
+impl Created {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(&self.binary);
+        c.arg("--berth-config")
+            .arg(&self.config)
+            .arg("--root")
+            .arg(&self.root);
+        c
+    }
+
+    /// `delete --force`, asserting that it succeeds.
+    fn delete(mut self) {
+        self.deleted = true;
+        let r = try_run(self.cmd().args(["delete", "--force", &self.id]));
+        assert!(r.ok(), "delete {}: {}", self.id, r.stderr);
+    }
+}
+
+impl Drop for Created {
+    fn drop(&mut self) {
+        if !self.deleted {
+            let _ = try_run(self.cmd().args(["delete", "--force", &self.id]));
+        }
+    }
+}
+
+/// `create` with `binary` (berth-runtime or a copy of it) on backend `b`,
+/// with a pid file at `<bundle>/pid`.
+fn create_with(binary: &Path, b: Backend, root: &Path, bundle: &Path, id: &str) -> Created {
+    let created = Created {
+        binary: binary.to_path_buf(),
+        config: b.config().to_path_buf(),
+        root: root.to_path_buf(),
+        id: id.to_string(),
+        deleted: false,
+    };
     let r = try_run_via_files(
-        runtime_cmd_on(b, root)
+        created
+            .cmd()
             .args(["create", "--bundle"])
             .arg(bundle)
             .arg("--pid-file")
-            .arg(&pid_file)
+            .arg(bundle.join("pid"))
             .arg(id),
     );
     assert!(r.ok(), "create on {b:?}: {}", r.stderr);
-    r
+    created
 }
 
-fn delete_force(b: Backend, root: &Path, id: &str) {
-    let r = try_run(runtime_cmd_on(b, root).args(["delete", "--force", id]));
-    assert!(r.ok(), "delete on {b:?}: {}", r.stderr);
+fn create(b: Backend, root: &Path, bundle: &Path, id: &str) -> Created {
+    create_with(&binary("berth-runtime"), b, root, bundle, id)
 }
 
 /// The hierarchies (mount names under /sys/fs/cgroup) holding a directory
@@ -64,7 +108,7 @@ fn state_prints_runcs_document_on_both_backends() {
         let root = fresh_dir("state-root");
         let bundle = busybox_bundle(&["sleep", "30"]);
         let id = unique();
-        create(b, &root, &bundle, &id);
+        let c = create(b, &root, &bundle, &id);
         let pid: i64 = std::fs::read_to_string(bundle.join("pid"))
             .unwrap()
             .trim()
@@ -91,7 +135,7 @@ fn state_prints_runcs_document_on_both_backends() {
         let keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
         // Indented JSON, two spaces, as Go's MarshalIndent.
         assert!(raw.starts_with("{\n  \"ociVersion\""), "{b:?}: {raw}");
-        delete_force(b, &root, &id);
+        c.delete();
         docs.push((keys, v["ociVersion"].clone(), v["owner"].clone()));
     }
     assert_eq!(
@@ -112,7 +156,7 @@ fn cgroups_are_placed_as_runc_places_them_and_removed_on_delete() {
             }
         });
         let id = unique();
-        create(b, &root, &bundle, &id);
+        let c = create(b, &root, &bundle, &id);
         let hs = hierarchies_with(&id);
         assert!(
             hs.iter().any(|h| h == "memory"),
@@ -125,7 +169,7 @@ fn cgroups_are_placed_as_runc_places_them_and_removed_on_delete() {
                 .any(|e| e.file_name().to_string_lossy().contains(":youki:")),
             "a :youki: cgroup was made"
         );
-        delete_force(b, &root, &id);
+        c.delete();
         assert!(
             wait_until(Duration::from_secs(3), || hierarchies_with(&id).is_empty()),
             "{b:?}: cgroups left after delete: {:?}",
@@ -218,7 +262,7 @@ fn exec_detached_with_process_json_and_pid_file() {
         let root = fresh_dir("exec-root");
         let bundle = busybox_bundle(&["sleep", "30"]);
         let id = unique();
-        create(b, &root, &bundle, &id);
+        let c = create(b, &root, &bundle, &id);
         assert!(try_run(runtime_cmd_on(b, &root).args(["start", &id])).ok());
         let process = bundle.join("process.json");
         std::fs::write(
@@ -257,7 +301,7 @@ fn exec_detached_with_process_json_and_pid_file() {
         // Foreground exec returns the process's code.
         let r = try_run(runtime_cmd_on(b, &root).args(["exec", &id, "sh", "-c", "exit 4"]));
         assert_eq!(r.code, 4, "{b:?}: {}", r.stderr);
-        delete_force(b, &root, &id);
+        c.delete();
     }
 }
 
@@ -273,33 +317,35 @@ fn container_processes_cannot_overwrite_berth_cve_2019_5736() {
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let before = std::fs::read(&bin).unwrap();
     let root = dir.join("root");
-    let rt = || {
-        let mut c = Command::new(&bin);
-        c.arg("--berth-config")
-            .arg(Backend::Builtin.config())
-            .arg("--root")
-            .arg(&root);
-        c
-    };
     let bundle = busybox_bundle(&["sleep", "30"]);
     let id = unique();
-    let r = try_run_via_files(
-        rt().args(["create", "--bundle"])
-            .arg(&bundle)
-            .arg("--pid-file")
-            .arg(bundle.join("pid"))
-            .arg(&id),
-    );
-    assert!(r.ok(), "create: {}", r.stderr);
+    let c = create_with(&bin, Backend::Builtin, &root, &bundle, &id);
     let pid = std::fs::read_to_string(bundle.join("pid")).unwrap();
     // The attack: while the init still runs Berth's code, hold its
     // /proc/<pid>/exe; once Berth is gone, reopen it for writing.
     let exe = std::fs::File::open(format!("/proc/{}/exe", pid.trim())).unwrap();
     assert!(std::fs::read(format!("/proc/self/fd/{}", exe.as_raw_fd())).unwrap() == before);
-    assert!(try_run(rt().args(["start", &id])).ok());
-    let reopened = std::fs::OpenOptions::new()
-        .write(true)
-        .open(format!("/proc/self/fd/{}", exe.as_raw_fd()));
+    assert!(try_run(c.cmd().args(["start", &id])).ok());
+    // `start` returns before the init has exec'd the workload; until it
+    // has, the kernel refuses writers with ETXTBSY. Like a real exploit,
+    // retry until the file is no longer being executed.
+    let mut reopened;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        reopened = std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/self/fd/{}", exe.as_raw_fd()));
+        match &reopened {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the init never left Berth's binary"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            _ => break,
+        }
+    }
     let err =
         reopened.expect_err("the host binary was opened for writing from the container's exe");
     assert!(
@@ -307,7 +353,7 @@ fn container_processes_cannot_overwrite_berth_cve_2019_5736() {
         "expected EROFS (read-only mount) or EPERM (sealed memfd): {err}"
     );
     assert!(std::fs::read(&bin).unwrap() == before, "binary changed");
-    assert!(try_run(rt().args(["delete", "--force", &id])).ok());
+    c.delete();
     // runc holds no state for it: the built-in backend ran it.
     assert!(!try_run(
         Command::new("runc")
