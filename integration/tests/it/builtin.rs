@@ -293,9 +293,13 @@ fn exec_detached_with_process_json_and_pid_file() {
         let ps = try_run(runtime_cmd_on(b, &root).args(["ps", "--format", "json", &id]));
         let pids: Vec<i32> = serde_json::from_str(&ps.stdout).unwrap_or_default();
         assert!(pids.contains(&pid), "{b:?}: {pid} not in {pids:?}");
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        // The pid may be written just before the process execs its program.
+        let cmdline = || std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         assert!(
-            String::from_utf8_lossy(&cmdline).contains("exec-marker"),
+            wait_until(Duration::from_secs(3), || String::from_utf8_lossy(
+                &cmdline()
+            )
+            .contains("exec-marker")),
             "{b:?}: pid {pid} is not the exec'd process"
         );
         // Foreground exec returns the process's code.
