@@ -256,6 +256,109 @@ fn foreground_run_exit_codes_signals_and_oom() {
     }
 }
 
+/// Runs `command` (a shell line) on a fresh terminal made by `script`, with
+/// `input` typed into it after a moment; its exit code and what the
+/// terminal showed.
+fn on_a_terminal(command: &str, input: &str) -> (i32, String) {
+    use std::io::Write;
+    let mut child = Command::new("script")
+        .args([
+            "-qec",
+            &format!("stty cols 91 rows 33; {command}"),
+            "/dev/null",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("script (bsdutils)");
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = stdin.write_all(input.as_bytes());
+    let out = child.wait_with_output().expect("script");
+    drop(stdin);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// berth-runtime with backend `b` and state root `root`, as a shell line.
+fn runtime_line(b: Backend, root: &Path) -> String {
+    format!(
+        "{} --berth-config {} --root {}",
+        binary("berth-runtime").display(),
+        b.config().display(),
+        root.display()
+    )
+}
+
+#[test]
+fn foreground_run_and_exec_get_a_terminal_without_a_console_socket() {
+    let script = "tty; stty size; read x; echo got-$x; exit 5";
+    for b in BOTH {
+        let root = fresh_dir("tty-root");
+        // run: the bundle asks for a terminal; the caller's size carries over.
+        let bundle = busybox_bundle(&["sh", "-c", script]);
+        edit_config(&bundle, |c| c["process"]["terminal"] = json!(true));
+        let line = format!(
+            "{} run --bundle {} {}",
+            runtime_line(b, &root),
+            bundle.display(),
+            unique()
+        );
+        let (code, shown) = on_a_terminal(&line, "typed\n");
+        assert_eq!(code, 5, "{b:?}: {shown}");
+        assert!(shown.contains("/dev/pts/"), "{b:?}: no terminal: {shown}");
+        assert!(
+            shown.contains("33 91"),
+            "{b:?}: size not passed on: {shown}"
+        );
+        assert!(
+            shown.contains("got-typed"),
+            "{b:?}: input not passed on: {shown}"
+        );
+        // exec --process with "terminal": true, into a running container.
+        let bundle = busybox_bundle(&["sleep", "30"]);
+        let c = create(b, &root, &bundle, &unique());
+        assert!(try_run(c.cmd().args(["start", &c.id])).ok());
+        let process = bundle.join("process.json");
+        std::fs::write(
+            &process,
+            json!({
+                "terminal": true, "user": {"uid": 0, "gid": 0}, "cwd": "/",
+                "args": ["sh", "-c", script], "env": ["PATH=/bin:/usr/bin"],
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let line = format!(
+            "{} exec --process {} {}",
+            runtime_line(b, &root),
+            process.display(),
+            c.id
+        );
+        let (code, shown) = on_a_terminal(&line, "again\n");
+        assert_eq!(code, 5, "{b:?} exec: {shown}");
+        assert!(
+            shown.contains("/dev/pts/"),
+            "{b:?} exec: no terminal: {shown}"
+        );
+        assert!(shown.contains("got-again"), "{b:?} exec: {shown}");
+        c.delete();
+        // Berth's own console socket is gone.
+        let left: Vec<_> = std::fs::read_dir(&root)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            !left
+                .iter()
+                .any(|n| n.to_string_lossy().starts_with(".berth-tty")),
+            "{b:?}: {left:?}"
+        );
+    }
+}
+
 #[test]
 fn exec_detached_with_process_json_and_pid_file() {
     for b in BOTH {

@@ -1,5 +1,6 @@
 //! `exec`: a new process in a running container.
 
+use super::terminal::{self, ConsoleSocket};
 use super::{cgroup, foreground, stdio, write_pid_file, Context, Error, Result};
 use crate::cli::ExecArgs;
 use libcontainer::container::builder::ContainerBuilder;
@@ -69,16 +70,28 @@ pub fn exec(ctx: &Context, a: &ExecArgs) -> Result<i32> {
         })
         .collect::<Result<Vec<u32>>>()?;
     let what = || format!("cannot exec in container \"{}\"", a.id);
+    let own_tty = if !a.detach && a.console_socket.is_none() && wants_terminal(a)? {
+        Some(ConsoleSocket::new(&ctx.root)?)
+    } else {
+        None
+    };
     let pid = ContainerBuilder::new(a.id.clone(), SyscallType::default())
         .with_executor(stdio::Workload)
         .with_root_path(&ctx.root)
         .map_err(Error::container(what()))?
-        .with_console_socket(a.console_socket.as_ref())
+        .with_console_socket(
+            own_tty
+                .as_ref()
+                .map(ConsoleSocket::path)
+                .or(a.console_socket.clone()),
+        )
         .with_preserved_fds(a.preserve_fds.unwrap_or(0) as i32)
         .validate_id()
         .map_err(Error::container(what()))?
         .as_tenant()
-        .with_detach(a.detach)
+        // libcontainer takes a console socket only when detached; it uses
+        // the flag for nothing else.
+        .with_detach(a.detach || own_tty.is_some())
         .with_cwd(a.cwd.as_ref())
         .with_env(env)
         .with_process(a.process.as_ref())
@@ -98,6 +111,10 @@ pub fn exec(ctx: &Context, a: &ExecArgs) -> Result<i32> {
     if !a.detach {
         foreground::block_signals()?;
     }
+    let tty = own_tty
+        .as_ref()
+        .map(|s| s.receive().and_then(terminal::attach))
+        .transpose()?;
     if let Ok(cg) = super::cgroup_path(&container) {
         if let Err(e) = cgroup::join_extra(pid, &cg.to_string_lossy()) {
             tracing::warn!(container = %a.id, pid, "{e}");
@@ -110,7 +127,30 @@ pub fn exec(ctx: &Context, a: &ExecArgs) -> Result<i32> {
     if a.detach {
         return Ok(0);
     }
-    foreground::wait(pid)
+    let code = foreground::wait(pid, tty.as_ref())?;
+    if let Some(t) = tty {
+        t.finish();
+    }
+    Ok(code)
+}
+
+/// Whether the `--process` file asks for a terminal. (libcontainer 0.7
+/// builds a process from command-line arguments without one, so `--tty`
+/// takes effect only through `--process`, which is what engines pass.)
+fn wants_terminal(a: &ExecArgs) -> Result<bool> {
+    let Some(p) = &a.process else {
+        if a.tty {
+            tracing::warn!(
+                "exec --tty: the built-in backend gives a terminal only to a --process \
+                 file with \"terminal\": true; running without one"
+            );
+        }
+        return Ok(false);
+    };
+    let text = std::fs::read(p).map_err(|e| Error::io(p.display().to_string(), e))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| Error::Usage(format!("{}: {e}", p.display())))?;
+    Ok(v["terminal"].as_bool().unwrap_or(false))
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! `--detach`) as runc does: signals sent to Berth are passed on to the
 //! process, and its end becomes Berth's exit code (128 + signal if killed).
 
+use super::terminal::Attached;
 use super::{Error, Result};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -36,8 +37,9 @@ pub fn block_signals() -> Result<()> {
 }
 
 /// Waits for child `pid`, forwarding every signal but SIGCHLD, SIGURG and
-/// SIGWINCH to it; returns its exit code.
-pub fn wait(pid: i32) -> Result<i32> {
+/// SIGWINCH to it; returns its exit code. With a terminal attached, SIGWINCH
+/// resizes it.
+pub fn wait(pid: i32, tty: Option<&Attached>) -> Result<i32> {
     let pid = Pid::from_raw(pid);
     let all = SigSet::all();
     block_signals()?;
@@ -52,7 +54,12 @@ pub fn wait(pid: i32) -> Result<i32> {
                     return Ok(code);
                 }
             }
-            Signal::SIGURG | Signal::SIGWINCH => {}
+            Signal::SIGWINCH => {
+                if let Some(t) = tty {
+                    t.resize();
+                }
+            }
+            Signal::SIGURG => {}
             other => {
                 if let Err(e) = kill(pid, other) {
                     tracing::warn!(%pid, signal = ?other, "cannot forward signal: {e}");

@@ -1,5 +1,6 @@
 //! `create`, `run`, `start`, `kill`, `delete`, `pause` and `resume`.
 
+use super::terminal::{self, ConsoleSocket};
 use super::{cgroup, foreground, stdio, write_pid_file, Context, Error, Result};
 use crate::cli::{CreateArgs, RunArgs};
 use libcontainer::container::builder::ContainerBuilder;
@@ -36,8 +37,14 @@ fn place_cgroup(bundle: &Path, id: &str) -> Result<String> {
 }
 
 /// `create` (and the first half of `run`): builds the container, stopped
-/// before the workload's `execve` until `start`.
-pub fn create(ctx: &Context, a: &CreateArgs, detach: bool) -> Result<Container> {
+/// before the workload's `execve` until `start`. `own_tty` is the console
+/// socket of a foreground `run` that makes its own terminal.
+pub fn create(
+    ctx: &Context,
+    a: &CreateArgs,
+    detach: bool,
+    own_tty: Option<&ConsoleSocket>,
+) -> Result<Container> {
     let dir = ctx.dir(&a.id)?;
     if dir.exists() {
         return Err(Error::Exists(a.id.clone()));
@@ -56,7 +63,11 @@ pub fn create(ctx: &Context, a: &CreateArgs, detach: bool) -> Result<Container> 
     };
     let built = ContainerBuilder::new(a.id.clone(), SyscallType::default())
         .with_executor(stdio::Workload)
-        .with_console_socket(a.console_socket.as_ref())
+        .with_console_socket(
+            own_tty
+                .map(ConsoleSocket::path)
+                .or(a.console_socket.clone()),
+        )
         .with_root_path(&ctx.root)
         .map_err(Error::container(what()))
         .and_then(|b| {
@@ -67,7 +78,9 @@ pub fn create(ctx: &Context, a: &CreateArgs, detach: bool) -> Result<Container> 
         .and_then(|b| {
             b.as_init(&bundle)
                 .with_systemd(false)
-                .with_detach(detach)
+                // libcontainer takes a console socket only when detached;
+                // it uses the flag for nothing else.
+                .with_detach(detach || own_tty.is_some())
                 .with_no_pivot(a.no_pivot)
                 .build()
                 .map_err(Error::container(what()))
@@ -102,13 +115,29 @@ pub fn create(ctx: &Context, a: &CreateArgs, detach: bool) -> Result<Container> 
 /// `run`: create and start; in the foreground, wait, pass signals on, and
 /// delete the container afterwards unless `--keep`.
 pub fn run(ctx: &Context, r: &RunArgs) -> Result<i32> {
-    let mut c = create(ctx, &r.create, r.detach)?;
     let id = r.create.id.as_str();
+    let own_tty = if !r.detach && r.create.console_socket.is_none() && wants_terminal(&r.create) {
+        Some(ConsoleSocket::new(&ctx.root)?)
+    } else {
+        None
+    };
+    let mut c = create(ctx, &r.create, r.detach, own_tty.as_ref())?;
     if !r.detach {
         // The init exists (with its own signal mask): from here on signals
         // are queued for the workload, not lost.
         foreground::block_signals()?;
     }
+    let tty = match own_tty
+        .as_ref()
+        .map(|s| s.receive().and_then(terminal::attach))
+    {
+        Some(Err(e)) => {
+            let _ = delete(ctx, id, true);
+            return Err(e);
+        }
+        Some(Ok(t)) => Some(t),
+        None => None,
+    };
     if let Err(e) = c.start() {
         let _ = delete(ctx, id, true);
         return Err(Error::Container {
@@ -120,11 +149,23 @@ pub fn run(ctx: &Context, r: &RunArgs) -> Result<i32> {
         return Ok(0);
     }
     let pid = c.pid().map(|p| p.as_raw()).unwrap_or(0);
-    let code = foreground::wait(pid)?;
+    let code = foreground::wait(pid, tty.as_ref())?;
+    if let Some(t) = tty {
+        t.finish();
+    }
     if !r.keep {
         delete(ctx, id, true)?;
     }
     Ok(code)
+}
+
+/// Whether the bundle's `process.terminal` is true.
+fn wants_terminal(a: &CreateArgs) -> bool {
+    bundle_dir(a.bundle.as_deref())
+        .map(|b| crate::rewrite::read_config(&b))
+        .ok()
+        .and_then(|spec| spec.pointer("/process/terminal").and_then(|t| t.as_bool()))
+        .unwrap_or(false)
 }
 
 /// `start`: lets a created container run its workload.

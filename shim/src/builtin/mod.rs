@@ -10,10 +10,13 @@
 //! - stdio at `/dev/null` is reopened read-write, not read-only ([`stdio`]);
 //! - cgroups are placed where runc places them, in every hierarchy including
 //!   `name=systemd` and the unified one, and removed on delete ([`cgroup`]);
-//! - `state` has `rootfs` and a user name as `owner` ([`state`]).
+//! - `state` has `rootfs` and a user name as `owner` ([`state`]);
+//! - a foreground process whose spec asks for a terminal gets one without a
+//!   `--console-socket`, as with runc ([`terminal`]).
 //!
-//! `create`, `run` and `exec` first re-execute Berth from a sealed memfd
-//! copy, so no container process can overwrite the host binary through
+//! `create`, `run` and `exec` first re-execute Berth from a read-only mount
+//! of its binary (or a sealed memfd copy), so no container process can
+//! overwrite the host binary through
 //! `/proc/<pid>/exe` (CVE-2019-5736; [`seal`]).
 
 pub mod cgroup;
@@ -26,6 +29,7 @@ mod ps;
 pub mod seal;
 mod state;
 pub mod stdio;
+mod terminal;
 mod update;
 
 use crate::cli::Verb;
@@ -154,7 +158,7 @@ pub fn run(ctx: &Context, verb: &Verb) -> Result<i32> {
         ));
     }
     match verb {
-        Verb::Create(c) => lifecycle::create(ctx, c, true).map(|_| 0),
+        Verb::Create(c) => lifecycle::create(ctx, c, true, None).map(|_| 0),
         Verb::Run(r) => lifecycle::run(ctx, r),
         Verb::Start { id } => lifecycle::start(ctx, id).map(|()| 0),
         Verb::State { id } => state::print(ctx, id).map(|()| 0),
