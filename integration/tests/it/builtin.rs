@@ -264,7 +264,8 @@ fn on_a_terminal(command: &str, input: &str) -> (i32, String) {
     let mut child = Command::new("script")
         .args([
             "-qec",
-            &format!("stty cols 91 rows 33; {command}"),
+            // A bounded wait, so a lost keystroke fails the test, not hangs it.
+            &format!("stty cols 91 rows 33; timeout --foreground -k 5 60 {command}"),
             "/dev/null",
         ])
         .stdin(Stdio::piped())
@@ -295,7 +296,9 @@ fn runtime_line(b: Backend, root: &Path) -> String {
 
 #[test]
 fn foreground_run_and_exec_get_a_terminal_without_a_console_socket() {
-    let script = "tty; stty size; read x; echo got-$x; exit 5";
+    // The size is read after the input: runc sets it just after start, so
+    // a workload reading it at once may see 0 0 on runc.
+    let script = "tty; read x; stty size; echo got-$x; exit 5";
     for b in BOTH {
         let root = fresh_dir("tty-root");
         // run: the bundle asks for a terminal; the caller's size carries over.

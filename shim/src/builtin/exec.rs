@@ -111,10 +111,21 @@ pub fn exec(ctx: &Context, a: &ExecArgs) -> Result<i32> {
     if !a.detach {
         foreground::block_signals()?;
     }
-    let tty = own_tty
+    let tty = match own_tty
         .as_ref()
         .map(|s| s.receive().and_then(terminal::attach))
-        .transpose()?;
+    {
+        Some(Err(e)) => {
+            // Nobody could talk to it: leave no process behind.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            return Err(e);
+        }
+        Some(Ok(t)) => Some(t),
+        None => None,
+    };
     if let Ok(cg) = super::cgroup_path(&container) {
         if let Err(e) = cgroup::join_extra(pid, &cg.to_string_lossy()) {
             tracing::warn!(container = %a.id, pid, "{e}");
