@@ -67,6 +67,19 @@ fn docker_run_passes_output_and_exit_code(b: Backend) {
     assert!(r.stderr.contains("err"), "{}", r.stderr);
 }
 
+/// A Docker container on backend `b`, without a network, sleeping 60 s.
+fn docker_sleeper(b: Backend) -> DockerContainer {
+    DockerContainer::start(&[
+        "--runtime",
+        b.docker_runtime(),
+        "--network",
+        "none",
+        image(),
+        "sleep",
+        "60",
+    ])
+}
+
 fn docker_exec_logs_stop_kill_restart(b: Backend) {
     let c = DockerContainer::start(&[
         "--runtime",
@@ -135,15 +148,7 @@ fn docker_tty_goes_through_the_console_socket(b: Backend) {
 
 fn docker_update_cpus_reaches_the_cgroup(b: Backend) {
     let _g = berth_integration::berth::cpu_lock();
-    let c = DockerContainer::start(&[
-        "--runtime",
-        b.docker_runtime(),
-        "--network",
-        "none",
-        image(),
-        "sleep",
-        "60",
-    ]);
+    let c = docker_sleeper(b);
     let r = dock(&["update", "--cpus", "0.5", &c.id]);
     assert!(r.ok(), "docker update: {}", r.stderr);
     let quota =
@@ -517,15 +522,7 @@ fn docker_prestart_hook_survives_and_host_network_skips_net_sysctls(b: Backend) 
     // Docker adds its libnetwork-setkey prestart hook to containers with a
     // network namespace of their own: the bundle Berth rewrote kept it, and
     // the container runs (so the hook ran through Berth and runc).
-    let c = DockerContainer::start(&[
-        "--runtime",
-        b.docker_runtime(),
-        "--network",
-        "none",
-        image(),
-        "sleep",
-        "60",
-    ]);
+    let c = docker_sleeper(b);
     let state = containerd()
         .config
         .parent()
@@ -549,15 +546,7 @@ fn docker_prestart_hook_survives_and_host_network_skips_net_sysctls(b: Backend) 
 }
 
 fn docker_pause_exec_tty_memory_update_and_oom(b: Backend) {
-    let c = DockerContainer::start(&[
-        "--runtime",
-        b.docker_runtime(),
-        "--network",
-        "none",
-        image(),
-        "sleep",
-        "60",
-    ]);
+    let c = docker_sleeper(b);
     // pause / unpause go through the runtime's pause and resume.
     assert!(dock(&["pause", &c.id]).ok(), "docker pause");
     assert_eq!(inspect(&c.id, "{{.State.Status}}"), "paused");
