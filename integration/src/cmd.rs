@@ -38,8 +38,17 @@ fn to_ran(out: Output) -> Ran {
     }
 }
 
+/// A `Command` for a host program, which must be in the list of
+/// `scripts/install-test-deps` (see [`crate::deps`]).
+pub fn command(program: impl AsRef<OsStr>) -> Command {
+    let program = program.as_ref();
+    crate::deps::require(&program.to_string_lossy());
+    Command::new(program)
+}
+
 /// Runs `cmd` to completion (stdin closed) and returns what it did, success or not.
 pub fn try_run(cmd: &mut Command) -> Ran {
+    crate::deps::require(&cmd.get_program().to_string_lossy());
     let what = describe(cmd);
     let out = cmd
         .stdin(Stdio::null())
@@ -68,7 +77,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    run(Command::new(program).args(args))
+    run(command(program).args(args))
 }
 
 /// Shorthand: runs `program args...` and returns the result without judging it.
@@ -77,7 +86,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    try_run(Command::new(program).args(args))
+    try_run(command(program).args(args))
 }
 
 /// True when `program` is found on PATH.
@@ -97,6 +106,7 @@ pub fn which(program: &str) -> Option<std::path::PathBuf> {
 /// commands that leave a process holding them (`runc create`, `--detach`),
 /// whose pipes would never reach end-of-file.
 pub fn try_run_via_files(cmd: &mut Command) -> Ran {
+    crate::deps::require(&cmd.get_program().to_string_lossy());
     let what = describe(cmd);
     let dir = crate::artifacts::fresh_dir("out");
     let (o, e) = (dir.join("stdout"), dir.join("stderr"));

@@ -2,7 +2,7 @@
 //! result or error JSON on stdout.
 
 use crate::artifacts::{binary, fresh_dir, scratch};
-use crate::cmd::{try_run, Ran};
+use crate::cmd::{command, try_run, Ran};
 use crate::engines::containerd::containerd;
 use serde_json::Value;
 use std::io::Write;
@@ -68,7 +68,7 @@ pub fn ctr_with_cni(conflist: &Value, plugins: &[&str], args: &[&str]) -> Ran {
         netd.display(),
         quoted.join(" ")
     );
-    try_run(Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]))
+    try_run(command("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]))
 }
 
 /// One plugin invocation.

@@ -2,11 +2,11 @@
 //! busybox-static (and, for the preload tests, dynamically linked programs).
 
 use crate::artifacts::{fresh_dir, scratch};
-use crate::cmd::{run, sh};
+use crate::cmd::{command, run, sh};
 use serde_json::{json, Value};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
 use std::sync::OnceLock;
 
 /// The static busybox the images are made of (Debian's busybox-static).
@@ -159,10 +159,7 @@ pub fn oci_archive(rootfs_tar: &Path, reference: &str, cmd: &[&str]) -> PathBuf 
 pub fn busybox_bundle(args: &[&str]) -> PathBuf {
     let bundle = fresh_dir("bundle");
     let rootfs = bundle.join("rootfs");
-    run(Command::new("cp")
-        .arg("-a")
-        .arg(busybox_rootfs())
-        .arg(&rootfs));
+    run(command("cp").arg("-a").arg(busybox_rootfs()).arg(&rootfs));
     sh(
         "runc",
         ["spec".as_ref(), "--bundle".as_ref(), bundle.as_os_str()],

@@ -18,6 +18,7 @@ pub mod broker;
 pub mod cleanup;
 pub mod cmd;
 pub mod cni;
+pub mod deps;
 pub mod engines;
 pub mod images;
 pub mod leaks;

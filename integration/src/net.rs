@@ -1,7 +1,7 @@
 //! Network namespaces and veth pairs with run-unique names, removed on drop.
 //! Addresses come only from 10.0.0.0/8 test ranges on these interfaces.
 
-use crate::cmd::{sh, try_sh, Ran};
+use crate::cmd::{command, sh, try_sh, Ran};
 use crate::names::unique;
 
 /// A network namespace (`ip netns add`), deleted on drop.
@@ -36,6 +36,7 @@ impl Netns {
 
     /// Runs `program args...` inside the namespace and returns what happened.
     pub fn exec(&self, program: &str, args: &[&str]) -> Ran {
+        crate::deps::require(program);
         let mut v = vec!["netns", "exec", &self.name, program];
         v.extend_from_slice(args);
         try_sh("ip", v)
@@ -154,12 +155,12 @@ impl Drop for ParentLink {
 /// in `server` (`reverse`: the server sends); returns the received bits/s.
 /// The first second is omitted (slow start); the server is killed by pid.
 pub fn iperf(server: &Netns, client: &Netns, addr: &str, reverse: bool, secs: u32) -> f64 {
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let port = (5300 + (std::process::id() % 400) * 8 + n % 8).to_string();
-    let mut srv = Command::new("ip")
+    let mut srv = command("ip")
         .args([
             "netns",
             "exec",

@@ -4,7 +4,7 @@
 
 use crate::artifacts::fresh_dir;
 use crate::cleanup::at_exit;
-use crate::cmd::{run, sh, try_run};
+use crate::cmd::{command, run, sh, try_run};
 use crate::names::unique;
 use crate::process::{wait_until, Daemon};
 use std::path::PathBuf;
@@ -39,7 +39,7 @@ pub fn ovs() -> &'static Ovs {
         let log = rundir.join("ovsdb-server.log");
         let mut server = Daemon::spawn(
             "ovsdb-server",
-            Command::new("ovsdb-server")
+            command("ovsdb-server")
                 .env("OVS_RUNDIR", &rundir)
                 .arg(&db)
                 .arg(format!("--remote=punix:{}", db_socket.display()))
@@ -80,7 +80,7 @@ pub fn ovs() -> &'static Ovs {
         let vlog = rundir.join("ovs-vswitchd.log");
         let mut vswitchd = Daemon::spawn(
             "ovs-vswitchd",
-            Command::new("ovs-vswitchd")
+            command("ovs-vswitchd")
                 .env("OVS_RUNDIR", &rundir)
                 .arg(format!("unix:{}", db_socket.display()))
                 .arg(format!(
@@ -127,7 +127,7 @@ pub fn ovs() -> &'static Ovs {
 impl Ovs {
     /// An `ovs-vsctl` command bound to this instance.
     pub fn vsctl_cmd(&self) -> Command {
-        let mut c = Command::new("ovs-vsctl");
+        let mut c = command("ovs-vsctl");
         c.env("OVS_RUNDIR", &self.rundir)
             .arg(format!("--db=unix:{}", self.db_socket.display()));
         c
@@ -140,7 +140,7 @@ impl Ovs {
 
     /// An `ovs-ofctl` command bound to this instance's vswitchd.
     pub fn ofctl_cmd(&self) -> Command {
-        let mut c = Command::new("ovs-ofctl");
+        let mut c = command("ovs-ofctl");
         c.env("OVS_RUNDIR", &self.rundir);
         c
     }

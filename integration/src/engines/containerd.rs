@@ -3,7 +3,7 @@
 use super::extra_runtimes;
 use crate::artifacts::{fresh_dir, scratch};
 use crate::cleanup::at_exit;
-use crate::cmd::{run, Ran};
+use crate::cmd::{command, run, Ran};
 use crate::images::{busybox_tar, oci_archive, BUSYBOX_IMAGE};
 use crate::names::process_prefix;
 use crate::process::{wait_until, Daemon};
@@ -92,7 +92,7 @@ pub fn containerd() -> &'static Containerd {
         let log = dir.join("containerd.log");
         let mut d = Daemon::spawn(
             "containerd",
-            Command::new("containerd")
+            command("containerd")
                 .envs(super::engine_env())
                 .arg("--config")
                 .arg(&config),
@@ -100,7 +100,7 @@ pub fn containerd() -> &'static Containerd {
         );
         let ok = wait_until(Duration::from_secs(20), || {
             d.assert_alive(&log);
-            Command::new("ctr")
+            command("ctr")
                 .arg("--address")
                 .arg(&socket)
                 .arg("version")
@@ -148,7 +148,7 @@ fn kill_leftover_shims(socket: &Path) {
 impl Containerd {
     /// A `ctr` command bound to this containerd and the test namespace.
     pub fn ctr(&self) -> Command {
-        let mut c = Command::new("ctr");
+        let mut c = command("ctr");
         c.arg("--address")
             .arg(&self.socket)
             .arg("--namespace")

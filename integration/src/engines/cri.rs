@@ -3,6 +3,7 @@
 //! container in it, and `ExecSync`. Debian 12 ships no `crictl`.
 
 use super::containerd::containerd;
+use crate::cmd::command;
 use crate::images::{busybox_tar, oci_archive};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
@@ -38,7 +39,7 @@ pub fn import_images() {
         let busybox = oci_archive(busybox_tar(), crate::images::BUSYBOX_IMAGE, &["sh"]);
         for a in [pause, busybox] {
             crate::cmd::run(
-                std::process::Command::new("ctr")
+                command("ctr")
                     .arg("--address")
                     .arg(&c.socket)
                     .args(["--namespace", CRI_NAMESPACE, "image", "import"])

@@ -4,7 +4,7 @@
 use super::{containerd::containerd, extra_runtimes};
 use crate::artifacts::fresh_dir;
 use crate::cleanup::at_exit;
-use crate::cmd::{run, try_run, Ran};
+use crate::cmd::{command, run, try_run, Ran};
 use crate::images::{busybox_tar, BUSYBOX_IMAGE};
 use crate::names::process_prefix;
 use crate::process::{wait_until, Daemon};
@@ -63,7 +63,7 @@ pub fn docker() -> &'static Docker {
         let log = dir.join("dockerd.log");
         let mut d = Daemon::spawn(
             "dockerd",
-            Command::new("dockerd")
+            command("dockerd")
                 .envs(super::engine_env())
                 .arg("--config-file")
                 .arg(&config)
@@ -85,7 +85,7 @@ pub fn docker() -> &'static Docker {
         );
         let ok = wait_until(Duration::from_secs(60), || {
             d.assert_alive(&log);
-            Command::new(DOCKER_CLI)
+            command(DOCKER_CLI)
                 .arg("--host")
                 .arg(format!("unix://{}", socket.display()))
                 .arg("version")
@@ -126,7 +126,7 @@ pub fn docker() -> &'static Docker {
 impl Docker {
     /// A `docker` CLI command bound to this daemon.
     pub fn cli(&self) -> Command {
-        let mut c = Command::new(DOCKER_CLI);
+        let mut c = command(DOCKER_CLI);
         c.arg("--host")
             .arg(format!("unix://{}", self.socket.display()));
         c

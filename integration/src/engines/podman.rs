@@ -5,7 +5,7 @@
 use super::extra_runtimes;
 use crate::artifacts::fresh_dir;
 use crate::cleanup::at_exit;
-use crate::cmd::{run, try_run, Ran};
+use crate::cmd::{command, run, try_run, Ran};
 use crate::images::{busybox_tar, BUSYBOX_IMAGE};
 use crate::names::process_prefix;
 use std::path::PathBuf;
@@ -111,7 +111,7 @@ volume_path = "{volumes}"
 impl Podman {
     /// A `podman` command using only the private configuration.
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new("podman");
+        let mut c = command("podman");
         c.envs(super::engine_env())
             .env("CONTAINERS_CONF", &self.containers_conf)
             .env("CONTAINERS_STORAGE_CONF", &self.storage_conf)

@@ -6,7 +6,7 @@
 
 use berth_integration::artifacts::{binary, fresh_dir};
 use berth_integration::berth::{runtime_cmd_on, Backend};
-use berth_integration::cmd::{try_run, try_run_via_files};
+use berth_integration::cmd::{command, try_run, try_run_via_files};
 use berth_integration::images::{busybox_bundle, edit_config};
 use berth_integration::names::unique;
 use berth_integration::process::wait_until;
@@ -256,16 +256,16 @@ fn foreground_run_exit_codes_signals_and_oom() {
     }
 }
 
-/// Runs `command` (a shell line) on a fresh terminal made by `script`, with
+/// Runs `line` (a shell line) on a fresh terminal made by `script`, with
 /// `input` typed into it after a moment; its exit code and what the
 /// terminal showed.
-fn on_a_terminal(command: &str, input: &str) -> (i32, String) {
+fn on_a_terminal(line: &str, input: &str) -> (i32, String) {
     use std::io::Write;
-    let mut child = Command::new("script")
+    let mut child = command("script")
         .args([
             "-qec",
             // A bounded wait, so a lost keystroke fails the test, not hangs it.
-            &format!("stty cols 91 rows 33; timeout --foreground -k 5 60 {command}"),
+            &format!("stty cols 91 rows 33; timeout --foreground -k 5 60 {line}"),
             "/dev/null",
         ])
         .stdin(Stdio::piped())
@@ -466,7 +466,7 @@ fn container_processes_cannot_overwrite_berth_cve_2019_5736() {
     c.delete();
     // runc holds no state for it: the built-in backend ran it.
     assert!(!try_run(
-        Command::new("runc")
+        command("runc")
             .arg("--root")
             .arg(&root)
             .args(["state", &id])
@@ -501,14 +501,8 @@ fn the_demo_runs_with_runc_and_crun_hidden() {
         demo = binary("berth-demo").display(),
         dir = binary("berth-runtime").parent().unwrap().display(),
     );
-    let r = try_run(Command::new("unshare").args([
-        "-m",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &script,
-    ]));
+    let r =
+        try_run(command("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]));
     assert!(r.ok(), "demo failed:\n{}\n{}", r.stdout, r.stderr);
     assert!(
         r.stdout.contains("backend: libcontainer (built in)"),

@@ -3,7 +3,7 @@
 
 use berth_integration::artifacts::{binary, fresh_dir};
 use berth_integration::berth::{self, cpu_lock, cpu_status};
-use berth_integration::cmd::{try_run, try_run_via_files};
+use berth_integration::cmd::{command, try_run, try_run_via_files};
 use berth_integration::engines::docker::{docker, DockerContainer};
 use berth_integration::images::{busybox_bundle, edit_config};
 use berth_integration::names::unique;
@@ -290,7 +290,7 @@ fn kill_minus_nine_during_concurrent_creates_leaks_nothing_gc_cannot_free() {
                         let _ = child.wait();
                         ids.push(id);
                         // Whatever got created is deleted again (by runc, so the ledger is left to GC).
-                        let _ = try_run(Command::new("runc").arg("--root").arg(&root).args([
+                        let _ = try_run(command("runc").arg("--root").arg(&root).args([
                             "delete",
                             "--force",
                             ids.last().unwrap(),

@@ -4,7 +4,7 @@
 
 use berth_integration::artifacts::binary;
 use berth_integration::berth::preload_library;
-use berth_integration::cmd::{sh, try_run, Ran};
+use berth_integration::cmd::{command, sh, try_run, Ran};
 use berth_integration::engines::docker::docker;
 use berth_integration::names::unique;
 use berth_integration::programs::{glibc_probe, glibc_rootfs, musl_probe, musl_rootfs, tar_rootfs};
@@ -71,7 +71,7 @@ fn host_programs_see_berth_nproc() {
     assert_eq!(
         out(
             n,
-            "python3",
+            "/usr/bin/python3",
             &[
                 "-c",
                 "import os; print(os.cpu_count(), len(os.sched_getaffinity(0)))"
@@ -104,7 +104,7 @@ fn without_a_count_everything_is_real() {
     assert_eq!(
         out(
             None,
-            "python3",
+            "/usr/bin/python3",
             &[
                 "-c",
                 "import os; print(os.cpu_count(), len(os.sched_getaffinity(0)))"
@@ -166,7 +166,7 @@ fn bad_values_pass_through_and_never_crash() {
         assert_eq!(
             out(
                 Some(("BERTH_NPROC", v)),
-                "python3",
+                "/usr/bin/python3",
                 &["-c", "import os; print(os.cpu_count())"]
             ),
             real,
@@ -176,7 +176,7 @@ fn bad_values_pass_through_and_never_crash() {
     // The opt-in warning goes to stderr only.
     let r = with(Some(("BERTH_NPROC", "abc")), "nproc", &[]);
     assert!(r.stderr.is_empty());
-    let mut c = Command::new("nproc");
+    let mut c = command("nproc");
     c.env("LD_PRELOAD", preload_library())
         .env("BERTH_NPROC", "abc")
         .env("BERTH_NPROC_WARN", "1");

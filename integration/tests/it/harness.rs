@@ -1,6 +1,7 @@
 //! The harness self-test: one real thing with each peer.
 
 use berth_integration::broker::{consume, produce, Broker};
+use berth_integration::cmd::command;
 use berth_integration::engines::{containerd::containerd, docker::docker, podman::podman};
 use berth_integration::names::unique;
 use berth_integration::net::{Netns, Veth};
@@ -62,7 +63,7 @@ fn crun_runs_a_bundle() {
     let bundle = berth_integration::images::busybox_bundle(&["echo", "hello from crun"]);
     let id = unique();
     let r = berth_integration::cmd::try_run(
-        std::process::Command::new("crun")
+        command("crun")
             .args(["run", "--bundle"])
             .arg(&bundle)
             .arg(&id),
@@ -132,4 +133,77 @@ fn broker_carries_ten_thousand_records() {
             assert!(prev < i, "record {i} after {prev} for the same key");
         }
     }
+}
+
+/// Runs the preflight (`scripts/install-test-deps --check`) with PATH set to
+/// one directory holding a link to every listed program except `hidden`.
+fn preflight_hiding(hidden: &str) -> berth_integration::cmd::Ran {
+    use berth_integration::cmd::{try_run, which};
+    let dir = berth_integration::artifacts::fresh_dir("path");
+    let mut names: Vec<&str> = berth_integration::deps::programs()
+        .iter()
+        .map(|e| e.program.as_str())
+        .filter(|p| !p.starts_with('/'))
+        .collect();
+    names.push("cargo");
+    for name in names.into_iter().filter(|n| *n != hidden) {
+        let real = which(name).unwrap_or_else(|| panic!("{name} is not on PATH"));
+        std::os::unix::fs::symlink(real, dir.join(name)).expect("symlink");
+    }
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-test-deps");
+    try_run(
+        command("/bin/bash")
+            .arg(script)
+            .arg("--check")
+            .env("PATH", &dir),
+    )
+}
+
+#[test]
+fn preflight_names_a_missing_program_and_its_package_in_one_line() {
+    let all = preflight_hiding("");
+    assert!(all.ok() && all.stderr.is_empty(), "{all:?}");
+    for (hidden, package) in [("lintian", "lintian"), ("ovs-vsctl", "openvswitch-switch")] {
+        let r = preflight_hiding(hidden);
+        assert_eq!(r.code, 1, "{r:?}");
+        let lines: Vec<&str> = r.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line for one missing program: {r:?}");
+        assert!(
+            lines[0].contains(&format!("{hidden} is missing"))
+                && lines[0].contains(&format!("Debian package {package}")),
+            "{}",
+            lines[0]
+        );
+    }
+}
+
+/// Every host program the harness and the tests start goes through
+/// `cmd::command` (or `sh`/`try_sh`/`run`), which checks it against the
+/// install script's list; a literal `Command::new("prog")` would bypass that.
+#[test]
+fn no_test_starts_a_host_program_around_the_list() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut offenders = Vec::new();
+    let mut stack = vec![root.join("src"), root.join("tests")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                let text = std::fs::read_to_string(&p).expect("read source");
+                for (i, line) in text.lines().enumerate() {
+                    if line.contains(concat!("Command::new", "(\"")) {
+                        offenders.push(format!("{}:{}: {}", p.display(), i + 1, line.trim()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "use berth_integration::cmd::command(...) so the program is checked against scripts/install-test-deps:\n{}",
+        offenders.join("\n")
+    );
 }

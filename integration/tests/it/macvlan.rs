@@ -2,7 +2,7 @@
 //! `ctr run --cni` and podman.
 
 use berth_integration::artifacts::fresh_dir;
-use berth_integration::cmd::{sh, try_run};
+use berth_integration::cmd::{command, sh, try_run};
 use berth_integration::cni::{
     berth_macvlan, ctr_with_cni, host_local, Answer, Call, REFERENCE_MACVLAN,
 };
@@ -12,7 +12,7 @@ use berth_integration::names::unique;
 use berth_integration::net::{iperf, Netns, ParentLink};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 fn conf(version: &str, master: &str, extra: Value) -> Value {
     let mut c =
@@ -433,7 +433,7 @@ fn neighbours_reach_each_other_announce_themselves_and_private_mode_isolates() {
     let (a, b) = (Netns::new(), Netns::new());
     // Listen on the master for the gratuitous ARP of the first ADD.
     let mut tcpdump = Reaped(
-        Command::new("tcpdump")
+        command("tcpdump")
             .args([
                 "-n",
                 "-l",

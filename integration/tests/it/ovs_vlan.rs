@@ -3,7 +3,7 @@
 //! kill -9 mid-ADD, bad input and `ctr run --cni`.
 
 use berth_integration::artifacts::fresh_dir;
-use berth_integration::cmd::sh;
+use berth_integration::cmd::{command, sh};
 use berth_integration::cni::{berth_ovs_vlan, ctr_with_cni, host_local, Call};
 use berth_integration::engines::containerd::containerd;
 use berth_integration::names::unique;
@@ -159,7 +159,7 @@ fn trunk_ports_see_802_1q_tagged_frames() {
         ovs().vsctl(&["get", "Port", &tport, "vlan_mode"]).trim(),
         "trunk"
     );
-    let mut dump = Command::new("ip")
+    let mut dump = command("ip")
         .args([
             "netns", "exec", &t.ns.name, "tcpdump", "-e", "-n", "-l", "-c", "1", "-i", "eth0",
             "vlan 100",
@@ -447,7 +447,7 @@ fn ovsdb_over_tcp_works_like_unix() {
     let br = OvsBridge::new();
     let port = 20000 + std::process::id() % 20000;
     let ctl = ovs().rundir.join("ovsdb-server.ctl");
-    let added = Command::new("ovs-appctl")
+    let added = command("ovs-appctl")
         .arg(format!("--target={}", ctl.display()))
         .args(["ovsdb-server/add-remote", &format!("ptcp:{port}:127.0.0.1")])
         .status()

@@ -4,7 +4,7 @@
 
 use berth_integration::appender::{arrivals, AppenderConfig};
 use berth_integration::broker::Broker;
-use berth_integration::cmd::{run, try_run, try_sh};
+use berth_integration::cmd::{command, run, try_run, try_sh};
 use berth_integration::cni::{ctr_with_cni, host_local};
 use berth_integration::engines::containerd::containerd;
 use berth_integration::engines::docker::docker;
@@ -46,7 +46,7 @@ struct Installed;
 impl Installed {
     fn new(debs: &[PathBuf]) -> Installed {
         purge();
-        let r = try_run(Command::new("dpkg").arg("-i").args(debs));
+        let r = try_run(command("dpkg").arg("-i").args(debs));
         assert!(r.ok(), "dpkg -i: {}\n{}", r.stdout, r.stderr);
         // postinst says how to wire each component in, and restarts nothing.
         assert!(
@@ -70,14 +70,14 @@ impl Drop for Installed {
 }
 
 fn purge() {
-    let _ = try_run(Command::new("dpkg").arg("--purge").args(PACKAGES));
+    let _ = try_run(command("dpkg").arg("--purge").args(PACKAGES));
 }
 
 fn installed_files() -> Vec<PathBuf> {
     PACKAGES
         .iter()
         .flat_map(|p| {
-            run(Command::new("dpkg").args(["-L", p]))
+            run(command("dpkg").args(["-L", p]))
                 .lines()
                 .map(PathBuf::from)
                 .collect::<Vec<_>>()
@@ -117,7 +117,7 @@ fn debian_packages_pass_lintian_install_serve_the_engines_and_purge_clean() {
         let l = std::fs::read_link(format!("/usr/lib/cni/{p}")).expect("/usr/lib/cni link");
         assert_eq!(l, Path::new("/opt/cni/bin").join(p));
     }
-    let conffiles = run(Command::new("dpkg-query")
+    let conffiles = run(command("dpkg-query")
         .args(["-W", "-f=${Conffiles}\n"])
         .args(PACKAGES));
     for c in [
@@ -283,7 +283,7 @@ fn debian_packages_pass_lintian_install_serve_the_engines_and_purge_clean() {
         );
     }
     for p in PACKAGES {
-        let st = try_run(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]));
+        let st = try_run(command("dpkg-query").args(["-W", "-f=${Status}", p]));
         assert!(!st.stdout.contains("installed"), "{p}: {}", st.stdout);
     }
 }

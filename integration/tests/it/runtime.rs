@@ -5,7 +5,7 @@ use berth_integration::artifacts::{binary, fresh_dir};
 use berth_integration::berth::{
     self, Backend, ALLOWED_SYSCTL, APP_POLICY, APP_SYSCTL, MACHINE_SYSCTL,
 };
-use berth_integration::cmd::{try_run, try_run_via_files, Ran};
+use berth_integration::cmd::{command, try_run, try_run_via_files, Ran};
 use berth_integration::engines::containerd::containerd;
 use berth_integration::engines::docker::{docker, DockerContainer};
 use berth_integration::engines::podman::podman;
@@ -371,7 +371,7 @@ fn run_keeps_preserved_fds_and_hooks_working(b: Backend) {
         root = root.display(),
         bundle = bundle.display(),
     );
-    let r = try_run(Command::new("sh").args(["-c", &script]));
+    let r = try_run(command("sh").args(["-c", &script]));
     assert!(r.ok(), "run: {}", r.stderr);
     assert_eq!(r.stdout.trim(), "through fd 3");
     assert_eq!(
@@ -455,7 +455,7 @@ fn annotation_picks_the_delegate_where_allowed() {
     // crun, not runc, holds the container, and later verbs find it there.
     assert!(
         try_run(
-            Command::new("crun")
+            command("crun")
                 .arg("--root")
                 .arg(&root)
                 .args(["state", &id])
@@ -465,7 +465,7 @@ fn annotation_picks_the_delegate_where_allowed() {
     );
     assert!(
         !try_run(
-            Command::new("runc")
+            command("runc")
                 .arg("--root")
                 .arg(&root)
                 .args(["state", &id])
