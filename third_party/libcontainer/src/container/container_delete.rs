@@ -106,10 +106,11 @@ impl Container {
                             None,
                             None,
                         )
-                        .map_err(|err| {
-                            tracing::error!(err = ?err, "failed to run post stop hooks");
-                            err
-                        })?;
+                        // Berth: a failing poststop hook is a warning and the
+                        // delete goes on (the OCI spec; runc does the same).
+                        .unwrap_or_else(|err| {
+                            tracing::warn!(err = ?err, "failed to run post stop hooks");
+                        });
                     }
                 }
                 Err(err) => {

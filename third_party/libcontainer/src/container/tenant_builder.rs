@@ -466,6 +466,13 @@ impl TenantContainerBuilder {
             linux_builder = linux_builder.personality(personality.clone());
         }
 
+        // Berth: an exec'd process is confined by the container's seccomp
+        // profile, as runc confines it. (0.7.0 dropped it here, so every
+        // exec ran with no filter.)
+        if let Some(seccomp) = spec_linux.seccomp() {
+            linux_builder = linux_builder.seccomp(seccomp.clone());
+        }
+
         if let Some(time_offsets) = spec_linux.time_offsets() {
             linux_builder = linux_builder.time_offsets(time_offsets.clone());
         }

@@ -278,10 +278,12 @@ impl Mount {
         tracing::debug!("cgroup mounts: {:?}", host_mounts);
 
         // get process cgroups
-        let ppid = std::os::unix::process::parent_id();
-        // The non-zero ppid means that the PID Namespace is not separated.
-        let ppid = if ppid == 0 { std::process::id() } else { ppid };
-        let root_cgroups = Process::new(ppid as i32)?.cgroups()?.0;
+        // Berth: the cgroups to strip are those of PID 1 of the PID namespace
+        // Berth runs in (the host's /proc is still mounted here). 0.7.0 took
+        // the parent's when the container shares the host's PID namespace:
+        // the runtime, which sits in the container's own cgroup by then, so
+        // the container saw a hierarchy's root instead of its cgroup.
+        let root_cgroups = Process::new(1)?.cgroups()?.0;
         let process_cgroups: HashMap<String, String> =
             ProcessCGroups::from_read(ProcfsHandle::new()?.open(
                 ProcfsBase::ProcSelf,
@@ -366,8 +368,9 @@ impl Mount {
             "Mounting (namespaced) {:?} cgroup subsystem",
             subsystem_name
         );
+        // Berth: a named hierarchy's source is its name, as runc mounts it.
         let subsystem_mount = SpecMountBuilder::default()
-            .source("cgroup")
+            .source(if named { subsystem_name } else { "cgroup" })
             .typ("cgroup")
             .destination(cgroup_mount.destination().join(subsystem_name))
             .options(
@@ -388,8 +391,18 @@ impl Mount {
             subsystem_name.into()
         };
 
+        // Berth: and read-only when the spec's cgroup mount is, as runc does.
+        let read_only = cgroup_mount
+            .options()
+            .iter()
+            .flatten()
+            .any(|o| o == "ro");
+        let mut flags = MsFlags::MS_NOEXEC | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        if read_only {
+            flags |= MsFlags::MS_RDONLY;
+        }
         let mount_options_config = MountOptionConfig {
-            flags: MsFlags::MS_NOEXEC | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            flags,
             data: vec![data.into_owned()],
             rec_attr: None,
         };
@@ -449,10 +462,13 @@ impl Mount {
                         })?,
                 )
                 .typ("bind")
+                // Berth: the hierarchy gets the flags the spec's cgroup mount
+                // asks for (`ro`, `nosuid`, `nodev`, `noexec`), as runc gives
+                // them; 0.7.0 bound it read-write, so a container's root
+                // could rewrite its own limits.
                 .options(
-                    ["rw", "rbind"]
-                        .iter()
-                        .map(|o| o.to_string())
+                    std::iter::once("rbind".to_string())
+                        .chain(cgroup_mount.options().iter().flatten().cloned())
                         .collect::<Vec<String>>(),
                 )
                 .build()?;

@@ -39,10 +39,14 @@ impl RootFS {
         cgroup_ns: bool,
     ) -> Result<()> {
         let mut flags = MsFlags::MS_REC;
+        // Berth: runc also takes the recursive names containerd writes for
+        // Kubernetes' Bidirectional and HostToContainer mounts.
         match linux.rootfs_propagation().as_deref() {
-            Some("shared") => flags |= MsFlags::MS_SHARED,
-            Some("private") => flags |= MsFlags::MS_PRIVATE,
-            Some("slave" | "unbindable") | None => flags |= MsFlags::MS_SLAVE,
+            Some("shared" | "rshared") => flags |= MsFlags::MS_SHARED,
+            Some("private" | "rprivate") => flags |= MsFlags::MS_PRIVATE,
+            Some("slave" | "rslave" | "unbindable" | "runbindable") | None => {
+                flags |= MsFlags::MS_SLAVE
+            }
             Some(unknown) => {
                 return Err(RootfsError::UnknownRootfsPropagation(unknown.to_string()));
             }

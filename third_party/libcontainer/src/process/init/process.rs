@@ -349,11 +349,13 @@ pub fn container_init_process(
     }
 
     // Without no new privileges, seccomp is a privileged operation. We have to
-    // do this before dropping capabilities. Otherwise, we should do it later,
+    // do this before dropping capabilities. (Berth: what counts is the flag's
+    // value, not whether the spec names it: `"noNewPrivileges": false` used
+    // to load the filter after the capabilities were gone, and fail.) Otherwise, we should do it later,
     // as close to exec as possible.
     #[cfg(feature = "libseccomp")]
     if let Some(seccomp) = ctx.linux.seccomp() {
-        if ctx.process.no_new_privileges().is_none() {
+        if !ctx.process.no_new_privileges().unwrap_or(false) {
             let notify_fd = seccomp::initialize_seccomp(seccomp).map_err(|err| {
                 tracing::error!(?err, "failed to initialize seccomp");
                 err
@@ -365,7 +367,7 @@ pub fn container_init_process(
         }
     }
     #[cfg(not(feature = "libseccomp"))]
-    if ctx.process.no_new_privileges().is_none() {
+    if !ctx.process.no_new_privileges().unwrap_or(false) {
         tracing::warn!("seccomp not available, unable to enforce no_new_privileges!")
     }
 
@@ -400,7 +402,7 @@ pub fn container_init_process(
     // notify socket will still need network related syscalls.
     #[cfg(feature = "libseccomp")]
     if let Some(seccomp) = ctx.linux.seccomp() {
-        if ctx.process.no_new_privileges().is_some() {
+        if ctx.process.no_new_privileges().unwrap_or(false) {
             let notify_fd = seccomp::initialize_seccomp(seccomp).map_err(|err| {
                 tracing::error!(?err, "failed to initialize seccomp");
                 err
@@ -412,7 +414,7 @@ pub fn container_init_process(
         }
     }
     #[cfg(not(feature = "libseccomp"))]
-    if ctx.process.no_new_privileges().is_some() {
+    if ctx.process.no_new_privileges().unwrap_or(false) {
         tracing::warn!("seccomp not available, unable to set seccomp privileges!")
     }
 
@@ -519,6 +521,33 @@ fn sysctl(kernel_params: &HashMap<String, String>) -> Result<()> {
 // The first time we bind mount, other flags are ignored,
 // so we need to mount it once and then remount it with the necessary flags specified.
 // https://man7.org/linux/man-pages/man2/mount.2.html
+/// The per-mount flags (nosuid, nodev, noexec, atime) of the mount `path` is on.
+fn existing_mount_flags(path: &Path) -> MsFlags {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return MsFlags::empty();
+    };
+    // SAFETY: statvfs writes into a zeroed buffer we own.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return MsFlags::empty();
+    }
+    let mut flags = MsFlags::empty();
+    for (st_flag, ms_flag) in [
+        (libc::ST_NOSUID, MsFlags::MS_NOSUID),
+        (libc::ST_NODEV, MsFlags::MS_NODEV),
+        (libc::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (libc::ST_NOATIME, MsFlags::MS_NOATIME),
+        (libc::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (libc::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if st.f_flag & st_flag != 0 {
+            flags |= ms_flag;
+        }
+    }
+    flags
+}
+
 fn readonly_path(path: &Path, syscall: &dyn Syscall) -> Result<()> {
     if let Err(err) = syscall.mount(
         Some(path),
@@ -538,14 +567,15 @@ fn readonly_path(path: &Path, syscall: &dyn Syscall) -> Result<()> {
         return Err(InitProcessError::MountPathReadonly(err));
     }
 
+    // Berth: read-only is all a readonly path adds; the flags its mount
+    // already has stay (as runc 1.2 does). 0.7.0 also set noexec, nosuid
+    // and nodev, so `readonlyPaths: ["/usr"]` made every program unrunnable.
     syscall
         .mount(
             Some(path),
             path,
             None,
-            MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV
-                | MsFlags::MS_NOEXEC
+            existing_mount_flags(path)
                 | MsFlags::MS_BIND
                 | MsFlags::MS_REMOUNT
                 | MsFlags::MS_RDONLY,
@@ -1043,9 +1073,10 @@ fn verify_cwd() -> Result<()> {
 /// Set the HOME environment variable if it is not already set or is empty.
 fn set_home_env_if_not_exists(envs: &mut HashMap<String, String>, uid: Uid) {
     if envs.get("HOME").is_none_or(|v| v.is_empty()) {
-        if let Some(dir_home) = utils::get_user_home(uid.into()) {
-            set_home_from_path(envs, &dir_home);
-        }
+        // Berth: a user the container's passwd does not name gets HOME=/,
+        // as runc's default exec user has.
+        let dir_home = utils::get_user_home(uid.into()).unwrap_or_else(|| "/".into());
+        set_home_from_path(envs, &dir_home);
     }
 }
 
