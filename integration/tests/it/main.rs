@@ -2,6 +2,7 @@
 //! once per run and are shared by every test. Run as root (scripts/test).
 
 mod builtin;
+mod builtin_diff;
 mod cni_lib;
 mod cpu_split;
 mod cpus;

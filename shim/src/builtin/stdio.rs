@@ -6,8 +6,8 @@
 //! `/dev/null` fails with "write error: Bad file descriptor". runc opens it
 //! read-write. [`Workload`] runs in the container process right before the
 //! workload's `execve`, after libcontainer's reopen, and reopens those
-//! descriptors read-write; everything else is libcontainer's default
-//! executor.
+//! descriptors read-write. It also lets a process without `PATH` run a
+//! path, as runc does; everything else is libcontainer's default executor.
 
 use libcontainer::workload::{
     default::get_executor, Executor, ExecutorError, ExecutorSetEnvsError, ExecutorValidationError,
@@ -29,7 +29,25 @@ impl Executor for Workload {
     }
 
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
-        get_executor().validate(spec)
+        // libcontainer 0.7 refuses a process without PATH in its env even
+        // when args[0] is a path; runc runs it (a pause image may set no
+        // env at all). An empty PATH keeps every other check (the file
+        // exists and is executable) and still finds no bare name, as runc.
+        let has_path = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.env().as_ref())
+            .is_some_and(|env| env.iter().any(|e| e.starts_with("PATH=")));
+        if has_path {
+            return get_executor().validate(spec);
+        }
+        let mut with_path = spec.clone();
+        if let Some(p) = with_path.process_mut() {
+            let mut env = p.env().clone().unwrap_or_default();
+            env.push("PATH=".into());
+            p.set_env(Some(env));
+        }
+        get_executor().validate(&with_path)
     }
 
     fn setup_envs(&self, envs: HashMap<String, String>) -> Result<(), ExecutorSetEnvsError> {
