@@ -272,6 +272,13 @@ const INTENDED: &[(&str, &[Probe], &str)] = &[
     // in the test machine's memory hierarchy.
     ("no_cgroups_path", &ALL, "cgroup: memory:"),
     ("no_cgroups_path", &ALL, "mount: /sys/fs/cgroup/memory "),
+    // The same for a relative path, which both resolve against that parent.
+    ("systemd_form_cgroups_path", &ALL, "cgroup: memory:"),
+    (
+        "systemd_form_cgroups_path",
+        &ALL,
+        "mount: /sys/fs/cgroup/memory ",
+    ),
 ];
 
 const ALL: [Probe; 3] = [Probe::Init, Probe::ExecArgs, Probe::ExecProcess];
@@ -421,6 +428,11 @@ macro_rules! cases {
 
 cases! {
     plain_spec => |_c: &mut Value| {};
+    // Without --systemd-cgroup, runc takes `slice:prefix:name` as a path.
+    systemd_form_cgroups_path => |c: &mut Value| {
+        let id = c["linux"]["cgroupsPath"].as_str().unwrap_or("/x").trim_start_matches('/').to_string();
+        c["linux"]["cgroupsPath"] = json!(format!("{id}.slice:cri-containerd:{id}"));
+    };
     no_cgroups_path => |c: &mut Value| {
         if let Some(l) = c["linux"].as_object_mut() {
             l.remove("cgroupsPath");

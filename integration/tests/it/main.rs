@@ -3,6 +3,7 @@
 
 mod builtin;
 mod builtin_diff;
+mod builtin_lifecycle;
 mod cni_lib;
 mod cpu_split;
 mod cpus;

@@ -74,8 +74,9 @@ fn clean(p: &str) -> String {
 pub const FILLED: &str = "io.berth.cgroup-filled";
 
 /// Sets `linux.cgroupsPath` in `spec` to the absolute path runc would use,
-/// when it is missing or relative; returns the path. A `slice:prefix:name`
-/// (systemd driver) path is refused: the built-in backend uses cgroupfs.
+/// when it is missing or relative; returns the path. Without
+/// `--systemd-cgroup`, a `slice:prefix:name` path is, as for runc's cgroupfs
+/// driver, just a relative path whose last part has colons.
 pub fn place(spec: &mut Value, id: &str) -> Result<String> {
     let filled = crate::spec::annotation(spec, FILLED).map(str::to_string);
     let given = spec
@@ -83,14 +84,6 @@ pub fn place(spec: &mut Value, id: &str) -> Result<String> {
         .and_then(Value::as_str)
         .map(str::to_string)
         .filter(|g| filled.as_deref() != Some(g.as_str()));
-    if let Some(g) = &given {
-        if !g.starts_with('/') && g.split(':').count() == 3 {
-            return Err(Error::Usage(format!(
-                "linux.cgroupsPath {g:?} is a systemd unit path; the built-in backend \
-                 uses cgroupfs paths (configure the engine's cgroupfs driver)"
-            )));
-        }
-    }
     let path = runc_path(given.as_deref(), id);
     if given.as_deref() != Some(path.as_str()) {
         let linux = spec
@@ -235,7 +228,7 @@ mod tests {
     }
 
     #[test]
-    fn place_fills_a_missing_path_and_refuses_systemd_paths() {
+    fn place_fills_a_missing_path_and_takes_systemd_form_literally() {
         let mut s = json!({"linux": {}});
         let p = place(&mut s, "c1").unwrap();
         assert!(p.ends_with("/c1"), "{p}");
@@ -246,7 +239,10 @@ mod tests {
         assert_eq!(s["annotations"][FILLED], p2.as_str());
         let mut s = json!({"linux": {"cgroupsPath": "/kubepods/x"}});
         assert_eq!(place(&mut s, "c1").unwrap(), "/kubepods/x");
+        // runc's cgroupfs driver: a relative path with colons in it.
         let mut s = json!({"linux": {"cgroupsPath": "system.slice:docker:abc"}});
-        assert!(matches!(place(&mut s, "abc"), Err(Error::Usage(_))));
+        let p = place(&mut s, "abc").unwrap();
+        assert_eq!(p, runc_path(Some("system.slice:docker:abc"), "abc"));
+        assert!(p.ends_with("/system.slice:docker:abc"), "{p}");
     }
 }

@@ -169,10 +169,19 @@ fn wants_terminal(a: &CreateArgs) -> bool {
 }
 
 /// `start`: lets a created container run its workload.
+///
+/// If starting fails once the workload runs (a failing poststart hook),
+/// the container is killed, as runc terminates it: a start that reports
+/// failure leaves nothing running.
 pub fn start(ctx: &Context, id: &str) -> Result<()> {
     let mut c = ctx.load(id)?;
-    c.start()
-        .map_err(Error::container(format!("cannot start container \"{id}\"")))
+    c.start().map_err(|source| {
+        let _ = c.kill(Signal::SIGKILL, true);
+        Error::Container {
+            what: format!("cannot start container \"{id}\""),
+            source,
+        }
+    })
 }
 
 /// Parses a signal as runc does: a number, `KILL` or `SIGKILL`.
