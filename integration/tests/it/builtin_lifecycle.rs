@@ -199,3 +199,23 @@ fn bidirectional_and_host_to_container_mounts_propagate_as_on_runc() {
         );
     }
 }
+
+#[test]
+fn a_second_start_is_refused_and_the_container_keeps_running() {
+    for b in BOTH {
+        let root = fresh_dir("start-root");
+        let bundle = busybox_bundle(&["sleep", "30"]);
+        let id = unique();
+        edit_config(&bundle, |c| {
+            c["linux"]["cgroupsPath"] = json!(format!("/{id}"))
+        });
+        let cmd = || runtime_cmd_on(b, &root);
+        assert!(try_run_via_files(cmd().args(["create", "--bundle"]).arg(&bundle).arg(&id)).ok());
+        assert!(try_run_via_files(cmd().args(["start", &id])).ok(), "{b:?}");
+        let again = try_run_via_files(cmd().args(["start", &id]));
+        let state = try_run(cmd().args(["state", &id])).stdout;
+        let _ = try_run(cmd().args(["delete", "--force", &id]));
+        assert!(!again.ok(), "{b:?}: a second start must fail");
+        assert!(state.contains("\"running\""), "{b:?}: {state}");
+    }
+}

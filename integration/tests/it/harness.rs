@@ -180,7 +180,8 @@ fn preflight_names_a_missing_program_and_its_package_in_one_line() {
 
 /// Every host program the harness and the tests start goes through
 /// `cmd::command` (or `sh`/`try_sh`/`run`), which checks it against the
-/// install script's list; a literal `Command::new("prog")` would bypass that.
+/// install script's list; building a `Command` from a literal program name
+/// directly would bypass that.
 #[test]
 fn no_test_starts_a_host_program_around_the_list() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));

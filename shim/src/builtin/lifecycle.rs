@@ -170,13 +170,17 @@ fn wants_terminal(a: &CreateArgs) -> bool {
 
 /// `start`: lets a created container run its workload.
 ///
-/// If starting fails once the workload runs (a failing poststart hook),
-/// the container is killed, as runc terminates it: a start that reports
-/// failure leaves nothing running.
+/// If starting a created container fails once its workload runs (a
+/// failing poststart hook), the container is killed, as runc terminates it:
+/// a start that reports failure leaves nothing running. (A container that
+/// was not in the created state is left alone: that start is refused.)
 pub fn start(ctx: &Context, id: &str) -> Result<()> {
     let mut c = ctx.load(id)?;
+    let was_created = c.status() == ContainerStatus::Created;
     c.start().map_err(|source| {
-        let _ = c.kill(Signal::SIGKILL, true);
+        if was_created {
+            let _ = c.kill(Signal::SIGKILL, true);
+        }
         Error::Container {
             what: format!("cannot start container \"{id}\""),
             source,
