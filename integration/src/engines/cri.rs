@@ -7,11 +7,12 @@ use crate::cmd::command;
 use crate::images::{busybox_tar, oci_archive};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecSyncRequest, ImageSpec,
+    ContainerConfig, ContainerMetadata, ContainerStats, ContainerStatsRequest, ContainerStatus,
+    ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec,
     LinuxContainerConfig, LinuxContainerResources, LinuxPodSandboxConfig,
     LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
-    PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopPodSandboxRequest,
+    PodSandboxMetadata, RemovePodSandboxRequest, ReopenContainerLogRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopPodSandboxRequest,
 };
 use std::sync::OnceLock;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -79,6 +80,16 @@ pub struct Pod {
 impl Pod {
     /// Runs a pod sandbox with `handler` (a RuntimeClass's handler name).
     pub fn run(handler: &str) -> Result<Pod, tonic::Status> {
+        Pod::run_with(handler, NamespaceMode::Pod, false)
+    }
+
+    /// Runs a pod sandbox with `handler`, its PID and IPC namespaces the
+    /// pod's own or the node's (`pid_ipc`), privileged or not.
+    pub fn run_with(
+        handler: &str,
+        pid_ipc: NamespaceMode,
+        privileged: bool,
+    ) -> Result<Pod, tonic::Status> {
         import_images();
         let mut client = client();
         let name = crate::names::unique();
@@ -97,10 +108,11 @@ impl Pod {
                 security_context: Some(LinuxSandboxSecurityContext {
                     namespace_options: Some(NamespaceOption {
                         network: NamespaceMode::Node as i32,
-                        pid: NamespaceMode::Pod as i32,
-                        ipc: NamespaceMode::Pod as i32,
+                        pid: pid_ipc as i32,
+                        ipc: pid_ipc as i32,
                         ..Default::default()
                     }),
+                    privileged,
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -118,34 +130,31 @@ impl Pod {
         Ok(Pod { client, id, config })
     }
 
+    /// The sandbox's log directory (container logs are relative to it).
+    pub fn log_directory(&self) -> &str {
+        &self.config.log_directory
+    }
+
     /// Creates and starts a busybox container running `command` with a CPU quota of `cpus`.
     pub fn start_container(
         &mut self,
         command: &[&str],
         cpus: Option<f64>,
     ) -> Result<String, tonic::Status> {
-        let resources = cpus.map(|c| LinuxContainerResources {
-            cpu_period: 100_000,
-            cpu_quota: (c * 100_000.0) as i64,
+        let mut config = container_config("main", command);
+        config.linux = Some(LinuxContainerConfig {
+            resources: cpus.map(|c| LinuxContainerResources {
+                cpu_period: 100_000,
+                cpu_quota: (c * 100_000.0) as i64,
+                ..Default::default()
+            }),
             ..Default::default()
         });
-        let config = ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: "main".into(),
-                attempt: 0,
-            }),
-            image: Some(ImageSpec {
-                image: crate::images::BUSYBOX_IMAGE.into(),
-                ..Default::default()
-            }),
-            command: command.iter().map(|s| s.to_string()).collect(),
-            log_path: "main.log".into(),
-            linux: Some(LinuxContainerConfig {
-                resources,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        self.start(config)
+    }
+
+    /// Creates and starts a container from `config` (see [`container_config`]).
+    pub fn start(&mut self, config: ContainerConfig) -> Result<String, tonic::Status> {
         let req = CreateContainerRequest {
             pod_sandbox_id: self.id.clone(),
             config: Some(config),
@@ -167,10 +176,20 @@ impl Pod {
         container: &str,
         cmd: &[&str],
     ) -> Result<(i32, String, String), tonic::Status> {
+        self.exec_sync_timeout(container, cmd, 20)
+    }
+
+    /// `ExecSync` with a timeout in seconds (0: none).
+    pub fn exec_sync_timeout(
+        &mut self,
+        container: &str,
+        cmd: &[&str],
+        timeout: i64,
+    ) -> Result<(i32, String, String), tonic::Status> {
         let req = ExecSyncRequest {
             container_id: container.into(),
             cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout: 20,
+            timeout,
         };
         let r = rt().block_on(self.client.exec_sync(req))?.into_inner();
         Ok((
@@ -178,6 +197,59 @@ impl Pod {
             String::from_utf8_lossy(&r.stdout).into_owned(),
             String::from_utf8_lossy(&r.stderr).into_owned(),
         ))
+    }
+}
+
+impl Pod {
+    /// `ContainerStatus`.
+    pub fn status(&mut self, container: &str) -> Result<ContainerStatus, tonic::Status> {
+        let req = ContainerStatusRequest {
+            container_id: container.into(),
+            verbose: false,
+        };
+        rt().block_on(self.client.container_status(req))?
+            .into_inner()
+            .status
+            .ok_or_else(|| tonic::Status::not_found("no status"))
+    }
+
+    /// `ContainerStats`.
+    pub fn stats(&mut self, container: &str) -> Result<ContainerStats, tonic::Status> {
+        let req = ContainerStatsRequest {
+            container_id: container.into(),
+        };
+        rt().block_on(self.client.container_stats(req))?
+            .into_inner()
+            .stats
+            .ok_or_else(|| tonic::Status::not_found("no stats"))
+    }
+
+    /// `ReopenContainerLog`.
+    pub fn reopen_log(&mut self, container: &str) -> Result<(), tonic::Status> {
+        let req = ReopenContainerLogRequest {
+            container_id: container.into(),
+        };
+        rt().block_on(self.client.reopen_container_log(req))?;
+        Ok(())
+    }
+}
+
+/// A busybox container named `name` running `command`, logging to
+/// `<name>.log` in the pod's log directory; tests adjust the rest.
+pub fn container_config(name: &str, command: &[&str]) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: crate::images::BUSYBOX_IMAGE.into(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        linux: Some(LinuxContainerConfig::default()),
+        ..Default::default()
     }
 }
 

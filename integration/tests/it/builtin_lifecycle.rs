@@ -219,3 +219,56 @@ fn a_second_start_is_refused_and_the_container_keeps_running() {
         assert!(state.contains("\"running\""), "{b:?}: {state}");
     }
 }
+
+#[test]
+fn exec_keeps_preserved_fds_as_runc() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    for b in BOTH {
+        let root = fresh_dir("fds-root");
+        let bundle = busybox_bundle(&["sleep", "30"]);
+        let id = unique();
+        edit_config(&bundle, |c| {
+            c["linux"]["cgroupsPath"] = json!(format!("/{id}"))
+        });
+        let cmd = || runtime_cmd_on(b, &root);
+        assert!(try_run_via_files(cmd().args(["create", "--bundle"]).arg(&bundle).arg(&id)).ok());
+        assert!(try_run_via_files(cmd().args(["start", &id])).ok());
+        let secret = bundle.join("passed");
+        std::fs::write(&secret, "through fd 3\n").unwrap();
+        let file = std::fs::File::open(&secret).unwrap();
+        let fd = file.as_raw_fd();
+        let mut c = cmd();
+        c.args([
+            "exec",
+            "--preserve-fds",
+            "1",
+            &id,
+            "sh",
+            "-c",
+            "cat <&3; ls /proc/self/fd | wc -l",
+        ]);
+        // SAFETY: dup2 and fcntl in the child before exec, onto fd 3.
+        unsafe {
+            c.pre_exec(move || {
+                // (dup2 onto itself would keep close-on-exec: clear it.)
+                if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let r = try_run(&mut c);
+        let _ = try_run(cmd().args(["delete", "--force", &id]));
+        assert!(r.ok(), "{b:?}: {}", r.stderr);
+        let mut lines = r.stdout.lines();
+        assert_eq!(lines.next(), Some("through fd 3"), "{b:?}: {}", r.stdout);
+        // stdin, stdout, stderr, fd 3 and the one ls opened: nothing of Berth's leaks.
+        assert_eq!(
+            lines.next().map(str::trim),
+            Some("5"),
+            "{b:?}: {}",
+            r.stdout
+        );
+    }
+}

@@ -7,6 +7,7 @@ mod builtin_lifecycle;
 mod cni_lib;
 mod cpu_split;
 mod cpus;
+mod cri_backends;
 mod harness;
 mod log_appender;
 mod macvlan;
