@@ -7,9 +7,9 @@ use crate::cmd::command;
 use crate::images::{busybox_tar, oci_archive};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerStats, ContainerStatsRequest, ContainerStatus,
-    ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec,
-    LinuxContainerConfig, LinuxContainerResources, LinuxPodSandboxConfig,
+    AttachRequest, ContainerConfig, ContainerMetadata, ContainerStats, ContainerStatsRequest,
+    ContainerStatus, ContainerStatusRequest, CreateContainerRequest, ExecRequest, ExecSyncRequest,
+    ImageSpec, LinuxContainerConfig, LinuxContainerResources, LinuxPodSandboxConfig,
     LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
     PodSandboxMetadata, RemovePodSandboxRequest, ReopenContainerLogRequest, RunPodSandboxRequest,
     StartContainerRequest, StopPodSandboxRequest,
@@ -232,6 +232,122 @@ impl Pod {
         rt().block_on(self.client.reopen_container_log(req))?;
         Ok(())
     }
+}
+
+/// What a streaming session (Exec with a terminal, or Attach) showed.
+#[derive(Debug, Default)]
+pub struct Streamed {
+    /// The terminal's output (channel 1; 2 has nothing with a terminal).
+    pub output: String,
+    /// The status document of channel 3, if the session ended with one.
+    pub status: String,
+}
+
+impl Pod {
+    /// `Exec` with a terminal, as `kubectl exec -it` asks for it: `input`
+    /// is typed into the terminal of size `cols`x`rows` after a moment;
+    /// returns once the process ended.
+    pub fn exec_tty(
+        &mut self,
+        container: &str,
+        cmd: &[&str],
+        input: &str,
+        (cols, rows): (u16, u16),
+    ) -> Result<Streamed, tonic::Status> {
+        let req = ExecRequest {
+            container_id: container.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty: true,
+            stdin: true,
+            stdout: true,
+            stderr: false,
+        };
+        let url = rt().block_on(self.client.exec(req))?.into_inner().url;
+        stream(&url, input, (cols, rows), None).map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+
+    /// `Attach` to a container made with a terminal and stdin, as `kubectl
+    /// attach -it`: types `input`, reads until the output contains `until`.
+    pub fn attach(
+        &mut self,
+        container: &str,
+        input: &str,
+        until: &str,
+    ) -> Result<Streamed, tonic::Status> {
+        let req = AttachRequest {
+            container_id: container.into(),
+            stdin: true,
+            tty: true,
+            stdout: true,
+            stderr: false,
+        };
+        let url = rt().block_on(self.client.attach(req))?.into_inner().url;
+        stream(&url, input, (80, 24), Some(until))
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+/// One session with CRI's streaming server over WebSocket (the kubelet
+/// protocol `v4.channel.k8s.io`: each frame starts with its channel, 0
+/// stdin, 1 stdout, 2 stderr, 3 status, 4 resize).
+fn stream(
+    url: &str,
+    input: &str,
+    (cols, rows): (u16, u16),
+    until: Option<&str>,
+) -> std::io::Result<Streamed> {
+    use tungstenite::client::IntoClientRequest;
+    use tungstenite::Message;
+    let io = |e: tungstenite::Error| std::io::Error::other(e.to_string());
+    let mut req = url
+        .replacen("http://", "ws://", 1)
+        .into_client_request()
+        .map_err(io)?;
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        tungstenite::http::HeaderValue::from_static("v4.channel.k8s.io"),
+    );
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .ok_or_else(|| std::io::Error::other(format!("no host in {url}")))?;
+    let tcp = std::net::TcpStream::connect(host)?;
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    let (mut ws, _) =
+        tungstenite::client::client(req, tcp).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let frame = |channel: u8, bytes: &[u8]| {
+        let mut v = vec![channel];
+        v.extend_from_slice(bytes);
+        Message::binary(v)
+    };
+    ws.send(frame(
+        4,
+        format!("{{\"Width\":{cols},\"Height\":{rows}}}").as_bytes(),
+    ))
+    .map_err(io)?;
+    // Let the process reach its first read before typing.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    ws.send(frame(0, input.as_bytes())).map_err(io)?;
+    let mut out = Streamed::default();
+    loop {
+        match ws.read() {
+            Ok(Message::Binary(b)) => match b.first() {
+                Some(1) | Some(2) => out.output.push_str(&String::from_utf8_lossy(&b[1..])),
+                Some(3) => out.status.push_str(&String::from_utf8_lossy(&b[1..])),
+                _ => {}
+            },
+            Ok(Message::Close(_)) => break,
+            Ok(_) => {}
+            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => break,
+            Err(e) => return Err(io(e)),
+        }
+        if until.is_some_and(|u| out.output.contains(u)) {
+            let _ = ws.close(None);
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// A busybox container named `name` running `command`, logging to

@@ -298,3 +298,66 @@ fn read_only_rootfs_masked_and_read_only_paths() {
     });
     assert_eq!(seen, "0: rootfs 1 | 0: 0 | 0: sys 1");
 }
+
+/// A terminal's output without what differs run to run: the pts number.
+fn terminal_text(s: &str) -> String {
+    let s = s.replace('\r', "");
+    match s.find("/dev/pts/") {
+        Some(i) => {
+            let rest = &s[i + "/dev/pts/".len()..];
+            let digits = rest.chars().take_while(char::is_ascii_digit).count();
+            format!("{}/dev/pts/N{}", &s[..i], &rest[digits..])
+        }
+        None => s,
+    }
+}
+
+#[test]
+fn exec_with_a_terminal_as_kubectl_exec_it() {
+    let seen = on_both(|b| {
+        let mut p = pod(b);
+        let c = p.start_container(&["sleep", "300"], None).unwrap();
+        let s = p
+            .exec_tty(
+                &c,
+                &["sh", "-c", "read x; tty; stty size; echo typed:$x; exit 3"],
+                "hello\n",
+                (91, 33),
+            )
+            .expect("Exec with a terminal");
+        format!(
+            "{} / exit {}",
+            terminal_text(&s.output).trim(),
+            exit_code(&s.status)
+        )
+    });
+    assert_eq!(seen, "hello\n/dev/pts/N\n33 91\ntyped:hello / exit 3");
+}
+
+/// The exit code in a channel-3 status document (0 for Success).
+fn exit_code(status: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(status).unwrap_or_default();
+    if v["status"] == "Success" {
+        return "0".into();
+    }
+    v["details"]["causes"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["reason"] == "ExitCode"))
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or(status)
+        .to_string()
+}
+
+#[test]
+fn attach_to_a_container_with_a_terminal() {
+    let seen = on_both(|b| {
+        let mut p = pod(b);
+        let mut cfg = container_config("att", &["sh", "-c", "read x; echo attached:$x; sleep 300"]);
+        cfg.stdin = true;
+        cfg.tty = true;
+        let c = p.start(cfg).unwrap();
+        let s = p.attach(&c, "hi\n", "attached:hi").expect("Attach");
+        terminal_text(&s.output).trim().to_string()
+    });
+    assert!(seen.ends_with("attached:hi"), "{seen}");
+}
