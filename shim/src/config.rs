@@ -113,6 +113,25 @@ pub struct CpusConfig {
     /// What an explicit user cpuset (`--cpuset-cpus`) means: `respect` (run
     /// there, unsplit, outside the ledger) or `split` (plan as usual).
     pub user_cpuset: String,
+    /// How far the `io.berth.cpus` / `io.berth.cpu-mode` annotations are
+    /// trusted (they come from the pod, i.e. from the tenant).
+    pub annotations: AnnotationPolicy,
+    /// With [`AnnotationPolicy::WithinLimit`] and no CPU limit from the
+    /// engine, the most CPUs an annotation may ask for (0: none).
+    pub max_request: f64,
+}
+
+/// `[cpus] annotations`: what a container's CPU annotations may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AnnotationPolicy {
+    /// They may choose the mode and ask for less than the engine's limit,
+    /// never more; with no engine limit, at most `max_request` CPUs.
+    WithinLimit,
+    /// They decide (single-tenant hosts).
+    Trusted,
+    /// They are ignored.
+    Ignore,
 }
 
 impl Default for CpusConfig {
@@ -123,6 +142,8 @@ impl Default for CpusConfig {
             reserved: String::new(),
             overcommit: 1.0,
             user_cpuset: "respect".into(),
+            annotations: AnnotationPolicy::WithinLimit,
+            max_request: 0.0,
         }
     }
 }
@@ -204,6 +225,12 @@ impl RuntimeConfig {
             return Err(format!(
                 "cpus.reserved = {:?} is not a CPU list such as \"0-1\"",
                 self.cpus.reserved
+            ));
+        }
+        if !(self.cpus.max_request.is_finite() && self.cpus.max_request >= 0.0) {
+            return Err(format!(
+                "cpus.max_request = {} must be a number of CPUs, 0 or more",
+                self.cpus.max_request
             ));
         }
         if !matches!(self.cpus.user_cpuset.as_str(), "respect" | "split") {

@@ -14,6 +14,7 @@ pub mod cpus;
 pub mod delegate;
 pub mod error;
 pub mod logging;
+pub mod marks;
 pub mod rewrite;
 pub mod spec;
 

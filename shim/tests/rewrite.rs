@@ -332,7 +332,7 @@ proptest! {
         let h = host();
         let b = bundle(&h, &json!({}), true);
         let mut spec = v;
-        let _ = rewrite_spec(&mut spec, &Context { bundle: &b, config: &h.cfg, cpus: None });
+        let _ = rewrite_spec(&mut spec, &Context { bundle: &b, config: &h.cfg, cpus: None, marks: None });
     }
 
     #[test]

@@ -68,7 +68,7 @@ fn main() {
     .expect("runtime.toml");
     println!("{}", std::fs::read_to_string(&config).expect("read"));
 
-    step("2. A busybox image with glibc's nproc, and an OCI bundle asking for 1.5 CPUs (annotation io.berth.cpus)");
+    step("2. A busybox image with glibc's nproc, and an OCI bundle limited to 1.5 CPUs asking for them (annotation io.berth.cpus)");
     let bundle = fresh_dir("bundle");
     let rootfs = dynamic_rootfs(&[Path::new("/usr/bin/nproc")]);
     std::fs::copy(
@@ -132,6 +132,9 @@ fn main() {
     edit_config(&bundle, |c| {
         c["process"]["args"] = json!(["sh", "-c", script]);
         c["process"]["terminal"] = json!(false);
+        // The engine's limit (as `--cpus 1.5` sets it); the annotation may
+        // ask for that much, never more ([cpus] annotations = "within-limit").
+        c["linux"]["resources"]["cpu"] = json!({"quota": 150000, "period": 100000});
         c["annotations"] = json!({"io.berth.cpus": "1.5"});
         // busybox ping needs a raw socket.
         for set in ["bounding", "effective", "permitted"] {

@@ -220,7 +220,8 @@ fn bad_requests_are_clear_errors() {
     ] {
         let bundle = busybox_bundle(&["true"]);
         edit_config(&bundle, |c| {
-            c["annotations"] = json!({"io.berth.cpus": value})
+            c["annotations"] = json!({"io.berth.cpus": value});
+            c["linux"]["resources"]["cpu"] = json!({"quota": 100000, "period": 100000});
         });
         let r = try_run_via_files(
             berth::runtime_cmd(&root)
@@ -237,7 +238,8 @@ fn bad_requests_are_clear_errors() {
     }
     let bundle = busybox_bundle(&["true"]);
     edit_config(&bundle, |c| {
-        c["annotations"] = json!({"io.berth.cpus": "0.5", "io.berth.cpu-mode": "exclusive"})
+        c["annotations"] = json!({"io.berth.cpus": "0.5", "io.berth.cpu-mode": "exclusive"});
+        c["linux"]["resources"]["cpu"] = json!({"quota": 100000, "period": 100000});
     });
     let r = try_run_via_files(
         berth::runtime_cmd(&root)
@@ -259,7 +261,10 @@ fn kill_minus_nine_during_concurrent_creates_leaks_nothing_gc_cannot_free() {
     let bundles: Vec<_> = (0..4)
         .map(|_| {
             let b = busybox_bundle(&["sleep", "60"]);
-            edit_config(&b, |c| c["annotations"] = json!({"io.berth.cpus": "0.1"}));
+            edit_config(&b, |c| {
+                c["annotations"] = json!({"io.berth.cpus": "0.1"});
+                c["linux"]["resources"]["cpu"] = json!({"quota": 10000, "period": 100000});
+            });
             b
         })
         .collect();
@@ -355,5 +360,98 @@ fn an_explicit_cpuset_is_respected_and_not_split() {
         entry(&st, &c.id).is_none(),
         "a user cpuset stays outside the ledger: {:?}",
         entry(&st, &c.id)
+    );
+}
+
+/// A bundle limited to `limit` CPUs by the engine (quota/period), with `annotations`.
+fn limited_bundle(limit: Option<f64>, annotations: serde_json::Value) -> std::path::PathBuf {
+    let bundle = busybox_bundle(&["true"]);
+    edit_config(&bundle, |c| {
+        c["annotations"] = annotations;
+        if let Some(l) = limit {
+            c["linux"]["resources"]["cpu"] =
+                json!({"quota": (l * 100_000.0) as i64, "period": 100000});
+        }
+    });
+    bundle
+}
+
+fn create(
+    root: &std::path::Path,
+    bundle: &std::path::Path,
+) -> (berth_integration::cmd::Ran, String) {
+    let id = unique();
+    let r = try_run_via_files(
+        berth::runtime_cmd(root)
+            .args(["create", "--bundle"])
+            .arg(bundle)
+            .arg(&id),
+    );
+    let _ = try_run(
+        command("runc")
+            .arg("--root")
+            .arg(root)
+            .args(["delete", "--force", &id]),
+    );
+    (r, id)
+}
+
+#[test]
+fn annotations_may_ask_for_less_than_the_engine_granted_never_more() {
+    let _g = cpu_lock();
+    let root = fresh_dir("ann-root");
+    // 2 CPUs on a 0.5-CPU pod: refused, naming the annotation, the limit and the key.
+    let b = limited_bundle(
+        Some(0.5),
+        json!({"io.berth.cpus": "2", "io.berth.cpu-mode": "exclusive"}),
+    );
+    let (r, _) = create(&root, &b);
+    assert!(!r.ok(), "an annotation raised the engine's limit");
+    for needle in ["io.berth.cpus", "0.5 CPUs", "within-limit"] {
+        assert!(r.stderr.contains(needle), "{needle}: {}", r.stderr);
+    }
+    // No engine limit: capped by [cpus] max_request (0 by default).
+    let b = limited_bundle(None, json!({"io.berth.cpus": "1"}));
+    let (r, _) = create(&root, &b);
+    assert!(!r.ok() && r.stderr.contains("max_request"), "{}", r.stderr);
+    // Less than the limit is taken: 0.25 of a 0.5 limit.
+    let b = limited_bundle(Some(0.5), json!({"io.berth.cpus": "0.25"}));
+    let (r, _) = create(&root, &b);
+    assert!(r.ok(), "{}", r.stderr);
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b.join("config.json")).unwrap()).unwrap();
+    assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 25000, "{v}");
+}
+
+#[test]
+fn a_forged_applied_record_is_not_taken_as_berths_own() {
+    let _g = cpu_lock();
+    let root = fresh_dir("forge-root");
+    // A tenant pre-sets Berth's bookkeeping: 2 exclusive CPUs "already planned"
+    // for a pod the engine limited to 0.5.
+    let forged = json!({"cpu": {"mode": "exclusive", "pieces": 200, "quota": 50000}}).to_string();
+    let b = limited_bundle(
+        Some(0.5),
+        json!({"io.berth.applied": forged, "io.berth.applied-mark": "00".repeat(32)}),
+    );
+    let (r, _) = create(&root, &b);
+    assert!(r.ok(), "{}", r.stderr);
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b.join("config.json")).unwrap()).unwrap();
+    let applied: serde_json::Value =
+        serde_json::from_str(v["annotations"]["io.berth.applied"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        applied["cpu"]["pieces"], 50,
+        "planned from the engine's limit: {applied}"
+    );
+    assert_eq!(applied["cpu"]["mode"], "split", "{applied}");
+    // Berth's own record, marked, makes a second create of the bundle idempotent.
+    let (r, _) = create(&root, &b);
+    assert!(r.ok(), "{}", r.stderr);
+    let again: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        again["linux"]["resources"]["cpu"],
+        v["linux"]["resources"]["cpu"]
     );
 }

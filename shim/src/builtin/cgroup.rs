@@ -10,6 +10,7 @@
 //! the container's directories from every hierarchy on delete.
 
 use super::{Error, Result};
+use crate::marks::Marks;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -72,13 +73,19 @@ fn clean(p: &str) -> String {
 /// The annotation recording that Berth filled `linux.cgroupsPath` in, so a
 /// bundle used again for another container gets that container's path.
 pub const FILLED: &str = "io.berth.cgroup-filled";
+/// Berth's mark on [`FILLED`] ([`crate::marks`]): an unmarked one is input,
+/// and Berth leaves the path it names alone.
+pub const FILLED_MARK: &str = "io.berth.cgroup-filled-mark";
 
 /// Sets `linux.cgroupsPath` in `spec` to the absolute path runc would use,
 /// when it is missing or relative; returns the path. Without
 /// `--systemd-cgroup`, a `slice:prefix:name` path is, as for runc's cgroupfs
 /// driver, just a relative path whose last part has colons.
-pub fn place(spec: &mut Value, id: &str) -> Result<String> {
-    let filled = crate::spec::annotation(spec, FILLED).map(str::to_string);
+pub fn place(spec: &mut Value, id: &str, marks: &Marks, bundle: &Path) -> Result<String> {
+    let filled = crate::spec::annotation(spec, FILLED)
+        .zip(crate::spec::annotation(spec, FILLED_MARK))
+        .filter(|(path, mark)| marks.verify(bundle, FILLED, path, mark))
+        .map(|(path, _)| path.to_string());
     let given = spec
         .pointer("/linux/cgroupsPath")
         .and_then(Value::as_str)
@@ -96,6 +103,10 @@ pub fn place(spec: &mut Value, id: &str) -> Result<String> {
         }
         if let Some(a) = crate::spec::annotations_mut(spec) {
             a.insert(FILLED.into(), Value::String(path.clone()));
+            a.insert(
+                FILLED_MARK.into(),
+                Value::String(marks.sign(bundle, FILLED, &path)),
+            );
         }
     }
     Ok(path)
@@ -229,20 +240,35 @@ mod tests {
 
     #[test]
     fn place_fills_a_missing_path_and_takes_systemd_form_literally() {
+        let (m, b) = (Marks::with_key([1; 32]), Path::new("/b"));
         let mut s = json!({"linux": {}});
-        let p = place(&mut s, "c1").unwrap();
+        let p = place(&mut s, "c1", &m, b).unwrap();
         assert!(p.ends_with("/c1"), "{p}");
         assert_eq!(s["linux"]["cgroupsPath"], p.as_str());
         // Filled in once, it follows the container, not the bundle.
-        let p2 = place(&mut s, "c2").unwrap();
+        let p2 = place(&mut s, "c2", &m, b).unwrap();
         assert!(p2.ends_with("/c2"), "{p2}");
         assert_eq!(s["annotations"][FILLED], p2.as_str());
         let mut s = json!({"linux": {"cgroupsPath": "/kubepods/x"}});
-        assert_eq!(place(&mut s, "c1").unwrap(), "/kubepods/x");
+        assert_eq!(place(&mut s, "c1", &m, b).unwrap(), "/kubepods/x");
         // runc's cgroupfs driver: a relative path with colons in it.
         let mut s = json!({"linux": {"cgroupsPath": "system.slice:docker:abc"}});
-        let p = place(&mut s, "abc").unwrap();
+        let p = place(&mut s, "abc", &m, b).unwrap();
         assert_eq!(p, runc_path(Some("system.slice:docker:abc"), "abc"));
         assert!(p.ends_with("/system.slice:docker:abc"), "{p}");
+    }
+
+    #[test]
+    fn an_unmarked_filled_annotation_is_input() {
+        let (m, b) = (Marks::with_key([1; 32]), Path::new("/b"));
+        // A spec claiming Berth filled its path in keeps that path.
+        let mut s = json!({"linux": {"cgroupsPath": "/tenant/x"},
+                           "annotations": {FILLED: "/tenant/x", FILLED_MARK: "00"}});
+        assert_eq!(place(&mut s, "c1", &m, b).unwrap(), "/tenant/x");
+        // Berth's own, marked for another bundle, is input there too.
+        let mut s = json!({"linux": {}});
+        place(&mut s, "c1", &m, Path::new("/other")).unwrap();
+        let first = s["linux"]["cgroupsPath"].clone();
+        assert_eq!(place(&mut s, "c2", &m, b).unwrap(), first.as_str().unwrap());
     }
 }

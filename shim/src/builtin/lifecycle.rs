@@ -18,7 +18,8 @@ fn bundle_dir(given: Option<&Path>) -> Result<PathBuf> {
 
 /// Gives the bundle's config.json the cgroup path runc would use (see
 /// [`cgroup::place`]); returns that path.
-fn place_cgroup(bundle: &Path, id: &str) -> Result<String> {
+fn place_cgroup(ctx: &Context, bundle: &Path, id: &str) -> Result<String> {
+    let marks = crate::marks::Marks::open(&ctx.cfg.state_dir)?;
     let path = crate::rewrite::config_path(bundle);
     let bytes = std::fs::read(&path).map_err(|e| Error::io(path.display().to_string(), e))?;
     let mut spec: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
@@ -28,7 +29,7 @@ fn place_cgroup(bundle: &Path, id: &str) -> Result<String> {
         })
     })?;
     let before = spec.pointer("/linux/cgroupsPath").cloned();
-    let cg = cgroup::place(&mut spec, id)?;
+    let cg = cgroup::place(&mut spec, id, &marks, bundle)?;
     if spec.pointer("/linux/cgroupsPath") != before.as_ref() {
         let out = serde_json::to_vec(&spec).map_err(|e| Error::Usage(e.to_string()))?;
         crate::atomic::write_file(&path, &out, 0o644, crate::atomic::Durability::Atomic)?;
@@ -50,7 +51,7 @@ pub fn create(
         return Err(Error::Exists(a.id.clone()));
     }
     let bundle = bundle_dir(a.bundle.as_deref())?;
-    let cg = place_cgroup(&bundle, &a.id)?;
+    let cg = place_cgroup(ctx, &bundle, &a.id)?;
     std::fs::create_dir_all(&ctx.root)
         .map_err(|e| Error::io(format!("state root {}", ctx.root.display()), e))?;
     let what = || format!("cannot create container \"{}\"", a.id);

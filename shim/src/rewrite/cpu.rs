@@ -15,6 +15,7 @@
 //! * `cpu.shares` = `c × 1024`, so fragments share their CPU by weight.
 
 use super::Context;
+use crate::config::AnnotationPolicy;
 use crate::cpus::plan::{parse_cpus, pieces_from_quota, shares, Mode};
 use crate::cpus::topology::format_list;
 use crate::error::{Error, Result};
@@ -27,12 +28,39 @@ pub const CPUS_ANNOTATION: &str = "io.berth.cpus";
 pub const MODE_ANNOTATION: &str = "io.berth.cpu-mode";
 const DEFAULT_PERIOD: u64 = 100_000;
 
-fn previous(s: &Value) -> Option<Value> {
-    let text = spec::annotation(s, super::APPLIED_ANNOTATION)?;
-    serde_json::from_str::<Value>(text)
-        .ok()?
-        .get("cpu")
-        .cloned()
+fn previous(s: &Value, ctx: &Context<'_>) -> Option<Value> {
+    ctx.previous_record(s)?.get("cpu").cloned()
+}
+
+/// With `[cpus] annotations = "within-limit"`: an annotation asking for
+/// `pieces` may not exceed the engine's `limit` (pieces of its CPU quota),
+/// nor, without one, `[cpus] max_request`.
+fn within_limit(value: &str, pieces: u32, limit: Option<u32>, ctx: &Context<'_>) -> Result<()> {
+    let base = f64::from(ctx.config.cpus.base);
+    let (cap, what) = match limit {
+        Some(l) => (
+            l,
+            format!("the engine's CPU limit of {} CPUs", f64::from(l) / base),
+        ),
+        None => {
+            let max = ctx.config.cpus.max_request;
+            (
+                (max * base).floor() as u32,
+                format!("[cpus] max_request = {max} (the container has no CPU limit)"),
+            )
+        }
+    };
+    if pieces <= cap {
+        return Ok(());
+    }
+    Err(Error::Annotation {
+        key: CPUS_ANNOTATION.into(),
+        value: value.into(),
+        reason: format!(
+            "asks for more than {what}; with [cpus] annotations = \"within-limit\" an \
+             annotation may only ask for less than the engine granted"
+        ),
+    })
 }
 
 /// Applies the CPU split; returns `{"mode","pieces","cpus","mems"}`.
@@ -44,7 +72,7 @@ pub fn apply(s: &mut Value, ctx: &Context<'_>) -> Result<Option<Value>> {
         return Ok(None);
     }
     let base = alloc.base();
-    let prev = previous(s);
+    let prev = previous(s, ctx);
     let cpu = s
         .pointer("/linux/resources/cpu")
         .cloned()
@@ -68,7 +96,21 @@ pub fn apply(s: &mut Value, ctx: &Context<'_>) -> Result<Option<Value>> {
         .and_then(|p| p.get("quota"))
         .and_then(Value::as_i64);
 
-    let mode_ann = spec::annotation(s, MODE_ANNOTATION);
+    let policy = ctx.config.cpus.annotations;
+    let annotation = |key: &str| match policy {
+        AnnotationPolicy::Ignore => {
+            if let Some(v) = spec::annotation(s, key) {
+                tracing::debug!(
+                    annotation = key,
+                    value = v,
+                    "ignored ([cpus] annotations = \"ignore\")"
+                );
+            }
+            None
+        }
+        _ => spec::annotation(s, key),
+    };
+    let mode_ann = annotation(MODE_ANNOTATION);
     let mode = match mode_ann {
         None => None,
         Some(m) => Some(Mode::parse(m).ok_or_else(|| Error::Annotation {
@@ -77,12 +119,20 @@ pub fn apply(s: &mut Value, ctx: &Context<'_>) -> Result<Option<Value>> {
             reason: "must be split, exclusive or shared".into(),
         })?),
     };
-    let (mode, pieces) = if let Some(c) = spec::annotation(s, CPUS_ANNOTATION) {
+    let (mode, pieces) = if let Some(c) = annotation(CPUS_ANNOTATION) {
         let pieces = parse_cpus(c, base).map_err(|reason| Error::Annotation {
             key: CPUS_ANNOTATION.into(),
             value: c.into(),
             reason,
         })?;
+        if policy == AnnotationPolicy::WithinLimit {
+            within_limit(
+                c,
+                pieces,
+                quota.map(|q| pieces_from_quota(q, period, base)),
+                ctx,
+            )?;
+        }
         (mode.unwrap_or(Mode::Split), pieces)
     } else if let (Some(p), Some(q)) = (prev.as_ref(), quota.filter(|q| Some(*q) == prev_quota)) {
         // A second pass over our own output: the request we recorded.

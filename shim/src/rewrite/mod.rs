@@ -24,6 +24,9 @@ use std::path::{Path, PathBuf};
 
 /// The annotation that records what Berth changed.
 pub const APPLIED_ANNOTATION: &str = "io.berth.applied";
+/// Berth's mark on [`APPLIED_ANNOTATION`] (see [`crate::marks`]): without a
+/// valid one, a record in the input is not taken as Berth's earlier work.
+pub const APPLIED_MARK_ANNOTATION: &str = "io.berth.applied-mark";
 
 /// What a stage sees besides the document.
 #[derive(Clone, Copy)]
@@ -34,6 +37,25 @@ pub struct Context<'a> {
     pub config: &'a RuntimeConfig,
     /// The host's CPU allocator; None skips the CPU split.
     pub cpus: Option<&'a dyn crate::cpus::Allocator>,
+    /// The host's mark key; None trusts no earlier record and marks nothing.
+    pub marks: Option<&'a crate::marks::Marks>,
+}
+
+impl Context<'_> {
+    /// The applied record of an earlier pass over this bundle, if Berth
+    /// wrote it (its mark verifies); a record without one is only input.
+    pub fn previous_record(&self, spec: &Value) -> Option<Value> {
+        let text = crate::spec::annotation(spec, APPLIED_ANNOTATION)?;
+        let mark = crate::spec::annotation(spec, APPLIED_MARK_ANNOTATION)?;
+        if !self
+            .marks?
+            .verify(self.bundle, APPLIED_ANNOTATION, text, mark)
+        {
+            tracing::debug!("an io.berth.applied record without Berth's mark is ignored");
+            return None;
+        }
+        serde_json::from_str(text).ok()
+    }
 }
 
 /// Applies every stage to `spec` in place; returns the applied record.
@@ -61,8 +83,15 @@ pub fn rewrite_spec(spec: &mut Value, ctx: &Context<'_>) -> Result<Value> {
         path,
         message: e.to_string(),
     })?;
+    let mark = ctx
+        .marks
+        .map(|m| m.sign(ctx.bundle, APPLIED_ANNOTATION, &text));
     if let Some(a) = crate::spec::annotations_mut(spec) {
         a.insert(APPLIED_ANNOTATION.into(), Value::String(text));
+        match mark {
+            Some(m) => a.insert(APPLIED_MARK_ANNOTATION.into(), Value::String(m)),
+            None => a.remove(APPLIED_MARK_ANNOTATION),
+        };
     }
     Ok(record)
 }
@@ -102,6 +131,9 @@ pub fn rewrite_bundle_with(
 ) -> Result<Value> {
     let path = config_path(bundle);
     let raw = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    // Marks name the bundle by its canonical path, as every later pass sees it.
+    let bundle = &std::fs::canonicalize(bundle).map_err(|e| Error::io(bundle, e))?;
+    let marks = crate::marks::Marks::open(&config.state_dir)?;
     let mut spec: Value = serde_json::from_slice(&raw).map_err(|e| Error::Spec {
         path: path.clone(),
         message: e.to_string(),
@@ -112,6 +144,7 @@ pub fn rewrite_bundle_with(
             bundle,
             config,
             cpus,
+            marks: Some(&marks),
         },
     )?;
     let mut out = serde_json::to_vec(&spec).map_err(|e| Error::Spec {
