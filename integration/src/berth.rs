@@ -66,6 +66,9 @@ state_dir = "{state}"
 [sysctl]
 machine_class_file = "{machine}"
 policy_dir = "{policies}"
+# The strict mode, so the tests see the allow list at work (the default
+# takes a container's namespaced keys as runc does; runtime.rs tests it).
+container_keys = "safe-list"
 allow = ["{allowed}"]
 
 [preload]

@@ -62,8 +62,23 @@ pub struct SysctlConfig {
     pub machine_class_file: PathBuf,
     /// Directory of app policies, `<name>.toml`, chosen by `io.berth.sysctl-policy`.
     pub policy_dir: PathBuf,
-    /// Keys a container may set besides kubelet's safe list; `prefix.*` globs allowed.
+    /// Which of its own namespaced keys a container may set: `all`, as runc
+    /// (the engines filter first), or `safe-list`: kubelet's safe list and
+    /// [`SysctlConfig::allow`] only. Host-only keys are always refused.
+    pub container_keys: ContainerKeys,
+    /// Keys a container may set besides kubelet's safe list with
+    /// `container_keys = "safe-list"`; `prefix.*` globs allowed.
     pub allow: Vec<String>,
+}
+
+/// `[sysctl] container_keys`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContainerKeys {
+    /// Every namespaced key, as runc takes them.
+    All,
+    /// kubelet's safe list plus `allow`.
+    SafeList,
 }
 
 impl Default for SysctlConfig {
@@ -71,6 +86,7 @@ impl Default for SysctlConfig {
         SysctlConfig {
             machine_class_file: PathBuf::from("/etc/berth/sysctl/machine.toml"),
             policy_dir: PathBuf::from("/etc/berth/sysctl/policies"),
+            container_keys: ContainerKeys::All,
             allow: Vec::new(),
         }
     }

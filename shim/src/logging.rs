@@ -146,8 +146,10 @@ fn is_library(target: &str) -> bool {
 }
 
 /// Installs the global subscriber: to `log` (appended) or stderr, in
-/// `format`, at info level or debug with `debug`. Returns whether the
-/// destination is a file (then fatal errors also go to stderr, as runc does).
+/// `format`. Levels: everything to debug with `debug`; else info to a log
+/// file, and only warnings and errors on stderr, which runc leaves quiet.
+/// Returns whether the destination is a file (then fatal errors also go to
+/// stderr, as runc does).
 pub fn init(log: Option<&Path>, format: Format, debug: bool) -> bool {
     let (out, to_file): (Box<dyn Write + Send>, bool) = match log {
         Some(p) => match std::fs::OpenOptions::new()
@@ -166,7 +168,13 @@ pub fn init(log: Option<&Path>, format: Format, debug: bool) -> bool {
     let layer = RuncLayer {
         out: Mutex::new(out),
         format,
-        max: if debug { Level::DEBUG } else { Level::INFO },
+        max: if debug {
+            Level::DEBUG
+        } else if to_file {
+            Level::INFO
+        } else {
+            Level::WARN
+        },
     };
     let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer));
     to_file

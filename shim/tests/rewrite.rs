@@ -219,11 +219,27 @@ fn non_namespaced_sysctl_is_refused() {
 }
 
 #[test]
-fn unlisted_sysctl_is_refused_and_allowlisted_one_passes() {
+fn a_containers_namespaced_sysctl_passes_by_default_as_with_runc() {
+    let h = host();
+    let mut s = base_spec();
+    s["linux"]["sysctl"] = json!({"net.core.somaxconn": "1024"});
+    let b = bundle(&h, &s, true);
+    rewrite_bundle(&b, &h.cfg).unwrap();
+    assert_eq!(read(&b)["linux"]["sysctl"]["net.core.somaxconn"], "1024");
+}
+
+#[test]
+fn with_the_safe_list_an_unlisted_sysctl_is_refused_and_allowlisted_one_passes() {
+    let mut h = host();
+    h.cfg.sysctl.container_keys = berth_runtime::config::ContainerKeys::SafeList;
     let mut s = base_spec();
     s["linux"]["sysctl"] = json!({"net.core.rmem_max": "1"});
-    refused(s, &["net.core.rmem_max", "not allowed"]);
-    let h = host();
+    let b = bundle(&h, &s, true);
+    let err = rewrite_bundle(&b, &h.cfg).unwrap_err().to_string();
+    assert!(
+        err.contains("net.core.rmem_max") && err.contains("safe-list"),
+        "{err}"
+    );
     let mut s = base_spec();
     s["linux"]["sysctl"] = json!({"net.ipv4.tcp_max_syn_backlog": "512"});
     let b = bundle(&h, &s, true);

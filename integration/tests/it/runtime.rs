@@ -622,3 +622,86 @@ on_both_backends!(
     cri_runtime_handler_runs_pods_on_berth,
     docker_prestart_hook_survives_and_host_network_skips_net_sysctls
 );
+
+/// `run` of a bundle setting `sysctl` under a configuration with the
+/// defaults (but for state and preload) plus `extra`.
+fn run_with_sysctl(extra: &str, key: &str, value: &str) -> Ran {
+    let dir = fresh_dir("sysctl-default");
+    let cfg = dir.join("runtime.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = \"{}\"\n[preload]\nenabled = false\n{extra}",
+            dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    let bundle = busybox_bundle(&["cat", &sysctl_path(key)]);
+    edit_config(&bundle, |c| c["linux"]["sysctl"] = json!({ key: value }));
+    try_run(
+        Command::new(binary("berth-runtime"))
+            .arg("--berth-config")
+            .arg(&cfg)
+            .arg("--root")
+            .arg(dir.join("root"))
+            .args(["run", "--bundle"])
+            .arg(&bundle)
+            .arg(unique()),
+    )
+}
+
+#[test]
+fn a_containers_namespaced_sysctl_passes_by_default_as_with_runc() {
+    // What `docker run --sysctl net.core.somaxconn=1024` hands the runtime.
+    let r = run_with_sysctl("", "net.core.somaxconn", "1024");
+    assert!(r.ok(), "{}", r.stderr);
+    assert_eq!(r.stdout.trim(), "1024");
+    // The strict mode refuses it, naming the key and the setting.
+    let r = run_with_sysctl(
+        "[sysctl]\ncontainer_keys = \"safe-list\"\n",
+        "net.core.somaxconn",
+        "1024",
+    );
+    assert!(!r.ok());
+    assert!(
+        r.stderr.contains("net.core.somaxconn") && r.stderr.contains("safe-list"),
+        "{}",
+        r.stderr
+    );
+    // A host-only key is refused whatever the mode.
+    let r = run_with_sysctl("", "vm.swappiness", "1");
+    assert!(
+        !r.ok() && r.stderr.contains("not namespaced"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn quiet_on_stderr_like_runc_and_plain_fields_with_debug() {
+    let _g = berth::cpu_lock();
+    let run = |debug: bool| {
+        let root = fresh_dir("quiet-root");
+        let bundle = busybox_bundle(&["true"]);
+        // A CPU limit, so the CPU split and the preload stage have something to say.
+        edit_config(&bundle, |c| {
+            c["linux"]["resources"]["cpu"] = json!({"quota": 50000, "period": 100000})
+        });
+        let mut c = berth::runtime_cmd(&root);
+        if debug {
+            c.arg("--debug");
+        }
+        try_run(c.args(["run", "--bundle"]).arg(&bundle).arg(unique()))
+    };
+    let quiet = run(false);
+    assert!(quiet.ok(), "{}", quiet.stderr);
+    assert_eq!(
+        quiet.stderr, "",
+        "runc prints nothing on stderr for a good run"
+    );
+    let loud = run(true);
+    assert!(loud.ok(), "{}", loud.stderr);
+    assert!(loud.stderr.contains("CPU split planned"), "{}", loud.stderr);
+    // A field's value is quoted once: cpus="0", not cpus="\"0\"".
+    assert!(!loud.stderr.contains("=\"\\\""), "{}", loud.stderr);
+}

@@ -220,6 +220,6 @@ pub fn apply(s: &mut Value, ctx: &Context<'_>) -> Result<Option<Value>> {
         cpu.insert("shares".into(), json!(shares(pieces, base)));
         record["quota"] = json!(q);
     }
-    tracing::info!(mode = ?mode, pieces, cpus = %record["cpus"], "CPU split planned");
+    tracing::info!(mode = ?mode, pieces, cpus = record["cpus"].as_str().unwrap_or(""), "CPU split planned");
     Ok(Some(record))
 }

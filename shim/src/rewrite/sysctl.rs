@@ -7,8 +7,11 @@
 //! * Only namespaced keys are ever set: `net.*`, `kernel.shm*`, `kernel.msg*`,
 //!   `kernel.sem`, `fs.mqueue.*`. `net.*` needs the container's own network
 //!   namespace and the IPC keys its own IPC namespace.
-//! * A key the container sets itself must be in kubelet's safe list or the
-//!   admin's `[sysctl] allow`, unless it equals what the policy layers give.
+//! * A key the container sets itself is taken as runc takes it (the engines
+//!   filter first: Docker allows only namespaced keys, kubelet its safe and
+//!   unsafe lists). With `[sysctl] container_keys = "safe-list"` it must be
+//!   in kubelet's safe list or the admin's `[sysctl] allow`, unless it
+//!   equals what the policy layers give.
 //! * Admin layers are trusted: a non-namespaced key there is a config error.
 //!   The machine-class file is host-wide, so its keys that a container's
 //!   namespaces cannot take (host network, host IPC) are skipped for that
@@ -16,6 +19,7 @@
 //!   cannot apply is refused.
 
 use super::Context;
+use crate::config::ContainerKeys;
 use crate::error::{Error, Result};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -228,10 +232,13 @@ pub fn apply(spec: &mut Value, ctx: &Context<'_>) -> Result<Option<Value>> {
             });
         }
         let from_policy = policy.get(k).map(|p| p == v).unwrap_or(false);
-        if !from_policy && !allowed(k, &cfg.allow) {
+        if cfg.container_keys == ContainerKeys::SafeList && !from_policy && !allowed(k, &cfg.allow)
+        {
             return Err(Error::Sysctl {
                 key: k.clone(),
-                reason: "is not allowed: not in kubelet's safe list nor in [sysctl] allow of the Berth runtime config".into(),
+                reason: "is not allowed: not in kubelet's safe list nor in [sysctl] allow \
+                         ([sysctl] container_keys = \"safe-list\" in the Berth runtime config)"
+                    .into(),
             });
         }
     }
