@@ -8,6 +8,7 @@
 
 pub mod atomic;
 pub mod builtin;
+pub mod cgroup_path;
 pub mod cli;
 pub mod config;
 pub mod cpus;

@@ -57,13 +57,21 @@ fn run(cli: &Cli, verb: &Verb, args: &[OsString]) -> anyhow::Result<Never> {
     }
     let mut args = cli::delegate_args(args);
     let delegate = match verb {
-        Verb::Create(c) => prepare(&cfg, &records, root, c.bundle.as_deref(), &c.id)?,
+        Verb::Create(c) => prepare(
+            &cfg,
+            &records,
+            root,
+            c.bundle.as_deref(),
+            &c.id,
+            cli.systemd_cgroup,
+        )?,
         Verb::Run(r) => prepare(
             &cfg,
             &records,
             root,
             r.create.bundle.as_deref(),
             &r.create.id,
+            cli.systemd_cgroup,
         )?,
         Verb::Cpus { json, gc } => {
             let v = cpus::ops::status(&cfg, *gc)?;
@@ -246,6 +254,7 @@ fn prepare(
     root: Option<&Path>,
     bundle: Option<&Path>,
     id: &str,
+    systemd_cgroup: bool,
 ) -> anyhow::Result<PathBuf> {
     if !delegate::valid_id(id) {
         return Err(berth_runtime::Error::ContainerId(id.into()).into());
@@ -257,10 +266,16 @@ fn prepare(
         cfg,
         berth_runtime::spec::annotation(&spec, delegate::ANNOTATION),
     )?;
-    let cgroup = spec
-        .pointer("/linux/cgroupsPath")
-        .and_then(|v| v.as_str())
-        .map(str::to_string);
+    // Recorded resolved, for the driver this runtime was called with, so the
+    // pool rewrite and a ledger rebuild find the directory systemd or runc made.
+    let given = spec.pointer("/linux/cgroupsPath").and_then(|v| v.as_str());
+    let cgroup = match berth_runtime::cgroup_path::resolve(given, id, systemd_cgroup) {
+        Ok(dir) => Some(dir),
+        Err(e) => {
+            tracing::warn!(container = id, "{e}; its cgroup is recorded as given");
+            given.map(str::to_string)
+        }
+    };
     let allocator = if cfg.cpus.enabled {
         Some(cpus::HostAllocator::new(cfg, root, id)?)
     } else {

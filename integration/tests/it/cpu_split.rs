@@ -455,3 +455,131 @@ fn a_forged_applied_record_is_not_taken_as_berths_own() {
         v["linux"]["resources"]["cpu"]
     );
 }
+
+/// The systemd cgroup driver, as Kubernetes hosts use it, without systemd
+/// (this machine has none): berth-runtime gets `--systemd-cgroup` and a
+/// `slice:prefix:name` path, and its delegate is a stand-in for runc's
+/// systemd driver that runs runc with cgroupfs at the directory systemd
+/// would make, nested by the slice's dashes (written out here by hand, not
+/// by Berth's code). The shared pool rewrite and a ledger rebuild must find
+/// the container there.
+#[test]
+fn the_systemd_driver_s_nested_slices_are_found_by_the_pool_rewrite_and_rebuild() {
+    use std::os::unix::fs::PermissionsExt;
+    let _g = cpu_lock();
+    let p = unique();
+    let id = unique();
+    let systemd_form = format!("{p}kubepods-burstable-{p}pod1.slice:cri-containerd:{id}");
+    let nested = format!(
+        "/{p}kubepods.slice/{p}kubepods-burstable.slice/{p}kubepods-burstable-{p}pod1.slice/cri-containerd-{id}.scope"
+    );
+    let dir = fresh_dir("systemd-driver");
+    let wrapper = dir.join("runc-systemd-stand-in");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n\
+             # runc's systemd driver needs systemd: run runc with cgroupfs at\n\
+             # the directory systemd would have made instead.\n\
+             for a do shift; [ \"$a\" = --systemd-cgroup ] || set -- \"$@\" \"$a\"; done\n\
+             if [ -n \"$STAND_IN_BUNDLE\" ]; then\n\
+               sed -i 's#\"cgroupsPath\":\"[^\"]*\"#\"cgroupsPath\":\"{nested}\"#' \"$STAND_IN_BUNDLE/config.json\"\n\
+             fi\n\
+             exec runc \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let text = std::fs::read_to_string(berth::config()).unwrap().replacen(
+        "delegate = \"runc\"",
+        &format!("backend = \"{}\"", wrapper.display()),
+        1,
+    );
+    let cfg = dir.join("runtime.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let root = fresh_dir("systemd-root");
+    let berth = |stand_in_bundle: Option<&std::path::Path>| {
+        let mut c = Command::new(binary("berth-runtime"));
+        c.arg("--berth-config")
+            .arg(&cfg)
+            .arg("--root")
+            .arg(&root)
+            .arg("--systemd-cgroup")
+            .env(
+                "STAND_IN_BUNDLE",
+                stand_in_bundle.map(|b| b.as_os_str()).unwrap_or_default(),
+            );
+        c
+    };
+    // Removes the container and the slices the stand-in made, also when an
+    // assertion fails.
+    struct Gone<F: FnMut()>(F);
+    impl<F: FnMut()> Drop for Gone<F> {
+        fn drop(&mut self) {
+            (self.0)()
+        }
+    }
+    let _gone = Gone(|| {
+        let _ = try_run(berth(None).args(["delete", "--force", &id]));
+        let dirs: Vec<String> = (1..=3)
+            .rev()
+            .map(|depth| {
+                let parts: Vec<&str> = nested
+                    .trim_start_matches('/')
+                    .split('/')
+                    .take(depth)
+                    .collect();
+                parts.join("/")
+            })
+            .collect();
+        // The scope may leave a hierarchy a moment after delete returns.
+        berth_integration::process::wait_until(Duration::from_secs(3), || {
+            let mut left = false;
+            for h in std::fs::read_dir("/sys/fs/cgroup")
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                for d in &dirs {
+                    let _ = std::fs::remove_dir(h.path().join(d));
+                }
+                left |= h.path().join(&dirs[2]).exists();
+            }
+            !left
+        });
+    });
+    // A shared container (no CPU request) in the pod's slice.
+    let bundle = busybox_bundle(&["sleep", "60"]);
+    edit_config(&bundle, |c| c["linux"]["cgroupsPath"] = json!(systemd_form));
+    let r = try_run_via_files(
+        berth(Some(&bundle))
+            .args(["create", "--bundle"])
+            .arg(&bundle)
+            .arg(&id),
+    );
+    assert!(r.ok(), "create: {}", r.stderr);
+    assert!(try_run_via_files(berth(None).args(["start", &id])).ok());
+    let cpuset = std::path::Path::new("/sys/fs/cgroup/cpuset")
+        .join(nested.trim_start_matches('/'))
+        .join("cpuset.cpus");
+    let read = || std::fs::read_to_string(&cpuset).map(|s| s.trim().to_string());
+    let before = read().expect("the container's cgroup at the nested slice path");
+    // An exclusive container takes a CPU: the shared one must move off it.
+    let excl = berth_sleeper(&["--cpus", "1"]);
+    let e = entry(&cpu_status(), &excl.id).expect("exclusive entry");
+    let taken = berth_runtime_cpus(e["exclusive"].as_str().unwrap());
+    let after = read().unwrap();
+    let after_cpus = berth_runtime_cpus(&after);
+    assert!(
+        !after_cpus.iter().any(|c| taken.contains(c)),
+        "the shared container in {nested} still has exclusive cpu {taken:?}: {before} -> {after}"
+    );
+    // A rebuilt ledger finds it there too.
+    let ledger = berth::config().parent().unwrap().join("state/cpus/ledger");
+    std::fs::remove_file(&ledger).unwrap();
+    let st = cpu_status();
+    let rebuilt = entry(&st, &id);
+    drop(excl);
+    let rebuilt = rebuilt.unwrap_or_else(|| panic!("not rebuilt from its nested cgroup: {st}"));
+    assert_eq!(rebuilt["cgroup"], nested.as_str(), "{rebuilt}");
+}

@@ -21,54 +21,10 @@ const ROOT: &str = "/sys/fs/cgroup";
 /// The hierarchies libcontainer does not join, by mount directory.
 const EXTRA: &[&str] = &["systemd", "unified"];
 
-/// The lines of `/proc/self/cgroup` as (controllers, path): controllers
-/// is empty for the unified hierarchy and `name=systemd` for systemd's.
-fn self_cgroups() -> Vec<(String, String)> {
-    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    text.lines()
-        .filter_map(|line| {
-            let mut parts = line.splitn(3, ':');
-            let _id = parts.next()?;
-            Some((parts.next()?.to_string(), parts.next()?.to_string()))
-        })
-        .collect()
-}
-
-/// This process's cgroup in the hierarchy runc takes its parent from:
-/// the first v1 controller line of `/proc/self/cgroup`, else the v2 line.
-fn own_cgroup() -> String {
-    let lines = self_cgroups();
-    lines
-        .iter()
-        .find(|(ctrl, _)| !ctrl.is_empty() && !ctrl.starts_with("name="))
-        .or_else(|| lines.iter().find(|(ctrl, _)| ctrl.is_empty()))
-        .map_or_else(|| "/".into(), |(_, path)| path.clone())
-}
-
-/// The absolute cgroup path runc would give a container `id` whose spec
-/// says `cgroups_path` (None: not set).
-pub fn runc_path(cgroups_path: Option<&str>, id: &str) -> String {
-    match cgroups_path {
-        Some(p) if p.starts_with('/') => clean(p),
-        Some(p) if !p.is_empty() => clean(&format!("{}/{p}", own_cgroup())),
-        _ => clean(&format!("{}/{id}", own_cgroup())),
-    }
-}
-
-/// Collapses `//`, `.` and `..` (never above `/`), as Go's `CleanPath`.
-fn clean(p: &str) -> String {
-    let mut out: Vec<&str> = Vec::new();
-    for part in p.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            s => out.push(s),
-        }
-    }
-    format!("/{}", out.join("/"))
-}
+/// The absolute cgroup path runc's cgroupfs driver would give a container
+/// `id` whose spec says `cgroups_path` (None: not set).
+pub use crate::cgroup_path::cgroupfs as runc_path;
+use crate::cgroup_path::self_cgroups;
 
 /// The annotation recording that Berth filled `linux.cgroupsPath` in, so a
 /// bundle used again for another container gets that container's path.
@@ -222,6 +178,7 @@ pub fn remove(path: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cgroup_path::{clean, own_cgroup};
     use serde_json::json;
 
     #[test]

@@ -5,20 +5,18 @@
 
 use std::path::{Path, PathBuf};
 
-/// Turns an OCI `cgroupsPath` into a path relative to a hierarchy root:
-/// cgroupfs paths as they are, systemd's `slice:prefix:name` as
-/// `slice/prefix-name.scope`.
-pub fn relative_path(cgroups_path: &str) -> PathBuf {
-    let parts: Vec<&str> = cgroups_path.split(':').collect();
-    if parts.len() == 3 && !cgroups_path.starts_with('/') {
-        let slice = if parts[0].is_empty() {
-            "system.slice"
-        } else {
-            parts[0]
-        };
-        return PathBuf::from(slice).join(format!("{}-{}.scope", parts[1], parts[2]));
-    }
-    PathBuf::from(cgroups_path.trim_start_matches('/'))
+/// The directory of a recorded cgroup under a hierarchy root: a resolved
+/// path ([`crate::cgroup_path::resolve`], what records hold) is cleaned of
+/// `.` and `..`; a record from before Berth resolved paths holds the raw
+/// `cgroupsPath`, taken as the systemd driver's when it has that shape.
+pub fn relative_path(cgroup: &str) -> PathBuf {
+    let dir = if cgroup.starts_with('/') {
+        crate::cgroup_path::clean(cgroup)
+    } else {
+        crate::cgroup_path::systemd(cgroup)
+            .unwrap_or_else(|_| crate::cgroup_path::cgroupfs(Some(cgroup), ""))
+    };
+    PathBuf::from(dir.trim_start_matches('/'))
 }
 
 fn file(controller: &str, rel: &Path, name: &str) -> PathBuf {
@@ -74,11 +72,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn systemd_and_cgroupfs_paths() {
+    fn recorded_paths_stay_under_the_root() {
         assert_eq!(relative_path("/docker/abc"), PathBuf::from("docker/abc"));
+        assert_eq!(relative_path("/a/../../etc/x"), PathBuf::from("etc/x"));
+        // Records from before paths were resolved: systemd's shape.
         assert_eq!(
-            relative_path("system.slice:docker:abc"),
-            PathBuf::from("system.slice/docker-abc.scope")
+            relative_path("kubepods-besteffort.slice:cri-containerd:abc"),
+            PathBuf::from("kubepods.slice/kubepods-besteffort.slice/cri-containerd-abc.scope")
         );
         assert_eq!(
             relative_path(":cri-containerd:abc"),
