@@ -42,11 +42,15 @@ pub fn write_file(
         name.to_string_lossy(),
         std::process::id()
     ));
+    // A temp file of ours left by a killed run is removed; whatever else
+    // appears at that name (a planted symlink) makes the open fail rather
+    // than be written through: O_EXCL and O_NOFOLLOW.
+    let _ = std::fs::remove_file(&tmp);
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .mode(mode)
             .open(&tmp)
             .map_err(|e| Error::io(&tmp, e))?;
@@ -86,6 +90,21 @@ mod tests {
         );
         // No temp file is left behind.
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_symlink_at_the_temp_name_is_not_written_through() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        let p = d.path().join("config.json");
+        let tmp = d
+            .path()
+            .join(format!(".config.json.berth-{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        write_file(&p, b"new", 0o644, Durability::Atomic).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(std::fs::read(&p).unwrap(), b"new");
     }
 
     #[test]

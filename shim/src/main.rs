@@ -285,7 +285,19 @@ fn prepare(
         &bundle,
         cfg,
         allocator.as_ref().map(|a| a as &dyn cpus::Allocator),
-    )?;
+    )
+    .inspect_err(|_| {
+        // A stage after the CPU split failed: the container will not exist,
+        // so its CPUs go back now, not at some later GC.
+        if allocator.is_some() && cpus::ops::has_entry(cfg, root, id) {
+            if let Err(e) = cpus::ops::release(cfg, root, id) {
+                tracing::warn!(
+                    container = id,
+                    "cannot release the CPU allocation (GC will): {e}"
+                );
+            }
+        }
+    })?;
     tracing::info!(container = id, applied = %applied, "config.json rewritten");
     // With the CPU ledger on, its GC removes the records of gone containers
     // as it frees them; without it, records are swept here.

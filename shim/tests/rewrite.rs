@@ -299,6 +299,36 @@ fn broken_config_json_is_a_clear_error_and_untouched() {
     assert!(rewrite_bundle(&b, &h.cfg).is_err());
 }
 
+/// An allocator that fits any request: exclusive CPUs from 0 up, the
+/// fragment on the next one, and a pool of the rest.
+struct AnyFits;
+
+impl berth_runtime::cpus::Allocator for AnyFits {
+    fn allocate(
+        &self,
+        mode: berth_runtime::cpus::plan::Mode,
+        pieces: u32,
+    ) -> berth_runtime::Result<(berth_runtime::cpus::plan::Allocation, Option<String>)> {
+        let whole = pieces / 100;
+        Ok((
+            berth_runtime::cpus::plan::Allocation {
+                mode,
+                pieces,
+                exclusive: (0..whole.min(64)).collect(),
+                fragment: None,
+                nodes: vec![0],
+            },
+            Some("64-127".into()),
+        ))
+    }
+    fn base(&self) -> u32 {
+        100
+    }
+    fn respect_user_cpuset(&self) -> bool {
+        true
+    }
+}
+
 fn arb_json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
@@ -362,6 +392,38 @@ proptest! {
             let once = std::fs::read(b.join("config.json")).unwrap();
             rewrite_bundle(&b, &h.cfg).unwrap();
             prop_assert_eq!(once, std::fs::read(b.join("config.json")).unwrap());
+        }
+    }
+
+    #[test]
+    fn the_cpu_stage_never_panics_nor_exceeds_the_engine_limit(
+        quota in any::<i64>(),
+        period in prop_oneof![any::<u64>(), 1u64..2_000_000],
+        request in proptest::option::of(prop_oneof!["[0-9]{1,12}(\\.[0-9]{0,4})?".prop_map(String::from), "[-a-z0-9.e]{0,8}".prop_map(String::from)]),
+        mode in proptest::option::of(prop_oneof![Just("split"), Just("exclusive"), Just("shared"), Just("x")]),
+        trusted in any::<bool>(),
+    ) {
+        let mut h = host();
+        if trusted {
+            h.cfg.cpus.annotations = berth_runtime::config::AnnotationPolicy::Trusted;
+        }
+        let mut s = base_spec();
+        s["linux"]["resources"]["cpu"] = json!({"quota": quota, "period": period});
+        let mut ann = serde_json::Map::new();
+        if let Some(r) = request { ann.insert("io.berth.cpus".into(), json!(r)); }
+        if let Some(m) = mode { ann.insert("io.berth.cpu-mode".into(), json!(m)); }
+        s["annotations"] = Value::Object(ann);
+        let b = bundle(&h, &s, true);
+        let mut spec = s.clone();
+        let r = rewrite_spec(&mut spec, &Context { bundle: &b, config: &h.cfg, cpus: Some(&AnyFits), marks: None });
+        if r.is_ok() && !trusted && quota > 0 {
+            let written = spec["linux"]["resources"]["cpu"]["quota"].as_i64().unwrap_or(quota);
+            let eff_period = spec["linux"]["resources"]["cpu"]["period"].as_u64().unwrap_or(period);
+            // Never more CPUs than the engine granted (pieces are rounded up to 1/base).
+            prop_assert!(
+                (written as f64) / (eff_period as f64) <= (quota as f64) / (period.max(1) as f64) + 0.011,
+                "quota {quota}/{period} became {written}/{eff_period}"
+            );
         }
     }
 

@@ -583,3 +583,66 @@ fn the_systemd_driver_s_nested_slices_are_found_by_the_pool_rewrite_and_rebuild(
     let rebuilt = rebuilt.unwrap_or_else(|| panic!("not rebuilt from its nested cgroup: {st}"));
     assert_eq!(rebuilt["cgroup"], nested.as_str(), "{rebuilt}");
 }
+
+#[test]
+fn a_create_failing_after_the_cpu_split_gives_its_cpus_back_at_once() {
+    let _g = cpu_lock();
+    let root = fresh_dir("fail-root");
+    // A whole CPU is planned, then the preload stage refuses the bad value.
+    let b = limited_bundle(Some(1.0), json!({"io.berth.cpu-preload": "bogus"}));
+    let (r, id) = create(&root, &b);
+    assert!(!r.ok(), "a bad io.berth.cpu-preload must fail create");
+    assert!(r.stderr.contains("io.berth.cpu-preload"), "{}", r.stderr);
+    // Read without GC: the allocation must already be gone.
+    let out = berth_integration::cmd::run(
+        Command::new(binary("berth-runtime"))
+            .arg("--berth-config")
+            .arg(berth::config())
+            .args(["cpus", "--json"]),
+    );
+    let st: Value = serde_json::from_str(&out).unwrap();
+    assert!(entry(&st, &id).is_none(), "allocation left behind: {st}");
+}
+
+#[test]
+fn cpus_freed_by_gc_go_back_to_running_shared_containers() {
+    let _g = cpu_lock();
+    let shared = berth_sleeper(&[]);
+    // An exclusive container through berth-runtime (runc as the delegate)...
+    let root = fresh_dir("gc-root");
+    let bundle = busybox_bundle(&["sleep", "60"]);
+    edit_config(&bundle, |c| {
+        c["linux"]["resources"]["cpu"] = json!({"quota": 100000, "period": 100000})
+    });
+    let id = unique();
+    let r = try_run_via_files(
+        berth::runtime_cmd(&root)
+            .args(["create", "--bundle"])
+            .arg(&bundle)
+            .arg(&id),
+    );
+    assert!(r.ok(), "{}", r.stderr);
+    let e = entry(&cpu_status(), &id).expect("exclusive entry");
+    let taken = berth_runtime_cpus(e["exclusive"].as_str().unwrap());
+    assert!(
+        !berth_runtime_cpus(&cgroup_cpus(&shared))
+            .iter()
+            .any(|c| taken.contains(c)),
+        "the shared container moved off the exclusive cpu"
+    );
+    // ...deleted behind Berth's back: only GC can free its CPU.
+    let r = try_run(
+        command("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["delete", "--force", &id]),
+    );
+    assert!(r.ok(), "{}", r.stderr);
+    let st = cpu_status(); // `cpus --json --gc`
+    assert!(entry(&st, &id).is_none(), "GC freed it: {st}");
+    assert_eq!(
+        cgroup_cpus(&shared),
+        "0-1",
+        "the CPU GC freed went back to the running shared container"
+    );
+}

@@ -78,29 +78,36 @@ pub fn apply_pool(ledger: &ledger::Ledger, skip: &str) {
     }
 }
 
+/// Moves the running shared containers (but `skip`) onto the shared pool
+/// when it is no longer `before`: whatever changed the exclusive set (an
+/// allocation, a release, GC), shared containers follow.
+pub fn settle_pool(l: &ledger::Ledger, before: &str, skip: &str) {
+    if l.host.shared_pool_list() != before {
+        apply_pool(l, skip);
+    }
+}
+
 /// Allocates (or re-plans) `id` under `root` in the ledger; when the request
 /// does not fit, first frees every allocation of a gone container and tries
-/// again. If the shared pool changed, moves the running shared containers
-/// onto it. Returns the allocation and the pool.
+/// again. If the shared pool is no longer `before` (the pool when the
+/// transaction began), moves the running shared containers onto it. Returns
+/// the allocation and the pool.
 pub fn allocate_and_apply_pool(
     l: &mut ledger::Ledger,
+    before: &str,
     root: Option<&Path>,
     id: &str,
     mode: Mode,
     pieces: u32,
 ) -> Result<(Allocation, String)> {
-    let before = l.host.shared_pool_list();
     let a = match l.allocate(root, id, mode, pieces) {
         Ok(a) => Ok(a),
         Err(_) if !l.gc().is_empty() => l.allocate(root, id, mode, pieces),
         Err(e) => Err(e),
     }
     .map_err(|e| Error::Cpu(e.to_string()))?;
-    let pool = l.host.shared_pool_list();
-    if pool != before {
-        apply_pool(l, &crate::delegate::container_key(root, id));
-    }
-    Ok((a, pool))
+    settle_pool(l, before, &crate::delegate::container_key(root, id));
+    Ok((a, l.host.shared_pool_list()))
 }
 
 impl Allocator for HostAllocator {
@@ -108,10 +115,12 @@ impl Allocator for HostAllocator {
         let store = ledger::Store::new(&self.config);
         store.transaction(&self.config, &self.topology, |l| {
             // GC costs a stat per container: every create checks a few
-            // (GC_PER_CREATE, round-robin).
+            // (GC_PER_CREATE, round-robin). What it frees goes back to the
+            // shared containers too: the pool is compared from before it.
+            let before = l.host.shared_pool_list();
             l.gc_some(GC_PER_CREATE);
             let (a, pool) =
-                allocate_and_apply_pool(l, self.root.as_deref(), &self.id, mode, pieces)?;
+                allocate_and_apply_pool(l, &before, self.root.as_deref(), &self.id, mode, pieces)?;
             let everything = l.host.shared_pool().len() == l.host.topology.cpus.len();
             Ok((a, (!everything).then_some(pool)))
         })

@@ -37,9 +37,10 @@ pub fn holds_capacity(cfg: &RuntimeConfig, root: Option<&Path>, id: &str) -> boo
 pub fn release(cfg: &RuntimeConfig, root: Option<&Path>, id: &str) -> Result<()> {
     let key = container_key(root, id);
     Store::new(cfg).transaction(cfg, &topology(cfg)?, |l| {
+        let before = l.host.shared_pool_list();
         if l.remove(&key).is_some() {
             tracing::info!(container = id, "CPU allocation released");
-            super::apply_pool(l, &key);
+            super::settle_pool(l, &before, &key);
         }
         Ok(())
     })
@@ -77,7 +78,8 @@ pub fn replan(
         } else {
             current.mode
         };
-        let (a, pool) = super::allocate_and_apply_pool(l, root, id, mode, pieces)?;
+        let before = l.host.shared_pool_list();
+        let (a, pool) = super::allocate_and_apply_pool(l, &before, root, id, mode, pieces)?;
         l.creators.remove(&key);
         Ok((a, pool))
     })?;
@@ -100,7 +102,9 @@ pub fn replan(
 /// each container's plan. With `gc`, frees allocations of gone containers first.
 pub fn status(cfg: &RuntimeConfig, gc: bool) -> Result<Value> {
     Store::new(cfg).transaction(cfg, &topology(cfg)?, |l| {
+        let before = l.host.shared_pool_list();
         let freed = if gc { l.gc() } else { Vec::new() };
+        super::settle_pool(l, &before, "");
         let base = l.host.base;
         let owner = |cpu: u32| l.host.allocations.iter().find(|(_, a)| a.exclusive.contains(&cpu)).map(|(k, _)| id_of(k));
         let mut cpus = Vec::new();

@@ -27,6 +27,8 @@ pub const CPUS_ANNOTATION: &str = "io.berth.cpus";
 /// The annotation with the mode: `split`, `exclusive` or `shared`.
 pub const MODE_ANNOTATION: &str = "io.berth.cpu-mode";
 const DEFAULT_PERIOD: u64 = 100_000;
+/// The kernel's largest CFS period (1 s): with it, `pieces × period` fits in a u64.
+const MAX_PERIOD: u64 = 1_000_000;
 
 fn previous(s: &Value, ctx: &Context<'_>) -> Option<Value> {
     ctx.previous_record(s)?.get("cpu").cloned()
@@ -82,6 +84,14 @@ pub fn apply(s: &mut Value, ctx: &Context<'_>) -> Result<Option<Value>> {
         .and_then(Value::as_u64)
         .filter(|p| *p > 0)
         .unwrap_or(DEFAULT_PERIOD);
+    if period > MAX_PERIOD {
+        return Err(Error::Spec {
+            path: super::config_path(ctx.bundle),
+            message: format!(
+                "linux.resources.cpu.period {period} is above the kernel's limit of {MAX_PERIOD} µs"
+            ),
+        });
+    }
     let quota = cpu.get("quota").and_then(Value::as_i64).filter(|q| *q > 0);
     let user_cpus = cpu
         .get("cpus")
