@@ -586,7 +586,10 @@ fn docker_pause_exec_tty_memory_update_and_oom(b: Backend) {
         image(),
         "sh",
         "-c",
-        "x=a; while true; do x=\"$x$x\"; done",
+        // A moment first: containerd's shim registers for the cgroup's OOM
+        // event after start, and an OOM in the first milliseconds can beat it
+        // (seen under load, on runc too).
+        "sleep 1; x=a; while true; do x=\"$x$x\"; done",
     ]);
     let oom = inspect(&id, "{{.State.OOMKilled}}");
     let _ = dock(&["rm", "-f", &id]);
