@@ -39,10 +39,16 @@ fn with_failing_hook(b: Backend, kind: &str) -> String {
     if created.ok() {
         let started = try_run_via_files(cmd().args(["start", &id]));
         out.push(format!("start ok={}", started.ok()));
-        let state = try_run(cmd().args(["state", &id]));
-        let status = serde_json::from_str::<serde_json::Value>(&state.stdout)
-            .map(|v| v["status"].as_str().unwrap_or("?").to_string())
-            .unwrap_or_else(|_| "gone".into());
+        let status = || {
+            let state = try_run(cmd().args(["state", &id]));
+            serde_json::from_str::<serde_json::Value>(&state.stdout)
+                .map(|v| v["status"].as_str().unwrap_or("?").to_string())
+                .unwrap_or_else(|_| "gone".into())
+        };
+        // A failing startContainer hook ends the init a moment after start
+        // returns: give the state a second to settle.
+        wait_until(Duration::from_secs(1), || status() != "running");
+        let status = status();
         out.push(format!("then {status}"));
         if status == "running" {
             let _ = try_run(cmd().args(["kill", &id, "KILL"]));
