@@ -206,18 +206,28 @@ fn bidirectional_and_host_to_container_mounts_propagate_as_on_runc() {
     }
 }
 
+/// A busybox container running `sleep 30` on `b`, created and started under
+/// `root`, in cgroup `/<id>`; returns its bundle and id.
+fn running(b: Backend, root: &Path) -> (std::path::PathBuf, String) {
+    let bundle = busybox_bundle(&["sleep", "30"]);
+    let id = unique();
+    edit_config(&bundle, |c| {
+        c["linux"]["cgroupsPath"] = json!(format!("/{id}"))
+    });
+    let cmd = || runtime_cmd_on(b, root);
+    let r = try_run_via_files(cmd().args(["create", "--bundle"]).arg(&bundle).arg(&id));
+    assert!(r.ok(), "{b:?}: create: {}", r.stderr);
+    let r = try_run_via_files(cmd().args(["start", &id]));
+    assert!(r.ok(), "{b:?}: start: {}", r.stderr);
+    (bundle, id)
+}
+
 #[test]
 fn a_second_start_is_refused_and_the_container_keeps_running() {
     for b in BOTH {
         let root = fresh_dir("start-root");
-        let bundle = busybox_bundle(&["sleep", "30"]);
-        let id = unique();
-        edit_config(&bundle, |c| {
-            c["linux"]["cgroupsPath"] = json!(format!("/{id}"))
-        });
+        let (_, id) = running(b, &root);
         let cmd = || runtime_cmd_on(b, &root);
-        assert!(try_run_via_files(cmd().args(["create", "--bundle"]).arg(&bundle).arg(&id)).ok());
-        assert!(try_run_via_files(cmd().args(["start", &id])).ok(), "{b:?}");
         let again = try_run_via_files(cmd().args(["start", &id]));
         let state = try_run(cmd().args(["state", &id])).stdout;
         let _ = try_run(cmd().args(["delete", "--force", &id]));
@@ -232,14 +242,8 @@ fn exec_keeps_preserved_fds_as_runc() {
     use std::os::unix::process::CommandExt;
     for b in BOTH {
         let root = fresh_dir("fds-root");
-        let bundle = busybox_bundle(&["sleep", "30"]);
-        let id = unique();
-        edit_config(&bundle, |c| {
-            c["linux"]["cgroupsPath"] = json!(format!("/{id}"))
-        });
+        let (bundle, id) = running(b, &root);
         let cmd = || runtime_cmd_on(b, &root);
-        assert!(try_run_via_files(cmd().args(["create", "--bundle"]).arg(&bundle).arg(&id)).ok());
-        assert!(try_run_via_files(cmd().args(["start", &id])).ok());
         let secret = bundle.join("passed");
         std::fs::write(&secret, "through fd 3\n").unwrap();
         let file = std::fs::File::open(&secret).unwrap();

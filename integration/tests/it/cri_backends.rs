@@ -7,7 +7,10 @@ use berth_integration::artifacts::fresh_dir;
 use berth_integration::berth::{cpu_lock, Backend};
 use berth_integration::engines::cri::{container_config, Pod};
 use berth_integration::process::wait_until;
-use k8s_cri::v1::{Int64Value, LinuxContainerResources, Mount, NamespaceMode};
+use k8s_cri::v1::{
+    ContainerConfig, Int64Value, LinuxContainerResources, LinuxContainerSecurityContext, Mount,
+    NamespaceMode,
+};
 use std::time::{Duration, Instant};
 
 /// Runs `case` on runc's handler, then on the built-in one; the built-in
@@ -22,6 +25,14 @@ fn on_both(case: impl Fn(Backend) -> String) -> String {
 
 fn pod(b: Backend) -> Pod {
     Pod::run(b.cri_handler()).expect("RunPodSandbox")
+}
+
+/// The container's security context, made if it has none.
+fn security(cfg: &mut ContainerConfig) -> &mut LinuxContainerSecurityContext {
+    cfg.linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
 }
 
 /// `sh -c script` in container `c`: "exit code: stdout".
@@ -167,12 +178,7 @@ fn host_and_pod_pid_and_ipc_namespaces() {
         for mode in [NamespaceMode::Pod, NamespaceMode::Node] {
             let mut p = Pod::run_with(b.cri_handler(), mode, false).expect("sandbox");
             let mut cfg = container_config("ns", &["sleep", "300"]);
-            let sc = cfg
-                .linux
-                .as_mut()
-                .unwrap()
-                .security_context
-                .get_or_insert_with(Default::default);
+            let sc = security(&mut cfg);
             sc.namespace_options = Some(k8s_cri::v1::NamespaceOption {
                 network: NamespaceMode::Node as i32,
                 pid: mode as i32,
@@ -211,12 +217,7 @@ fn privileged_and_unprivileged_capabilities() {
         for privileged in [false, true] {
             let mut p = Pod::run_with(b.cri_handler(), NamespaceMode::Pod, privileged).unwrap();
             let mut cfg = container_config("caps", &["sleep", "300"]);
-            cfg.linux
-                .as_mut()
-                .unwrap()
-                .security_context
-                .get_or_insert_with(Default::default)
-                .privileged = privileged;
+            security(&mut cfg).privileged = privileged;
             let c = p.start(cfg).unwrap();
             out.push(sh(
                 &mut p,
@@ -246,12 +247,7 @@ fn run_as_user_and_group() {
     let seen = on_both(|b| {
         let mut p = pod(b);
         let mut cfg = container_config("user", &["sleep", "300"]);
-        let sc = cfg
-            .linux
-            .as_mut()
-            .unwrap()
-            .security_context
-            .get_or_insert_with(Default::default);
+        let sc = security(&mut cfg);
         sc.run_as_user = Some(Int64Value { value: 1000 });
         sc.run_as_group = Some(Int64Value { value: 2000 });
         sc.supplemental_groups = vec![3000];
@@ -274,12 +270,7 @@ fn read_only_rootfs_masked_and_read_only_paths() {
     let seen = on_both(|b| {
         let mut p = pod(b);
         let mut cfg = container_config("ro", &["sleep", "300"]);
-        let sc = cfg
-            .linux
-            .as_mut()
-            .unwrap()
-            .security_context
-            .get_or_insert_with(Default::default);
+        let sc = security(&mut cfg);
         sc.readonly_rootfs = true;
         // A file of the image (this kernel has no /proc/kcore to mask).
         sc.masked_paths = vec!["/proc/kcore".into(), "/etc/group".into()];
