@@ -22,7 +22,7 @@ pub struct RuntimeConfig {
     /// The backend that runs containers: `auto`, `runc`, `crun`, `libcontainer`
     /// (built in), or an absolute path. `delegate` is accepted as its old name.
     #[serde(alias = "delegate")]
-    pub backend: String,
+    pub backend: BackendChoice,
     /// What `auto` tries, in order (names looked up on PATH, or absolute paths).
     pub auto_order: Vec<String>,
     /// Whether a container may pick its delegate with `io.berth.delegate`.
@@ -42,7 +42,7 @@ pub struct RuntimeConfig {
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
-            backend: "auto".into(),
+            backend: BackendChoice::Auto,
             auto_order: vec!["runc".into(), "crun".into(), "libcontainer".into()],
             allow_delegate_annotation: false,
             annotation_delegates: vec!["runc".into(), "crun".into()],
@@ -52,6 +52,42 @@ impl Default for RuntimeConfig {
             cpus: CpusConfig::default(),
         }
     }
+}
+
+/// `backend`: `auto`, or one backend by name or absolute path.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum BackendChoice {
+    /// The first of `auto_order` installed.
+    Auto,
+    /// `runc`, `crun`, `libcontainer` (built in), or an absolute path.
+    Named(String),
+}
+
+impl TryFrom<String> for BackendChoice {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<BackendChoice, String> {
+        match s.as_str() {
+            "" => Err(
+                "must name a runtime: auto, runc, crun, libcontainer or an absolute path".into(),
+            ),
+            "auto" => Ok(BackendChoice::Auto),
+            _ if s.starts_with('/') || !s.contains('/') => Ok(BackendChoice::Named(s)),
+            _ => Err(format!(
+                "{s:?} is a relative path; give a name on PATH or an absolute path"
+            )),
+        }
+    }
+}
+
+/// `[cpus] user_cpuset`: what an explicit user cpuset means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UserCpuset {
+    /// Run there, unsplit, outside the ledger.
+    Respect,
+    /// Plan as usual.
+    Split,
 }
 
 /// `[sysctl]`: the layers of the sysctl policy and the allowlist.
@@ -128,7 +164,7 @@ pub struct CpusConfig {
     pub overcommit: f64,
     /// What an explicit user cpuset (`--cpuset-cpus`) means: `respect` (run
     /// there, unsplit, outside the ledger) or `split` (plan as usual).
-    pub user_cpuset: String,
+    pub user_cpuset: UserCpuset,
     /// How far the `io.berth.cpus` / `io.berth.cpu-mode` annotations are
     /// trusted (they come from the pod, i.e. from the tenant).
     pub annotations: AnnotationPolicy,
@@ -157,7 +193,7 @@ impl Default for CpusConfig {
             base: 100,
             reserved: String::new(),
             overcommit: 1.0,
-            user_cpuset: "respect".into(),
+            user_cpuset: UserCpuset::Respect,
             annotations: AnnotationPolicy::WithinLimit,
             max_request: 0.0,
         }
@@ -249,16 +285,8 @@ impl RuntimeConfig {
                 self.cpus.max_request
             ));
         }
-        if !matches!(self.cpus.user_cpuset.as_str(), "respect" | "split") {
-            return Err(format!(
-                "cpus.user_cpuset = {:?} must be \"respect\" or \"split\"",
-                self.cpus.user_cpuset
-            ));
-        }
-        if self.backend.is_empty() || (self.backend == "auto" && self.auto_order.is_empty()) {
-            return Err(
-                "backend must name a runtime (or be \"auto\" with a non-empty auto_order)".into(),
-            );
+        if self.backend == BackendChoice::Auto && self.auto_order.is_empty() {
+            return Err("backend = \"auto\" needs a non-empty auto_order".into());
         }
         Ok(())
     }
@@ -271,7 +299,7 @@ mod tests {
     #[test]
     fn empty_file_means_defaults() {
         let c = RuntimeConfig::parse("", Path::new("x")).unwrap();
-        assert_eq!(c.backend, "auto");
+        assert_eq!(c.backend, BackendChoice::Auto);
         assert!(c.preload.enabled);
     }
 
@@ -287,6 +315,25 @@ mod tests {
     }
 
     #[test]
+    fn choices_are_checked_when_the_file_is_read() {
+        for (text, needle) in [
+            ("backend = \"\"", "must name a runtime"),
+            ("backend = \"bin/runc\"", "relative path"),
+            ("[cpus]\nuser_cpuset = \"maybe\"", "respect"),
+        ] {
+            let e = RuntimeConfig::parse(text, Path::new("f")).unwrap_err();
+            assert!(e.to_string().contains(needle), "{text}: {e}");
+        }
+        let c = RuntimeConfig::parse(
+            "delegate = \"crun\"\n[cpus]\nuser_cpuset = \"split\"",
+            Path::new("f"),
+        )
+        .unwrap();
+        assert_eq!(c.backend, BackendChoice::Named("crun".into()));
+        assert_eq!(c.cpus.user_cpuset, UserCpuset::Split);
+    }
+
+    #[test]
     fn relative_paths_are_refused() {
         let e = RuntimeConfig::parse("[preload]\nlibrary = \"target/x.so\"", Path::new("f"))
             .unwrap_err();
@@ -297,6 +344,6 @@ mod tests {
     fn the_shipped_example_parses() {
         let text = include_str!("../../etc/runtime.toml");
         let c = RuntimeConfig::parse(text, Path::new("etc/runtime.toml")).unwrap();
-        assert_eq!(c.backend, "auto");
+        assert_eq!(c.backend, BackendChoice::Auto);
     }
 }

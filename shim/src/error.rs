@@ -49,6 +49,9 @@ pub enum Error {
     },
     /// The CPU request cannot be placed on this host.
     #[error("cpus: {0}")]
+    Plan(#[from] crate::cpus::plan::PlanError),
+    /// The CPU ledger refused an operation (no allocation, an update in progress).
+    #[error("cpus: {0}")]
     Cpu(String),
     /// No delegate runtime could be found or run.
     #[error("delegate runtime: {0}")]

@@ -1,22 +1,29 @@
 //! The library behind `berth-runtime`, a runc-compatible OCI runtime.
 //!
-//! On `create` and `run` it rewrites the bundle's `config.json` through the
-//! stages of [`rewrite`] (sysctl policy, the CPU split, CPU-count injection),
-//! then hands every verb to a real runtime chosen by [`delegate`], or runs it
-//! in-process on youki's libcontainer ([`builtin`]). Errors are
-//! written the way runc writes them ([`logging`]) so engines show them.
+//! [`runtime::Runtime`] is the core: on `create` and `run` it loads the
+//! [`bundle`] once and rewrites its `config.json` through the stages of
+//! [`rewrite`] (sysctl policy, the CPU split of [`cpus`], CPU-count
+//! injection, and on the built-in backend cgroup placement); it records the
+//! container ([`records`]); then it runs the verb on the container's
+//! [`backend`]: a runc-compatible binary, or youki's libcontainer in-process
+//! ([`builtin`]). Errors are written the way runc writes them ([`logging`])
+//! so engines show them.
 
 pub mod atomic;
+pub mod backend;
 pub mod builtin;
+pub mod bundle;
 pub mod cgroup_path;
 pub mod cli;
 pub mod config;
 pub mod cpus;
-pub mod delegate;
+pub mod debug_stop;
 pub mod error;
 pub mod logging;
 pub mod marks;
+pub mod records;
 pub mod rewrite;
+pub mod runtime;
 pub mod spec;
 
 pub use error::{Error, Result};

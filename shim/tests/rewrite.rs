@@ -378,7 +378,7 @@ proptest! {
         let h = host();
         let b = bundle(&h, &json!({}), true);
         let mut spec = v;
-        let _ = rewrite_spec(&mut spec, &Context { bundle: &b, config: &h.cfg, cpus: None, marks: None });
+        let _ = rewrite_spec(&mut spec, &Context { bundle: &b, config: &h.cfg, cpus: None, marks: None, place_cgroup: None });
     }
 
     #[test]
@@ -415,7 +415,7 @@ proptest! {
         s["annotations"] = Value::Object(ann);
         let b = bundle(&h, &s, true);
         let mut spec = s.clone();
-        let r = rewrite_spec(&mut spec, &Context { bundle: &b, config: &h.cfg, cpus: Some(&AnyFits), marks: None });
+        let r = rewrite_spec(&mut spec, &Context { bundle: &b, config: &h.cfg, cpus: Some(&AnyFits), marks: None, place_cgroup: None });
         if r.is_ok() && !trusted && quota > 0 {
             let written = spec["linux"]["resources"]["cpu"]["quota"].as_i64().unwrap_or(quota);
             let eff_period = spec["linux"]["resources"]["cpu"]["period"].as_u64().unwrap_or(period);

@@ -303,7 +303,7 @@ fn planner() {
         store
             .transaction(&cfg, &topo, |l| {
                 l.gc_some(berth_runtime::cpus::GC_PER_CREATE);
-                l.remove(&berth_runtime::delegate::container_key(
+                l.remove(&berth_runtime::records::container_key(
                     Some(&root),
                     &format!("c{i}"),
                 ));

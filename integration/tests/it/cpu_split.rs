@@ -646,3 +646,293 @@ fn cpus_freed_by_gc_go_back_to_running_shared_containers() {
         "the CPU GC freed went back to the running shared container"
     );
 }
+
+/// berth-runtime (a debug build) stopped by `BERTH_DEBUG_STOP_AT=step` and
+/// killed with -9 there. Returns false when it ended without reaching the step.
+fn kill_at(mut cmd: Command, step: &str) -> bool {
+    let mut child = cmd
+        .env("BERTH_DEBUG_STOP_AT", step)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn berth-runtime");
+    let stat = format!("/proc/{}/stat", child.id());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let stopped = loop {
+        if child.try_wait().expect("wait").is_some() {
+            break false;
+        }
+        let state = std::fs::read_to_string(&stat).unwrap_or_default();
+        if state
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+        {
+            break true;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{step}: never stopped"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let _ = child.kill(); // SIGKILL
+    let _ = child.wait();
+    stopped
+}
+
+/// The ledger entry of `id` after the next transaction, and its cgroup's
+/// cpuset; asserts that no CPU is owned twice.
+fn after_next_transaction(id: &str) -> (Option<Value>, Option<String>) {
+    let st = cpu_status();
+    assert_not_oversubscribed(&st);
+    let e = entry(&st, id);
+    let cpus = e
+        .as_ref()
+        .and_then(|e| e["cgroup"].as_str())
+        .and_then(|cg| {
+            std::fs::read_to_string(format!(
+                "/sys/fs/cgroup/cpuset/{}/cpuset.cpus",
+                cg.trim_start_matches('/')
+            ))
+            .ok()
+            .map(|s| s.trim().to_string())
+        });
+    (e, cpus)
+}
+
+/// The CPUs an entry owns, as a cpuset list as the kernel prints it.
+fn owned(e: &Value) -> String {
+    let mut cpus = berth_runtime_cpus(e["exclusive"].as_str().unwrap_or(""));
+    cpus.extend(e["fragment"]["cpu"].as_u64());
+    cpus.sort_unstable();
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let mut j = i;
+        while j + 1 < cpus.len() && cpus[j + 1] == cpus[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            cpus[i].to_string()
+        } else {
+            format!("{}-{}", cpus[i], cpus[j])
+        });
+        i = j + 1;
+    }
+    out.join(",")
+}
+
+/// kill -9 of berth-runtime at every step of create, update and delete:
+/// the next ledger transaction shows no CPU owned twice, no allocation of a
+/// container that does not exist, and for an update exactly what the
+/// cgroup has (the old allocation if runc had not applied the new one).
+#[test]
+fn kill_minus_nine_at_every_step_leaves_the_ledger_true() {
+    let _g = cpu_lock();
+    let root = fresh_dir("kill9-root");
+    let bundle = || {
+        let b = busybox_bundle(&["sleep", "60"]);
+        edit_config(&b, |c| {
+            c["linux"]["resources"]["cpu"] = json!({"quota": 100000, "period": 100000})
+        });
+        b
+    };
+    let runc_delete = |id: &str| {
+        let _ = try_run(
+            command("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["delete", "--force", id]),
+        );
+    };
+    let create_cmd = |b: &std::path::Path, id: &str| {
+        let mut c = berth::runtime_cmd(&root);
+        c.args(["create", "--bundle"]).arg(b).arg(id);
+        c
+    };
+    // Create: killed after the CPU plan, after the rewrite, after the record.
+    for step in ["create:planned", "create:rewritten", "create:recorded"] {
+        let id = unique();
+        assert!(
+            kill_at(create_cmd(&bundle(), &id), step),
+            "{step} not reached"
+        );
+        let (e, _) = after_next_transaction(&id);
+        assert!(
+            e.is_none(),
+            "{step}: the killed create's allocation leaked: {e:?}"
+        );
+        runc_delete(&id);
+    }
+    // Update from one whole CPU to half of one: killed before runc ran, and
+    // after runc applied it but before the ledger was settled.
+    let half = fresh_dir("kill9-res").join("half.json");
+    std::fs::write(
+        &half,
+        json!({"cpu": {"quota": 50000, "period": 100000}}).to_string(),
+    )
+    .unwrap();
+    for (step, applied) in [("update:planned", false), ("update:applied", true)] {
+        let id = unique();
+        let r = try_run_via_files(&mut create_cmd(&bundle(), &id));
+        assert!(r.ok(), "{}", r.stderr);
+        let (before, _) = after_next_transaction(&id);
+        let before = before.expect("entry after create");
+        let mut up = berth::runtime_cmd(&root);
+        up.args(["update", "--resources"]).arg(&half).arg(&id);
+        assert!(kill_at(up, step), "{step} not reached");
+        let (e, cgroup) = after_next_transaction(&id);
+        let e = e.unwrap_or_else(|| panic!("{step}: entry lost"));
+        let want = if applied { 0.5 } else { 1.0 };
+        assert_eq!(
+            e["cpus"].as_f64(),
+            Some(want),
+            "{step}: {e} (before {before})"
+        );
+        assert_eq!(
+            cgroup.as_deref(),
+            Some(owned(&e).as_str()),
+            "{step}: the ledger and the cgroup disagree: {e}"
+        );
+        runc_delete(&id);
+        after_next_transaction(&id);
+    }
+    // Delete: killed after runc deleted the container, before the release.
+    let id = unique();
+    let r = try_run_via_files(&mut create_cmd(&bundle(), &id));
+    assert!(r.ok(), "{}", r.stderr);
+    let mut del = berth::runtime_cmd(&root);
+    del.args(["delete", "--force", &id]);
+    assert!(kill_at(del, "delete:deleted"), "delete:deleted not reached");
+    let (e, _) = after_next_transaction(&id);
+    assert!(
+        e.is_none(),
+        "the deleted container's allocation leaked: {e:?}"
+    );
+    runc_delete(&id);
+}
+
+/// An update the backend refuses leaves the ledger and the cgroup's cpuset
+/// as they were: a memory limit below what the container uses, and a
+/// real-time runtime above the host's, which runc refuses only after it
+/// wrote the new cpuset (so Berth writes the old one back).
+#[test]
+fn an_update_the_backend_refuses_is_rolled_back() {
+    let _g = cpu_lock();
+    let root = fresh_dir("upd-root");
+    let bundle = busybox_bundle(&["sleep", "60"]);
+    edit_config(&bundle, |c| {
+        c["linux"]["resources"]["cpu"] = json!({"quota": 100000, "period": 100000})
+    });
+    let id = unique();
+    let mut create = berth::runtime_cmd(&root);
+    create.args(["create", "--bundle"]).arg(&bundle).arg(&id);
+    let r = try_run_via_files(&mut create);
+    assert!(r.ok(), "{}", r.stderr);
+    let (before, cgroup) = after_next_transaction(&id);
+    let before = before.expect("entry");
+    assert_eq!(cgroup.as_deref(), Some(owned(&before).as_str()));
+    // Two whole CPUs: a cpuset other than the one it has.
+    let two = json!({"quota": 200000, "period": 100000});
+    let mut rt = two.clone();
+    rt["realtimeRuntime"] = json!(1_000_000);
+    rt["realtimePeriod"] = json!(1_000_000);
+    for (refused, why) in [
+        (
+            json!({"cpu": two, "memory": {"limit": 4096}}),
+            "memory limit",
+        ),
+        (json!({"cpu": rt}), "rt_runtime_us"),
+    ] {
+        let res = fresh_dir("upd-res").join("r.json");
+        std::fs::write(&res, refused.to_string()).unwrap();
+        let mut up = berth::runtime_cmd(&root);
+        up.args(["update", "--resources"]).arg(&res).arg(&id);
+        let r = try_run_via_files(&mut up);
+        assert!(
+            !r.ok() && r.stderr.contains(why),
+            "runc must refuse {refused}: {}",
+            r.stderr
+        );
+        let (after, cgroup) = after_next_transaction(&id);
+        let after = after.expect("entry");
+        assert_eq!(after["cpus"], before["cpus"], "{refused}: {after}");
+        assert_eq!(
+            after["exclusive"], before["exclusive"],
+            "{refused}: {after}"
+        );
+        assert_eq!(
+            cgroup.as_deref(),
+            Some(owned(&before).as_str()),
+            "{refused}: cpuset restored ({})",
+            r.stderr
+        );
+    }
+    let _ = try_run(
+        command("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["delete", "--force", &id]),
+    );
+}
+
+/// Records of containers the ledger never held (a respected user cpuset)
+/// are collected too, once the backend no longer has the container.
+#[test]
+fn records_of_unplanned_containers_are_collected() {
+    let _g = cpu_lock();
+    let root = fresh_dir("rec-root");
+    let create = |b: &std::path::Path| {
+        let id = unique();
+        let r = try_run_via_files(
+            berth::runtime_cmd(&root)
+                .args(["create", "--bundle"])
+                .arg(b)
+                .arg(&id),
+        );
+        assert!(r.ok(), "{}", r.stderr);
+        id
+    };
+    let pinned = busybox_bundle(&["sleep", "60"]);
+    edit_config(&pinned, |c| {
+        c["linux"]["resources"]["cpu"] = json!({"cpus": "1"})
+    });
+    let id = create(&pinned);
+    assert!(
+        entry(&cpu_status(), &id).is_none(),
+        "a user cpuset stays outside the ledger"
+    );
+    let containers = berth::config().parent().unwrap().join("state/containers");
+    let record = std::fs::read_dir(&containers)
+        .unwrap()
+        .flatten()
+        .map(|d| d.path().join(&id))
+        .find(|p| p.exists())
+        .expect("the container's record");
+    let _ = try_run(
+        command("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["delete", "--force", &id]),
+    );
+    // Older than a create in progress can be.
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&record)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let next = create(&busybox_bundle(&["sleep", "60"]));
+    assert!(
+        !record.exists(),
+        "the record of a gone unplanned container stayed"
+    );
+    let _ = try_run(
+        command("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["delete", "--force", &next]),
+    );
+}

@@ -62,7 +62,7 @@ pub fn print() -> Result<()> {
         "annotations": {
             "io.github.seccomp.libseccomp.version": seccomp_version(),
             "org.opencontainers.runc.checkpoint.enabled": "false",
-            "io.berth.backend": crate::delegate::BUILTIN,
+            "io.berth.backend": crate::backend::BUILTIN,
             "io.berth.version": env!("CARGO_PKG_VERSION")
         }
     });

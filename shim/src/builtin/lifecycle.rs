@@ -7,34 +7,19 @@ use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::{Container, ContainerStatus};
 use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::signal::Signal;
-use std::path::{Path, PathBuf};
+
 use std::str::FromStr;
 
-/// The bundle directory, absolute.
-fn bundle_dir(given: Option<&Path>) -> Result<PathBuf> {
-    let b = crate::rewrite::bundle_dir(given).map_err(|e| Error::io("current directory", e))?;
-    std::fs::canonicalize(&b).map_err(|e| Error::io(format!("bundle {}", b.display()), e))
-}
-
-/// Gives the bundle's config.json the cgroup path runc would use (see
-/// [`cgroup::place`]); returns that path.
-fn place_cgroup(ctx: &Context, bundle: &Path, id: &str) -> Result<String> {
-    let marks = crate::marks::Marks::open(&ctx.cfg.state_dir)?;
-    let path = crate::rewrite::config_path(bundle);
-    let bytes = std::fs::read(&path).map_err(|e| Error::io(path.display().to_string(), e))?;
-    let mut spec: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::Berth(crate::Error::Spec {
-            path: path.clone(),
-            message: e.to_string(),
-        })
-    })?;
-    let before = spec.pointer("/linux/cgroupsPath").cloned();
-    let cg = cgroup::place(&mut spec, id, &marks, bundle)?;
-    if spec.pointer("/linux/cgroupsPath") != before.as_ref() {
-        let out = serde_json::to_vec(&spec).map_err(|e| Error::Usage(e.to_string()))?;
-        crate::atomic::write_file(&path, &out, 0o644, crate::atomic::Durability::Atomic)?;
-    }
-    Ok(cg)
+/// The bundle a create works on: loaded and rewritten by the runtime core
+/// (whose built-in pipeline placed the cgroup), with that cgroup path.
+fn bundle<'a>(ctx: &'a Context) -> Result<(&'a crate::bundle::Bundle, String)> {
+    let b = ctx
+        .bundle
+        .ok_or_else(|| Error::Usage("create needs the rewritten bundle".into()))?;
+    let cg = b
+        .cgroups_path()
+        .ok_or_else(|| Error::Usage("the bundle's cgroup was not placed".into()))?;
+    Ok((b, cg.to_string()))
 }
 
 /// `create` (and the first half of `run`): builds the container, stopped
@@ -50,8 +35,8 @@ pub fn create(
     if dir.exists() {
         return Err(Error::Exists(a.id.clone()));
     }
-    let bundle = bundle_dir(a.bundle.as_deref())?;
-    let cg = place_cgroup(ctx, &bundle, &a.id)?;
+    let (bundle, cg) = bundle(ctx)?;
+    let bundle = &bundle.dir;
     std::fs::create_dir_all(&ctx.root)
         .map_err(|e| Error::io(format!("state root {}", ctx.root.display()), e))?;
     let what = || format!("cannot create container \"{}\"", a.id);
@@ -77,7 +62,7 @@ pub fn create(
                 .map_err(Error::container(what()))
         })
         .and_then(|b| {
-            b.as_init(&bundle)
+            b.as_init(bundle)
                 .with_systemd(false)
                 // libcontainer takes a console socket only when detached;
                 // it uses the flag for nothing else.
@@ -117,7 +102,7 @@ pub fn create(
 /// delete the container afterwards unless `--keep`.
 pub fn run(ctx: &Context, r: &RunArgs) -> Result<i32> {
     let id = r.create.id.as_str();
-    let own_tty = if !r.detach && r.create.console_socket.is_none() && wants_terminal(&r.create) {
+    let own_tty = if !r.detach && r.create.console_socket.is_none() && wants_terminal(ctx) {
         Some(ConsoleSocket::new(&ctx.root)?)
     } else {
         None
@@ -161,11 +146,13 @@ pub fn run(ctx: &Context, r: &RunArgs) -> Result<i32> {
 }
 
 /// Whether the bundle's `process.terminal` is true.
-fn wants_terminal(a: &CreateArgs) -> bool {
-    bundle_dir(a.bundle.as_deref())
-        .map(|b| crate::rewrite::read_config(&b))
-        .ok()
-        .and_then(|spec| spec.pointer("/process/terminal").and_then(|t| t.as_bool()))
+fn wants_terminal(ctx: &Context) -> bool {
+    ctx.bundle
+        .and_then(|b| {
+            b.spec
+                .pointer("/process/terminal")
+                .and_then(|t| t.as_bool())
+        })
         .unwrap_or(false)
 }
 

@@ -2,7 +2,7 @@
 //! `libcontainer`, so a host needs no runc or crun.
 //!
 //! It keeps runc's contract: state lives under `--root` (default
-//! [`crate::delegate::BUILTIN_DEFAULT_ROOT`]), the pid file is written
+//! [`crate::backend::BUILTIN_DEFAULT_ROOT`]), the pid file is written
 //! atomically once the container exists, `state` prints runc's JSON, and the
 //! exit codes are runc's. Where libcontainer 0.7 differs from runc, Berth
 //! corrects it here:
@@ -34,7 +34,7 @@ mod update;
 
 use crate::cli::Verb;
 use crate::config::RuntimeConfig;
-use crate::delegate::{valid_id, Records};
+use crate::records::{valid_id, Records};
 use libcgroups::common::{create_cgroup_manager, AnyCgroupManager, CgroupConfig};
 use libcontainer::container::Container;
 use libcontainer::error::LibcontainerError;
@@ -105,6 +105,8 @@ pub struct Context<'a> {
     pub records: &'a Records,
     /// `--systemd-cgroup` was given.
     pub systemd: bool,
+    /// For `create` and `run`: the bundle, rewritten by the runtime core.
+    pub bundle: Option<&'a crate::bundle::Bundle>,
 }
 
 impl Context<'_> {

@@ -13,8 +13,8 @@
 use super::plan::{Allocation, Fragment, Host, Mode};
 use super::topology::{parse_list, Topology};
 use crate::config::RuntimeConfig;
-use crate::delegate::{container_key, Record, Records};
 use crate::error::{Error, Result};
+use crate::records::{container_key, Record, Records};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::io::AsRawFd;
@@ -55,12 +55,33 @@ fn start_time(pid: i32) -> Option<u64> {
 /// (little-endian u32s), then the entries in postcard, a compact serde
 /// encoding: a thousand entries load and save in well under a millisecond,
 /// where JSON took two. `berth-runtime cpus --json` is the readable view.
-const MAGIC: &[u8; 8] = b"BERTHLG1";
+/// Version 2 added the updates in progress; a version 1 file still loads.
+const MAGIC: &[u8; 8] = b"BERTHLG2";
+const MAGIC_V1: &[u8; 8] = b"BERTHLG1";
 
-/// What the file holds: each container's allocation, and the runtime
-/// processes still at work on a create.
+/// An update whose backend has not answered yet: the allocation it replaces,
+/// and the runtime process waiting for the backend (pid and start time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// The allocation before the update, held until the update is settled.
+    pub previous: Allocation,
+    /// The runtime process running the update.
+    pub updater: Creator,
+}
+
+/// What the file holds: each container's allocation, the runtime processes
+/// still at work on a create, and the updates in progress.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Payload {
+    allocations: BTreeMap<String, Allocation>,
+    creators: BTreeMap<String, Creator>,
+    gc_cursor: Option<String>,
+    pending: BTreeMap<String, Pending>,
+}
+
+/// Version 1 of [`Payload`], before updates were two-phase.
+#[derive(Debug, Default, Deserialize)]
+struct PayloadV1 {
     allocations: BTreeMap<String, Allocation>,
     creators: BTreeMap<String, Creator>,
     gc_cursor: Option<String>,
@@ -72,6 +93,7 @@ struct PayloadRef<'a> {
     allocations: &'a BTreeMap<String, Allocation>,
     creators: &'a BTreeMap<String, Creator>,
     gc_cursor: &'a Option<String>,
+    pending: &'a BTreeMap<String, Pending>,
 }
 
 fn encode(base: u32, payload: &PayloadRef<'_>) -> std::result::Result<Vec<u8>, String> {
@@ -86,7 +108,7 @@ fn encode(base: u32, payload: &PayloadRef<'_>) -> std::result::Result<Vec<u8>, S
 
 /// Decodes a ledger file; Err says why it is unusable.
 fn decode(bytes: &[u8], base: u32) -> std::result::Result<Payload, String> {
-    if bytes.len() < 16 || &bytes[..8] != MAGIC {
+    if bytes.len() < 16 || (&bytes[..8] != MAGIC && &bytes[..8] != MAGIC_V1) {
         return Err("it is not a Berth ledger".into());
     }
     let file_base = u32::from_le_bytes(bytes[8..12].try_into().map_err(|_| "short header")?);
@@ -100,7 +122,17 @@ fn decode(bytes: &[u8], base: u32) -> std::result::Result<Payload, String> {
             "its base {file_base} differs from [cpus] base {base}"
         ));
     }
-    postcard::from_bytes(payload).map_err(|e| format!("its entries do not decode: {e}"))
+    let bad = |e: postcard::Error| format!("its entries do not decode: {e}");
+    if &bytes[..8] == MAGIC_V1 {
+        let v1: PayloadV1 = postcard::from_bytes(payload).map_err(bad)?;
+        return Ok(Payload {
+            allocations: v1.allocations,
+            creators: v1.creators,
+            gc_cursor: v1.gc_cursor,
+            pending: BTreeMap::new(),
+        });
+    }
+    postcard::from_bytes(payload).map_err(bad)
 }
 
 /// The loaded ledger: the planner's state (every allocation, by container
@@ -115,6 +147,9 @@ pub struct Ledger {
     pub creators: BTreeMap<String, Creator>,
     /// Where incremental GC goes on.
     pub gc_cursor: Option<String>,
+    /// Runtime processes waiting for a backend's update, by container key
+    /// (the allocation each replaces is in `host.held`).
+    pub updaters: BTreeMap<String, Creator>,
     records: PathBuf,
 }
 
@@ -128,8 +163,81 @@ impl Ledger {
             host: Host::new(topology, cfg.cpus.base, reserved, cfg.cpus.overcommit),
             creators: BTreeMap::new(),
             gc_cursor: None,
+            updaters: BTreeMap::new(),
             records: cfg.state_dir.join("containers"),
         }
+    }
+
+    /// Starts an update of `key`: its current allocation is held (its CPUs
+    /// stay its own) until [`Ledger::settle_update`] says whether the backend
+    /// applied the new one. Refused while another live process updates it.
+    pub fn hold_for_update(&mut self, key: &str) -> Result<()> {
+        if let Some(u) = self.updaters.get(key).filter(|u| u.alive()) {
+            return Err(Error::Cpu(format!(
+                "container {} is being updated by berth-runtime process {}; try again when it is done",
+                id_of(key),
+                u.pid
+            )));
+        }
+        let Some(current) = self.host.allocations.get(key).cloned() else {
+            return Err(Error::Cpu(format!("no allocation for {}", id_of(key))));
+        };
+        self.host.held.entry(key.to_string()).or_insert(current);
+        self.updaters.insert(key.to_string(), Creator::me());
+        Ok(())
+    }
+
+    /// Ends an update of `key`: with `applied`, the new allocation stays and
+    /// the held one is freed; otherwise the held one is restored, and so is
+    /// the container's cpuset where a failed backend left it changed (runc
+    /// writes the cpuset before the memory limit that may fail).
+    pub fn settle_update(&mut self, key: &str, applied: bool) {
+        self.updaters.remove(key);
+        let Some(previous) = self.host.held.remove(key) else {
+            return;
+        };
+        if applied || !self.host.allocations.contains_key(key) {
+            return;
+        }
+        self.host
+            .allocations
+            .insert(key.to_string(), previous.clone());
+        if let Some(cg) = self.record(key).and_then(|r| r.cgroup) {
+            restore(&cg, &previous, &self.host);
+        }
+    }
+
+    /// Settles every update whose runtime process died (kill -9) before it
+    /// could, from what the container's cgroup shows: the new allocation if
+    /// the backend applied it, else the previous one, which Berth writes
+    /// back to a cgroup left half-updated. Returns the keys settled.
+    pub fn reconcile_updates(&mut self) -> Vec<String> {
+        let orphans: Vec<String> = self
+            .updaters
+            .iter()
+            .filter(|(_, u)| !u.alive())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &orphans {
+            let cgroup = self.record(key).and_then(|r| r.cgroup);
+            let (Some(new), true) = (
+                self.host.allocations.get(key).cloned(),
+                self.host.held.contains_key(key),
+            ) else {
+                self.settle_update(key, true);
+                continue;
+            };
+            let applied = cgroup
+                .as_deref()
+                .is_some_and(|cg| shows(cg, &new, self.host.base));
+            tracing::warn!(
+                container = %key,
+                applied,
+                "a berth-runtime update was killed before it settled the CPU ledger; settled from the cgroup"
+            );
+            self.settle_update(key, applied);
+        }
+        orphans
     }
 
     /// Berth's record of the container with ledger key `key`.
@@ -149,6 +257,7 @@ impl Ledger {
     /// Removes `key`; returns its allocation.
     pub fn remove(&mut self, key: &str) -> Option<Allocation> {
         self.creators.remove(key);
+        self.updaters.remove(key);
         self.host.release(key)
     }
 
@@ -209,6 +318,44 @@ impl Ledger {
                     .map(|c| (k.clone(), c))
             })
             .collect()
+    }
+}
+
+/// The container part of a ledger key (`<root hash>/<id>`).
+pub fn id_of(key: &str) -> &str {
+    key.split_once('/').map_or(key, |(_, id)| id)
+}
+
+/// True when cgroup `cg` shows allocation `a`: its quota in pieces and,
+/// for a split or exclusive allocation, exactly its CPUs (a shared one's
+/// cpuset is the pool, which says nothing of the update).
+fn shows(cg: &str, a: &Allocation, base: u32) -> bool {
+    let pieces = super::cgroup::quota(cg)
+        .map(|(q, p)| super::plan::pieces_from_quota(q, p, base))
+        .unwrap_or(0);
+    let cpus = super::cgroup::cpuset(cg).and_then(|s| parse_list(&s));
+    pieces == a.pieces
+        && cpus.is_some_and(|mut c| {
+            c.sort_unstable();
+            a.mode == Mode::Shared || c == a.cpus()
+        })
+}
+
+/// Writes allocation `a`'s cpuset back into cgroup `cg` (after an update
+/// killed half-way); the quota the engine set is left to the engine.
+fn restore(cg: &str, a: &Allocation, host: &Host) {
+    let cpus = if a.mode == Mode::Shared {
+        host.shared_pool_list()
+    } else {
+        super::topology::format_list(a.cpus())
+    };
+    if super::cgroup::cpuset(cg).as_deref() != Some(cpus.as_str()) {
+        if let Err(e) = super::cgroup::set_cpuset(cg, &cpus) {
+            tracing::warn!(
+                cgroup = cg,
+                "cannot restore the cpuset of a half-updated container: {e}"
+            );
+        }
     }
 }
 
@@ -274,6 +421,11 @@ impl Store {
                     ledger.host.allocations = p.allocations;
                     ledger.creators = p.creators;
                     ledger.gc_cursor = p.gc_cursor;
+                    for (k, pending) in p.pending {
+                        ledger.host.held.insert(k.clone(), pending.previous);
+                        ledger.updaters.insert(k, pending.updater);
+                    }
+                    ledger.reconcile_updates();
                     return Ok(ledger);
                 }
                 Err(why) => why,
@@ -289,10 +441,25 @@ impl Store {
     }
 
     fn save(&self, ledger: &Ledger) -> Result<()> {
+        let pending: BTreeMap<String, Pending> = ledger
+            .updaters
+            .iter()
+            .filter_map(|(k, u)| {
+                let previous = ledger.host.held.get(k)?.clone();
+                Some((
+                    k.clone(),
+                    Pending {
+                        previous,
+                        updater: u.clone(),
+                    },
+                ))
+            })
+            .collect();
         let payload = PayloadRef {
             allocations: &ledger.host.allocations,
             creators: &ledger.creators,
             gc_cursor: &ledger.gc_cursor,
+            pending: &pending,
         };
         let bytes = encode(ledger.host.base, &payload).map_err(|message| Error::Config {
             path: self.path(),
@@ -424,6 +591,58 @@ mod tests {
         assert_eq!(l.gc_some(2).len(), 2);
         assert_eq!(l.gc_some(2).len(), 1);
         assert!(l.host.allocations.is_empty());
+    }
+
+    /// An update holds the allocation it replaces: nobody else gets its
+    /// CPUs until the backend's answer settles it, either way.
+    #[test]
+    fn an_update_holds_the_old_cpus_until_it_is_settled() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = RuntimeConfig {
+            state_dir: d.path().to_path_buf(),
+            ..RuntimeConfig::default()
+        };
+        let mut l = Ledger::new(&cfg, Topology::synthetic(1, 4, 1));
+        let root = Some(Path::new("/r"));
+        let old = l.allocate(root, "a", Mode::Split, 200).unwrap();
+        let key = container_key(root, "a");
+        for applied in [false, true] {
+            l.hold_for_update(&key).unwrap();
+            assert!(l.hold_for_update(&key).is_err(), "a second update at once");
+            let new = l.allocate(root, "a", Mode::Split, 100).unwrap();
+            // The two CPUs it had stay its own: a 3-CPU request does not fit.
+            assert!(l.host.plan("other", Mode::Split, 300).is_err());
+            l.settle_update(&key, applied);
+            let now = l.host.allocations[&key].clone();
+            assert_eq!(now, if applied { new } else { old.clone() });
+            assert!(l.host.held.is_empty() && l.updaters.is_empty());
+        }
+        assert!(l.host.plan("other", Mode::Split, 300).is_ok());
+    }
+
+    #[test]
+    fn a_version_1_ledger_still_loads() {
+        let (_d, cfg, l) = ledger_with_gone(2);
+        #[derive(Serialize)]
+        struct V1<'a> {
+            allocations: &'a BTreeMap<String, Allocation>,
+            creators: &'a BTreeMap<String, Creator>,
+            gc_cursor: &'a Option<String>,
+        }
+        let payload = postcard::to_allocvec(&V1 {
+            allocations: &l.host.allocations,
+            creators: &l.creators,
+            gc_cursor: &l.gc_cursor,
+        })
+        .unwrap();
+        let mut bytes = MAGIC_V1.to_vec();
+        bytes.extend_from_slice(&cfg.cpus.base.to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        assert_eq!(
+            decode(&bytes, cfg.cpus.base).unwrap().allocations,
+            l.host.allocations
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ pub mod plan;
 pub mod topology;
 
 use crate::config::RuntimeConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use plan::{Allocation, Mode};
 use std::path::{Path, PathBuf};
 use topology::Topology;
@@ -104,26 +104,33 @@ pub fn allocate_and_apply_pool(
         Ok(a) => Ok(a),
         Err(_) if !l.gc().is_empty() => l.allocate(root, id, mode, pieces),
         Err(e) => Err(e),
-    }
-    .map_err(|e| Error::Cpu(e.to_string()))?;
-    settle_pool(l, before, &crate::delegate::container_key(root, id));
+    }?;
+    settle_pool(l, before, &crate::records::container_key(root, id));
     Ok((a, l.host.shared_pool_list()))
 }
 
 impl Allocator for HostAllocator {
     fn allocate(&self, mode: Mode, pieces: u32) -> Result<(Allocation, Option<String>)> {
         let store = ledger::Store::new(&self.config);
-        store.transaction(&self.config, &self.topology, |l| {
-            // GC costs a stat per container: every create checks a few
-            // (GC_PER_CREATE, round-robin). What it frees goes back to the
-            // shared containers too: the pool is compared from before it.
-            let before = l.host.shared_pool_list();
-            l.gc_some(GC_PER_CREATE);
-            let (a, pool) =
-                allocate_and_apply_pool(l, &before, self.root.as_deref(), &self.id, mode, pieces)?;
-            let everything = l.host.shared_pool().len() == l.host.topology.cpus.len();
-            Ok((a, (!everything).then_some(pool)))
-        })
+        store
+            .transaction(&self.config, &self.topology, |l| {
+                // GC costs a stat per container: every create checks a few
+                // (GC_PER_CREATE, round-robin). What it frees goes back to the
+                // shared containers too: the pool is compared from before it.
+                let before = l.host.shared_pool_list();
+                l.gc_some(GC_PER_CREATE);
+                let (a, pool) = allocate_and_apply_pool(
+                    l,
+                    &before,
+                    self.root.as_deref(),
+                    &self.id,
+                    mode,
+                    pieces,
+                )?;
+                let everything = l.host.shared_pool().len() == l.host.topology.cpus.len();
+                Ok((a, (!everything).then_some(pool)))
+            })
+            .inspect(|_| crate::debug_stop::at("create:planned"))
     }
 
     fn base(&self) -> u32 {
@@ -131,7 +138,7 @@ impl Allocator for HostAllocator {
     }
 
     fn respect_user_cpuset(&self) -> bool {
-        self.config.cpus.user_cpuset == "respect"
+        self.config.cpus.user_cpuset == crate::config::UserCpuset::Respect
     }
 }
 pub mod ops;

@@ -5,8 +5,8 @@ use super::ledger::Store;
 use super::plan::Mode;
 use super::topology::{format_list, Topology};
 use crate::config::RuntimeConfig;
-use crate::delegate::container_key;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::records::container_key;
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -49,8 +49,13 @@ pub fn release(cfg: &RuntimeConfig, root: Option<&Path>, id: &str) -> Result<()>
 /// Re-plans `id` for new `resources` (runc's `update --resources` JSON),
 /// keeping its current CPUs where possible, and writes the new cpuset, mems
 /// and shares into `resources`. Returns false when `resources` does not
-/// change the CPU request.
-pub fn replan(
+/// change the CPU request (nothing is held then).
+///
+/// The new allocation is the ledger's, but the one it replaces stays held
+/// until [`finish_update`] says whether the backend applied it: run the
+/// backend, then call it. If this process dies in between, the next ledger
+/// transaction settles the update from the container's cgroup.
+pub fn begin_update(
     cfg: &RuntimeConfig,
     root: Option<&Path>,
     id: &str,
@@ -69,20 +74,19 @@ pub fn replan(
     let key = container_key(root, id);
     let pieces = super::plan::pieces_from_quota(quota, period, base);
     let (a, pool) = Store::new(cfg).transaction(cfg, &topology(cfg)?, |l| {
-        let Some(current) = l.host.allocations.get(&key).cloned() else {
-            return Err(Error::Cpu(format!("no allocation for {id}")));
-        };
+        l.hold_for_update(&key)?;
+        let current = l.host.allocations.get(&key).cloned();
         // Unlimited means the shared pool; otherwise the mode stays.
-        let mode = if pieces == 0 {
-            Mode::Shared
-        } else {
-            current.mode
+        let mode = match current {
+            Some(c) if pieces > 0 => c.mode,
+            _ => Mode::Shared,
         };
         let before = l.host.shared_pool_list();
         let (a, pool) = super::allocate_and_apply_pool(l, &before, root, id, mode, pieces)?;
         l.creators.remove(&key);
         Ok((a, pool))
     })?;
+    crate::debug_stop::at("update:planned");
     if let Some(c) = resources.get_mut("cpu").and_then(Value::as_object_mut) {
         if a.mode == Mode::Shared {
             c.insert("cpus".into(), json!(pool));
@@ -94,8 +98,32 @@ pub fn replan(
             c.insert("shares".into(), json!(super::plan::shares(pieces, base)));
         }
     }
-    tracing::info!(container = id, pieces, cpus = ?a.cpus(), "CPU allocation re-planned");
+    tracing::info!(container = id, pieces, cpus = ?a.cpus(), "CPU allocation re-planned; held until the backend applies it");
     Ok(true)
+}
+
+/// Settles an update [`begin_update`] started: keeps the new allocation
+/// when the backend `applied` it, else restores the previous one. Either way
+/// shared containers follow the pool.
+pub fn finish_update(
+    cfg: &RuntimeConfig,
+    root: Option<&Path>,
+    id: &str,
+    applied: bool,
+) -> Result<()> {
+    let key = container_key(root, id);
+    Store::new(cfg).transaction(cfg, &topology(cfg)?, |l| {
+        let before = l.host.shared_pool_list();
+        l.settle_update(&key, applied);
+        if !applied {
+            tracing::warn!(
+                container = id,
+                "the backend did not apply the update: CPU allocation rolled back"
+            );
+        }
+        super::settle_pool(l, &before, &key);
+        Ok(())
+    })
 }
 
 /// The ledger as JSON: CPUs (free, exclusive, fragments), the shared pool and
@@ -139,10 +167,7 @@ pub fn status(cfg: &RuntimeConfig, gc: bool) -> Result<Value> {
 }
 
 fn id_of(key: &str) -> String {
-    key.split_once('/')
-        .map(|(_, id)| id)
-        .unwrap_or(key)
-        .to_string()
+    super::ledger::id_of(key).to_string()
 }
 
 /// `status` as a table for people.

@@ -150,6 +150,10 @@ pub struct Host {
     pub overcommit: f64,
     /// Allocations by container key.
     pub allocations: BTreeMap<String, Allocation>,
+    /// Allocations an update is replacing, by container key, held until the
+    /// backend has applied the new one (or failed to): until then their CPUs
+    /// may still be in the container's cgroup, so nobody else gets them.
+    pub held: BTreeMap<String, Allocation>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -169,6 +173,7 @@ impl Host {
             reserved,
             overcommit,
             allocations: BTreeMap::new(),
+            held: BTreeMap::new(),
         }
     }
 
@@ -178,6 +183,7 @@ impl Host {
         for (k, a) in self
             .allocations
             .iter()
+            .chain(&self.held)
             .filter(|(k, _)| Some(k.as_str()) != skip)
         {
             for c in &a.exclusive {
@@ -253,8 +259,9 @@ impl Host {
         Ok(a)
     }
 
-    /// Frees `key`'s allocation; returns it.
+    /// Frees `key`'s allocation (and one an update of it was replacing); returns it.
     pub fn release(&mut self, key: &str) -> Option<Allocation> {
+        self.held.remove(key);
         self.allocations.remove(key)
     }
 

@@ -7,7 +7,9 @@
 //! 1. [`sysctl`]: layered sysctl policy and the namespaced-key allowlist;
 //! 2. [`cpu`]: the CPU split (reserved; it must run before 3, which reads the
 //!    cpuset and quota it decides);
-//! 3. [`preload`]: CPU-count injection of `libberth_cpus.so`.
+//! 3. [`preload`]: CPU-count injection of `libberth_cpus.so`;
+//! 4. cgroup placement ([`crate::builtin::cgroup::place`]), only in the
+//!    built-in backend's pipeline: `linux.cgroupsPath` as runc would choose it.
 //!
 //! The rewrite is idempotent: a second pass over its own output changes
 //! nothing. What Berth changed is recorded in one annotation,
@@ -39,6 +41,9 @@ pub struct Context<'a> {
     pub cpus: Option<&'a dyn crate::cpus::Allocator>,
     /// The host's mark key; None trusts no earlier record and marks nothing.
     pub marks: Option<&'a crate::marks::Marks>,
+    /// The container id, when this pipeline places its cgroup as runc would
+    /// (the built-in backend's; a binary backend places its own).
+    pub place_cgroup: Option<&'a str>,
 }
 
 impl Context<'_> {
@@ -78,6 +83,12 @@ pub fn rewrite_spec(spec: &mut Value, ctx: &Context<'_>) -> Result<Value> {
     if let Some(r) = preload::apply(spec, ctx)? {
         applied.insert("preload".into(), r);
     }
+    if let (Some(id), Some(marks)) = (ctx.place_cgroup, ctx.marks) {
+        crate::builtin::cgroup::place(spec, id, marks, ctx.bundle).map_err(|e| Error::Spec {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+    }
     let record = Value::Object(applied);
     let text = serde_json::to_string(&record).map_err(|e| Error::Spec {
         path,
@@ -101,6 +112,13 @@ pub fn config_path(bundle: &Path) -> PathBuf {
     bundle.join("config.json")
 }
 
+/// Reads `<bundle>/config.json`, rewrites it and writes it back atomically
+/// (no CPU split, no cgroup placement). Returns the applied record. On error
+/// the file is left untouched.
+pub fn rewrite_bundle(bundle: &Path, config: &RuntimeConfig) -> Result<Value> {
+    crate::bundle::Bundle::load(Some(bundle))?.rewrite(config, None, None)
+}
+
 /// The bundle directory of a verb: `given`, else the current directory (as runc).
 pub fn bundle_dir(given: Option<&Path>) -> std::io::Result<PathBuf> {
     match given {
@@ -109,49 +127,11 @@ pub fn bundle_dir(given: Option<&Path>) -> std::io::Result<PathBuf> {
     }
 }
 
-/// `<bundle>/config.json` as JSON; `Null` when it is missing or not JSON.
+/// `<bundle>/config.json` as JSON; `Null` when it is missing or not JSON
+/// (verbs other than create, which only look at it).
 pub fn read_config(bundle: &Path) -> Value {
     std::fs::read(config_path(bundle))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or(Value::Null)
-}
-
-/// Reads `<bundle>/config.json`, rewrites it and writes it back atomically.
-/// Returns the applied record. On error the file is left untouched.
-pub fn rewrite_bundle(bundle: &Path, config: &RuntimeConfig) -> Result<Value> {
-    rewrite_bundle_with(bundle, config, None)
-}
-
-/// [`rewrite_bundle`] with the host's CPU allocator for the CPU split.
-pub fn rewrite_bundle_with(
-    bundle: &Path,
-    config: &RuntimeConfig,
-    cpus: Option<&dyn crate::cpus::Allocator>,
-) -> Result<Value> {
-    let path = config_path(bundle);
-    let raw = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    // Marks name the bundle by its canonical path, as every later pass sees it.
-    let bundle = &std::fs::canonicalize(bundle).map_err(|e| Error::io(bundle, e))?;
-    let marks = crate::marks::Marks::open(&config.state_dir)?;
-    let mut spec: Value = serde_json::from_slice(&raw).map_err(|e| Error::Spec {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
-    let record = rewrite_spec(
-        &mut spec,
-        &Context {
-            bundle,
-            config,
-            cpus,
-            marks: Some(&marks),
-        },
-    )?;
-    let mut out = serde_json::to_vec(&spec).map_err(|e| Error::Spec {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
-    out.push(b'\n');
-    crate::atomic::write_file(&path, &out, 0o644, crate::atomic::Durability::Durable)?;
-    Ok(record)
 }
