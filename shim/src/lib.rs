@@ -19,6 +19,7 @@ pub mod config;
 pub mod cpus;
 pub mod debug_stop;
 pub mod error;
+pub mod fast;
 pub mod logging;
 pub mod marks;
 pub mod records;

@@ -14,6 +14,11 @@ use std::path::Path;
 
 fn main() {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    // Verbs Berth does not change go to the backend before any other work.
+    // (Should the exec fail, the full path below tries again and reports it.)
+    if let Some(h) = berth_runtime::fast::handover(&args) {
+        let _ = h.backend.exec(&h.args);
+    }
     let cli = Cli::parse();
     if cli.version {
         print_version(cli.berth_config.as_deref());

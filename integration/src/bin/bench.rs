@@ -116,6 +116,7 @@ fn runtime_cycle(n: usize) {
             b.push(y);
         }
     }
+    let pass = pass_through(&runc, &berth, &cfg, &root, rb, bb, n * 4);
     let _ = sh("umount", ["-l".as_ref(), tmp.as_os_str()]);
     let (ma, mb) = (median(a), median(b));
     println!(
@@ -124,6 +125,81 @@ fn runtime_cycle(n: usize) {
         mb - ma,
         mb / ma
     );
+    let (pa, pb) = pass;
+    println!(
+        "pass-through verb (`state` of a created container, n={}): runc {pa:.3} ms, berth-runtime {pb:.3} ms median; \
+         overhead {:+.3} ms (goal <= 0.3 ms); ratio {:.3} vs runc",
+        n * 4,
+        pb - pa,
+        pb / pa
+    );
+}
+
+/// `state` of a created container, runc and berth-runtime interleaved;
+/// the medians in milliseconds.
+fn pass_through(
+    runc: &Path,
+    berth: &Path,
+    cfg: &str,
+    root: &Path,
+    rb: &Path,
+    bb: &Path,
+    n: usize,
+) -> (f64, f64) {
+    let runners: [(&Path, Vec<&str>, &Path); 2] =
+        [(runc, vec![], rb), (berth, vec!["--berth-config", cfg], bb)];
+    let ids: Vec<String> = runners
+        .iter()
+        .map(|(rt, extra, bundle)| {
+            let id = unique();
+            assert!(
+                quiet(
+                    Command::new(rt)
+                        .args(extra)
+                        .arg("--root")
+                        .arg(root)
+                        .args(["create", "--bundle"])
+                        .arg(bundle)
+                        .arg(&id)
+                ),
+                "{} create failed",
+                rt.display()
+            );
+            id
+        })
+        .collect();
+    let mut times = [Vec::new(), Vec::new()];
+    for i in 0..n + 10 {
+        for k in 0..2 {
+            let j = (i + k) % 2;
+            let (rt, extra, _) = &runners[j];
+            let t = Instant::now();
+            assert!(
+                quiet(
+                    Command::new(rt)
+                        .args(extra)
+                        .arg("--root")
+                        .arg(root)
+                        .args(["state", &ids[j]])
+                ),
+                "state failed"
+            );
+            if i >= 10 {
+                times[j].push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    for ((rt, extra, _), id) in runners.iter().zip(&ids) {
+        let _ = quiet(
+            Command::new(rt)
+                .args(extra)
+                .arg("--root")
+                .arg(root)
+                .args(["delete", "--force", id]),
+        );
+    }
+    let [a, b] = times.map(median);
+    (a, b)
 }
 
 /// The built-in backend against runc and crun: create+start+delete of the
