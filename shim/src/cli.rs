@@ -1,5 +1,7 @@
-//! runc's command line, as `berth-runtime` accepts it.
+//! runc's command line, as `berth-runtime` accepts it, and its conversion
+//! to the library's [`op::Operation`].
 
+use berth_runtime::operation as op;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -272,31 +274,6 @@ pub enum Verb {
     Other(Vec<OsString>),
 }
 
-impl Verb {
-    /// The container id the verb concerns, if any.
-    pub fn container_id(&self) -> Option<&str> {
-        Some(match self {
-            Verb::Create(a) => &a.id,
-            Verb::Run(a) => &a.create.id,
-            Verb::Start { id }
-            | Verb::State { id }
-            | Verb::Kill { id, .. }
-            | Verb::Delete { id, .. }
-            | Verb::Ps { id, .. }
-            | Verb::Pause { id }
-            | Verb::Resume { id }
-            | Verb::Events { id, .. } => id,
-            Verb::Exec(a) => &a.id,
-            Verb::Update(a) => &a.id,
-            Verb::Features
-            | Verb::Spec { .. }
-            | Verb::List { .. }
-            | Verb::Cpus { .. }
-            | Verb::Other(_) => return None,
-        })
-    }
-}
-
 /// `args` (without argv[0]) minus Berth's own global flag, which the delegate would refuse.
 pub fn delegate_args(args: &[OsString]) -> Vec<OsString> {
     let mut out = Vec::with_capacity(args.len());
@@ -328,6 +305,122 @@ pub fn delegate_args(args: &[OsString]) -> Vec<OsString> {
         out.push(a.clone());
     }
     out
+}
+
+/// The library's plain form of the parsed command line.
+impl From<CreateArgs> for op::CreateArgs {
+    fn from(a: CreateArgs) -> op::CreateArgs {
+        op::CreateArgs {
+            bundle: a.bundle,
+            console_socket: a.console_socket,
+            pid_file: a.pid_file,
+            no_pivot: a.no_pivot,
+            no_new_keyring: a.no_new_keyring,
+            preserve_fds: a.preserve_fds,
+            id: a.id,
+        }
+    }
+}
+
+impl From<RunArgs> for op::RunArgs {
+    fn from(a: RunArgs) -> op::RunArgs {
+        op::RunArgs {
+            create: a.create.into(),
+            detach: a.detach,
+            keep: a.keep,
+        }
+    }
+}
+
+impl From<ExecArgs> for op::ExecArgs {
+    fn from(a: ExecArgs) -> op::ExecArgs {
+        op::ExecArgs {
+            console_socket: a.console_socket,
+            cwd: a.cwd,
+            env: a.env,
+            tty: a.tty,
+            user: a.user,
+            additional_gids: a.additional_gids,
+            process: a.process,
+            detach: a.detach,
+            pid_file: a.pid_file,
+            process_label: a.process_label,
+            apparmor: a.apparmor,
+            no_new_privs: a.no_new_privs,
+            cap: a.cap,
+            preserve_fds: a.preserve_fds,
+            cgroup: a.cgroup,
+            ignore_paused: a.ignore_paused,
+            id: a.id,
+            command: a.command,
+        }
+    }
+}
+
+impl From<UpdateArgs> for op::UpdateArgs {
+    fn from(a: UpdateArgs) -> op::UpdateArgs {
+        op::UpdateArgs {
+            resources: a.resources,
+            blkio_weight: a.blkio_weight,
+            cpu_period: a.cpu_period,
+            cpu_quota: a.cpu_quota,
+            cpu_rt_period: a.cpu_rt_period,
+            cpu_rt_runtime: a.cpu_rt_runtime,
+            cpu_share: a.cpu_share,
+            cpuset_cpus: a.cpuset_cpus,
+            cpuset_mems: a.cpuset_mems,
+            kernel_memory: a.kernel_memory,
+            kernel_memory_tcp: a.kernel_memory_tcp,
+            memory: a.memory,
+            memory_reservation: a.memory_reservation,
+            memory_swap: a.memory_swap,
+            pids_limit: a.pids_limit,
+            l3_cache_schema: a.l3_cache_schema,
+            mem_bw_schema: a.mem_bw_schema,
+            id: a.id,
+        }
+    }
+}
+
+impl From<Verb> for op::Operation {
+    fn from(v: Verb) -> op::Operation {
+        use op::Operation as O;
+        match v {
+            Verb::Create(a) => O::Create(a.into()),
+            Verb::Run(a) => O::Run(a.into()),
+            Verb::Start { id } => O::Start { id },
+            Verb::State { id } => O::State { id },
+            Verb::Kill { all, id, signal } => O::Kill { all, id, signal },
+            Verb::Delete { force, id } => O::Delete { force, id },
+            Verb::Exec(a) => O::Exec(a.into()),
+            Verb::Ps {
+                format,
+                id,
+                ps_args,
+            } => O::Ps {
+                format,
+                id,
+                ps_args,
+            },
+            Verb::Pause { id } => O::Pause { id },
+            Verb::Resume { id } => O::Resume { id },
+            Verb::Update(a) => O::Update(a.into()),
+            Verb::Events {
+                interval,
+                stats,
+                id,
+            } => O::Events {
+                interval,
+                stats,
+                id,
+            },
+            Verb::Features => O::Features,
+            Verb::Spec { bundle, rootless } => O::Spec { bundle, rootless },
+            Verb::List { format, quiet } => O::List { format, quiet },
+            Verb::Cpus { json, gc } => O::Cpus { json, gc },
+            Verb::Other(words) => O::Other(words),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -390,7 +483,8 @@ mod tests {
             "/p",
             "abc",
         ]);
-        assert_eq!(c.verb.unwrap().container_id(), Some("abc"));
+        let op: op::Operation = c.verb.unwrap().into();
+        assert_eq!(op.container_id(), Some("abc"));
         let c = parse(&["exec", "abc", "sh", "-c", "echo --x"]);
         let Some(Verb::Exec(e)) = c.verb else {
             panic!()

@@ -2,13 +2,15 @@
 //! runc's command line, sets up logging, hands the verb to the runtime core
 //! and reports its error the way runc does.
 
+mod cli;
+
 use berth_runtime::backend::Backend;
-use berth_runtime::cli::{self, Cli, LogFormat};
 use berth_runtime::config::RuntimeConfig;
 use berth_runtime::logging::{self, Format};
 use berth_runtime::runtime::Runtime;
 use berth_runtime::SPEC_VERSION;
 use clap::Parser;
+use cli::{Cli, LogFormat};
 use std::ffi::OsString;
 use std::path::Path;
 
@@ -24,7 +26,7 @@ fn main() {
         print_version(cli.berth_config.as_deref());
         return;
     }
-    let Some(verb) = cli.verb.as_ref() else {
+    let Some(verb) = cli.verb.clone() else {
         let _ = <Cli as clap::CommandFactory>::command().print_help();
         std::process::exit(1);
     };
@@ -38,7 +40,7 @@ fn main() {
         .and_then(|(cfg, path)| {
             tracing::debug!(config = ?path, "berth-runtime {}", env!("CARGO_PKG_VERSION"));
             Runtime::new(cfg, cli.root.as_deref(), cli.systemd_cgroup)
-                .handle(verb, cli::delegate_args(&args))
+                .handle(&verb.into(), cli::delegate_args(&args))
         });
     match result {
         Ok(code) => std::process::exit(code),

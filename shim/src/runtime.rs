@@ -9,10 +9,10 @@
 use crate::backend::Backend;
 use crate::builtin;
 use crate::bundle::Bundle;
-use crate::cli::{UpdateArgs, Verb};
 use crate::config::RuntimeConfig;
 use crate::cpus;
 use crate::debug_stop;
+use crate::operation::{Operation, UpdateArgs};
 use crate::records::{valid_id, Records};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -74,8 +74,8 @@ impl Runtime {
     /// Runs `verb`; `args` is the command line the backend gets (Berth's
     /// own flags removed). Returns the exit code, or does not return when a
     /// binary backend takes over the process.
-    pub fn handle(&self, verb: &Verb, args: Vec<OsString>) -> Result<i32> {
-        if let Verb::Cpus { json, gc } = verb {
+    pub fn handle(&self, verb: &Operation, args: Vec<OsString>) -> Result<i32> {
+        if let Operation::Cpus { json, gc } = verb {
             let v = cpus::ops::status(&self.cfg, *gc)?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -85,15 +85,15 @@ impl Runtime {
             return Ok(0);
         }
         let mut bundle = match verb {
-            Verb::Create(c) => Some(self.bundle(&c.id, c.bundle.as_deref())?),
-            Verb::Run(r) => Some(self.bundle(&r.create.id, r.create.bundle.as_deref())?),
+            Operation::Create(c) => Some(self.bundle(&c.id, c.bundle.as_deref())?),
+            Operation::Run(r) => Some(self.bundle(&r.create.id, r.create.bundle.as_deref())?),
             _ => None,
         };
         let backend = match (&bundle, verb) {
             (Some(b), _) => {
                 Backend::for_new_container(&self.cfg, b.annotation(crate::backend::ANNOTATION))?
             }
-            (None, Verb::Other(words)) => {
+            (None, Operation::Other(words)) => {
                 tracing::debug!(verb = ?words.first(), "not a verb Berth knows; passing it on");
                 Backend::default_for(&self.cfg)?
             }
@@ -104,7 +104,10 @@ impl Runtime {
         };
         // The built-in backend's container processes are clones of this one:
         // run from a sealed copy of the binary before making any (CVE-2019-5736).
-        let spawns = matches!(verb, Verb::Create(_) | Verb::Run(_) | Verb::Exec(_));
+        let spawns = matches!(
+            verb,
+            Operation::Create(_) | Operation::Run(_) | Operation::Exec(_)
+        );
         if backend.is_builtin() && spawns && !builtin::seal::is_sealed() {
             return Err(builtin::seal::reexec().into());
         }
@@ -115,14 +118,14 @@ impl Runtime {
         let mut verb = verb.clone();
         // What to do once the backend is done: settle an update, release CPUs.
         let after = match &mut verb {
-            Verb::Update(u) if u.resources.is_some() && self.planned(&u.id) => {
+            Operation::Update(u) if u.resources.is_some() && self.planned(&u.id) => {
                 let path = self.begin_update(u)?;
                 replace_value(&mut args, "--resources", "-r", &path);
                 u.resources = Some(path);
                 After::SettleUpdate(u.id.clone())
             }
-            Verb::Delete { id, .. } if self.holds(id) => After::Release(id.clone()),
-            Verb::Run(r)
+            Operation::Delete { id, .. } if self.holds(id) => After::Release(id.clone()),
+            Operation::Run(r)
                 if backend.is_builtin() && !r.detach && !r.keep && self.holds(&r.create.id) =>
             {
                 After::Release(r.create.id.clone())
@@ -258,7 +261,7 @@ impl Runtime {
     }
 
     /// Berth's part after the backend: `ok` says whether the verb succeeded.
-    fn after(&self, after: &After, ok: bool, verb: &Verb) {
+    fn after(&self, after: &After, ok: bool, verb: &Operation) {
         match after {
             After::Nothing => {}
             After::SettleUpdate(id) => {
@@ -270,7 +273,7 @@ impl Runtime {
                 }
             }
             // A foreground run releases whatever its exit code.
-            After::Release(id) if ok || matches!(verb, Verb::Run(_)) => {
+            After::Release(id) if ok || matches!(verb, Operation::Run(_)) => {
                 debug_stop::at("delete:deleted");
                 self.release(id);
             }

@@ -2,7 +2,7 @@
 
 use super::terminal::{self, ConsoleSocket};
 use super::{cgroup, foreground, stdio, write_pid_file, Context, Error, Result};
-use crate::cli::ExecArgs;
+use crate::operation::ExecArgs;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
 use serde_json::{json, Value};

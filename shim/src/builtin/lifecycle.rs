@@ -2,7 +2,7 @@
 
 use super::terminal::{self, ConsoleSocket};
 use super::{cgroup, foreground, stdio, write_pid_file, Context, Error, Result};
-use crate::cli::{CreateArgs, RunArgs};
+use crate::operation::{CreateArgs, RunArgs};
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::{Container, ContainerStatus};
 use libcontainer::syscall::syscall::SyscallType;

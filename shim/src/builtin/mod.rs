@@ -32,8 +32,8 @@ pub mod stdio;
 mod terminal;
 mod update;
 
-use crate::cli::Verb;
 use crate::config::RuntimeConfig;
+use crate::operation::Operation;
 use crate::records::{valid_id, Records};
 use libcgroups::common::{create_cgroup_manager, AnyCgroupManager, CgroupConfig};
 use libcontainer::container::Container;
@@ -151,7 +151,7 @@ fn cgroup_manager(c: &Container) -> Result<(PathBuf, AnyCgroupManager)> {
 }
 
 /// Runs `verb` on the built-in backend; returns the exit code to leave with.
-pub fn run(ctx: &Context, verb: &Verb) -> Result<i32> {
+pub fn run(ctx: &Context, verb: &Operation) -> Result<i32> {
     if ctx.systemd {
         return Err(Error::Usage(
             "--systemd-cgroup: the built-in backend manages cgroups through cgroupfs only; \
@@ -160,35 +160,37 @@ pub fn run(ctx: &Context, verb: &Verb) -> Result<i32> {
         ));
     }
     match verb {
-        Verb::Create(c) => lifecycle::create(ctx, c, true, None).map(|_| 0),
-        Verb::Run(r) => lifecycle::run(ctx, r),
-        Verb::Start { id } => lifecycle::start(ctx, id).map(|()| 0),
-        Verb::State { id } => state::print(ctx, id).map(|()| 0),
-        Verb::List { format, quiet } => state::list(ctx, format.as_deref(), *quiet).map(|()| 0),
-        Verb::Kill { all, id, signal } => {
+        Operation::Create(c) => lifecycle::create(ctx, c, true, None).map(|_| 0),
+        Operation::Run(r) => lifecycle::run(ctx, r),
+        Operation::Start { id } => lifecycle::start(ctx, id).map(|()| 0),
+        Operation::State { id } => state::print(ctx, id).map(|()| 0),
+        Operation::List { format, quiet } => {
+            state::list(ctx, format.as_deref(), *quiet).map(|()| 0)
+        }
+        Operation::Kill { all, id, signal } => {
             lifecycle::kill(ctx, id, signal.as_deref(), *all).map(|()| 0)
         }
-        Verb::Delete { force, id } => lifecycle::delete(ctx, id, *force).map(|()| 0),
-        Verb::Pause { id } => lifecycle::pause(ctx, id, true).map(|()| 0),
-        Verb::Resume { id } => lifecycle::pause(ctx, id, false).map(|()| 0),
-        Verb::Exec(e) => exec::exec(ctx, e),
-        Verb::Ps {
+        Operation::Delete { force, id } => lifecycle::delete(ctx, id, *force).map(|()| 0),
+        Operation::Pause { id } => lifecycle::pause(ctx, id, true).map(|()| 0),
+        Operation::Resume { id } => lifecycle::pause(ctx, id, false).map(|()| 0),
+        Operation::Exec(e) => exec::exec(ctx, e),
+        Operation::Ps {
             format,
             id,
             ps_args,
         } => ps::ps(ctx, id, format.as_deref(), ps_args).map(|()| 0),
-        Verb::Update(u) => update::update(ctx, u).map(|()| 0),
-        Verb::Events {
+        Operation::Update(u) => update::update(ctx, u).map(|()| 0),
+        Operation::Events {
             interval,
             stats,
             id,
         } => events::events(ctx, id, interval.as_deref(), *stats).map(|()| 0),
-        Verb::Features => features::print().map(|()| 0),
-        Verb::Spec { bundle, rootless } => {
+        Operation::Features => features::print().map(|()| 0),
+        Operation::Spec { bundle, rootless } => {
             features::write_spec(bundle.as_deref(), *rootless).map(|()| 0)
         }
-        Verb::Cpus { .. } => Err(Error::Usage("cpus is not a container verb".into())),
-        Verb::Other(words) => Err(Error::Usage(format!(
+        Operation::Cpus { .. } => Err(Error::Usage("cpus is not a container verb".into())),
+        Operation::Other(words) => Err(Error::Usage(format!(
             "{}: not supported by the built-in backend (use backend = \"runc\" or \"crun\")",
             words
                 .first()

@@ -7,7 +7,7 @@
 //! applied, then saved.
 
 use super::{Context, Error, Result};
-use crate::cli::UpdateArgs;
+use crate::operation::UpdateArgs;
 use libcgroups::common::{CgroupManager, ControllerOpt};
 use oci_spec::runtime::LinuxResources;
 use serde_json::{json, Map, Value};
