@@ -114,6 +114,10 @@ pub struct Kafka {
     /// The partition key: `container_id`, `container_name`, `field:NAME`
     /// (a `fields_from_env` field) or `none`.
     pub partition_key: String,
+    /// The largest record (payload and key) produced, librdkafka's
+    /// `message.max.bytes`; a larger one is dead-lettered, not retried. Keep
+    /// it at or below the broker's `message.max.bytes`.
+    pub message_max_bytes: u32,
     /// Produce requests in flight per broker connection (1 to 5). 1 keeps
     /// per-container order even when a broker persists pipelined batches out
     /// of order as it crashes.
@@ -131,6 +135,7 @@ impl Default for Kafka {
             batch_bytes: 1_000_000,
             message_timeout_ms: 30_000,
             partition_key: "container_id".into(),
+            message_max_bytes: 1_000_000,
             max_in_flight: 1,
         }
     }
@@ -253,6 +258,9 @@ pub struct Config {
     pub metrics: Metrics,
     /// The daemon mode's unix socket.
     pub listen_socket: PathBuf,
+    /// The daemon mode's most concurrent clients (each has a thread); more
+    /// are closed at once and counted.
+    pub max_connections: usize,
 }
 
 impl Default for Config {
@@ -267,6 +275,7 @@ impl Default for Config {
             fields_from_env: Vec::new(),
             metrics: Metrics::default(),
             listen_socket: PathBuf::from("/run/berth/log-appender.sock"),
+            max_connections: 1024,
         }
     }
 }

@@ -191,6 +191,10 @@ pub fn inherited(fd: RawFd) -> Option<std::fs::File> {
 /// The daemon mode: accepts clients on `path` forever; each client's lines
 /// go in as `stdout` of the origin its optional first line names:
 /// `BERTH-HELLO {"container_id": "...", "container_name": "...", "env": {...}}`.
+///
+/// The hello line is read up to [`MAX_HELLO`] bytes: a client that sends
+/// more without a newline is closed. At most `max_connections` clients are
+/// served at once; more are closed at once. Both are counted.
 pub fn serve_socket(shared: Arc<Shared>, path: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(d) = path.parent() {
@@ -204,49 +208,82 @@ pub fn serve_socket(shared: Arc<Shared>, path: &std::path::Path) -> std::io::Res
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     shared.inputs_open.fetch_add(1, Relaxed);
     let host = hostname();
+    let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("listen".into())
         .spawn(move || {
             for conn in l.incoming() {
                 let Ok(conn) = conn else { continue };
+                let cap = shared.cfg().max_connections;
+                if active.load(Relaxed) >= cap {
+                    let before = shared.metrics.refused_clients.fetch_add(1, Relaxed);
+                    if before.is_multiple_of(1000) {
+                        tracing::warn!(
+                            max_connections = cap,
+                            "too many daemon clients; closing a new one"
+                        );
+                    }
+                    drop(conn);
+                    continue;
+                }
+                active.fetch_add(1, Relaxed);
                 let shared = shared.clone();
                 let host = host.clone();
-                let _ = std::thread::Builder::new()
+                let mine = active.clone();
+                let spawned = std::thread::Builder::new()
                     .name("client".into())
                     .spawn(move || {
-                        let mut r = BufReader::new(conn);
-                        let mut origin = Origin {
-                            container_id: "socket".into(),
-                            container_name: "socket".into(),
-                            host,
-                            ..Default::default()
-                        };
-                        if r.fill_buf().is_ok_and(|b| b.starts_with(b"BERTH-HELLO ")) {
-                            let mut first = String::new();
-                            let _ = r.read_line(&mut first);
-                            if let Ok(v) = serde_json::from_str::<serde_json::Value>(
-                                first.trim_start_matches("BERTH-HELLO ").trim(),
-                            ) {
-                                if let Some(s) = v["container_id"].as_str() {
-                                    origin.container_id = s.to_string();
-                                }
-                                origin.container_name = v["container_name"]
-                                    .as_str()
-                                    .unwrap_or(&origin.container_id)
-                                    .to_string();
-                                if let Some(e) = v["env"].as_object() {
-                                    origin.env = e
-                                        .iter()
-                                        .filter_map(|(k, v)| {
-                                            Some((k.clone(), v.as_str()?.to_string()))
-                                        })
-                                        .collect();
-                                }
-                            }
-                        }
-                        read_into(&shared, &origin, "stdout", r);
+                        serve_client(&shared, conn, host);
+                        mine.fetch_sub(1, Relaxed);
                     });
+                if spawned.is_err() {
+                    active.fetch_sub(1, Relaxed);
+                }
             }
         })?;
     Ok(())
+}
+
+/// The longest `BERTH-HELLO` line taken, newline included.
+pub const MAX_HELLO: usize = 64 * 1024;
+
+/// One daemon client: its hello line, then its lines.
+fn serve_client(shared: &Shared, conn: std::os::unix::net::UnixStream, host: String) {
+    let mut r = BufReader::new(conn);
+    let mut origin = Origin {
+        container_id: "socket".into(),
+        container_name: "socket".into(),
+        host,
+        ..Default::default()
+    };
+    if r.fill_buf().is_ok_and(|b| b.starts_with(b"BERTH-HELLO ")) {
+        let mut first = String::new();
+        let _ = r.by_ref().take(MAX_HELLO as u64).read_line(&mut first);
+        if !first.ends_with('\n') {
+            shared.metrics.refused_clients.fetch_add(1, Relaxed);
+            tracing::warn!(
+                limit = MAX_HELLO,
+                "a daemon client's hello line is too long; closing it"
+            );
+            return;
+        }
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(
+            first.trim_start_matches("BERTH-HELLO ").trim(),
+        ) {
+            if let Some(s) = v["container_id"].as_str() {
+                origin.container_id = s.to_string();
+            }
+            origin.container_name = v["container_name"]
+                .as_str()
+                .unwrap_or(&origin.container_id)
+                .to_string();
+            if let Some(e) = v["env"].as_object() {
+                origin.env = e
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect();
+            }
+        }
+    }
+    read_into(shared, &origin, "stdout", r);
 }

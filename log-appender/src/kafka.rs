@@ -3,6 +3,7 @@
 //! failure carrying the record so it goes back to the spill.
 
 use crate::config::{Acks, Config};
+use crate::deadletter::Reason;
 use crate::metrics::Metrics;
 use crate::record::Record;
 use rdkafka::config::ClientConfig;
@@ -41,8 +42,9 @@ pub struct Token {
 pub enum Event {
     /// Kafka acknowledged it.
     Acked(Token),
-    /// It failed for good (after `message.timeout.ms`, or purged); here it is.
-    Failed(Token, Record, String),
+    /// It failed (after `message.timeout.ms`, or purged); here it is, with
+    /// the reason retrying cannot help when that is so.
+    Failed(Token, Record, String, Option<Reason>),
     /// Every broker is down.
     AllBrokersDown,
     /// The producer hit a fatal error (e.g. an idempotence sequence lost by
@@ -98,6 +100,7 @@ impl ProducerContext for Ctx {
                         payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
                     },
                     e.to_string(),
+                    e.rdkafka_error_code().and_then(permanent),
                 )
             }
         };
@@ -117,6 +120,13 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
         .set("linger.ms", k.linger_ms.to_string())
         .set("batch.size", k.batch_bytes.to_string())
         .set("message.timeout.ms", k.message_timeout_ms.to_string())
+        .set("message.max.bytes", k.message_max_bytes.to_string())
+        // A topic the broker does not have fails as unknown (dead-lettered)
+        // before the message times out (retried): half the timeout.
+        .set(
+            "topic.metadata.propagation.max.ms",
+            (k.message_timeout_ms / 2).clamp(1, 30_000).to_string(),
+        )
         // librdkafka's own queue counts against the memory cap: half of it.
         .set(
             "queue.buffering.max.kbytes",
@@ -144,8 +154,34 @@ pub fn sink(cfg: &Config, tx: Sender<Event>, metrics: Arc<Metrics>) -> Result<Si
     client_config(cfg).create_with_context(Ctx { tx, metrics })
 }
 
-/// Hands `r` to librdkafka; gives it back when its queue is full.
-pub fn send(s: &Sink, r: Record, from: From, seq: u64) -> Result<(), Record> {
+/// The errors that retrying the same record can never fix; None for the
+/// retriable ones (broker down, timeouts, leader changes, a purge).
+pub fn permanent(code: RDKafkaErrorCode) -> Option<Reason> {
+    use RDKafkaErrorCode as C;
+    match code {
+        C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge => {
+            Some(Reason::TooLarge)
+        }
+        C::InvalidTopic => Some(Reason::InvalidTopic),
+        C::UnknownTopic | C::UnknownTopicOrPartition | C::UnknownPartition => {
+            Some(Reason::UnknownTopic)
+        }
+        C::TopicAuthorizationFailed | C::InvalidRecord | C::BadMessage => Some(Reason::Refused),
+        _ => None,
+    }
+}
+
+/// Why librdkafka did not take a record.
+#[derive(Debug)]
+pub enum Refusal {
+    /// Its queue is full: try again later.
+    Full(Record),
+    /// It can never take this record.
+    Permanent(Record, Reason),
+}
+
+/// Hands `r` to librdkafka; gives it back when it is refused.
+pub fn send(s: &Sink, r: Record, from: From, seq: u64) -> Result<(), Refusal> {
     let t = Box::new(Token {
         from,
         seq,
@@ -159,7 +195,10 @@ pub fn send(s: &Sink, r: Record, from: From, seq: u64) -> Result<(), Record> {
         Ok(()) => Ok(()),
         Err((e, _)) => {
             tracing::debug!(error = %e, "librdkafka refused a record");
-            Err(r)
+            match e.rdkafka_error_code().and_then(permanent) {
+                Some(reason) => Err(Refusal::Permanent(r, reason)),
+                None => Err(Refusal::Full(r)),
+            }
         }
     }
 }

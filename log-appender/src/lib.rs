@@ -5,10 +5,11 @@
 //!
 //! Modules: `config` (`/etc/berth/log-appender.yaml`); `input`, `lines`
 //! and `record` (what is read and how it is wrapped); `queue` and `spill`
-//! (the buffers); `kafka`, `limiter` and `router` (where records go);
+//! (the buffers); `deadletter` (records Kafka can never take); `kafka`, `limiter` and `router` (where records go);
 //! `metrics` and `reload` (operating it).
 
 pub mod config;
+pub mod deadletter;
 pub mod input;
 pub mod kafka;
 pub mod limiter;

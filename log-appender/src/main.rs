@@ -170,7 +170,14 @@ fn run() -> Result<()> {
             format!("{namespace}-{id}")
         }
     };
-    let mut dir = cfg.spill.dir.join(sanitize(&source));
+    let safe = sanitize(&source);
+    if matches!(safe.as_str(), "" | "." | "..") {
+        anyhow::bail!(
+            "the source name {source:?} cannot name a spill directory under {}: give --name another name",
+            cfg.spill.dir.display()
+        );
+    }
+    let mut dir = cfg.spill.dir.join(&safe);
     let open = |d: &std::path::Path| {
         Spill::open(
             d,
@@ -236,6 +243,7 @@ fn run() -> Result<()> {
         replayed = m.replayed.load(Relaxed),
         spilled = m.spilled.load(Relaxed),
         dropped = m.dropped(),
+        dead_lettered = m.dead_lettered_total(),
         "done"
     );
     Ok(())

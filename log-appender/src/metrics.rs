@@ -1,5 +1,6 @@
 //! Counters and gauges, served in Prometheus text format and logged.
 
+use crate::deadletter::Reason;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -26,6 +27,13 @@ pub struct Metrics {
     pub dropped_spill_evicted: AtomicU64,
     /// Dropped because a spilled record failed its CRC.
     pub dropped_corrupt: AtomicU64,
+    /// Records moved to the dead-letter file, by [`Reason::index`].
+    pub dead_lettered: [AtomicU64; 4],
+    /// Dead letters dropped because the dead-letter file was full or unwritable.
+    pub dropped_dead_letter: AtomicU64,
+    /// Daemon clients closed at once: over `max_connections`, or a hello
+    /// line over its cap.
+    pub refused_clients: AtomicU64,
     /// Delivery failures and client errors reported by librdkafka.
     pub kafka_errors: AtomicU64,
     /// Records in the memory queue.
@@ -47,6 +55,12 @@ impl Metrics {
             + self.dropped_spill_full.load(Relaxed)
             + self.dropped_spill_evicted.load(Relaxed)
             + self.dropped_corrupt.load(Relaxed)
+            + self.dropped_dead_letter.load(Relaxed)
+    }
+
+    /// All dead letters.
+    pub fn dead_lettered_total(&self) -> u64 {
+        self.dead_lettered.iter().map(|c| c.load(Relaxed)).sum()
     }
 
     /// The Prometheus text exposition.
@@ -97,6 +111,13 @@ impl Metrics {
             "Records acknowledged by Kafka from the spill.",
             "counter",
             &self.replayed,
+            "",
+        );
+        c(
+            "refused_clients_total",
+            "Daemon clients closed at once: over max_connections, or an overlong hello line.",
+            "counter",
+            &self.refused_clients,
             "",
         );
         c(
@@ -151,11 +172,25 @@ impl Metrics {
             ("spill_full", &self.dropped_spill_full),
             ("spill_evicted", &self.dropped_spill_evicted),
             ("corrupt", &self.dropped_corrupt),
+            ("dead_letter_full", &self.dropped_dead_letter),
         ] {
             let _ = writeln!(
                 s,
                 "berth_log_appender_dropped_total{{reason=\"{reason}\"}} {}",
                 v.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP berth_log_appender_dead_lettered_total Records Kafka can never take, moved to the dead-letter file, by reason."
+        );
+        let _ = writeln!(s, "# TYPE berth_log_appender_dead_lettered_total counter");
+        for r in Reason::ALL {
+            let _ = writeln!(
+                s,
+                "berth_log_appender_dead_lettered_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                self.dead_lettered[r.index()].load(Relaxed)
             );
         }
         s
@@ -172,6 +207,9 @@ impl Metrics {
             dropped_spill_full = self.dropped_spill_full.load(Relaxed),
             dropped_spill_evicted = self.dropped_spill_evicted.load(Relaxed),
             dropped_corrupt = self.dropped_corrupt.load(Relaxed),
+            dead_lettered = self.dead_lettered_total(),
+            dropped_dead_letter = self.dropped_dead_letter.load(Relaxed),
+            refused_clients = self.refused_clients.load(Relaxed),
             kafka_errors = self.kafka_errors.load(Relaxed),
             memory_records = self.memory_records.load(Relaxed),
             spill_records = self.spill_records.load(Relaxed),

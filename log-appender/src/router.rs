@@ -11,11 +11,17 @@
 //! * A record whose delivery failed goes back to the spill; after a failure
 //!   the router takes nothing new from memory until every record in flight
 //!   is settled, so the failed ones are spilled before anything newer.
+//! * A record Kafka can never take (an invalid topic name, too large, an
+//!   unknown topic the broker will not create) goes to the dead-letter file
+//!   ([`crate::deadletter`]), whether it is caught before producing, refused
+//!   by librdkafka or failed in its delivery report; it never holds up the
+//!   records behind it, and Kafka's health is not in question.
 //! * Inputs never wait for the router: they drop (and count) when the
 //!   memory queue is full.
 
 use crate::config::{Config, Mode};
-use crate::kafka::{self, Event, From, Sink};
+use crate::deadletter::{self, DeadLetter, Reason};
+use crate::kafka::{self, Event, From, Refusal, Sink};
 use crate::limiter::Limiter;
 use crate::metrics::Metrics;
 use crate::queue::MemQueue;
@@ -80,6 +86,7 @@ struct Router {
     events: Receiver<Event>,
     tx: std::sync::mpsc::Sender<Event>,
     spill: Spill,
+    dead: DeadLetter,
     limiter: Limiter,
     healthy: bool,
     inflight_mem: u64,
@@ -119,6 +126,31 @@ impl Router {
         }
     }
 
+    /// Moves `r`, which Kafka can never take, to the dead-letter file.
+    fn dead_letter(&mut self, r: &Record, reason: Reason) {
+        let m = &self.shared.metrics;
+        match self.dead.put(r, reason) {
+            Ok(()) => {
+                let before = m.dead_lettered[reason.index()].fetch_add(1, Relaxed);
+                // The first of each reason, then every 1000th: one bad
+                // client must not flood the log.
+                if before.is_multiple_of(1000) {
+                    tracing::warn!(
+                        reason = reason.as_str(),
+                        topic = %r.topic,
+                        file = %self.dead.path().display(),
+                        count = before + 1,
+                        "a record Kafka can never take was moved to the dead-letter file"
+                    );
+                }
+            }
+            Err(e) => {
+                m.dropped_dead_letter.fetch_add(1, Relaxed);
+                tracing::error!(reason = reason.as_str(), error = %e, "cannot keep a dead letter; record dropped");
+            }
+        }
+    }
+
     fn handle(&mut self, ev: Event) {
         let m = self.shared.metrics.clone();
         match ev {
@@ -140,7 +172,19 @@ impl Router {
                 }
                 self.healthy = true;
             }
-            Event::Failed(t, rec, why) => {
+            Event::Failed(t, rec, why, Some(reason)) => {
+                // This record, not Kafka, is the problem: set it aside.
+                tracing::debug!(error = %why, "delivery failed for good");
+                match t.from {
+                    From::Memory => self.inflight_mem -= 1,
+                    From::Spill(seg, idx) => {
+                        self.inflight_spill -= 1;
+                        self.spill.ack(seg, idx);
+                    }
+                }
+                self.dead_letter(&rec, reason);
+            }
+            Event::Failed(t, rec, why, None) => {
                 if self.healthy {
                     tracing::warn!(error = %why, "kafka delivery failed; spilling until it recovers");
                     kafka::purge(&self.sink);
@@ -240,6 +284,10 @@ impl Router {
 
     fn route(&mut self, batch: Vec<Record>) {
         for r in batch {
+            if let Err(reason) = deadletter::validate(&r, self.cfg.kafka.message_max_bytes) {
+                self.dead_letter(&r, reason);
+                continue;
+            }
             let direct = self.cfg.mode == Mode::KafkaFirst
                 && self.healthy
                 && self.failed_mem.is_empty()
@@ -248,7 +296,8 @@ impl Router {
                 self.seq += 1;
                 match kafka::send(&self.sink, r, From::Memory, self.seq) {
                     Ok(()) => self.inflight_mem += 1,
-                    Err(r) => self.spill_one(&r),
+                    Err(Refusal::Full(r)) => self.spill_one(&r),
+                    Err(Refusal::Permanent(r, reason)) => self.dead_letter(&r, reason),
                 }
             } else {
                 self.spill_one(&r);
@@ -275,6 +324,14 @@ impl Router {
         while self.inflight_spill < window && self.spill.has_unread() {
             match self.spill.next_unread() {
                 Some(Ok((seg, idx, rec))) => {
+                    // Spilled before a limit changed, or by an older version.
+                    if let Err(reason) =
+                        deadletter::validate(&rec, self.cfg.kafka.message_max_bytes)
+                    {
+                        self.dead_letter(&rec, reason);
+                        self.spill.ack(seg, idx);
+                        continue;
+                    }
                     if !self.limiter.try_take(rec.payload.len()) {
                         // Over the limit: read it again next time.
                         self.spill.rewind(seg, idx);
@@ -282,9 +339,13 @@ impl Router {
                     }
                     match kafka::send(&self.sink, rec, From::Spill(seg, idx), 0) {
                         Ok(()) => self.inflight_spill += 1,
-                        Err(_) => {
+                        Err(Refusal::Full(_)) => {
                             self.spill.rewind(seg, idx);
                             return true;
+                        }
+                        Err(Refusal::Permanent(rec, reason)) => {
+                            self.dead_letter(&rec, reason);
+                            self.spill.ack(seg, idx);
                         }
                     }
                 }
@@ -321,7 +382,10 @@ pub fn run(
     let cfg = shared.cfg();
     let (tx, events) = channel();
     let sink = kafka::sink(&cfg, tx.clone(), shared.metrics.clone())?;
+    // Dead letters may take as much room as the spill itself.
+    let dead = DeadLetter::new(spill.dir(), cfg.spill.max_bytes);
     let mut r = Router {
+        dead,
         limiter: Limiter::new(cfg.rate_limit.lines_per_sec, cfg.rate_limit.bytes_per_sec),
         shared: shared.clone(),
         cfg,

@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Largest record body accepted (a corrupt length must not allocate wildly).
@@ -98,9 +99,18 @@ fn seg_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:020}.seg"))
 }
 
+/// A frame: the body's length and CRC32C (little-endian u32s), then the body.
+pub fn frame(body: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(body.len() + 8);
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
+    frame.extend_from_slice(body);
+    frame
+}
+
 /// Reads one frame at the reader's position: `Ok(None)` at a clean end,
 /// `Err(())` for a torn or corrupt frame.
-fn read_frame(r: &mut impl Read) -> Result<Option<Vec<u8>>, ()> {
+pub(crate) fn read_frame(r: &mut impl Read) -> Result<Option<Vec<u8>>, ()> {
     let mut head = [0u8; 8];
     let mut got = 0;
     while got < 8 {
@@ -134,9 +144,16 @@ impl Spill {
         segment_bytes: u64,
         when_full: WhenFull,
     ) -> Result<(Spill, Recovered), SpillError> {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        // Container logs are not for every local user: 0700 directories,
+        // 0600 files.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io(dir))?;
         let lock_path = dir.join(".lock");
         let lock = OpenOptions::new()
+            .mode(0o600)
             .create(true)
             .truncate(false)
             .write(true)
@@ -265,6 +282,7 @@ impl Spill {
                 let _ = w.sync_data();
             }
             let f = OpenOptions::new()
+                .mode(0o600)
                 .create(true)
                 .append(true)
                 .open(&path)
@@ -282,10 +300,7 @@ impl Spill {
                 acked_n: 0,
             });
         }
-        let mut frame = Vec::with_capacity(frame_len as usize);
-        frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-        frame.extend_from_slice(&body);
+        let frame = frame(&body);
         let w = self.writer.as_mut().expect("writer");
         w.write_all(&frame)
             .map_err(|e| Refused::Io(e.to_string()))?;
@@ -294,6 +309,11 @@ impl Spill {
         s.records += 1;
         self.total += frame_len;
         Ok(evicted)
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The next record to replay: `(segment, index, record)`. Records
@@ -454,6 +474,20 @@ mod tests {
             v.push(x);
         }
         v
+    }
+
+    #[test]
+    fn spill_directories_and_segments_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("spool").join("web-1");
+        let (mut s, _) = Spill::open(&dir, 1 << 20, 4096, WhenFull::DropNewest).unwrap();
+        s.append(&rec(1)).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(dir.parent().unwrap()), 0o700);
+        assert_eq!(mode(&seg_path(&dir, 0)), 0o600);
+        assert_eq!(mode(&dir.join(".lock")), 0o600);
     }
 
     #[test]

@@ -647,6 +647,48 @@ fn cpus_freed_by_gc_go_back_to_running_shared_containers() {
     );
 }
 
+/// A runc state root whose containers are force-deleted when it is dropped,
+/// so a failed assertion leaves no container, process or cgroup behind.
+struct RuncRoot(std::path::PathBuf);
+
+impl RuncRoot {
+    fn new(label: &str) -> RuncRoot {
+        RuncRoot(fresh_dir(label))
+    }
+}
+
+impl std::ops::Deref for RuncRoot {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for RuncRoot {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for RuncRoot {
+    fn drop(&mut self) {
+        let listed = try_run(
+            command("runc")
+                .arg("--root")
+                .arg(&self.0)
+                .args(["list", "-q"]),
+        );
+        for id in listed.stdout.split_whitespace() {
+            let _ = try_run(
+                command("runc")
+                    .arg("--root")
+                    .arg(&self.0)
+                    .args(["delete", "--force", id]),
+            );
+        }
+    }
+}
+
 /// berth-runtime (a debug build) stopped by `BERTH_DEBUG_STOP_AT=step` and
 /// killed with -9 there. Returns false when it ended without reaching the step.
 fn kill_at(mut cmd: Command, step: &str) -> bool {
@@ -730,7 +772,7 @@ fn owned(e: &Value) -> String {
 #[test]
 fn kill_minus_nine_at_every_step_leaves_the_ledger_true() {
     let _g = cpu_lock();
-    let root = fresh_dir("kill9-root");
+    let root = RuncRoot::new("kill9-root");
     let bundle = || {
         let b = busybox_bundle(&["sleep", "60"]);
         edit_config(&b, |c| {
@@ -820,7 +862,7 @@ fn kill_minus_nine_at_every_step_leaves_the_ledger_true() {
 #[test]
 fn an_update_the_backend_refuses_is_rolled_back() {
     let _g = cpu_lock();
-    let root = fresh_dir("upd-root");
+    let root = RuncRoot::new("upd-root");
     let bundle = busybox_bundle(&["sleep", "60"]);
     edit_config(&bundle, |c| {
         c["linux"]["resources"]["cpu"] = json!({"quota": 100000, "period": 100000})
@@ -882,7 +924,7 @@ fn an_update_the_backend_refuses_is_rolled_back() {
 #[test]
 fn records_of_unplanned_containers_are_collected() {
     let _g = cpu_lock();
-    let root = fresh_dir("rec-root");
+    let root = RuncRoot::new("rec-root");
     let create = |b: &std::path::Path| {
         let id = unique();
         let r = try_run_via_files(

@@ -7,6 +7,7 @@ use berth_integration::artifacts::bin_dir;
 use berth_integration::broker::Broker;
 use berth_integration::engines::containerd::containerd;
 use berth_integration::names::unique;
+use berth_integration::process::Daemon;
 use std::time::{Duration, Instant};
 
 fn yaml(bootstrap: &str, topic: &str, extra: &str) -> String {
@@ -487,4 +488,230 @@ fn disk_first_mode_spills_everything_and_ships_it_in_order() {
     );
     assert_eq!(c["replayed"], n, "{c:?}");
     assert_eq!(c["sent"], 0, "nothing bypasses the spill: {c:?}");
+}
+
+/// Records Kafka can never take, in the middle of a stream: a topic name
+/// Kafka refuses (a daemon client named `bad/name` under
+/// `topic: "…-{container_name}"`), a topic the broker does not have (found
+/// out only in librdkafka's delivery report), and a line over
+/// `kafka.message_max_bytes`. Each goes to the dead-letter file, counted by
+/// reason; every other line is delivered, in order, and the appender ends.
+#[test]
+fn poison_records_are_dead_lettered_and_stop_nothing() {
+    let broker = Broker::start();
+    let name = unique();
+    let good = format!("{name}-good");
+    broker.create_topic(&good, 1);
+    let cfg = AppenderConfig::new(&yaml(
+        &broker.bootstrap(),
+        &format!("{name}-{{container_name}}"),
+        "  message_max_bytes: 2000\n",
+    ));
+    let sock = cfg.spill_dir.with_file_name("appender.sock");
+    let log = cfg.path.with_extension("daemon.log");
+    let mut daemon = Daemon::spawn(
+        "berth-log-appender",
+        std::process::Command::new(bin_dir().join("berth-log-appender"))
+            .arg("--config")
+            .arg(&cfg.path)
+            .arg("--listen")
+            .arg(&sock)
+            .args(["--drain-seconds", "60"])
+            .env("BERTH_LOG", "info"),
+        &log,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    use std::io::Write;
+    let connect = |container: &str| {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
+        writeln!(
+            s,
+            "BERTH-HELLO {{\"container_id\": \"{container}\", \"container_name\": \"{container}\"}}"
+        )
+        .unwrap();
+        s
+    };
+    let (mut ok, mut bad, mut unknown) = (connect("good"), connect("bad/name"), connect("nosuch"));
+    let big = "x".repeat(5000);
+    for i in 0..300 {
+        writeln!(ok, "{name}-{i}").unwrap();
+        if i % 100 == 50 {
+            writeln!(bad, "poison {i}").unwrap();
+            writeln!(unknown, "nowhere {i}").unwrap();
+            writeln!(ok, "{big}").unwrap(); // too large
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop((ok, bad, unknown));
+    let a = arrivals(
+        &broker.bootstrap(),
+        &good,
+        &name,
+        300,
+        Duration::from_secs(60),
+    );
+    no_loss(&a, "good lines around poison records");
+    // The unknown topic's records fail in their delivery reports (after the
+    // metadata propagation time, 2.5 s here); then the spill is empty.
+    let dead = cfg.spill_dir.join("daemon");
+    let file = std::fs::read_dir(&cfg.spill_dir)
+        .unwrap()
+        .flatten()
+        .map(|d| d.path().join("dead-letter"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("no dead-letter file under {}", dead.display()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let count = |file: &std::path::Path| {
+        berth_log_appender::deadletter::read(file)
+            .map(|v| v.len())
+            .unwrap_or(0)
+    };
+    while count(&file) < 9 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let letters = berth_log_appender::deadletter::read(&file).unwrap();
+    let mut by_reason = std::collections::BTreeMap::new();
+    for (reason, r) in &letters {
+        by_reason
+            .entry(reason.as_str())
+            .or_insert_with(Vec::new)
+            .push(r.topic.clone());
+    }
+    assert_eq!(
+        by_reason.get("invalid_topic").map(Vec::len),
+        Some(3),
+        "{by_reason:?}"
+    );
+    assert_eq!(
+        by_reason.get("too_large").map(Vec::len),
+        Some(3),
+        "{by_reason:?}"
+    );
+    assert_eq!(
+        by_reason.get("unknown_topic").map(Vec::len),
+        Some(3),
+        "{by_reason:?}"
+    );
+    assert!(by_reason["unknown_topic"]
+        .iter()
+        .all(|t| *t == format!("{name}-nosuch")));
+    // Stopped, it ends at once with nothing left to deliver: no record
+    // held up the spill (a stuck one would keep it for the drain time).
+    let stopping = Instant::now();
+    daemon.stop(Duration::from_secs(30));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("dead_lettered=9") && stopping.elapsed() < Duration::from_secs(20),
+        "{text}"
+    );
+}
+
+/// True when the appender closes `s` within 10 s: a read sees EOF (or the
+/// connection reset) rather than timing out.
+fn closed_by_peer(s: &mut std::os::unix::net::UnixStream) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut b = [0u8; 16];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
+}
+
+/// The daemon socket trusts nobody: connections beyond `max_connections`
+/// and a hello line that never ends are closed at once (memory does not
+/// grow), and clients within the limits are served meanwhile.
+#[test]
+fn the_daemon_socket_caps_clients_and_hello_lines() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    let broker = Broker::start();
+    let name = unique();
+    broker.create_topic(&name, 1);
+    let cfg = AppenderConfig::new(&format!(
+        "{}max_connections: 2\n",
+        yaml(&broker.bootstrap(), &name, "")
+    ));
+    let sock = cfg.spill_dir.with_file_name("appender.sock");
+    let log = cfg.path.with_extension("daemon.log");
+    let _daemon = Daemon::spawn(
+        "berth-log-appender",
+        std::process::Command::new(bin_dir().join("berth-log-appender"))
+            .arg("--config")
+            .arg(&cfg.path)
+            .arg("--listen")
+            .arg(&sock),
+        &log,
+    );
+    assert!(
+        berth_integration::process::wait_until(Duration::from_secs(10), || sock.exists()),
+        "no socket"
+    );
+    // Two idle clients take the two places; a third is closed at once.
+    let idle: Vec<UnixStream> = (0..2)
+        .map(|_| UnixStream::connect(&sock).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = UnixStream::connect(&sock).unwrap();
+    assert!(
+        closed_by_peer(&mut third),
+        "a client over max_connections was served"
+    );
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(200));
+    // A hello line that never ends: closed after 64 KiB, not read forever.
+    let mut endless = UnixStream::connect(&sock).unwrap();
+    let mut junk = b"BERTH-HELLO {\"container_id\": \"".to_vec();
+    junk.extend(std::iter::repeat_n(b'a', 200 * 1024));
+    endless
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = endless.write_all(&junk); // may fail once the appender closed it
+    assert!(
+        closed_by_peer(&mut endless),
+        "an endless hello line was read on"
+    );
+    // A well-behaved client is served.
+    let mut ok = UnixStream::connect(&sock).unwrap();
+    writeln!(ok, "BERTH-HELLO {{\"container_id\": \"c1\"}}").unwrap();
+    for i in 0..100 {
+        writeln!(ok, "{name}-{i}").unwrap();
+    }
+    drop(ok);
+    let a = arrivals(
+        &broker.bootstrap(),
+        &name,
+        &name,
+        100,
+        Duration::from_secs(30),
+    );
+    no_loss(&a, "a client within the limits");
+}
+
+/// A source name that would put the spill outside `spill.dir` is refused.
+#[test]
+fn a_name_that_leaves_the_spill_directory_is_refused() {
+    let cfg = AppenderConfig::new(&yaml("127.0.0.1:1", "logs", ""));
+    for bad in ["..", ".", ""] {
+        let r = berth_integration::cmd::try_run(
+            std::process::Command::new(bin_dir().join("berth-log-appender"))
+                .arg("--config")
+                .arg(&cfg.path)
+                .args(["--stdin", "--name", bad])
+                .stdin(std::process::Stdio::null()),
+        );
+        assert!(
+            !r.ok() && r.stderr.contains("cannot name a spill directory"),
+            "--name {bad:?}: {}",
+            r.stderr
+        );
+    }
+    assert!(
+        !cfg.spill_dir.parent().unwrap().join(".lock").exists(),
+        "a spill was opened in the parent directory"
+    );
 }
