@@ -302,13 +302,35 @@ impl Spill {
         }
         let frame = frame(&body);
         let w = self.writer.as_mut().expect("writer");
-        w.write_all(&frame)
-            .map_err(|e| Refused::Io(e.to_string()))?;
+        if let Err(e) = w.write_all(&frame) {
+            self.cut_torn_write();
+            return Err(Refused::Io(e.to_string()));
+        }
         let s = self.segs.back_mut().expect("segment");
         s.bytes += frame_len;
         s.records += 1;
         self.total += frame_len;
         Ok(evicted)
+    }
+
+    /// After a failed write (a full disk) that may have left part of a
+    /// frame: cuts the segment back to its last whole frame and closes it,
+    /// so the next record starts a new segment and no record ever lands
+    /// after a torn frame (which replay, and the next start, would stop at).
+    fn cut_torn_write(&mut self) {
+        let Some(w) = self.writer.take() else {
+            return;
+        };
+        let Some(s) = self.segs.back() else {
+            return;
+        };
+        if let Err(e) = w.set_len(s.bytes) {
+            tracing::error!(segment = %s.path.display(), error = %e, "cannot cut a torn write from the spill");
+        }
+        if s.records == 0 {
+            let _ = std::fs::remove_file(&s.path);
+            self.segs.pop_back();
+        }
     }
 
     /// The directory.
