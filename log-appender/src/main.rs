@@ -73,6 +73,54 @@ fn sanitize(s: &str) -> String {
         .collect()
 }
 
+/// What opening a spill gives.
+type Opened =
+    Result<(Spill, berth_log_appender::spill::Recovered), berth_log_appender::spill::SpillError>;
+
+/// Moves the records of every unlocked `<safe>.<pid>` spill directory under
+/// `root` into `spill`, counting what cannot be kept as dropped.
+fn adopt_leftovers(
+    spill: &mut Spill,
+    root: &std::path::Path,
+    safe: &str,
+    open: &dyn Fn(&std::path::Path) -> Opened,
+    shared: &router::Shared,
+) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    let prefix = format!("{safe}.");
+    let mut found: Vec<std::path::PathBuf> = entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix(&prefix))
+                .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    for d in found {
+        match open(&d) {
+            Ok((side, rec)) => {
+                let (moved, lost) = spill.adopt(side);
+                shared
+                    .metrics
+                    .dropped_corrupt
+                    .fetch_add(lost + rec.torn, Relaxed);
+                tracing::info!(dir = %d.display(), moved, lost, "adopted a spill left beside this one");
+            }
+            Err(berth_log_appender::spill::SpillError::Locked(_)) => {
+                tracing::debug!(dir = %d.display(), "a spill beside this one is still in use");
+            }
+            Err(e) => {
+                tracing::warn!(dir = %d.display(), error = %e, "cannot open a spill left beside this one")
+            }
+        }
+    }
+}
+
 fn main() {
     let filter = std::env::var("BERTH_LOG").unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()
@@ -186,7 +234,7 @@ fn run() -> Result<()> {
             cfg.spill.when_full,
         )
     };
-    let (spill, found) = match open(&dir) {
+    let (mut spill, found) = match open(&dir) {
         // The previous appender of this container is still draining (a
         // restarted container): never keep the container from starting;
         // spill beside it instead.
@@ -203,6 +251,11 @@ fn run() -> Result<()> {
     };
     if found.records > 0 || found.torn > 0 {
         tracing::info!(records = found.records, torn = found.torn, dir = %dir.display(), "replaying the spill left by a previous run");
+    }
+    // Spills left beside this one (`<name>.<pid>`, by an appender that found
+    // it locked) are taken over once no appender holds them.
+    if dir == cfg.spill.dir.join(&safe) {
+        adopt_leftovers(&mut spill, &cfg.spill.dir, &safe, &open, &shared);
     }
     shared
         .metrics

@@ -333,6 +333,35 @@ impl Spill {
         }
     }
 
+    /// Takes every unacknowledged record of `other` (a spill left beside
+    /// this one by an appender that found this one locked) onto this one's
+    /// tail, in order, then removes `other`'s directory. Returns how many
+    /// records moved and how many were lost (corrupt, or refused here). A
+    /// crash half-way leaves `other` in place: its records may then be
+    /// delivered twice, never lost.
+    pub fn adopt(&mut self, mut other: Spill) -> (u64, u64) {
+        let (mut moved, mut lost) = (0, 0);
+        while let Some(next) = other.next_unread() {
+            match next {
+                Ok((_, _, rec)) => match self.append(&rec) {
+                    Ok(evicted) => {
+                        moved += 1;
+                        lost += evicted;
+                    }
+                    Err(_) => lost += 1,
+                },
+                Err(n) => lost += n,
+            }
+        }
+        self.sync();
+        let dir = other.dir.clone();
+        drop(other);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove an adopted spill directory");
+        }
+        (moved, lost)
+    }
+
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -496,6 +525,26 @@ mod tests {
             v.push(x);
         }
         v
+    }
+
+    #[test]
+    fn a_spill_left_beside_is_adopted_in_order_after_ones_own() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut main, _) =
+            Spill::open(&d.path().join("web"), 1 << 20, 4096, WhenFull::DropNewest).unwrap();
+        let side_dir = d.path().join("web.1234");
+        let (mut side, _) = Spill::open(&side_dir, 1 << 20, 4096, WhenFull::DropNewest).unwrap();
+        for i in 0..3 {
+            main.append(&rec(i)).unwrap();
+        }
+        for i in 3..200 {
+            side.append(&rec(i)).unwrap();
+        }
+        side.sync();
+        assert_eq!(main.adopt(side), (197, 0));
+        assert!(!side_dir.exists());
+        let got: Vec<Record> = drain(&mut main).into_iter().map(|(_, _, r)| r).collect();
+        assert_eq!(got, (0..200).map(rec).collect::<Vec<_>>());
     }
 
     #[test]

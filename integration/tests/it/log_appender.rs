@@ -820,3 +820,50 @@ fn a_full_disk_loses_nothing_that_was_safe_and_recovers_when_space_returns() {
     );
     assert!(a.out_of_order.is_empty(), "{:?}", a.out_of_order);
 }
+
+/// An appender that found its source's spill locked (the previous one still
+/// draining) spills beside it, in `<name>.<pid>`; the next start for that
+/// source adopts that spill, so its lines are delivered too, after the
+/// others.
+#[test]
+fn a_spill_left_beside_a_locked_one_is_adopted_at_the_next_start() {
+    let broker = Broker::start();
+    let name = unique();
+    broker.create_topic(&name, 1);
+    let dead = format!("127.0.0.1:{}", free_port());
+    let cfg = AppenderConfig::new(&yaml(&dead, &name, "mode: disk_first\n"));
+    let mut first = Appender::start(&cfg, &name, &[]);
+    for i in 0..100 {
+        first.line(&format!("{name}-{i}"));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut second = Appender::start(&cfg, &name, &[]);
+    for i in 100..200 {
+        second.line(&format!("{name}-{i}"));
+    }
+    std::thread::sleep(Duration::from_millis(2500)); // spilled and fsynced
+    assert!(
+        second.log().contains("spill directory in use"),
+        "{}",
+        second.log()
+    );
+    second.kill9();
+    first.kill9();
+    cfg.write(&yaml(&broker.bootstrap(), &name, ""));
+    let mut again = Appender::start(&cfg, &name, &[]);
+    assert!(again.finish(Duration::from_secs(60)), "{}", again.log());
+    let a = arrivals(
+        &broker.bootstrap(),
+        &name,
+        &name,
+        200,
+        Duration::from_secs(10),
+    );
+    no_loss(&a, &format!("adopted spill; log:\n{}", again.log()));
+    let left: Vec<_> = std::fs::read_dir(&cfg.spill_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "the spill beside was not removed: {left:?}");
+}
