@@ -75,6 +75,9 @@ impl Record {
     }
 }
 
+/// How many records each create checks for GC.
+pub const GC_PER_CREATE: usize = 16;
+
 /// How old a record of a container the backend does not know must be
 /// before GC removes it (a create in progress is younger).
 pub const RECORD_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
@@ -163,18 +166,35 @@ impl Records {
     /// Removes records (but `keep`'s) whose container its backend no longer
     /// has state for, whatever the ledger knows of it. Without `--root` the
     /// backend's default root is looked at; a record whose backend's root
-    /// cannot be told is kept.
+    /// cannot be told is kept. Each call checks at most [`GC_PER_CREATE`]
+    /// records, from a point that moves with the clock, so a create's cost
+    /// stays flat however many records there are, and every record is
+    /// reached over successive creates.
     pub fn gc(&self, keep: &str) -> usize {
-        self.gc_older_than(keep, RECORD_GRACE)
+        self.gc_some(keep, RECORD_GRACE, GC_PER_CREATE)
     }
 
-    /// [`Records::gc`] with a given grace period.
+    /// Every record checked, with a given grace period.
     pub fn gc_older_than(&self, keep: &str, grace: std::time::Duration) -> usize {
+        self.gc_some(keep, grace, usize::MAX)
+    }
+
+    fn gc_some(&self, keep: &str, grace: std::time::Duration, budget: usize) -> usize {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return 0;
         };
+        let entries: Vec<std::fs::DirEntry> = entries.flatten().collect();
+        let n = entries.len();
+        let start = if n > budget {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos() as usize)
+                % n
+        } else {
+            0
+        };
         let mut removed = 0;
-        for e in entries.flatten() {
+        for e in entries.iter().cycle().skip(start).take(budget.min(n)) {
             let name = e.file_name().to_string_lossy().into_owned();
             if name == keep || name.starts_with('.') {
                 continue;
