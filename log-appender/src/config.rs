@@ -261,6 +261,24 @@ pub struct Config {
     /// The daemon mode's most concurrent clients (each has a thread); more
     /// are closed at once and counted.
     pub max_connections: usize,
+    /// Where a daemon client's identity comes from: `peer` (the default) or
+    /// `hello`.
+    pub identity: Identity,
+}
+
+/// `identity`: who a daemon client is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Identity {
+    /// From the kernel: the connecting process's cgroup names its container
+    /// (SO_PEERCRED pid, then `/proc/<pid>/cgroup`). A hello line may add a
+    /// name and env only when it names that same container; a client in no
+    /// container (a host process) is taken at its hello line.
+    #[default]
+    Peer,
+    /// From the client's hello line, as given: for a socket only trusted
+    /// log shippers can reach.
+    Hello,
 }
 
 impl Default for Config {
@@ -276,6 +294,7 @@ impl Default for Config {
             metrics: Metrics::default(),
             listen_socket: PathBuf::from("/run/berth/log-appender.sock"),
             max_connections: 1024,
+            identity: Identity::default(),
         }
     }
 }

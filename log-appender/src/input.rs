@@ -247,8 +247,51 @@ pub fn serve_socket(shared: Arc<Shared>, path: &std::path::Path) -> std::io::Res
 /// The longest `BERTH-HELLO` line taken, newline included.
 pub const MAX_HELLO: usize = 64 * 1024;
 
+/// The container a connected process belongs to, from the kernel: its pid
+/// (SO_PEERCRED), then a 64-hex-digit container ID in its cgroup path
+/// (`/docker/<id>`, `cri-containerd-<id>.scope`, `libpod-<id>.scope`, ...).
+/// None for a process in no container.
+pub fn peer_container(conn: &std::os::unix::net::UnixStream) -> Option<String> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which is a ucred.
+    let rc = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || cred.pid <= 0 {
+        return None;
+    }
+    let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", cred.pid)).ok()?;
+    container_in_cgroup(&cgroups)
+}
+
+/// The first 64-hex-digit word in a `/proc/<pid>/cgroup` text's paths.
+pub fn container_in_cgroup(cgroups: &str) -> Option<String> {
+    cgroups.lines().find_map(|l| {
+        let path = l.splitn(3, ':').nth(2)?;
+        path.split(|c: char| !c.is_ascii_hexdigit())
+            .find(|w| w.len() == 64)
+            .map(str::to_string)
+    })
+}
+
 /// One daemon client: its hello line, then its lines.
 fn serve_client(shared: &Shared, conn: std::os::unix::net::UnixStream, host: String) {
+    let peer = match shared.cfg().identity {
+        crate::config::Identity::Peer => peer_container(&conn),
+        crate::config::Identity::Hello => None,
+    };
     let mut r = BufReader::new(conn);
     let mut origin = Origin {
         container_id: "socket".into(),
@@ -285,5 +328,51 @@ fn serve_client(shared: &Shared, conn: std::os::unix::net::UnixStream, host: Str
             }
         }
     }
+    if let Some(id) = peer {
+        // The kernel's word over the client's: a hello naming another
+        // container gets neither that name nor its env.
+        if origin.container_id != id {
+            if origin.container_id != "socket" {
+                tracing::warn!(claimed = %origin.container_id, peer = %id, "a daemon client claimed another container; using its own");
+            }
+            origin.container_name = id.clone();
+            origin.env.clear();
+            origin.container_id = id;
+        }
+    }
     read_into(shared, &origin, "stdout", r);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_container_is_found_in_every_engine_s_cgroup_shape() {
+        let id = "0123456789abcdef".repeat(4);
+        for path in [
+            format!("/docker/{id}"),
+            format!("/system.slice/docker-{id}.scope"),
+            format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-{id}.scope"),
+            format!("/machine.slice/libpod-{id}.scope/container"),
+            format!("/kubepods/burstable/pod1234/{id}"),
+        ] {
+            let text = format!("12:pids:{path}\n0::/init.scope\n");
+            assert_eq!(container_in_cgroup(&text), Some(id.clone()), "{path}");
+        }
+        assert_eq!(
+            container_in_cgroup("12:pids:/user.slice\n0::/user.slice/session-1.scope\n"),
+            None
+        );
+        // A colon in a path does not hide it; a 63- or 65-digit word is not an ID.
+        assert_eq!(
+            container_in_cgroup(&format!("1:name=systemd:/a:b/{id}\n")),
+            Some(id.clone())
+        );
+        assert_eq!(
+            container_in_cgroup(&format!("1:pids:/x/{}\n", &id[1..])),
+            None
+        );
+        assert_eq!(container_in_cgroup(&format!("1:pids:/x/{id}0\n")), None);
+    }
 }

@@ -867,3 +867,78 @@ fn a_spill_left_beside_a_locked_one_is_adopted_at_the_next_start() {
         .collect();
     assert_eq!(left.len(), 1, "the spill beside was not removed: {left:?}");
 }
+
+/// A client inside a container cannot write as another: in the default
+/// `identity: peer` mode the container ID comes from the connecting
+/// process's cgroup (here a cgroup named as an engine names a container's),
+/// not from its hello line, which claims another container and env.
+#[test]
+fn a_daemon_client_in_a_container_is_known_by_its_cgroup_not_its_claim() {
+    let broker = Broker::start();
+    let name = unique();
+    broker.create_topic(&name, 1);
+    let cfg = AppenderConfig::new(&yaml(
+        &broker.bootstrap(),
+        &name,
+        "fields_from_env: [TIER]\n",
+    ));
+    let sock = cfg.spill_dir.with_file_name("appender.sock");
+    let log = cfg.path.with_extension("daemon.log");
+    let _daemon = Daemon::spawn(
+        "berth-log-appender",
+        std::process::Command::new(bin_dir().join("berth-log-appender"))
+            .arg("--config")
+            .arg(&cfg.path)
+            .arg("--listen")
+            .arg(&sock)
+            .env("BERTH_LOG", "info"),
+        &log,
+    );
+    assert!(
+        berth_integration::process::wait_until(Duration::from_secs(10), || sock.exists()),
+        "no socket"
+    );
+    // A cgroup as Docker names a container's: the run prefix, then the ID.
+    let id: String = format!("{:0>64}", format!("{:x}", std::process::id()))
+        .chars()
+        .rev()
+        .collect();
+    let cg = std::path::Path::new("/sys/fs/cgroup/pids").join(format!("{name}-{id}"));
+    std::fs::create_dir(&cg).unwrap();
+    let script = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_UNIX)\n\
+         s.connect({sock:?})\n\
+         s.sendall(b'BERTH-HELLO {{\"container_id\": \"victim\", \"container_name\": \"victim\", \"env\": {{\"TIER\": \"gold\"}}}}\\n')\n\
+         for i in range(50):\n    s.sendall(b'{name}-%d\\n' % i)\n\
+         s.close()\n",
+        sock = sock.display().to_string()
+    );
+    let r = berth_integration::cmd::try_run(
+        berth_integration::cmd::command("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec /usr/bin/python3 -c \"$0\"",
+                cg.display()
+            ))
+            .arg(&script),
+    );
+    let _ = std::fs::remove_dir(&cg);
+    assert!(r.ok(), "client: {}", r.stderr);
+    let a = arrivals(
+        &broker.bootstrap(),
+        &name,
+        &name,
+        50,
+        Duration::from_secs(30),
+    );
+    no_loss(&a, "a client in a container");
+    for e in &a.envelopes {
+        assert_eq!(e["container_id"], id.as_str(), "{e}");
+        assert_eq!(e["container_name"], id.as_str(), "{e}");
+        assert!(
+            e["fields"].get("TIER").is_none(),
+            "a claimed env was taken: {e}"
+        );
+    }
+}
