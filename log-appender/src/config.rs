@@ -221,8 +221,14 @@ impl Default for Lines {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Metrics {
-    /// Serve Prometheus text on `http://LISTEN/metrics` (e.g. `127.0.0.1:9145`).
+    /// Serve Prometheus text on `http://LISTEN/metrics` (e.g.
+    /// `127.0.0.1:9145`), in the daemon and `--stdin` modes. A binary logger
+    /// runs once per container, so it never binds it (use `textfile_dir`).
     pub listen: Option<String>,
+    /// Write the counters for node_exporter's textfile collector, in every
+    /// mode: `<dir>/berth_log_appender_<source>.prom`, labelled
+    /// `source="<source>"`, replaced atomically every 10 s and removed at exit.
+    pub textfile_dir: Option<PathBuf>,
     /// Log the counters every this many seconds (0: never).
     pub log_interval_secs: u64,
 }
@@ -231,6 +237,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             listen: None,
+            textfile_dir: None,
             log_interval_secs: 60,
         }
     }

@@ -9,7 +9,7 @@ use berth_log_appender::spill::Spill;
 use berth_log_appender::{metrics, reload};
 use clap::Parser;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,12 +55,6 @@ struct Cli {
     pairs: Vec<String>,
 }
 
-static SIGNALLED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    SIGNALLED.store(true, Relaxed);
-}
-
 fn sanitize(s: &str) -> String {
     s.chars()
         .map(|c| {
@@ -71,6 +65,48 @@ fn sanitize(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// The counters for node_exporter's textfile collector.
+struct Textfile {
+    dir: PathBuf,
+    stem: String,
+    source: String,
+}
+
+impl Textfile {
+    fn write(&self, m: &metrics::Metrics) {
+        if let Err(e) = metrics::write_textfile(m, &self.dir, &self.stem, &self.source) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot write the metrics textfile");
+        }
+    }
+
+    /// Writes the file now and every 10 s until the process stops.
+    fn spawn(&self, shared: Arc<Shared>) {
+        self.write(&shared.metrics);
+        let me = Textfile {
+            dir: self.dir.clone(),
+            stem: self.stem.clone(),
+            source: self.source.clone(),
+        };
+        std::thread::spawn(move || loop {
+            for _ in 0..100 {
+                if shared.stop.load(Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            me.write(&shared.metrics);
+        });
+    }
+
+    /// Removes the file: the counters end with the process.
+    fn remove(&self) {
+        let _ = std::fs::remove_file(
+            self.dir
+                .join(format!("berth_log_appender_{}.prom", self.stem)),
+        );
+    }
 }
 
 /// What opening a spill gives.
@@ -158,10 +194,12 @@ fn run() -> Result<()> {
         tracing::info!(path = %path.display(), "no configuration file; using the defaults");
         Config::default()
     };
-    // SAFETY: installing an async-signal-safe handler that only stores a flag.
+    // SIGTERM and SIGINT stop the appender (caught from here on; a thread
+    // below waits for them); a closed pipe is an error, not a death.
+    let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
+        .context("cannot catch SIGTERM and SIGINT")?;
+    // SAFETY: setting SIGPIPE's disposition to ignore.
     unsafe {
-        libc::signal(libc::SIGTERM, on_signal as *const () as usize);
-        libc::signal(libc::SIGINT, on_signal as *const () as usize);
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
     let shared = Shared::new(cfg.clone());
@@ -261,9 +299,28 @@ fn run() -> Result<()> {
         .metrics
         .dropped_corrupt
         .fetch_add(found.torn, Relaxed);
-    if let Some(l) = &cfg.metrics.listen {
-        metrics::serve(l, shared.metrics.clone()).with_context(|| format!("metrics.listen {l}"))?;
+    let binary_logger = !cli.stdin && cli.listen.is_none();
+    match &cfg.metrics.listen {
+        // One binary logger per container: the second would find the port
+        // taken and keep its container from starting.
+        Some(l) if binary_logger => {
+            tracing::info!(listen = %l, "metrics.listen is not used by a binary logger (one per container); set metrics.textfile_dir")
+        }
+        Some(l) => {
+            metrics::serve(l, shared.metrics.clone())
+                .with_context(|| format!("metrics.listen {l}"))?;
+        }
+        None => {}
     }
+    let textfile = cfg.metrics.textfile_dir.clone().map(|d| {
+        let t = Textfile {
+            dir: d,
+            stem: safe.clone(),
+            source: source.clone(),
+        };
+        t.spawn(shared.clone());
+        t
+    });
     let _watcher = if path.exists() {
         reload::watch(shared.clone(), path.clone())
             .map_err(
@@ -276,19 +333,21 @@ fn run() -> Result<()> {
     // Ready: containerd's shim waits for fd 5 to close.
     drop(ready_fd);
     let s2 = shared.clone();
-    std::thread::spawn(move || loop {
-        if SIGNALLED.load(Relaxed) {
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!(signal = sig, "stopping");
             s2.stop.store(true, Relaxed);
             s2.queue.wake();
-            return;
         }
-        std::thread::sleep(Duration::from_millis(100));
     });
     let drain = Duration::from_secs(
         cli.drain_seconds
             .unwrap_or(u64::from(cfg.kafka.message_timeout_ms) / 1000 + 5),
     );
     router::run(shared.clone(), spill, drain)?;
+    if let Some(t) = &textfile {
+        t.remove();
+    }
     let m = &shared.metrics;
     tracing::info!(
         received = m.received.load(Relaxed),

@@ -219,30 +219,119 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `listen` until the process ends.
+/// `text` (Prometheus exposition) with `label="value"` added to every sample.
+pub fn with_label(text: &str, label: &str, value: &str) -> String {
+    let value = value.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut out = String::with_capacity(text.len() * 2);
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            out.push_str(line);
+        } else if let Some((name, rest)) = line.split_once('{') {
+            let _ = write!(out, "{name}{{{label}=\"{value}\",{rest}");
+        } else if let Some((name, v)) = line.split_once(' ') {
+            let _ = write!(out, "{name}{{{label}=\"{value}\"}} {v}");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Writes `m` for node_exporter's textfile collector to `dir`, as
+/// `berth_log_appender_<file_stem>.prom` labelled `source="<source>"`:
+/// a temp file, then rename, so a scrape never reads half of it.
+pub fn write_textfile(
+    m: &Metrics,
+    dir: &std::path::Path,
+    file_stem: &str,
+    source: &str,
+) -> std::io::Result<()> {
+    let path = dir.join(format!("berth_log_appender_{file_stem}.prom"));
+    let tmp = dir.join(format!(".berth_log_appender_{file_stem}.prom.tmp"));
+    std::fs::write(&tmp, with_label(&m.prometheus(), "source", source))?;
+    std::fs::rename(&tmp, &path)
+}
+
+/// Serves `GET /metrics` on `listen` until the process ends, with
+/// tiny_http: each connection is read on its own worker, so a slow or idle
+/// client does not hold up the next scrape.
 pub fn serve(listen: &str, m: std::sync::Arc<Metrics>) -> std::io::Result<()> {
-    use std::io::{Read, Write};
-    let l = std::net::TcpListener::bind(listen)?;
+    let server = tiny_http::Server::http(listen).map_err(std::io::Error::other)?;
+    let content_type =
+        tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"text/plain; version=0.0.4"[..])
+            .map_err(|()| std::io::Error::other("bad header"))?;
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
-            for conn in l.incoming().flatten() {
-                let mut conn = conn;
-                let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(2)));
-                let mut req = [0u8; 1024];
-                let n = conn.read(&mut req).unwrap_or(0);
-                let ok = req[..n].starts_with(b"GET /metrics");
-                let (status, body) = if ok {
-                    ("200 OK", m.prometheus())
+            for req in server.incoming_requests() {
+                let response = if req.url() == "/metrics" {
+                    tiny_http::Response::from_string(m.prometheus())
+                        .with_header(content_type.clone())
                 } else {
-                    ("404 Not Found", "try /metrics\n".to_string())
+                    tiny_http::Response::from_string("try /metrics\n").with_status_code(404)
                 };
-                let _ = write!(
-                    conn,
-                    "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
+                let _ = req.respond(response);
             }
         })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client that connects and sends nothing does not hold up a scrape.
+    #[test]
+    fn an_idle_client_does_not_stall_scraping() {
+        use std::io::{Read, Write};
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let m = std::sync::Arc::new(Metrics::default());
+        m.sent.store(3, Relaxed);
+        serve(&addr, m).unwrap();
+        let _idle = std::net::TcpStream::connect(&addr).unwrap();
+        let t = std::time::Instant::now();
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        assert!(body.contains("berth_log_appender_sent_total 3"), "{body}");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    #[test]
+    fn textfile_samples_carry_their_source() {
+        let m = Metrics::default();
+        m.received.store(7, Relaxed);
+        let text = with_label(&m.prometheus(), "source", "ns-a\"b");
+        assert!(
+            text.contains("berth_log_appender_received_total{source=\"ns-a\\\"b\"} 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "berth_log_appender_dropped_total{source=\"ns-a\\\"b\",reason=\"spill_full\"} 0\n"
+            ),
+            "{text}"
+        );
+        assert!(text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .all(|l| l.contains("source=")));
+        let d = tempfile::tempdir().unwrap();
+        write_textfile(&m, d.path(), "web", "web").unwrap();
+        let names: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, ["berth_log_appender_web.prom"]);
+    }
 }

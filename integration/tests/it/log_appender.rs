@@ -942,3 +942,91 @@ fn a_daemon_client_in_a_container_is_known_by_its_cgroup_not_its_claim() {
         );
     }
 }
+
+/// Two containers with the binary logger at once, `metrics.listen` set: a
+/// binary logger binds no port (the second would find it taken and its
+/// container would not start); each writes its counters for node_exporter's
+/// textfile collector instead, labelled by source, and removes them at exit.
+#[test]
+fn binary_loggers_bind_no_port_and_write_textfile_metrics() {
+    let broker = Broker::start();
+    let ids = [unique(), unique()];
+    for id in &ids {
+        broker.create_topic(id, 1);
+    }
+    let textfiles = berth_integration::artifacts::fresh_dir("textfile");
+    let cfg = AppenderConfig::new(&yaml(
+        &broker.bootstrap(),
+        "{container_name}",
+        &format!(
+            "metrics:\n  listen: \"127.0.0.1:{}\"\n  textfile_dir: {}\n",
+            free_port(),
+            textfiles.display()
+        ),
+    ));
+    let c = containerd();
+    let image = c.busybox_image();
+    let uri = format!(
+        "binary://{}?config={}",
+        bin_dir().join("berth-log-appender").display(),
+        cfg.path.display()
+    );
+    let prom = || -> Vec<String> {
+        std::fs::read_dir(&textfiles)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".prom"))
+            .collect()
+    };
+    let seen = std::thread::scope(|s| {
+        let runs: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let (uri, c) = (&uri, &c);
+                s.spawn(move || {
+                    c.ctr_run(&[
+                        "run",
+                        "--rm",
+                        "--log-uri",
+                        uri,
+                        image,
+                        id,
+                        "sh",
+                        "-c",
+                        &format!("i=0; while [ $i -lt 40 ]; do echo {id}-$i; i=$((i+1)); sleep 0.1; done"),
+                    ])
+                })
+            })
+            .collect();
+        let both =
+            berth_integration::process::wait_until(Duration::from_secs(20), || prom().len() == 2);
+        let files: Vec<String> = prom()
+            .iter()
+            .map(|f| std::fs::read_to_string(textfiles.join(f)).unwrap_or_default())
+            .collect();
+        for r in runs {
+            let r = r.join().unwrap();
+            assert!(r.ok(), "ctr run --log-uri: {}\n{}", r.stdout, r.stderr);
+        }
+        (both, files)
+    });
+    let (both, files) = seen;
+    assert!(both, "not one textfile per running logger");
+    for id in &ids {
+        assert!(
+            files.iter().any(|f| f.contains(&format!(
+                "received_total{{source=\"{}-{id}\"}}",
+                c.namespace
+            ))),
+            "no counters for {id}: {files:?}"
+        );
+        let a = arrivals(&broker.bootstrap(), id, id, 40, Duration::from_secs(30));
+        assert!(a.missing.is_empty(), "{id}: missing {:?}", a.missing);
+    }
+    assert!(
+        berth_integration::process::wait_until(Duration::from_secs(20), || prom().is_empty()),
+        "textfiles left after the loggers ended: {:?}",
+        prom()
+    );
+}
