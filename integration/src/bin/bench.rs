@@ -146,6 +146,11 @@ fn pass_through(
     bb: &Path,
     n: usize,
 ) -> (f64, f64) {
+    let cmd = |rt: &Path, extra: &[&str]| {
+        let mut c = Command::new(rt);
+        c.args(extra).arg("--root").arg(root);
+        c
+    };
     let runners: [(&Path, Vec<&str>, &Path); 2] =
         [(runc, vec![], rb), (berth, vec!["--berth-config", cfg], bb)];
     let ids: Vec<String> = runners
@@ -154,10 +159,7 @@ fn pass_through(
             let id = unique();
             assert!(
                 quiet(
-                    Command::new(rt)
-                        .args(extra)
-                        .arg("--root")
-                        .arg(root)
+                    cmd(rt, extra)
                         .args(["create", "--bundle"])
                         .arg(bundle)
                         .arg(&id)
@@ -175,13 +177,7 @@ fn pass_through(
             let (rt, extra, _) = &runners[j];
             let t = Instant::now();
             assert!(
-                quiet(
-                    Command::new(rt)
-                        .args(extra)
-                        .arg("--root")
-                        .arg(root)
-                        .args(["state", &ids[j]])
-                ),
+                quiet(cmd(rt, extra).args(["state", &ids[j]])),
                 "state failed"
             );
             if i >= 10 {
@@ -190,13 +186,7 @@ fn pass_through(
         }
     }
     for ((rt, extra, _), id) in runners.iter().zip(&ids) {
-        let _ = quiet(
-            Command::new(rt)
-                .args(extra)
-                .arg("--root")
-                .arg(root)
-                .args(["delete", "--force", id]),
-        );
+        let _ = quiet(cmd(rt, extra).args(["delete", "--force", id]));
     }
     let [a, b] = times.map(median);
     (a, b)

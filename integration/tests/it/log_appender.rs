@@ -211,16 +211,41 @@ fn settled(app: &Appender, n: u64) -> std::collections::BTreeMap<String, u64> {
     }
 }
 
-#[test]
-fn a_full_spill_drops_and_counts_exactly_and_a_restart_replays_the_rest() {
+/// A broker with topic `name` in `partitions` partitions, and an appender
+/// configuration (with `extra`) whose broker address is dead: everything
+/// heads for the spill until [`restart_against`].
+fn outage(partitions: u32, extra: &str) -> (Broker, String, AppenderConfig) {
     let broker = Broker::start();
     let name = unique();
-    broker.create_topic(&name, 1);
-    // First no broker at all: everything heads for a small spill.
+    broker.create_topic(&name, partitions);
     let dead = format!("127.0.0.1:{}", free_port());
+    let cfg = AppenderConfig::new(&yaml(&dead, &name, extra));
+    (broker, name, cfg)
+}
+
+/// Points `cfg` at the live broker (with `extra`), runs the appender of
+/// source `name` until it has delivered what it holds and ended, and
+/// returns what arrived of `n` lines, with that appender's log.
+fn restart_against(
+    broker: &Broker,
+    cfg: &AppenderConfig,
+    name: &str,
+    extra: &str,
+    n: u64,
+) -> (berth_integration::appender::Arrival, String) {
+    cfg.write(&yaml(&broker.bootstrap(), name, extra));
+    let mut again = Appender::start(cfg, name, &[]);
+    assert!(again.finish(Duration::from_secs(60)), "{}", again.log());
+    let a = arrivals(&broker.bootstrap(), name, name, n, Duration::from_secs(10));
+    (a, again.log())
+}
+
+#[test]
+fn a_full_spill_drops_and_counts_exactly_and_a_restart_replays_the_rest() {
+    // First no broker at all: everything heads for a small spill.
     let spill = "spill:\n  dir: SPILL_DIR\n  max_bytes: 262144\n  segment_bytes: 65536\n  when_full: drop_newest\n";
     let metrics = format!("metrics:\n  listen: \"127.0.0.1:{}\"\n", free_port());
-    let cfg = AppenderConfig::new(&yaml(&dead, &name, &format!("{spill}{metrics}")));
+    let (broker, name, cfg) = outage(1, &format!("{spill}{metrics}"));
     let mut app = Appender::start(&cfg, &name, &[]);
     let n = 5000;
     let pad = "x".repeat(100);
@@ -241,15 +266,11 @@ fn a_full_spill_drops_and_counts_exactly_and_a_restart_replays_the_rest() {
     );
     app.kill9();
     // Against the live broker, a restart delivers exactly what was spilled.
-    cfg.write(&yaml(&broker.bootstrap(), &name, spill));
-    let mut again = Appender::start(&cfg, &name, &[]);
-    assert!(again.finish(Duration::from_secs(60)), "{}", again.log());
-    let a = arrivals(&broker.bootstrap(), &name, &name, n, Duration::from_secs(5));
+    let (a, log) = restart_against(&broker, &cfg, &name, spill, n);
     assert_eq!(
         a.missing.len() as u64,
         full + mem,
-        "delivered must be exactly what was not dropped; restart log:\n{}",
-        again.log()
+        "delivered must be exactly what was not dropped; restart log:\n{log}"
     );
     assert_eq!(a.duplicates, 0);
     assert!(a.out_of_order.is_empty(), "{:?}", a.out_of_order);
@@ -257,12 +278,8 @@ fn a_full_spill_drops_and_counts_exactly_and_a_restart_replays_the_rest() {
 
 #[test]
 fn kill_minus_nine_then_restart_replays_the_spool_past_a_torn_tail() {
-    let broker = Broker::start();
-    let name = unique();
-    broker.create_topic(&name, 2);
-    let dead = format!("127.0.0.1:{}", free_port());
     let metrics = format!("metrics:\n  listen: \"127.0.0.1:{}\"\n", free_port());
-    let cfg = AppenderConfig::new(&yaml(&dead, &name, &metrics));
+    let (broker, name, cfg) = outage(2, &metrics);
     let mut app = Appender::start(&cfg, &name, &[]);
     let n = 3000;
     for i in 0..n {
@@ -288,20 +305,10 @@ fn kill_minus_nine_then_restart_replays_the_spool_past_a_torn_tail() {
         .unwrap()
         .write_all(&[200, 0, 0, 0, 1, 2])
         .unwrap();
-    cfg.write(&yaml(&broker.bootstrap(), &name, ""));
-    let mut again = Appender::start(&cfg, &name, &[]);
-    assert!(again.finish(Duration::from_secs(60)), "{}", again.log());
+    let (a, log) = restart_against(&broker, &cfg, &name, "", n);
     assert!(
-        again.log().contains("torn"),
-        "the torn tail was not reported: {}",
-        again.log()
-    );
-    let a = arrivals(
-        &broker.bootstrap(),
-        &name,
-        &name,
-        n,
-        Duration::from_secs(30),
+        log.contains("torn"),
+        "the torn tail was not reported: {log}"
     );
     no_loss(&a, "kill -9 and restart");
     let left: Vec<_> = std::fs::read_dir(&dir)
@@ -395,6 +402,30 @@ fn containerd_binary_logger_forwards_stdout_and_stderr() {
     assert!(a.envelopes.iter().all(|e| e["container_id"] == id.as_str()));
 }
 
+/// A daemon-mode appender (`--listen`) for `cfg`, with `args`, once its
+/// socket exists: the daemon (stopped when dropped), the socket and the log.
+fn daemon(cfg: &AppenderConfig, args: &[&str]) -> (Daemon, std::path::PathBuf, std::path::PathBuf) {
+    let sock = cfg.spill_dir.with_file_name("appender.sock");
+    let log = cfg.path.with_extension("daemon.log");
+    let d = Daemon::spawn(
+        "berth-log-appender",
+        std::process::Command::new(bin_dir().join("berth-log-appender"))
+            .arg("--config")
+            .arg(&cfg.path)
+            .arg("--listen")
+            .arg(&sock)
+            .args(args)
+            .env("BERTH_LOG", "info"),
+        &log,
+    );
+    assert!(
+        berth_integration::process::wait_until(Duration::from_secs(10), || sock.exists()),
+        "no socket: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    (d, sock, log)
+}
+
 #[test]
 fn daemon_mode_takes_many_clients_on_a_unix_socket() {
     let broker = Broker::start();
@@ -405,20 +436,7 @@ fn daemon_mode_takes_many_clients_on_a_unix_socket() {
         &name,
         "fields_from_env: [TIER]\n",
     ));
-    let sock = cfg.spill_dir.with_file_name("appender.sock");
-    let log = cfg.path.with_extension("daemon.log");
-    let mut daemon = std::process::Command::new(bin_dir().join("berth-log-appender"))
-        .arg("--config")
-        .arg(&cfg.path)
-        .arg("--listen")
-        .arg(&sock)
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("daemon");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (daemon, sock, _log) = daemon(&cfg, &[]);
     let clients: Vec<_> = (0..4)
         .map(|c| {
             let sock = sock.clone();
@@ -443,8 +461,7 @@ fn daemon_mode_takes_many_clients_on_a_unix_socket() {
         2000,
         Duration::from_secs(30),
     );
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(daemon);
     no_loss(&a, "daemon mode");
     for e in &a.envelopes {
         let c = e["container_id"]
@@ -507,23 +524,7 @@ fn poison_records_are_dead_lettered_and_stop_nothing() {
         &format!("{name}-{{container_name}}"),
         "  message_max_bytes: 2000\n",
     ));
-    let sock = cfg.spill_dir.with_file_name("appender.sock");
-    let log = cfg.path.with_extension("daemon.log");
-    let mut daemon = Daemon::spawn(
-        "berth-log-appender",
-        std::process::Command::new(bin_dir().join("berth-log-appender"))
-            .arg("--config")
-            .arg(&cfg.path)
-            .arg("--listen")
-            .arg(&sock)
-            .args(["--drain-seconds", "60"])
-            .env("BERTH_LOG", "info"),
-        &log,
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut daemon, sock, log) = daemon(&cfg, &["--drain-seconds", "60"]);
     use std::io::Write;
     let connect = |container: &str| {
         let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
@@ -636,21 +637,7 @@ fn the_daemon_socket_caps_clients_and_hello_lines() {
         "{}max_connections: 2\n",
         yaml(&broker.bootstrap(), &name, "")
     ));
-    let sock = cfg.spill_dir.with_file_name("appender.sock");
-    let log = cfg.path.with_extension("daemon.log");
-    let _daemon = Daemon::spawn(
-        "berth-log-appender",
-        std::process::Command::new(bin_dir().join("berth-log-appender"))
-            .arg("--config")
-            .arg(&cfg.path)
-            .arg("--listen")
-            .arg(&sock),
-        &log,
-    );
-    assert!(
-        berth_integration::process::wait_until(Duration::from_secs(10), || sock.exists()),
-        "no socket"
-    );
+    let (_daemon, sock, _log) = daemon(&cfg, &[]);
     // Two idle clients take the two places; a third is closed at once.
     let idle: Vec<UnixStream> = (0..2)
         .map(|_| UnixStream::connect(&sock).unwrap())
@@ -747,20 +734,16 @@ impl Drop for SmallTmpfs {
 /// broker delivers exactly what was not dropped, in order.
 #[test]
 fn a_full_disk_loses_nothing_that_was_safe_and_recovers_when_space_returns() {
-    let broker = Broker::start();
-    let name = unique();
-    broker.create_topic(&name, 1);
     let disk = SmallTmpfs::mount(1 << 20);
     // Most of the disk is taken by something else.
     let filler = disk.0.join("filler");
     std::fs::write(&filler, vec![0u8; 700 * 1024]).unwrap();
-    let dead = format!("127.0.0.1:{}", free_port());
     let spill = format!(
         "spill:\n  dir: {}\n  segment_bytes: 16777216\n",
         disk.0.join("spill").display()
     );
     let metrics = format!("metrics:\n  listen: \"127.0.0.1:{}\"\n", free_port());
-    let cfg = AppenderConfig::new(&yaml(&dead, &name, &format!("{spill}{metrics}")));
+    let (broker, name, cfg) = outage(1, &format!("{spill}{metrics}"));
     let mut app = Appender::start(&cfg, &name, &[]);
     let pad = "x".repeat(200);
     let mut written = 0;
@@ -793,25 +776,11 @@ fn a_full_disk_loses_nothing_that_was_safe_and_recovers_when_space_returns() {
     std::thread::sleep(Duration::from_millis(1500)); // the spill's fsync
     app.kill9();
     // Against the live broker, a restart delivers exactly what was spilled.
-    cfg.write(&yaml(
-        &broker.bootstrap(),
-        &name,
-        &format!("{spill}{metrics}"),
-    ));
-    let mut again = Appender::start(&cfg, &name, &[]);
-    assert!(again.finish(Duration::from_secs(60)), "{}", again.log());
-    let a = arrivals(
-        &broker.bootstrap(),
-        &name,
-        &name,
-        2600,
-        Duration::from_secs(5),
-    );
+    let (a, log) = restart_against(&broker, &cfg, &name, &format!("{spill}{metrics}"), 2600);
     assert_eq!(
         a.missing.len() as u64,
         dropped,
-        "delivered must be exactly what was not dropped; restart log:\n{}",
-        again.log()
+        "delivered must be exactly what was not dropped; restart log:\n{log}"
     );
     assert!(
         a.missing.iter().all(|i| (300..2300).contains(i)),
@@ -827,11 +796,7 @@ fn a_full_disk_loses_nothing_that_was_safe_and_recovers_when_space_returns() {
 /// others.
 #[test]
 fn a_spill_left_beside_a_locked_one_is_adopted_at_the_next_start() {
-    let broker = Broker::start();
-    let name = unique();
-    broker.create_topic(&name, 1);
-    let dead = format!("127.0.0.1:{}", free_port());
-    let cfg = AppenderConfig::new(&yaml(&dead, &name, "mode: disk_first\n"));
+    let (broker, name, cfg) = outage(1, "mode: disk_first\n");
     let mut first = Appender::start(&cfg, &name, &[]);
     for i in 0..100 {
         first.line(&format!("{name}-{i}"));
@@ -849,17 +814,8 @@ fn a_spill_left_beside_a_locked_one_is_adopted_at_the_next_start() {
     );
     second.kill9();
     first.kill9();
-    cfg.write(&yaml(&broker.bootstrap(), &name, ""));
-    let mut again = Appender::start(&cfg, &name, &[]);
-    assert!(again.finish(Duration::from_secs(60)), "{}", again.log());
-    let a = arrivals(
-        &broker.bootstrap(),
-        &name,
-        &name,
-        200,
-        Duration::from_secs(10),
-    );
-    no_loss(&a, &format!("adopted spill; log:\n{}", again.log()));
+    let (a, log) = restart_against(&broker, &cfg, &name, "", 200);
+    no_loss(&a, &format!("adopted spill; log:\n{log}"));
     let left: Vec<_> = std::fs::read_dir(&cfg.spill_dir)
         .unwrap()
         .flatten()
@@ -882,22 +838,7 @@ fn a_daemon_client_in_a_container_is_known_by_its_cgroup_not_its_claim() {
         &name,
         "fields_from_env: [TIER]\n",
     ));
-    let sock = cfg.spill_dir.with_file_name("appender.sock");
-    let log = cfg.path.with_extension("daemon.log");
-    let _daemon = Daemon::spawn(
-        "berth-log-appender",
-        std::process::Command::new(bin_dir().join("berth-log-appender"))
-            .arg("--config")
-            .arg(&cfg.path)
-            .arg("--listen")
-            .arg(&sock)
-            .env("BERTH_LOG", "info"),
-        &log,
-    );
-    assert!(
-        berth_integration::process::wait_until(Duration::from_secs(10), || sock.exists()),
-        "no socket"
-    );
+    let (_daemon, sock, _log) = daemon(&cfg, &[]);
     // A cgroup as Docker names a container's: the run prefix, then the ID.
     let id: String = format!("{:0>64}", format!("{:x}", std::process::id()))
         .chars()
