@@ -89,6 +89,45 @@ fn parse_trunk(v: &Value) -> Result<Vec<u16>, CniError> {
     Ok(out)
 }
 
+/// What DEL needs to find an attachment: where OVSDB is and how long to
+/// wait. Read leniently, so a configuration edited since ADD (or an ADD that
+/// failed validation) never keeps DEL from cleaning up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DelConf {
+    /// `socket_file`, or the default when it is missing or unusable.
+    pub socket: String,
+    /// `ovsTimeoutSeconds`, or 10 s.
+    pub timeout: Duration,
+}
+
+impl DelConf {
+    /// Reads what DEL needs from `conf`; anything invalid is logged and
+    /// replaced by its default.
+    pub fn parse(conf: &NetConf) -> DelConf {
+        let obj = conf.raw.as_object();
+        let get = |k: &str| obj.and_then(|o| o.get(k));
+        let socket = match get("socket_file") {
+            None | Some(Value::Null) => DEFAULT_SOCKET.to_string(),
+            Some(Value::String(s)) if crate::ovsdb::parse_target(s).is_some() => s.clone(),
+            Some(v) => {
+                tracing::warn!(socket_file = %v, "DEL: socket_file is not usable; trying the default {DEFAULT_SOCKET}");
+                DEFAULT_SOCKET.to_string()
+            }
+        };
+        let timeout = match get("ovsTimeoutSeconds") {
+            None | Some(Value::Null) => 10,
+            Some(v) => v.as_u64().filter(|n| *n > 0).unwrap_or_else(|| {
+                tracing::warn!(ovsTimeoutSeconds = %v, "DEL: ovsTimeoutSeconds is not usable; waiting 10 s");
+                10
+            }),
+        };
+        DelConf {
+            socket,
+            timeout: Duration::from_secs(timeout),
+        }
+    }
+}
+
 impl OvsConf {
     /// Reads the plugin's keys from `conf` and `env`'s `CNI_ARGS`.
     pub fn parse(conf: &NetConf, env: &Env) -> Result<OvsConf, CniError> {

@@ -22,16 +22,43 @@ pub struct OvsVlan;
 /// The host end of the veth for an attachment: `bov` + 12 hex of a stable
 /// hash of container ID and interface, so DEL finds it with no state.
 pub fn host_name(container_id: &str, ifname: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in container_id.bytes().chain([b'/']).chain(ifname.bytes()) {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("bov{:012x}", h & 0xffff_ffff_ffff)
+    format!(
+        "bov{:012x}",
+        fnv1a(container_id.bytes().chain([b'/']).chain(ifname.bytes())) & 0xffff_ffff_ffff
+    )
 }
 
-/// The alias on the host end, so GC can find veths whose port never made it.
+fn fnv1a(bytes: impl Iterator<Item = u8>) -> u64 {
+    bytes.fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// How the alias names the network: as is up to 64 bytes, else `~` and a
+/// hash of the name, so the alias stays within the kernel's 255 bytes
+/// (IFALIASZ) however long the network's name.
+fn alias_network(network: &str) -> String {
+    if network.len() <= 64 {
+        network.to_string()
+    } else {
+        format!("~{:016x}", fnv1a(network.bytes()))
+    }
+}
+
+/// The start of the aliases of network `network`'s host ends (GC's match).
+fn alias_prefix(network: &str) -> String {
+    format!("berth-ovs-vlan network={} ", alias_network(network))
+}
+
+/// The alias on the host end, so GC can find veths whose port never made
+/// it; a container ID too long for the rest is hashed too.
 fn alias(network: &str, container_id: &str, ifname: &str) -> String {
-    format!("berth-ovs-vlan network={network} container={container_id} ifname={ifname}")
+    let id = if container_id.len() <= 128 {
+        container_id.to_string()
+    } else {
+        format!("~{:016x}", fnv1a(container_id.bytes()))
+    };
+    format!("{}container={id} ifname={ifname}", alias_prefix(network))
 }
 
 /// Removes what an attachment left on the host: its ports (with QoS rows)
@@ -241,18 +268,21 @@ impl Plugin for OvsVlan {
     }
 
     fn del(&self, env: &Env, conf: &NetConf) -> Result<(), CniError> {
-        let c = OvsConf::parse(conf, env)?;
-        let ipam_result = match &c.common.ipam_type {
+        // Only where OVSDB is and ipam.type matter: a key edited since ADD,
+        // or an ADD that failed validation, must not stop the cleanup.
+        let c = crate::conf::DelConf::parse(conf);
+        let ipam_result = match conf.ipam_type() {
             Some(t) => ipam::del(t, env, &conf.bytes()),
             None => Ok(()),
         };
         let host = host_name(&env.container_id, &env.ifname);
-        let mut db = Client::connect(&c.socket, c.timeout).map_err(|e| cni_err(e, &c))?;
+        let mut db =
+            Client::connect(&c.socket, c.timeout).map_err(|e| port::socket_err(e, &c.socket))?;
         let ids = [
             (port::CONTAINER, env.container_id.clone()),
             (port::IFNAME, env.ifname.clone()),
         ];
-        let found = port::find(&mut db, &ids).map_err(|e| cni_err(e, &c))?;
+        let found = port::find(&mut db, &ids).map_err(|e| port::socket_err(e, &c.socket))?;
         remove_attachment(&mut db, &found, &host)?;
         ipam_result
     }
@@ -404,7 +434,7 @@ impl Plugin for OvsVlan {
         port::remove(&mut db, &stale)?;
         // Veths whose ADD died before its port was written, found by alias.
         let mut nl = Netlink::open()?;
-        let prefix = format!("berth-ovs-vlan network={} ", conf.name);
+        let prefix = alias_prefix(&conf.name);
         let keep: Vec<String> = valid.iter().map(|(id, ifn)| host_name(id, ifn)).collect();
         for l in link::list(&mut nl)? {
             let ours = l.alias.as_deref().is_some_and(|a| a.starts_with(&prefix));
@@ -426,7 +456,22 @@ impl Plugin for OvsVlan {
 
 #[cfg(test)]
 mod tests {
-    use super::host_name;
+    use super::{alias, host_name};
+
+    #[test]
+    fn aliases_fit_the_kernel_however_long_the_names() {
+        let a = alias(&"n".repeat(200), &"c".repeat(64), "eth0");
+        assert!(a.len() < 256, "{} bytes", a.len());
+        assert!(alias(&"n".repeat(1000), &"c".repeat(1000), "eth0123456789ab").len() < 256);
+        assert_eq!(
+            alias("net1", "abc", "eth0"),
+            "berth-ovs-vlan network=net1 container=abc ifname=eth0"
+        );
+        assert_ne!(
+            alias(&"n".repeat(200), "c", "eth0"),
+            alias(&"m".repeat(200), "c", "eth0")
+        );
+    }
 
     #[test]
     fn host_names_are_stable_short_and_distinct() {

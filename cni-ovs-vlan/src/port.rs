@@ -25,10 +25,15 @@ pub const PLUGIN: &str = "berth-ovs-vlan";
 /// Maps an OVSDB failure to a CNI error: unreachable is "try again later"
 /// (code 11) naming `socket_file`; anything else is an I/O failure.
 pub fn cni_err(e: OvsdbError, c: &OvsConf) -> CniError {
+    socket_err(e, &c.socket)
+}
+
+/// [`cni_err`] for OVSDB at `socket`.
+pub fn socket_err(e: OvsdbError, socket: &str) -> CniError {
     match e {
         OvsdbError::Connect { .. } => CniError::new(
             Code::TryAgainLater,
-            format!("socket_file {}: OVSDB is not reachable", c.socket),
+            format!("socket_file {socket}: OVSDB is not reachable"),
         )
         .with_details(e.to_string()),
         _ => CniError::new(Code::Io, e.to_string()),

@@ -22,6 +22,18 @@ pub enum Command {
 }
 
 impl Command {
+    /// Its `CNI_COMMAND` spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Add => "ADD",
+            Command::Del => "DEL",
+            Command::Check => "CHECK",
+            Command::Version => "VERSION",
+            Command::Status => "STATUS",
+            Command::Gc => "GC",
+        }
+    }
+
     /// Parses `CNI_COMMAND`.
     pub fn parse(s: &str) -> Option<Command> {
         Some(match s {

@@ -43,6 +43,24 @@ impl Code {
             Code::Plugin(n) => n.max(100),
         }
     }
+
+    /// The code a plugin's wire number stands for: the well-known ones, a
+    /// plugin's own (100 and up), and anything else as the generic 100.
+    pub fn from_number(n: u32) -> Code {
+        match n {
+            1 => Code::IncompatibleVersion,
+            2 => Code::UnsupportedField,
+            3 => Code::UnknownContainer,
+            4 => Code::InvalidEnv,
+            5 => Code::Io,
+            6 => Code::Decode,
+            7 => Code::InvalidConfig,
+            11 => Code::TryAgainLater,
+            50 => Code::NotAvailable,
+            n if n >= 100 => Code::Plugin(n),
+            _ => Code::Plugin(100),
+        }
+    }
 }
 
 /// A CNI error: what a plugin prints on stdout (and exits non-zero) on failure.
@@ -110,5 +128,16 @@ mod tests {
         assert_eq!(v["details"], "no such link");
         assert_eq!(Code::Plugin(3).number(), 100);
         assert_eq!(Code::TryAgainLater.number(), 11);
+    }
+
+    /// Every code a plugin can send comes back as itself, 50 included (an
+    /// IPAM's STATUS "not available" is not a generic failure).
+    #[test]
+    fn wire_numbers_round_trip() {
+        for n in [1, 2, 3, 4, 5, 6, 7, 11, 50, 100, 101, 999] {
+            assert_eq!(Code::from_number(n).number(), n, "{n}");
+        }
+        assert_eq!(Code::from_number(50), Code::NotAvailable);
+        assert_eq!(Code::from_number(42), Code::Plugin(100));
     }
 }

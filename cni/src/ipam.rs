@@ -37,17 +37,6 @@ pub fn find_plugin(name: &str, path: &[PathBuf]) -> Result<PathBuf, CniError> {
         })
 }
 
-fn verb_name(v: Verb) -> &'static str {
-    match v {
-        Verb::Add => "ADD",
-        Verb::Del => "DEL",
-        Verb::Check => "CHECK",
-        Verb::Version => "VERSION",
-        Verb::Status => "STATUS",
-        Verb::Gc => "GC",
-    }
-}
-
 /// Runs `plugin` for `verb` with `env` and `config` on stdin; returns its
 /// stdout JSON (None when it printed nothing, as DEL may).
 pub fn exec(
@@ -59,7 +48,7 @@ pub fn exec(
     let path = std::env::join_paths(&env.path).unwrap_or_default();
     let args: Vec<String> = env.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let mut cmd = Command::new(plugin);
-    cmd.env("CNI_COMMAND", verb_name(verb))
+    cmd.env("CNI_COMMAND", verb.as_str())
         .env("CNI_CONTAINERID", &env.container_id)
         .env("CNI_IFNAME", &env.ifname)
         .env("CNI_PATH", path)
@@ -104,18 +93,7 @@ pub fn exec(
             .and_then(Value::as_str)
             .unwrap_or("failed")
             .to_string();
-        let code = match code {
-            1 => Code::IncompatibleVersion,
-            2 => Code::UnsupportedField,
-            3 => Code::UnknownContainer,
-            4 => Code::InvalidEnv,
-            5 => Code::Io,
-            6 => Code::Decode,
-            7 => Code::InvalidConfig,
-            11 => Code::TryAgainLater,
-            n if n >= 100 => Code::Plugin(n),
-            _ => Code::Plugin(100),
-        };
+        let code = Code::from_number(code);
         let name = plugin
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

@@ -288,9 +288,6 @@ pub fn add_veth(nl: &mut Netlink, spec: &VethSpec<'_>) -> Result<(), NetlinkErro
     if let Some(mtu) = spec.mtu {
         m.attributes.push(LinkAttribute::Mtu(mtu));
     }
-    if let Some(a) = spec.alias {
-        m.attributes.push(LinkAttribute::IfAlias(a.to_string()));
-    }
     m.attributes.push(LinkAttribute::LinkInfo(vec![
         LinkInfo::Kind(InfoKind::Veth),
         LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
@@ -299,7 +296,20 @@ pub fn add_veth(nl: &mut Netlink, spec: &VethSpec<'_>) -> Result<(), NetlinkErro
         || format!("create veth {} / {}", spec.name, spec.peer),
         RouteNetlinkMessage::NewLink(m),
         NLM_F_CREATE | NLM_F_EXCL,
-    )
+    )?;
+    // The kernel ignores IFLA_IFALIAS when it creates a link: set it after.
+    if let Some(a) = spec.alias {
+        let Some(l) = by_name(nl, spec.name)? else {
+            return Ok(());
+        };
+        set(
+            nl,
+            l.index,
+            || format!("set the alias of {}", spec.name),
+            |m| m.attributes.push(LinkAttribute::IfAlias(a.to_string())),
+        )?;
+    }
+    Ok(())
 }
 
 /// Creates an ifb link (down) named `name`.

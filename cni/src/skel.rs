@@ -27,17 +27,6 @@ fn at_least(version: &str, min: &str) -> bool {
     key(version) >= key(min)
 }
 
-fn verb_name(c: Command) -> &'static str {
-    match c {
-        Command::Add => "ADD",
-        Command::Del => "DEL",
-        Command::Check => "CHECK",
-        Command::Version => "VERSION",
-        Command::Status => "STATUS",
-        Command::Gc => "GC",
-    }
-}
-
 /// Runs one invocation with explicit inputs; returns the stdout text and
 /// the exit code. (`run` wires it to the process.)
 pub fn dispatch(
@@ -62,7 +51,7 @@ pub fn dispatch(
     let conf = match parse_conf(stdin) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(verb = verb_name(env.command), error = %e, "bad network configuration");
+            tracing::error!(verb = env.command.as_str(), error = %e, "bad network configuration");
             // Answer in the config's own version when it names one we speak.
             let v = raw
                 .as_ref()
@@ -82,16 +71,13 @@ pub fn dispatch(
     if !at_least(&v, min) {
         let e = CniError::new(
             Code::IncompatibleVersion,
-            format!(
-                "config version {v} does not allow {}",
-                verb_name(env.command)
-            ),
+            format!("config version {v} does not allow {}", env.command.as_str()),
         );
         return fail(&e, &v);
     }
     let span = tracing::info_span!(
         "cni",
-        verb = verb_name(env.command),
+        verb = env.command.as_str(),
         container = %env.container_id,
         ifname = %env.ifname,
         network = %conf.name

@@ -462,3 +462,100 @@ fn ovsdb_over_tcp_works_like_unix() {
     drop(a);
     assert_clean(&name);
 }
+
+/// DEL never fails because the configuration changed since ADD: for each key
+/// ADD validates, a DEL whose configuration has that key broken still
+/// removes the port, its QoS rows and veth, and releases the IP lease.
+/// (`ipam` and `runtimeConfig.ips` are the IPAM plugin's to read: host-local
+/// refuses a broken one on DEL too. `socket_file` names where the port is:
+/// an unusable one falls back to the default socket, with a log line.)
+#[test]
+fn del_survives_every_key_add_validates_being_broken_since() {
+    let br = OvsBridge::new();
+    let broken = [
+        ("bridge", json!(5)),
+        ("vlan", json!(9999)),
+        ("trunk", json!("all")),
+        ("mtu", json!("big")),
+        ("ovsTimeoutSeconds", json!("soon")),
+        ("egressShaping", json!("magic")),
+        ("mac", json!("zz:zz")),
+        ("bandwidth", json!({"ingressRate": "fast"})),
+        ("dns", json!("8.8.8.8")),
+    ];
+    for (key, bad) in broken {
+        let (c, dir) = conf(
+            &br,
+            "10.221.0.0/24",
+            json!({"vlan": 7, "bandwidth": {"ingressRate": 10_000_000, "ingressBurst": 100_000}}),
+        );
+        let ns = Netns::new();
+        let id = unique();
+        let a = Call::new(&berth_ovs_vlan(), "ADD", &id, Some(&ns.path())).run(&c);
+        assert!(a.ok, "ADD: {}", a.stdout);
+        let mut edited = c.clone();
+        edited[key] = bad;
+        let d = Call::new(&berth_ovs_vlan(), "DEL", &id, Some(&ns.path())).run(&edited);
+        assert!(d.ok, "DEL with {key} broken since ADD: {}", d.stdout);
+        let name = c["name"].as_str().unwrap();
+        assert_clean(name);
+        let leases: Vec<_> = std::fs::read_dir(dir.join(name))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("10."))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(leases.is_empty(), "{key}: leases left {leases:?}");
+    }
+}
+
+/// A 200-character network name: the host end's alias (which GC finds
+/// leaked veths by) stays within the kernel's limit, so ADD works, and GC
+/// still finds a veth whose port never made it.
+#[test]
+fn a_200_character_network_name_attaches_and_is_collected() {
+    let br = OvsBridge::new();
+    let (mut c, _d) = conf(&br, "10.222.0.0/24", json!({"vlan": 9}));
+    let long = format!("{}-{}", unique(), "n".repeat(190));
+    c["name"] = json!(long);
+    let ns = Netns::new();
+    let id = unique();
+    let a = Call::new(&berth_ovs_vlan(), "ADD", &id, Some(&ns.path())).run(&c);
+    assert!(a.ok, "ADD with a 200-character network name: {}", a.stdout);
+    // The port goes behind the plugin's back: only the veth (by alias) is left.
+    let port = sh(
+        "ovs-vsctl",
+        [
+            format!("--db=unix:{}", ovs().db_socket.display()).as_str(),
+            "--columns=name",
+            "--bare",
+            "find",
+            "Port",
+            &format!("external_ids:berth.network=\"{long}\""),
+        ],
+    );
+    let port = port.trim().to_string();
+    assert!(!port.is_empty(), "no port for the network");
+    sh(
+        "ovs-vsctl",
+        [
+            format!("--db=unix:{}", ovs().db_socket.display()).as_str(),
+            "del-port",
+            &port,
+        ],
+    );
+    let mut gc = c.clone();
+    gc["cni.dev/valid-attachments"] = json!([]);
+    let g = Call::new(&berth_ovs_vlan(), "GC", &id, None).run(&gc);
+    assert!(g.ok, "GC: {}", g.stdout);
+    let left = sh("ip", ["-o", "link", "show"]);
+    assert!(
+        !left.lines().any(|l| l.contains(&port)),
+        "GC left the veth of a 200-character network: {left}"
+    );
+    let d = Call::new(&berth_ovs_vlan(), "DEL", &id, Some(&ns.path())).run(&c);
+    assert!(d.ok, "DEL: {}", d.stdout);
+    assert_clean(&long);
+}
