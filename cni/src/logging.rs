@@ -10,6 +10,12 @@
 //!
 //! `logFile: ""` (or `-`) sends the lines to stderr instead; when the file
 //! cannot be opened they go to stderr as well.
+//!
+//! A network config may be written by a tenant (Multus lets namespace users
+//! write them), and the plugin runs as root: its `logFile` is opened only
+//! inside `allowed_log_dirs` of `/etc/berth/cni.toml` (default
+//! `/var/log/berth`). Another path is never opened; the plugin logs where
+//! 2–4 say and states there why.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -29,6 +35,9 @@ pub struct HostSettings {
     pub log_file: Option<PathBuf>,
     /// `error`, `warn`, `info`, `debug` or `trace`.
     pub log_level: Option<String>,
+    /// The directories a network config's `logFile` may name (default: the
+    /// default log file's directory).
+    pub allowed_log_dirs: Option<Vec<PathBuf>>,
 }
 
 impl HostSettings {
@@ -56,6 +65,21 @@ pub struct LogTarget {
     pub file: Option<PathBuf>,
     /// The most verbose level written.
     pub level: LevelFilter,
+    /// A network config's `logFile` that was not opened, and why.
+    pub refused: Option<String>,
+}
+
+/// True when `file` is an absolute path with no `.` or `..` parts inside
+/// one of `dirs`.
+fn allowed(file: &Path, dirs: &[PathBuf]) -> bool {
+    use std::path::Component;
+    file.is_absolute()
+        && file
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+        && dirs
+            .iter()
+            .any(|d| d.is_absolute() && file.starts_with(d) && file != d)
 }
 
 /// Resolves the log target (see the module docs) from the raw network config.
@@ -68,7 +92,25 @@ pub fn resolve(conf: Option<&Value>, get: impl Fn(&str) -> Option<String>) -> Lo
     let host = HostSettings::load(Path::new(
         &get("BERTH_CNI_CONFIG").unwrap_or_else(|| DEFAULT_CONFIG.into()),
     ));
-    let file = from_conf("logFile")
+    let dirs = host.allowed_log_dirs.clone().unwrap_or_else(|| {
+        Path::new(DEFAULT_LOG_FILE)
+            .parent()
+            .map(|d| vec![d.to_path_buf()])
+            .unwrap_or_default()
+    });
+    let mut refused = None;
+    let from_network = from_conf("logFile").filter(|f| {
+        let f = Path::new(f);
+        if f.as_os_str().is_empty() || f == Path::new("-") || allowed(f, &dirs) {
+            return true;
+        }
+        refused = Some(format!(
+            "logFile {} is not inside [cni] allowed_log_dirs {dirs:?}; it was not opened",
+            f.display()
+        ));
+        false
+    });
+    let file = from_network
         .or_else(|| get("BERTH_CNI_LOG_FILE"))
         .map(PathBuf::from)
         .or(host.log_file)
@@ -79,7 +121,11 @@ pub fn resolve(conf: Option<&Value>, get: impl Fn(&str) -> Option<String>) -> Lo
         .or(host.log_level)
         .and_then(|s| level(&s))
         .unwrap_or(LevelFilter::INFO);
-    LogTarget { file, level }
+    LogTarget {
+        file,
+        level,
+        refused,
+    }
 }
 
 /// Installs the subscriber for `target`. The process name is part of every line.
@@ -102,6 +148,9 @@ pub fn init(target: &LogTarget) {
         Some(file) => builder.with_writer(std::sync::Mutex::new(file)).try_init(),
         None => builder.with_writer(std::io::stderr).try_init(),
     };
+    if let Some(why) = &target.refused {
+        tracing::warn!("{why}");
+    }
 }
 
 #[cfg(test)]
@@ -135,5 +184,45 @@ mod tests {
         let t = resolve(None, env(vec![("BERTH_CNI_CONFIG", "/nonexistent".into())]));
         assert_eq!(t.file.as_deref(), Some(Path::new(DEFAULT_LOG_FILE)));
         assert_eq!(t.level, LevelFilter::INFO);
+    }
+
+    /// A network config's logFile is opened only inside allowed_log_dirs.
+    #[test]
+    fn a_log_file_outside_the_allowed_dirs_is_never_opened() {
+        let none = |_: &str| None;
+        for bad in [
+            "/etc/cron.d/x",
+            "/var/log/berth/../../etc/x",
+            "relative.log",
+            "/var/log/berth",
+        ] {
+            let t = resolve(Some(&json!({ "logFile": bad })), none);
+            assert_eq!(
+                t.file.as_deref(),
+                Some(Path::new(DEFAULT_LOG_FILE)),
+                "{bad}"
+            );
+            assert!(
+                t.refused
+                    .as_deref()
+                    .is_some_and(|r| r.contains("allowed_log_dirs")),
+                "{bad}"
+            );
+        }
+        let t = resolve(Some(&json!({"logFile": "/var/log/berth/net1.log"})), none);
+        assert_eq!(
+            t.file.as_deref(),
+            Some(Path::new("/var/log/berth/net1.log"))
+        );
+        assert!(t.refused.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let host = dir.path().join("cni.toml");
+        std::fs::write(&host, "allowed_log_dirs = [\"/srv/logs\"]\n").unwrap();
+        let hp = host.to_string_lossy().into_owned();
+        let get = |k: &str| (k == "BERTH_CNI_CONFIG").then(|| hp.clone());
+        let t = resolve(Some(&json!({"logFile": "/srv/logs/a.log"})), get);
+        assert_eq!(t.file.as_deref(), Some(Path::new("/srv/logs/a.log")));
+        let t = resolve(Some(&json!({"logFile": "/var/log/berth/a.log"})), get);
+        assert!(t.refused.is_some());
     }
 }

@@ -109,7 +109,6 @@ fn main() {
         "master": master.name, "mode": "bridge",
         "ipam": host_local("10.251.0.0/24", "10.251.0.1", &ipam_dir),
         "bandwidth": {"egressRate": 50_000_000},
-        "logFile": scratch().join("cni.log"),
     });
     let mut neighbour_net = net.clone();
     neighbour_net.as_object_mut().map(|o| o.remove("bandwidth"));

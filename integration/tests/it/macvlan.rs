@@ -847,3 +847,33 @@ fn link_in_container_and_static_ips_without_ipam() {
     assert_eq!(e.code(), Some(7));
     assert!(e.stdout.contains("runtimeConfig.ips"), "{}", e.stdout);
 }
+
+/// A network config's `logFile` outside `[cni] allowed_log_dirs` (network
+/// configs may come from tenants; the plugin runs as root) is never opened:
+/// the plugin logs where the host says, and says there why.
+#[test]
+fn a_log_file_outside_the_allowed_dirs_is_never_opened() {
+    let master = ParentLink::new();
+    let target = fresh_dir("tenant-log").join("owned-by-root.log");
+    let (mut c, _dir) = berth_conf(&master.name, "10.223.0.0/24", "10.223.0.1", json!({}));
+    c["logFile"] = json!(target);
+    let ns = Netns::new();
+    let id = unique();
+    let a = Call::new(&berth_macvlan(), "ADD", &id, Some(&ns.path())).run(&c);
+    assert!(a.ok, "ADD: {}", a.stdout);
+    let d = Call::new(&berth_macvlan(), "DEL", &id, Some(&ns.path())).run(&c);
+    assert!(d.ok, "DEL: {}", d.stdout);
+    assert!(
+        !target.exists(),
+        "the plugin opened a tenant-chosen log file"
+    );
+    let log = std::fs::read_to_string(berth_integration::artifacts::scratch().join("cni.log"))
+        .unwrap_or_default();
+    assert!(
+        log.contains(&format!(
+            "logFile {} is not inside [cni] allowed_log_dirs",
+            target.display()
+        )),
+        "the refusal is not logged"
+    );
+}
