@@ -33,6 +33,10 @@ use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+/// Failed probes (one a second while Kafka is unhealthy) before the
+/// producer is replaced.
+const PROBES_BEFORE_NEW_PRODUCER: u32 = 5;
+
 /// How many spilled records may be in flight at once.
 const REPLAY_WINDOW: u64 = 20_000;
 
@@ -95,6 +99,8 @@ struct Router {
     seq: u64,
     rewind: Option<(u64, u32)>,
     last_probe: Instant,
+    /// Probes failed in a row since Kafka was last healthy.
+    failed_probes: u32,
     /// Replaced producers, kept until their last reports are in.
     retired: Vec<(Sink, Instant)>,
 }
@@ -171,6 +177,7 @@ impl Router {
                     tracing::info!("kafka is healthy again");
                 }
                 self.healthy = true;
+                self.failed_probes = 0;
             }
             Event::Failed(t, rec, why, Some(reason)) => {
                 // This record, not Kafka, is the problem: set it aside.
@@ -188,6 +195,19 @@ impl Router {
                 if self.healthy {
                     tracing::warn!(error = %why, "kafka delivery failed; spilling until it recovers");
                     kafka::purge(&self.sink);
+                } else if matches!(t.from, From::Spill(..)) {
+                    // A probe failed. A producer whose requests timed out on
+                    // a broker that stalled (but never closed the connection)
+                    // may never send again: after a few failed probes, start
+                    // a fresh producer session.
+                    self.failed_probes += 1;
+                    if self
+                        .failed_probes
+                        .is_multiple_of(PROBES_BEFORE_NEW_PRODUCER)
+                    {
+                        tracing::warn!(error = %why, probes = self.failed_probes, "kafka still fails; replacing the producer");
+                        self.replace_sink();
+                    }
                 }
                 self.healthy = false;
                 match t.from {
@@ -400,6 +420,7 @@ pub fn run(
         seq: 0,
         rewind: None,
         last_probe: Instant::now(),
+        failed_probes: 0,
         retired: Vec::new(),
     };
     let mut last_sync = Instant::now();

@@ -971,3 +971,62 @@ fn binary_loggers_bind_no_port_and_write_textfile_metrics() {
         prom()
     );
 }
+
+/// A slow broker: tansu stopped (SIGSTOP) for 10 s mid-stream, so
+/// connections stay open but nothing is answered. The writer is never held
+/// up (no write into the appender's pipe takes long), and once the broker
+/// runs again every line arrives, in order.
+#[test]
+fn a_broker_stopped_mid_stream_blocks_no_writer_and_loses_nothing() {
+    let broker = Broker::start();
+    let name = unique();
+    broker.create_topic(&name, 1);
+    let cfg = AppenderConfig::new(&yaml(&broker.bootstrap(), &name, ""));
+    let mut app = Appender::start(&cfg, &name, &[]);
+    let rate = 1000;
+    let n = 20 * rate;
+    let signal = |sig: i32| {
+        // SAFETY: kill(2) on the broker this test started, by its pid.
+        unsafe { libc::kill(broker.pid() as i32, sig) };
+    };
+    let mut slowest = Duration::ZERO;
+    let mut stopped_at = None;
+    let start = Instant::now();
+    for i in 0..n {
+        if i == 3 * rate {
+            signal(libc::SIGSTOP);
+            stopped_at = Some(Instant::now());
+        }
+        if stopped_at.is_some_and(|t| t.elapsed() >= Duration::from_secs(10)) {
+            signal(libc::SIGCONT);
+            stopped_at = None;
+        }
+        let t = Instant::now();
+        app.line(&format!("{name}-{i}"));
+        slowest = slowest.max(t.elapsed());
+        let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+        if let Some(d) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+    }
+    if stopped_at.is_some() {
+        signal(libc::SIGCONT);
+    }
+    assert!(app.finish(Duration::from_secs(120)), "{}", app.log());
+    let a = arrivals(
+        &broker.bootstrap(),
+        &name,
+        &name,
+        n,
+        Duration::from_secs(30),
+    );
+    no_loss(&a, &format!("a stopped broker; log:\n{}", app.log()));
+    assert!(
+        slowest < Duration::from_millis(200),
+        "a write waited {slowest:?} while the broker was stopped"
+    );
+    eprintln!(
+        "slow broker: {} lines, slowest write {slowest:?}, {} duplicates",
+        n, a.duplicates
+    );
+}
