@@ -149,14 +149,7 @@ fn broker_killed_for_30_seconds_spills_then_replays_everything() {
 
 #[test]
 fn over_the_rate_limit_spills_then_drains_in_order() {
-    let broker = Broker::start();
-    let name = unique();
-    broker.create_topic(&name, 1);
-    let cfg = AppenderConfig::new(&yaml(
-        &broker.bootstrap(),
-        &name,
-        "rate_limit:\n  lines_per_sec: 2000\n",
-    ));
+    let (broker, name, cfg) = live(1, "rate_limit:\n  lines_per_sec: 2000\n");
     let mut app = Appender::start(&cfg, &name, &[]);
     let n = 12_000;
     let t = Instant::now();
@@ -209,6 +202,16 @@ fn settled(app: &Appender, n: u64) -> std::collections::BTreeMap<String, u64> {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A broker with topic `name` in `partitions` partitions, and an appender
+/// configuration (with `extra`) pointing at it.
+fn live(partitions: u32, extra: &str) -> (Broker, String, AppenderConfig) {
+    let broker = Broker::start();
+    let name = unique();
+    broker.create_topic(&name, partitions);
+    let cfg = AppenderConfig::new(&yaml(&broker.bootstrap(), &name, extra));
+    (broker, name, cfg)
 }
 
 /// A broker with topic `name` in `partitions` partitions, and an appender
@@ -428,14 +431,7 @@ fn daemon(cfg: &AppenderConfig, args: &[&str]) -> (Daemon, std::path::PathBuf, s
 
 #[test]
 fn daemon_mode_takes_many_clients_on_a_unix_socket() {
-    let broker = Broker::start();
-    let name = unique();
-    broker.create_topic(&name, 2);
-    let cfg = AppenderConfig::new(&yaml(
-        &broker.bootstrap(),
-        &name,
-        "fields_from_env: [TIER]\n",
-    ));
+    let (broker, name, cfg) = live(2, "fields_from_env: [TIER]\n");
     let (daemon, sock, _log) = daemon(&cfg, &[]);
     let clients: Vec<_> = (0..4)
         .map(|c| {
@@ -476,14 +472,7 @@ fn daemon_mode_takes_many_clients_on_a_unix_socket() {
 
 #[test]
 fn disk_first_mode_spills_everything_and_ships_it_in_order() {
-    let broker = Broker::start();
-    let name = unique();
-    broker.create_topic(&name, 1);
-    let cfg = AppenderConfig::new(&yaml(
-        &broker.bootstrap(),
-        &name,
-        "mode: disk_first\nrate_limit:\n  lines_per_sec: 5000\n",
-    ));
+    let (broker, name, cfg) = live(1, "mode: disk_first\nrate_limit:\n  lines_per_sec: 5000\n");
     let mut app = Appender::start(&cfg, &name, &[]);
     let n = 8000;
     for i in 0..n {
@@ -830,14 +819,7 @@ fn a_spill_left_beside_a_locked_one_is_adopted_at_the_next_start() {
 /// not from its hello line, which claims another container and env.
 #[test]
 fn a_daemon_client_in_a_container_is_known_by_its_cgroup_not_its_claim() {
-    let broker = Broker::start();
-    let name = unique();
-    broker.create_topic(&name, 1);
-    let cfg = AppenderConfig::new(&yaml(
-        &broker.bootstrap(),
-        &name,
-        "fields_from_env: [TIER]\n",
-    ));
+    let (broker, name, cfg) = live(1, "fields_from_env: [TIER]\n");
     let (_daemon, sock, _log) = daemon(&cfg, &[]);
     // A cgroup as Docker names a container's: the run prefix, then the ID.
     let id: String = format!("{:0>64}", format!("{:x}", std::process::id()))
@@ -978,10 +960,7 @@ fn binary_loggers_bind_no_port_and_write_textfile_metrics() {
 /// runs again every line arrives, in order.
 #[test]
 fn a_broker_stopped_mid_stream_blocks_no_writer_and_loses_nothing() {
-    let broker = Broker::start();
-    let name = unique();
-    broker.create_topic(&name, 1);
-    let cfg = AppenderConfig::new(&yaml(&broker.bootstrap(), &name, ""));
+    let (broker, name, cfg) = live(1, "");
     let mut app = Appender::start(&cfg, &name, &[]);
     let rate = 1000;
     let n = 20 * rate;
