@@ -317,7 +317,16 @@ impl Plugin for Macvlan {
         let c = MacvlanConf::parse(conf, env)?;
         if !c.link_in_container {
             let mut nl = Netlink::open()?;
-            master(&mut nl, &c).map_err(|e| CniError::new(Code::NotAvailable, e.msg))?;
+            let m = master(&mut nl, &c).map_err(|e| CniError::new(Code::NotAvailable, e.msg))?;
+            if !m.up {
+                return Err(CniError::new(
+                    Code::NotAvailable,
+                    format!(
+                        "master {:?} is down: containers attached now would have no network",
+                        m.name
+                    ),
+                ));
+            }
         }
         if let Some(t) = &c.common.ipam_type {
             ipam::passthrough_11(t, Verb::Status, env, &conf.bytes())?;

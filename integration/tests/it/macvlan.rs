@@ -665,6 +665,13 @@ fn del_never_fails_for_what_is_already_gone_and_check_finds_drift() {
     assert!(Call::new(&berth_macvlan(), "STATUS", "", None).run(&c).ok);
     let st = Call::new(&berth_macvlan(), "STATUS", "", None).run(&gone);
     assert_eq!(st.code(), Some(50), "{}", st.stdout);
+    // A master that is down cannot serve an ADD either: 50, naming the cause.
+    let master = c["master"].as_str().unwrap().to_string();
+    sh("ip", ["link", "set", master.as_str(), "down"]);
+    let st = Call::new(&berth_macvlan(), "STATUS", "", None).run(&c);
+    sh("ip", ["link", "set", master.as_str(), "up"]);
+    assert_eq!(st.code(), Some(50), "{}", st.stdout);
+    assert!(st.stdout.contains("is down"), "{}", st.stdout);
     let mut gc = c.clone();
     gc["cni.dev/valid-attachments"] = json!([]);
     assert!(Call::new(&berth_macvlan(), "GC", "", None).run(&gc).ok);
