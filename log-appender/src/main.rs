@@ -68,6 +68,7 @@ fn sanitize(s: &str) -> String {
 }
 
 /// The counters for node_exporter's textfile collector.
+#[derive(Clone)]
 struct Textfile {
     dir: PathBuf,
     stem: String,
@@ -84,11 +85,7 @@ impl Textfile {
     /// Writes the file now and every 10 s until the process stops.
     fn spawn(&self, shared: Arc<Shared>) {
         self.write(&shared.metrics);
-        let me = Textfile {
-            dir: self.dir.clone(),
-            stem: self.stem.clone(),
-            source: self.source.clone(),
-        };
+        let me = self.clone();
         std::thread::spawn(move || loop {
             for _ in 0..100 {
                 if shared.stop.load(Relaxed) {
@@ -102,10 +99,7 @@ impl Textfile {
 
     /// Removes the file: the counters end with the process.
     fn remove(&self) {
-        let _ = std::fs::remove_file(
-            self.dir
-                .join(format!("berth_log_appender_{}.prom", self.stem)),
-        );
+        let _ = std::fs::remove_file(metrics::textfile_path(&self.dir, &self.stem));
     }
 }
 

@@ -236,6 +236,11 @@ pub fn with_label(text: &str, label: &str, value: &str) -> String {
     out
 }
 
+/// The textfile of source `file_stem` in `dir`.
+pub fn textfile_path(dir: &std::path::Path, file_stem: &str) -> std::path::PathBuf {
+    dir.join(format!("berth_log_appender_{file_stem}.prom"))
+}
+
 /// Writes `m` for node_exporter's textfile collector to `dir`, as
 /// `berth_log_appender_<file_stem>.prom` labelled `source="<source>"`:
 /// a temp file, then rename, so a scrape never reads half of it.
@@ -245,7 +250,7 @@ pub fn write_textfile(
     file_stem: &str,
     source: &str,
 ) -> std::io::Result<()> {
-    let path = dir.join(format!("berth_log_appender_{file_stem}.prom"));
+    let path = textfile_path(dir, file_stem);
     let tmp = dir.join(format!(".berth_log_appender_{file_stem}.prom.tmp"));
     std::fs::write(&tmp, with_label(&m.prometheus(), "source", source))?;
     std::fs::rename(&tmp, &path)

@@ -1,7 +1,7 @@
 //! The CPU ledger's part in verbs other than create: release on delete,
 //! re-plan on update, and the `berth-runtime cpus` report.
 
-use super::ledger::Store;
+use super::ledger::{id_of, Store};
 use super::plan::Mode;
 use super::topology::{format_list, Topology};
 use crate::config::RuntimeConfig;
@@ -164,10 +164,6 @@ pub fn status(cfg: &RuntimeConfig, gc: bool) -> Result<Value> {
             .collect();
         Ok(json!({"base": base, "cpus": cpus, "shared_pool": l.host.shared_pool_list(), "containers": containers, "gc_freed": freed}))
     })
-}
-
-fn id_of(key: &str) -> String {
-    super::ledger::id_of(key).to_string()
 }
 
 /// `status` as a table for people.

@@ -119,14 +119,6 @@ pub fn rewrite_bundle(bundle: &Path, config: &RuntimeConfig) -> Result<Value> {
     crate::bundle::Bundle::load(Some(bundle))?.rewrite(config, None, None)
 }
 
-/// The bundle directory of a verb: `given`, else the current directory (as runc).
-pub fn bundle_dir(given: Option<&Path>) -> std::io::Result<PathBuf> {
-    match given {
-        Some(b) => Ok(b.to_path_buf()),
-        None => std::env::current_dir(),
-    }
-}
-
 /// `<bundle>/config.json` as JSON; `Null` when it is missing or not JSON
 /// (verbs other than create, which only look at it).
 pub fn read_config(bundle: &Path) -> Value {
