@@ -587,9 +587,10 @@ fn docker_pause_exec_tty_memory_update_and_oom(b: Backend) {
         "sh",
         "-c",
         // A moment first: containerd's shim registers for the cgroup's OOM
-        // event after start, and an OOM in the first milliseconds can beat it
-        // (seen under load, on runc too).
-        "sleep 1; x=a; while true; do x=\"$x$x\"; done",
+        // event after start, and an OOM before that is never reported (seen
+        // under CI's parallel load after 1 s, on runc and the built-in
+        // backend alike): 3 s.
+        "sleep 3; x=a; while true; do x=\"$x$x\"; done",
     ]);
     // dockerd handles containerd's OOM event and exit event separately; under
     // load the OOM one can be handled after `docker run` returned.
