@@ -1,6 +1,9 @@
-//! The Kafka sink: a librdkafka producer (through `rdkafka`) whose delivery
-//! reports come back to the router as events: an acknowledgement, or a
-//! failure carrying the record so it goes back to the spill.
+//! The sink: where the router sends records. [`Sink`] is the interface
+//! (send, purge, flush, with delivery reports coming back as [`Event`]s: an
+//! acknowledgement, or a failure carrying the record so it goes back to the
+//! spill); [`Rdkafka`] makes the real one, a librdkafka producer through
+//! `rdkafka`. The model test (`tests/model.rs`) drives the router through a
+//! fake with injected faults.
 
 use crate::config::{Acks, Config};
 use crate::deadletter::Reason;
@@ -108,8 +111,41 @@ impl ProducerContext for Ctx {
     }
 }
 
-/// The producer type.
-pub type Sink = ThreadedProducer<Ctx>;
+/// Where the router sends records. Every record handed over by
+/// [`Sink::send`] is reported exactly once on the connector's channel, as
+/// [`Event::Acked`] or [`Event::Failed`].
+pub trait Sink: Send {
+    /// Takes `r` for delivery, or gives it back.
+    fn send(&self, r: Record, from: From, seq: u64) -> Result<(), Refusal>;
+    /// Fails everything queued or in flight at once (reported as failures),
+    /// so it goes back to the spill in order instead of waiting for the
+    /// timeout.
+    fn purge(&self);
+    /// Waits up to `t` for what it holds to be delivered.
+    fn flush(&self, t: Duration);
+}
+
+/// Makes sinks: at start, to replace a stuck one, and for new settings.
+pub trait Connector: Send {
+    /// A new sink for `cfg` that reports to `tx`.
+    fn connect(&mut self, cfg: &Config, tx: Sender<Event>) -> Result<Box<dyn Sink>, KafkaError>;
+}
+
+/// The real connector: librdkafka producers.
+pub struct Rdkafka {
+    /// Where client errors are counted.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Connector for Rdkafka {
+    fn connect(&mut self, cfg: &Config, tx: Sender<Event>) -> Result<Box<dyn Sink>, KafkaError> {
+        let p: ThreadedProducer<Ctx> = client_config(cfg).create_with_context(Ctx {
+            tx,
+            metrics: self.metrics.clone(),
+        })?;
+        Ok(Box::new(p))
+    }
+}
 
 /// The librdkafka settings `cfg` asks for.
 pub fn client_config(cfg: &Config) -> ClientConfig {
@@ -149,11 +185,6 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
     c
 }
 
-/// A producer for `cfg` reporting to `tx`.
-pub fn sink(cfg: &Config, tx: Sender<Event>, metrics: Arc<Metrics>) -> Result<Sink, KafkaError> {
-    client_config(cfg).create_with_context(Ctx { tx, metrics })
-}
-
 /// The errors that retrying the same record can never fix; None for the
 /// retriable ones (broker down, timeouts, leader changes, a purge).
 pub fn permanent(code: RDKafkaErrorCode) -> Option<Reason> {
@@ -180,36 +211,34 @@ pub enum Refusal {
     Permanent(Record, Reason),
 }
 
-/// Hands `r` to librdkafka; gives it back when it is refused.
-pub fn send(s: &Sink, r: Record, from: From, seq: u64) -> Result<(), Refusal> {
-    let t = Box::new(Token {
-        from,
-        seq,
-        bytes: r.payload.len(),
-    });
-    let mut br = BaseRecord::with_opaque_to(&r.topic, t).payload(&r.payload);
-    if let Some(k) = &r.key {
-        br = br.key(k);
-    }
-    match s.send(br) {
-        Ok(()) => Ok(()),
-        Err((e, _)) => {
-            tracing::debug!(error = %e, "librdkafka refused a record");
-            match e.rdkafka_error_code().and_then(permanent) {
-                Some(reason) => Err(Refusal::Permanent(r, reason)),
-                None => Err(Refusal::Full(r)),
+impl Sink for ThreadedProducer<Ctx> {
+    fn send(&self, r: Record, from: From, seq: u64) -> Result<(), Refusal> {
+        let t = Box::new(Token {
+            from,
+            seq,
+            bytes: r.payload.len(),
+        });
+        let mut br = BaseRecord::with_opaque_to(&r.topic, t).payload(&r.payload);
+        if let Some(k) = &r.key {
+            br = br.key(k);
+        }
+        match ThreadedProducer::send(self, br) {
+            Ok(()) => Ok(()),
+            Err((e, _)) => {
+                tracing::debug!(error = %e, "librdkafka refused a record");
+                match e.rdkafka_error_code().and_then(permanent) {
+                    Some(reason) => Err(Refusal::Permanent(r, reason)),
+                    None => Err(Refusal::Full(r)),
+                }
             }
         }
     }
-}
 
-/// Fails everything queued or in flight at once (reported as failures), so
-/// it goes back to the spill in order instead of waiting for the timeout.
-pub fn purge(s: &Sink) {
-    s.purge(PurgeConfig::default().queue().inflight());
-}
+    fn purge(&self) {
+        Producer::purge(self, PurgeConfig::default().queue().inflight());
+    }
 
-/// Waits up to `t` for librdkafka to deliver what it holds.
-pub fn flush(s: &Sink, t: Duration) {
-    let _ = s.flush(t);
+    fn flush(&self, t: Duration) {
+        let _ = Producer::flush(self, t);
+    }
 }

@@ -58,6 +58,15 @@ impl<T: Weighed> MemQueue<T> {
 
     /// Takes up to `max` records, waiting up to `wait` for the first.
     pub fn pop_batch(&self, max: usize, wait: Duration) -> Vec<T> {
+        let out = self.take_batch(max, wait);
+        self.release(out.iter().map(Weighed::size).sum());
+        out
+    }
+
+    /// Takes up to `max` records like [`MemQueue::pop_batch`], but their
+    /// bytes stay counted against the cap until [`MemQueue::release`]: the
+    /// consumer holds them in memory, and inputs must not fill their room.
+    pub fn take_batch(&self, max: usize, wait: Duration) -> Vec<T> {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if g.0.is_empty() && !wait.is_zero() {
             g = self
@@ -67,10 +76,13 @@ impl<T: Weighed> MemQueue<T> {
                 .unwrap_or_else(|e| e.into_inner().0);
         }
         let n = g.0.len().min(max);
-        let out: Vec<T> = g.0.drain(..n).collect();
-        let freed: u64 = out.iter().map(Weighed::size).sum();
-        g.1 -= freed;
-        out
+        g.0.drain(..n).collect()
+    }
+
+    /// Frees the room of records taken with [`MemQueue::take_batch`].
+    pub fn release(&self, bytes: u64) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.1 = g.1.saturating_sub(bytes);
     }
 
     /// Records and bytes queued now.
@@ -106,5 +118,19 @@ mod tests {
         assert_eq!(b.len(), 1);
         assert_eq!(q.depth(), (0, 0));
         assert!(q.pop_batch(10, Duration::from_millis(1)).is_empty());
+    }
+
+    #[test]
+    fn taken_records_keep_their_room_until_released() {
+        let q: MemQueue = MemQueue::new(300);
+        assert!(q.try_push(rec(100)).is_ok());
+        let b = q.take_batch(10, Duration::ZERO);
+        assert_eq!(b.len(), 1);
+        assert!(
+            q.try_push(rec(100)).is_err(),
+            "the taken record still counts"
+        );
+        q.release(b[0].size());
+        assert!(q.try_push(rec(100)).is_ok());
     }
 }

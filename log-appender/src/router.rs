@@ -11,6 +11,10 @@
 //! * A record whose delivery failed goes back to the spill; after a failure
 //!   the router takes nothing new from memory until every record in flight
 //!   is settled, so the failed ones are spilled before anything newer.
+//! * For the same reason nothing is spilled while records sent from memory
+//!   are in flight: a record that cannot be sent now (the rate limit, a
+//!   full librdkafka queue, Kafka unhealthy) waits in memory, still counted
+//!   against the memory cap, until they are settled.
 //! * A record Kafka can never take (an invalid topic name, too large, an
 //!   unknown topic the broker will not create) goes to the dead-letter file
 //!   ([`crate::deadletter`]), whether it is caught before producing, refused
@@ -21,7 +25,7 @@
 
 use crate::config::{Config, Mode};
 use crate::deadletter::{self, DeadLetter, Reason};
-use crate::kafka::{self, Event, From, Refusal, Sink};
+use crate::kafka::{Connector, Event, From, Rdkafka, Refusal, Sink};
 use crate::limiter::Limiter;
 use crate::metrics::Metrics;
 use crate::queue::MemQueue;
@@ -33,9 +37,24 @@ use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-/// Failed probes (one a second while Kafka is unhealthy) before the
-/// producer is replaced.
-const PROBES_BEFORE_NEW_PRODUCER: u32 = 5;
+/// Timings of the router; [`Tuning::default`] is what the appender runs
+/// with (the model test shortens them).
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// How often one spilled record probes an unhealthy Kafka.
+    pub probe_every: Duration,
+    /// Failed probes in a row before the producer is replaced.
+    pub probes_before_new_producer: u32,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            probe_every: Duration::from_secs(1),
+            probes_before_new_producer: 5,
+        }
+    }
+}
 
 /// How many spilled records may be in flight at once.
 const REPLAY_WINDOW: u64 = 20_000;
@@ -86,7 +105,9 @@ impl Shared {
 struct Router {
     shared: Arc<Shared>,
     cfg: Arc<Config>,
-    sink: Sink,
+    sink: Box<dyn Sink>,
+    connector: Box<dyn Connector>,
+    tuning: Tuning,
     events: Receiver<Event>,
     tx: std::sync::mpsc::Sender<Event>,
     spill: Spill,
@@ -96,13 +117,19 @@ struct Router {
     inflight_mem: u64,
     inflight_spill: u64,
     failed_mem: Vec<(u64, Record)>,
+    /// Records taken from the memory queue and not yet routed (their bytes
+    /// still count against its cap).
+    held: std::collections::VecDeque<Record>,
+    /// librdkafka refused a record as full: send nothing more from memory
+    /// until what is in flight is settled.
+    paused: bool,
     seq: u64,
     rewind: Option<(u64, u32)>,
     last_probe: Instant,
     /// Probes failed in a row since Kafka was last healthy.
     failed_probes: u32,
     /// Replaced producers, kept until their last reports are in.
-    retired: Vec<(Sink, Instant)>,
+    retired: Vec<(Box<dyn Sink>, Instant)>,
 }
 
 fn kafka_settings_changed(a: &Config, b: &Config) -> bool {
@@ -194,7 +221,7 @@ impl Router {
             Event::Failed(t, rec, why, None) => {
                 if self.healthy {
                     tracing::warn!(error = %why, "kafka delivery failed; spilling until it recovers");
-                    kafka::purge(&self.sink);
+                    self.sink.purge();
                 } else if matches!(t.from, From::Spill(..)) {
                     // A probe failed. A producer whose requests timed out on
                     // a broker that stalled (but never closed the connection)
@@ -203,7 +230,7 @@ impl Router {
                     self.failed_probes += 1;
                     if self
                         .failed_probes
-                        .is_multiple_of(PROBES_BEFORE_NEW_PRODUCER)
+                        .is_multiple_of(self.tuning.probes_before_new_producer.max(1))
                     {
                         tracing::warn!(error = %why, probes = self.failed_probes, "kafka still fails; replacing the producer");
                         self.replace_sink();
@@ -254,15 +281,15 @@ impl Router {
     /// Purges the producer (what it held comes back as failures and is
     /// spilled in order) and starts a new one.
     fn replace_sink(&mut self) {
-        match kafka::sink(&self.cfg, self.tx.clone(), self.shared.metrics.clone()) {
+        match self.connector.connect(&self.cfg, self.tx.clone()) {
             Ok(s) => {
                 let old = std::mem::replace(&mut self.sink, s);
-                kafka::purge(&old);
+                old.purge();
                 self.retired.push((old, Instant::now()));
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot create a new kafka producer");
-                kafka::purge(&self.sink);
+                self.sink.purge();
             }
         }
     }
@@ -282,15 +309,14 @@ impl Router {
         self.spill
             .set_limits(c.spill.max_bytes, c.spill.segment_bytes, c.spill.when_full);
         if kafka_settings_changed(&self.cfg, &c) {
-            match kafka::sink(&c, self.tx.clone(), self.shared.metrics.clone()) {
+            match self.connector.connect(&c, self.tx.clone()) {
                 Ok(s) => {
                     let old = std::mem::replace(&mut self.sink, s);
                     // What the old producer holds is delivered or reported
                     // failed (and spilled) through the same channel.
-                    kafka::flush(
-                        &old,
-                        Duration::from_millis(u64::from(self.cfg.kafka.message_timeout_ms)),
-                    );
+                    old.flush(Duration::from_millis(u64::from(
+                        self.cfg.kafka.message_timeout_ms,
+                    )));
                     tracing::info!("kafka producer rebuilt for the new settings");
                 }
                 Err(e) => {
@@ -302,26 +328,39 @@ impl Router {
         tracing::info!("configuration reloaded");
     }
 
-    fn route(&mut self, batch: Vec<Record>) {
-        for r in batch {
+    /// Routes the held records, in order, until one must wait.
+    fn route(&mut self) {
+        while let Some(r) = self.held.pop_front() {
+            let size = r.size();
             if let Err(reason) = deadletter::validate(&r, self.cfg.kafka.message_max_bytes) {
                 self.dead_letter(&r, reason);
-                continue;
-            }
-            let direct = self.cfg.mode == Mode::KafkaFirst
+            } else if self.cfg.mode == Mode::KafkaFirst
                 && self.healthy
+                && !self.paused
                 && self.failed_mem.is_empty()
-                && self.spill.is_drained();
-            if direct && self.limiter.try_take(r.payload.len()) {
+                && self.spill.is_drained()
+                && self.limiter.try_take(r.payload.len())
+            {
                 self.seq += 1;
-                match kafka::send(&self.sink, r, From::Memory, self.seq) {
+                match self.sink.send(r, From::Memory, self.seq) {
                     Ok(()) => self.inflight_mem += 1,
+                    Err(Refusal::Full(r)) if self.inflight_mem > 0 => {
+                        self.paused = true;
+                        self.held.push_front(r);
+                        return;
+                    }
                     Err(Refusal::Full(r)) => self.spill_one(&r),
                     Err(Refusal::Permanent(r, reason)) => self.dead_letter(&r, reason),
                 }
+            } else if self.inflight_mem > 0 {
+                // Spilled now, it would be replayed before older records
+                // still in flight, should they fail: wait for them.
+                self.held.push_front(r);
+                return;
             } else {
                 self.spill_one(&r);
             }
+            self.shared.queue.release(size);
         }
     }
 
@@ -334,7 +373,7 @@ impl Router {
         }
         let window = if self.healthy {
             REPLAY_WINDOW
-        } else if self.last_probe.elapsed() >= Duration::from_secs(1) && self.inflight_spill == 0 {
+        } else if self.last_probe.elapsed() >= self.tuning.probe_every && self.inflight_spill == 0 {
             // One probe a second finds out when Kafka is back.
             self.last_probe = Instant::now();
             1
@@ -357,7 +396,7 @@ impl Router {
                         self.spill.rewind(seg, idx);
                         return true;
                     }
-                    match kafka::send(&self.sink, rec, From::Spill(seg, idx), 0) {
+                    match self.sink.send(rec, From::Spill(seg, idx), 0) {
                         Ok(()) => self.inflight_spill += 1,
                         Err(Refusal::Full(_)) => {
                             self.spill.rewind(seg, idx);
@@ -381,7 +420,8 @@ impl Router {
     fn gauges(&self) {
         let m = &self.shared.metrics;
         let (n, b) = self.shared.queue.depth();
-        m.memory_records.store(n as u64, Relaxed);
+        m.memory_records
+            .store((n + self.held.len()) as u64, Relaxed);
         m.memory_bytes.store(b, Relaxed);
         let (sn, sb) = self.spill.depth();
         m.spill_records.store(sn, Relaxed);
@@ -391,17 +431,36 @@ impl Router {
     }
 }
 
-/// Runs the router until the inputs are closed and everything is delivered,
-/// or `drain` has passed since they closed (what is left stays in the
-/// spill for the next start), or `shared.stop` is set.
+/// Runs the router with librdkafka producers until the inputs are closed
+/// and everything is delivered, or `drain` has passed since they closed
+/// (what is left stays in the spill for the next start), or `shared.stop`
+/// is set.
 pub fn run(
     shared: Arc<Shared>,
     spill: Spill,
     drain: Duration,
 ) -> Result<(), rdkafka::error::KafkaError> {
+    let metrics = shared.metrics.clone();
+    run_with(
+        shared,
+        spill,
+        drain,
+        Box::new(Rdkafka { metrics }),
+        Tuning::default(),
+    )
+}
+
+/// [`run`] with the sinks `connector` makes.
+pub fn run_with(
+    shared: Arc<Shared>,
+    spill: Spill,
+    drain: Duration,
+    mut connector: Box<dyn Connector>,
+    tuning: Tuning,
+) -> Result<(), rdkafka::error::KafkaError> {
     let cfg = shared.cfg();
     let (tx, events) = channel();
-    let sink = kafka::sink(&cfg, tx.clone(), shared.metrics.clone())?;
+    let sink = connector.connect(&cfg, tx.clone())?;
     // Dead letters may take as much room as the spill itself.
     let dead = DeadLetter::new(spill.dir(), cfg.spill.max_bytes);
     let mut r = Router {
@@ -410,6 +469,8 @@ pub fn run(
         shared: shared.clone(),
         cfg,
         sink,
+        connector,
+        tuning,
         events,
         tx,
         spill,
@@ -417,6 +478,8 @@ pub fn run(
         inflight_mem: 0,
         inflight_spill: 0,
         failed_mem: Vec::new(),
+        held: std::collections::VecDeque::new(),
+        paused: false,
         seq: 0,
         rewind: None,
         last_probe: Instant::now(),
@@ -440,17 +503,23 @@ pub fn run(
                 r.spill.rewind(seg, idx);
             }
         }
+        if r.inflight_mem == 0 {
+            r.paused = false;
+        }
         // After a failure, settle what is in flight before taking anything newer.
         let hold = !r.healthy && r.inflight_mem > 0;
         if !hold {
+            r.route();
+        }
+        if !hold && r.held.is_empty() {
             let busy = r.spill.has_unread() && r.healthy && !throttled;
             let wait = if busy {
                 Duration::ZERO
             } else {
                 Duration::from_millis(5)
             };
-            let batch = r.shared.queue.pop_batch(4096, wait);
-            r.route(batch);
+            r.held = r.shared.queue.take_batch(4096, wait).into();
+            r.route();
         } else {
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -473,7 +542,10 @@ pub fn run(
         let inputs_done = r.shared.inputs_open.load(Relaxed) == 0 && r.shared.queue.depth().0 == 0;
         if inputs_done {
             let at = *closed_at.get_or_insert_with(Instant::now);
-            let settled = r.inflight_mem == 0 && r.inflight_spill == 0 && r.failed_mem.is_empty();
+            let settled = r.inflight_mem == 0
+                && r.inflight_spill == 0
+                && r.failed_mem.is_empty()
+                && r.held.is_empty();
             if settled && r.spill.is_drained() {
                 break;
             }
@@ -487,8 +559,8 @@ pub fn run(
         }
     }
     // Anything still in librdkafka gets one last chance, then is spilled.
-    kafka::flush(&r.sink, Duration::from_secs(2));
-    kafka::purge(&r.sink);
+    r.sink.flush(Duration::from_secs(2));
+    r.sink.purge();
     let deadline = Instant::now() + Duration::from_secs(2);
     while (r.inflight_mem > 0 || r.inflight_spill > 0) && Instant::now() < deadline {
         match r.events.recv_timeout(Duration::from_millis(50)) {
@@ -497,6 +569,11 @@ pub fn run(
         }
     }
     r.spill_failed();
+    // What was read and not yet routed is kept for the next start.
+    while let Some(rec) = r.held.pop_front() {
+        r.spill_one(&rec);
+        r.shared.queue.release(rec.size());
+    }
     r.spill.sync();
     r.gauges();
     r.shared.metrics.log();
