@@ -174,6 +174,9 @@ pub struct Spill {
     pub segment_bytes: u64,
     /// What to do when the budget is spent.
     pub when_full: WhenFull,
+    /// The byte budget of every source's spill under `dir` together (0:
+    /// none). A source at this cap is full as at its own `max_bytes`.
+    pub host_max_bytes: u64,
 }
 
 impl Default for Spill {
@@ -183,6 +186,7 @@ impl Default for Spill {
             max_bytes: 1 << 30,
             segment_bytes: 16 << 20,
             when_full: WhenFull::default(),
+            host_max_bytes: 0,
         }
     }
 }

@@ -281,6 +281,7 @@ fn run() -> Result<()> {
         }
         r => r?,
     };
+    spill.set_host_cap(cfg.spill.host_max_bytes);
     if found.records > 0 || found.torn > 0 {
         tracing::info!(records = found.records, torn = found.torn, dir = %dir.display(), "replaying the spill left by a previous run");
     }

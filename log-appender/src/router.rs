@@ -308,6 +308,7 @@ impl Router {
             .set(c.rate_limit.lines_per_sec, c.rate_limit.bytes_per_sec);
         self.spill
             .set_limits(c.spill.max_bytes, c.spill.segment_bytes, c.spill.when_full);
+        self.spill.set_host_cap(c.spill.host_max_bytes);
         if kafka_settings_changed(&self.cfg, &c) {
             match self.connector.connect(&c, self.tx.clone()) {
                 Ok(s) => {

@@ -76,7 +76,49 @@ pub struct Spill {
     writer: Option<File>,
     reader: Option<(u64, BufReader<File>, u64)>,
     total: u64,
+    host: Option<HostCap>,
     _lock: File,
+}
+
+/// A byte budget shared by every source's spill under one root directory
+/// (`spill.host_max_bytes`). Each spill measures what the others use: every
+/// [`HOST_RESCAN_IDLE`], and at most once per [`HOST_RESCAN_NEAR`] while
+/// its own appends would go over.
+struct HostCap {
+    root: PathBuf,
+    max: u64,
+    /// Bytes of other sources' segments at the last scan.
+    others: u64,
+    scanned: Option<std::time::Instant>,
+}
+
+/// How often a spill well under the host cap looks at the others.
+const HOST_RESCAN_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often a spill at the host cap looks again (others may have drained).
+const HOST_RESCAN_NEAR: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Bytes of the segments of every spill directory under `root` but `mine`.
+fn others_usage(root: &Path, mine: &Path) -> u64 {
+    let Ok(dirs) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    let mut sum = 0;
+    for d in dirs.flatten() {
+        let p = d.path();
+        if p == mine || !d.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let Ok(files) = std::fs::read_dir(&p) else {
+            continue;
+        };
+        sum += files
+            .flatten()
+            .filter(|f| f.file_name().to_string_lossy().ends_with(".seg"))
+            .filter_map(|f| f.metadata().ok())
+            .map(|m| m.len())
+            .sum::<u64>();
+    }
+    sum
 }
 
 /// What opening found on disk.
@@ -230,6 +272,7 @@ impl Spill {
                 writer: None,
                 reader: None,
                 total,
+                host: None,
                 _lock: lock,
             },
             rec,
@@ -243,6 +286,39 @@ impl Spill {
         self.when_full = when_full;
     }
 
+    /// Shares a budget of `max` bytes (0: none) with every other spill
+    /// directory beside this one.
+    pub fn set_host_cap(&mut self, max: u64) {
+        self.host = match (max, self.dir.parent()) {
+            (0, _) | (_, None) => None,
+            (max, Some(root)) => Some(HostCap {
+                root: root.to_path_buf(),
+                max,
+                others: 0,
+                scanned: None,
+            }),
+        };
+    }
+
+    /// What this spill may hold with a `frame_len` record more: its own
+    /// budget, or what the host cap leaves it.
+    fn budget(&mut self, frame_len: u64) -> u64 {
+        let Some(h) = &mut self.host else {
+            return self.max_bytes;
+        };
+        let over = self.total + frame_len + h.others > h.max;
+        let every = if over {
+            HOST_RESCAN_NEAR
+        } else {
+            HOST_RESCAN_IDLE
+        };
+        if h.scanned.is_none_or(|t| t.elapsed() >= every) {
+            h.others = others_usage(&h.root, &self.dir);
+            h.scanned = Some(std::time::Instant::now());
+        }
+        self.max_bytes.min(h.max.saturating_sub(h.others))
+    }
+
     /// Appends `r`. With `drop_oldest`, evicts whole oldest segments to make
     /// room; returns how many unacknowledged records were evicted.
     pub fn append(&mut self, r: &Record) -> Result<u64, Refused> {
@@ -250,7 +326,8 @@ impl Spill {
         r.encode(&mut body);
         let frame_len = 8 + body.len() as u64;
         let mut evicted = 0;
-        while self.total + frame_len > self.max_bytes {
+        let budget = self.budget(frame_len);
+        while self.total + frame_len > budget {
             match self.when_full {
                 WhenFull::DropNewest => return Err(Refused::Full),
                 WhenFull::DropOldest => {
@@ -545,6 +622,35 @@ mod tests {
         assert!(!side_dir.exists());
         let got: Vec<Record> = drain(&mut main).into_iter().map(|(_, _, r)| r).collect();
         assert_eq!(got, (0..200).map(rec).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn sources_under_one_root_share_the_host_cap() {
+        let d = tempfile::tempdir().unwrap();
+        let open = |n: &str| {
+            let (mut s, _) =
+                Spill::open(&d.path().join(n), 1 << 20, 1024, WhenFull::DropNewest).unwrap();
+            s.set_host_cap(3000);
+            s
+        };
+        let (mut a, mut b) = (open("a"), open("b"));
+        let mut n = 0;
+        while a.append(&rec(n)).is_ok() {
+            n += 1;
+        }
+        let held = a.depth().1;
+        assert!(
+            (2900..=3000).contains(&held),
+            "a alone fills the host cap: {held}"
+        );
+        assert_eq!(b.append(&rec(0)), Err(Refused::Full), "b sees a's bytes");
+        for (seg, idx, _) in drain(&mut a) {
+            a.ack(seg, idx);
+        }
+        assert!(a.depth().1 < 1024, "a drained: {:?}", a.depth());
+        // b looks again at most once a second while it is at the cap.
+        std::thread::sleep(HOST_RESCAN_NEAR);
+        assert!(b.append(&rec(0)).is_ok(), "room again once a drained");
     }
 
     #[test]
