@@ -120,8 +120,10 @@ struct Router {
     /// Records taken from the memory queue and not yet routed (their bytes
     /// still count against its cap).
     held: std::collections::VecDeque<Record>,
-    /// librdkafka refused a record as full: send nothing more from memory
-    /// until what is in flight is settled.
+    /// A record could not be sent from memory (the rate limit, a full
+    /// librdkafka queue, Kafka unhealthy) while older ones were in flight:
+    /// nothing more is sent from memory, and once those are settled what
+    /// waits goes to the spill.
     paused: bool,
     seq: u64,
     rewind: Option<(u64, u32)>,
@@ -350,16 +352,22 @@ impl Router {
                         self.held.push_front(r);
                         return;
                     }
-                    Err(Refusal::Full(r)) => self.spill_one(&r),
+                    Err(Refusal::Full(r)) => {
+                        self.spill_one(&r);
+                        self.paused = false;
+                    }
                     Err(Refusal::Permanent(r, reason)) => self.dead_letter(&r, reason),
                 }
             } else if self.inflight_mem > 0 {
                 // Spilled now, it would be replayed before older records
                 // still in flight, should they fail: wait for them.
+                self.paused = true;
                 self.held.push_front(r);
                 return;
             } else {
+                // From here on the spill keeps the order.
                 self.spill_one(&r);
+                self.paused = false;
             }
             self.shared.queue.release(size);
         }
@@ -503,9 +511,6 @@ pub fn run_with(
             if let Some((seg, idx)) = r.rewind.take() {
                 r.spill.rewind(seg, idx);
             }
-        }
-        if r.inflight_mem == 0 {
-            r.paused = false;
         }
         // After a failure, settle what is in flight before taking anything newer.
         let hold = !r.healthy && r.inflight_mem > 0;
