@@ -48,6 +48,11 @@ pub enum Mode {
     KafkaFirst,
     /// Append everything to the spill, ship from it at the rate limit ("mode 1").
     DiskFirst,
+    /// Append everything to the spill and send nothing. A binary logger
+    /// whose configuration cannot be loaded runs so (with the built-in
+    /// defaults) until a valid file is in place, rather than exit and leave
+    /// its container writing into a broken pipe.
+    SpillOnly,
 }
 
 /// `kafka.compression`.
@@ -307,6 +312,21 @@ impl Default for Config {
             max_connections: 1024,
             identity: Identity::default(),
         }
+    }
+}
+
+impl Config {
+    /// What a binary logger runs with when its file cannot be loaded: the
+    /// built-in defaults, spilling everything, sending nothing, and no topic.
+    pub fn fallback() -> Config {
+        let mut c = Config {
+            mode: Mode::SpillOnly,
+            ..Config::default()
+        };
+        // No topic is known: records get theirs from their envelope once
+        // a valid file is in place (`record::retarget`).
+        c.kafka.topic = String::new();
+        c
     }
 }
 

@@ -6,7 +6,8 @@
 //! Modules: `config` (`/etc/berth/log-appender.yaml`); `input`, `lines`
 //! and `record` (what is read and how it is wrapped); `queue` and `spill`
 //! (the buffers); `deadletter` (records Kafka can never take); `kafka`, `limiter` and `router` (where records go);
-//! `metrics` and `reload` (operating it).
+//! `metrics` and `reload` (operating it); `supervise` (the binary logger's
+//! two processes).
 
 pub mod config;
 pub mod deadletter;
@@ -20,3 +21,4 @@ pub mod record;
 pub mod reload;
 pub mod router;
 pub mod spill;
+pub mod supervise;

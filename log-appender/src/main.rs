@@ -6,7 +6,7 @@ use berth_log_appender::input::{self, bundle_env, hostname, inherited};
 use berth_log_appender::record::Origin;
 use berth_log_appender::router::{self, Shared};
 use berth_log_appender::spill::Spill;
-use berth_log_appender::{metrics, reload};
+use berth_log_appender::{metrics, reload, supervise};
 use clap::Parser;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
@@ -20,7 +20,11 @@ use std::time::Duration;
 /// * containerd's binary logger (the default when started by a shim):
 ///   `ctr run --log-uri 'binary:///usr/bin/berth-log-appender?config=/etc/berth/log-appender.yaml'`;
 ///   stdout arrives on fd 3, stderr on fd 4, fd 5 is closed once ready, the
-///   URI's query pairs arrive as `KEY VALUE` arguments (`config`, `name`).
+///   URI's query pairs arrive as `KEY VALUE` arguments (`config`, `name`,
+///   `spill_dir`). It runs as a supervisor holding the pipes and a worker
+///   doing the work: a killed worker is replaced on the same pipes, and a
+///   worker that cannot work reads the pipes to their end, so the container
+///   never blocks or dies of SIGPIPE.
 /// * `app | berth-log-appender --stdin --name app`
 /// * `berth-log-appender --listen [SOCKET]`: a daemon reading line-framed
 ///   clients on a unix socket (optional first line
@@ -46,6 +50,10 @@ struct Cli {
     /// Daemon mode: listen on a unix socket (default: `listen_socket` from the config).
     #[arg(long, num_args = 0..=1, default_missing_value = "")]
     listen: Option<PathBuf>,
+    /// The spill directory, over the configuration's `spill.dir` (a binary
+    /// logger takes it as the URI pair `spill_dir`).
+    #[arg(long, env = "BERTH_LOG_APPENDER_SPILL_DIR")]
+    spill_dir: Option<PathBuf>,
     /// Seconds to keep delivering after the inputs close; what is left stays
     /// in the spill for the next start. Default: kafka.message_timeout_ms + 5 s.
     #[arg(long)]
@@ -158,15 +166,49 @@ fn main() {
         .with_ansi(false)
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .init();
-    if let Err(e) = run() {
+    let cli = Cli::parse();
+    // A binary logger runs as a supervisor holding the container's pipes
+    // and a worker doing the work (see `supervise`).
+    if !cli.stdin
+        && cli.listen.is_none()
+        && std::env::var_os("CONTAINER_ID").is_some()
+        && !supervise::is_worker()
+    {
+        std::process::exit(supervise::supervise());
+    }
+    if let Err(e) = run(cli) {
         tracing::error!("{e:#}");
         eprintln!("berth-log-appender: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn run() -> Result<()> {
-    let cli = Cli::parse();
+/// After a failure with the container's pipes open: reads them to the end,
+/// discarding and counting, so the container never blocks or gets SIGPIPE.
+fn discard_until_eof(shared: &Shared, e: &anyhow::Error) {
+    tracing::error!("{e:#}: reading and discarding this container's output until it ends, so the container never blocks or gets SIGPIPE");
+    loop {
+        let b = shared.queue.pop_batch(4096, Duration::from_millis(100));
+        shared
+            .metrics
+            .dropped_failed
+            .fetch_add(b.len() as u64, Relaxed);
+        let done = shared.inputs_open.load(Relaxed) == 0 && shared.queue.depth().0 == 0;
+        if done || shared.stop.load(Relaxed) {
+            break;
+        }
+    }
+    tracing::error!(
+        discarded = shared.metrics.dropped_failed.load(Relaxed),
+        "the container's output ended"
+    );
+}
+
+/// How long a binary logger keeps delivering after SIGTERM (containerd
+/// sends SIGKILL after 12 s).
+const BINARY_LOGGER_GRACE: Duration = Duration::from_secs(8);
+
+fn run(cli: Cli) -> Result<()> {
     let mut pairs = std::collections::BTreeMap::new();
     for kv in cli.pairs.chunks(2) {
         match kv {
@@ -182,12 +224,35 @@ fn run() -> Result<()> {
         .clone()
         .or_else(|| pairs.get("config").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+    // Started by a containerd shim: the container's output is on fds 3
+    // and 4, and this process must read it to the end whatever happens.
+    let binary_logger =
+        !cli.stdin && cli.listen.is_none() && std::env::var_os("CONTAINER_ID").is_some();
+    let mut degraded = false;
     let cfg = if path.exists() || cli.config.is_some() || pairs.contains_key("config") {
-        Config::load(&path)?
+        match Config::load(&path) {
+            Ok(c) => c,
+            // Exiting now would leave the container writing into a pipe
+            // nobody reads: SIGPIPE or EPIPE on its first line.
+            Err(e) if binary_logger => {
+                tracing::error!(error = %e, "the configuration cannot be loaded: keeping this container's output in the spill under the built-in defaults, sending nothing, until a valid file is in place");
+                degraded = true;
+                Config::fallback()
+            }
+            Err(e) => return Err(e.into()),
+        }
     } else {
         tracing::info!(path = %path.display(), "no configuration file; using the defaults");
         Config::default()
     };
+    let mut cfg = cfg;
+    if let Some(d) = cli
+        .spill_dir
+        .clone()
+        .or_else(|| pairs.get("spill_dir").map(PathBuf::from))
+    {
+        cfg.spill.dir = d;
+    }
     // SIGTERM and SIGINT stop the appender (caught from here on; a thread
     // below waits for them); a closed pipe is an error, not a death.
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
@@ -197,6 +262,29 @@ fn run() -> Result<()> {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
     let shared = Shared::new(cfg.clone());
+    let s2 = shared.clone();
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if binary_logger && s2.finish_by.lock().is_ok_and(|f| f.is_none()) {
+                // containerd sends SIGTERM when the task is deleted and
+                // SIGKILL 12 s later: the container's last lines are still
+                // in the pipe. Read them, deliver what can be, spill the
+                // rest.
+                tracing::info!(
+                    signal = sig,
+                    grace_secs = BINARY_LOGGER_GRACE.as_secs(),
+                    "finishing"
+                );
+                if let Ok(mut f) = s2.finish_by.lock() {
+                    *f = Some(std::time::Instant::now() + BINARY_LOGGER_GRACE);
+                }
+            } else {
+                tracing::info!(signal = sig, "stopping");
+                s2.stop.store(true, Relaxed);
+                s2.queue.wake();
+            }
+        }
+    });
     let host = hostname();
     let mut ready_fd = None;
     let source = if cli.stdin {
@@ -250,108 +338,110 @@ fn run() -> Result<()> {
             format!("{namespace}-{id}")
         }
     };
-    let safe = sanitize(&source);
-    if matches!(safe.as_str(), "" | "." | "..") {
-        anyhow::bail!(
-            "the source name {source:?} cannot name a spill directory under {}: give --name another name",
-            cfg.spill.dir.display()
-        );
-    }
-    let mut dir = cfg.spill.dir.join(&safe);
-    let open = |d: &std::path::Path| {
-        Spill::open(
-            d,
-            cfg.spill.max_bytes,
-            cfg.spill.segment_bytes,
-            cfg.spill.when_full,
-        )
-    };
-    let (mut spill, found) = match open(&dir) {
-        // The previous appender of this container is still draining (a
-        // restarted container): never keep the container from starting;
-        // spill beside it instead.
-        Err(berth_log_appender::spill::SpillError::Locked(_)) => {
-            let busy = dir.clone();
-            dir = cfg
-                .spill
-                .dir
-                .join(format!("{}.{}", sanitize(&source), std::process::id()));
-            tracing::warn!(busy = %busy.display(), using = %dir.display(), "spill directory in use by another appender");
-            open(&dir)?
+    let served = (|| -> Result<()> {
+        let safe = sanitize(&source);
+        if matches!(safe.as_str(), "" | "." | "..") {
+            anyhow::bail!(
+                "the source name {source:?} cannot name a spill directory under {}: give --name another name",
+                cfg.spill.dir.display()
+            );
         }
-        r => r?,
-    };
-    spill.set_host_cap(cfg.spill.host_max_bytes);
-    if found.records > 0 || found.torn > 0 {
-        tracing::info!(records = found.records, torn = found.torn, dir = %dir.display(), "replaying the spill left by a previous run");
-    }
-    // Spills left beside this one (`<name>.<pid>`, by an appender that found
-    // it locked) are taken over once no appender holds them.
-    if dir == cfg.spill.dir.join(&safe) {
-        adopt_leftovers(&mut spill, &cfg.spill.dir, &safe, &open, &shared);
-    }
-    shared
-        .metrics
-        .dropped_corrupt
-        .fetch_add(found.torn, Relaxed);
-    let binary_logger = !cli.stdin && cli.listen.is_none();
-    match &cfg.metrics.listen {
-        // One binary logger per container: the second would find the port
-        // taken and keep its container from starting.
-        Some(l) if binary_logger => {
-            tracing::info!(listen = %l, "metrics.listen is not used by a binary logger (one per container); set metrics.textfile_dir")
-        }
-        Some(l) => {
-            metrics::serve(l, shared.metrics.clone())
-                .with_context(|| format!("metrics.listen {l}"))?;
-        }
-        None => {}
-    }
-    let textfile = cfg.metrics.textfile_dir.clone().map(|d| {
-        let t = Textfile {
-            dir: d,
-            stem: safe.clone(),
-            source: source.clone(),
-        };
-        t.spawn(shared.clone());
-        t
-    });
-    let _watcher = if path.exists() {
-        reload::watch(shared.clone(), path.clone())
-            .map_err(
-                |e| tracing::warn!(error = %e, "cannot watch the configuration; no hot reload"),
+        let mut dir = cfg.spill.dir.join(&safe);
+        let open = |d: &std::path::Path| {
+            Spill::open(
+                d,
+                cfg.spill.max_bytes,
+                cfg.spill.segment_bytes,
+                cfg.spill.when_full,
             )
-            .ok()
-    } else {
-        None
-    };
-    // Ready: containerd's shim waits for fd 5 to close.
-    drop(ready_fd);
-    let s2 = shared.clone();
-    std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            tracing::info!(signal = sig, "stopping");
-            s2.stop.store(true, Relaxed);
-            s2.queue.wake();
+        };
+        let (mut spill, found) = match open(&dir) {
+            // The previous appender of this container is still draining (a
+            // restarted container): never keep the container from starting;
+            // spill beside it instead.
+            Err(berth_log_appender::spill::SpillError::Locked(_)) => {
+                let busy = dir.clone();
+                dir = cfg
+                    .spill
+                    .dir
+                    .join(format!("{}.{}", sanitize(&source), std::process::id()));
+                tracing::warn!(busy = %busy.display(), using = %dir.display(), "spill directory in use by another appender");
+                open(&dir)?
+            }
+            r => r?,
+        };
+        spill.set_host_cap(cfg.spill.host_max_bytes);
+        if found.records > 0 || found.torn > 0 {
+            tracing::info!(records = found.records, torn = found.torn, dir = %dir.display(), "replaying the spill left by a previous run");
         }
-    });
-    let drain = Duration::from_secs(
-        cli.drain_seconds
-            .unwrap_or(u64::from(cfg.kafka.message_timeout_ms) / 1000 + 5),
-    );
-    router::run(shared.clone(), spill, drain)?;
-    if let Some(t) = &textfile {
-        t.remove();
+        // Spills left beside this one (`<name>.<pid>`, by an appender that found
+        // it locked) are taken over once no appender holds them.
+        if dir == cfg.spill.dir.join(&safe) {
+            adopt_leftovers(&mut spill, &cfg.spill.dir, &safe, &open, &shared);
+        }
+        shared
+            .metrics
+            .dropped_corrupt
+            .fetch_add(found.torn, Relaxed);
+        match &cfg.metrics.listen {
+            // One binary logger per container: the second would find the port
+            // taken and keep its container from starting.
+            Some(l) if binary_logger => {
+                tracing::info!(listen = %l, "metrics.listen is not used by a binary logger (one per container); set metrics.textfile_dir")
+            }
+            Some(l) => {
+                metrics::serve(l, shared.metrics.clone())
+                    .with_context(|| format!("metrics.listen {l}"))?;
+            }
+            None => {}
+        }
+        let textfile = cfg.metrics.textfile_dir.clone().map(|d| {
+            let t = Textfile {
+                dir: d,
+                stem: safe.clone(),
+                source: source.clone(),
+            };
+            t.spawn(shared.clone());
+            t
+        });
+        let _watcher = if path.exists() || degraded {
+            reload::watch(shared.clone(), path.clone())
+                .map_err(
+                    |e| tracing::warn!(error = %e, "cannot watch the configuration; no hot reload"),
+                )
+                .ok()
+        } else {
+            None
+        };
+        // Ready: containerd's shim waits for fd 5 to close.
+        drop(ready_fd);
+        let drain = Duration::from_secs(
+            cli.drain_seconds
+                .unwrap_or(u64::from(cfg.kafka.message_timeout_ms) / 1000 + 5),
+        );
+        router::run(shared.clone(), spill, drain)?;
+        if let Some(t) = &textfile {
+            t.remove();
+        }
+        let m = &shared.metrics;
+        tracing::info!(
+            received = m.received.load(Relaxed),
+            sent = m.sent.load(Relaxed),
+            replayed = m.replayed.load(Relaxed),
+            spilled = m.spilled.load(Relaxed),
+            dropped = m.dropped(),
+            dead_lettered = m.dead_lettered_total(),
+            "done"
+        );
+        Ok(())
+    })();
+    match served {
+        // The inputs are open: read them to the end, or the container
+        // blocks or dies of SIGPIPE.
+        Err(e) if binary_logger => {
+            discard_until_eof(&shared, &e);
+            Err(e)
+        }
+        r => r,
     }
-    let m = &shared.metrics;
-    tracing::info!(
-        received = m.received.load(Relaxed),
-        sent = m.sent.load(Relaxed),
-        replayed = m.replayed.load(Relaxed),
-        spilled = m.spilled.load(Relaxed),
-        dropped = m.dropped(),
-        dead_lettered = m.dead_lettered_total(),
-        "done"
-    );
-    Ok(())
 }

@@ -31,6 +31,9 @@ pub struct Metrics {
     pub dead_lettered: [AtomicU64; 4],
     /// Dead letters dropped because the dead-letter file was full or unwritable.
     pub dropped_dead_letter: AtomicU64,
+    /// Lines read and discarded by a binary logger that failed (it keeps
+    /// reading so its container never blocks or gets SIGPIPE).
+    pub dropped_failed: AtomicU64,
     /// Daemon clients closed at once: over `max_connections`, or a hello
     /// line over its cap.
     pub refused_clients: AtomicU64,
@@ -56,6 +59,7 @@ impl Metrics {
             + self.dropped_spill_evicted.load(Relaxed)
             + self.dropped_corrupt.load(Relaxed)
             + self.dropped_dead_letter.load(Relaxed)
+            + self.dropped_failed.load(Relaxed)
     }
 
     /// All dead letters.
@@ -173,6 +177,7 @@ impl Metrics {
             ("spill_evicted", &self.dropped_spill_evicted),
             ("corrupt", &self.dropped_corrupt),
             ("dead_letter_full", &self.dropped_dead_letter),
+            ("appender_failed", &self.dropped_failed),
         ] {
             let _ = writeln!(
                 s,

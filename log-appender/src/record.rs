@@ -132,6 +132,19 @@ pub fn make(cfg: &Config, origin: &Origin, stream: &str, line: &[u8], cut: Cut) 
             fields.insert(f.clone(), v.clone().into());
         }
     }
+    let (topic, key) = target(cfg, origin, &fields);
+    if !fields.is_empty() {
+        m.insert("fields".into(), Value::Object(fields));
+    }
+    Record {
+        topic,
+        key,
+        payload: serde_json::to_vec(&Value::Object(m)).unwrap_or_default(),
+    }
+}
+
+/// The topic and partition key of a record from `origin` with `fields`.
+fn target(cfg: &Config, origin: &Origin, fields: &Map<String, Value>) -> (String, Option<Vec<u8>>) {
     let key = match cfg.partition_key() {
         PartitionKey::ContainerId => Some(origin.container_id.as_bytes().to_vec()),
         PartitionKey::ContainerName => Some(origin.container_name.as_bytes().to_vec()),
@@ -141,20 +154,43 @@ pub fn make(cfg: &Config, origin: &Origin, stream: &str, line: &[u8], cut: Cut) 
             .map(|s| s.as_bytes().to_vec()),
         PartitionKey::None => None,
     };
-    if !fields.is_empty() {
-        m.insert("fields".into(), Value::Object(fields));
-    }
     let topic = cfg
         .kafka
         .topic
         .replace("{container_name}", &origin.container_name)
         .replace("{container_id}", &origin.container_id)
         .replace("{namespace}", &origin.namespace);
-    Record {
-        topic,
-        key,
-        payload: serde_json::to_vec(&Value::Object(m)).unwrap_or_default(),
+    (topic, key)
+}
+
+/// A record made while no topic was known (a binary logger on its
+/// fallback configuration, whose topic is empty) gets its topic and key
+/// from its envelope under `cfg`; any other record is returned as it is.
+pub fn retarget(cfg: &Config, r: Record) -> Record {
+    if !r.topic.is_empty() || cfg.kafka.topic.is_empty() {
+        return r;
     }
+    let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(&r.payload) else {
+        return r;
+    };
+    let text = |k: &str| {
+        m.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let origin = Origin {
+        container_id: text("container_id"),
+        container_name: text("container_name"),
+        namespace: text("namespace"),
+        ..Default::default()
+    };
+    let fields = match m.get("fields") {
+        Some(Value::Object(f)) => f.clone(),
+        _ => Map::new(),
+    };
+    let (topic, key) = target(cfg, &origin, &fields);
+    Record { topic, key, ..r }
 }
 
 #[cfg(test)]
@@ -203,5 +239,31 @@ mod tests {
         nokey.encode(&mut b);
         assert_eq!(Record::decode(&b), Some(nokey));
         assert_eq!(Record::decode(&b[..3]), None);
+    }
+
+    #[test]
+    fn a_record_made_without_a_topic_is_retargeted_from_its_envelope() {
+        let o = Origin {
+            container_id: "abc".into(),
+            container_name: "web".into(),
+            namespace: "k8s".into(),
+            env: [("APP".to_string(), "shop".to_string())]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        let mut fallback = Config::fallback();
+        fallback.fields_from_env = vec!["APP".into()];
+        let r = make(&fallback, &o, "stdout", b"x", Cut::Whole);
+        assert_eq!(r.topic, "");
+        let mut cfg = Config::default();
+        cfg.kafka.topic = "logs-{namespace}-{container_name}".into();
+        cfg.kafka.partition_key = "field:APP".into();
+        let t = retarget(&cfg, r.clone());
+        assert_eq!(t.topic, "logs-k8s-web");
+        assert_eq!(t.key.as_deref(), Some(&b"shop"[..]));
+        assert_eq!(t.payload, r.payload);
+        // Still no topic known: left alone.
+        assert_eq!(retarget(&fallback, r.clone()), r);
     }
 }

@@ -29,7 +29,7 @@ use crate::kafka::{Connector, Event, From, Rdkafka, Refusal, Sink};
 use crate::limiter::Limiter;
 use crate::metrics::Metrics;
 use crate::queue::MemQueue;
-use crate::record::Record;
+use crate::record::{self, Record};
 use crate::spill::{Refused, Spill};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
@@ -74,6 +74,10 @@ pub struct Shared {
     pub inputs_open: AtomicUsize,
     /// Set to stop at once (signals).
     pub stop: AtomicBool,
+    /// Set to finish by then: keep reading the inputs and delivering until
+    /// all is delivered or this instant, then keep the rest in the spill
+    /// (a binary logger's SIGTERM: containerd kills it 12 s later).
+    pub finish_by: Mutex<Option<Instant>>,
 }
 
 impl Shared {
@@ -86,6 +90,7 @@ impl Shared {
             metrics: Arc::new(Metrics::default()),
             inputs_open: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            finish_by: Mutex::new(None),
         })
     }
 
@@ -335,7 +340,15 @@ impl Router {
     fn route(&mut self) {
         while let Some(r) = self.held.pop_front() {
             let size = r.size();
-            if let Err(reason) = deadletter::validate(&r, self.cfg.kafka.message_max_bytes) {
+            let r = record::retarget(&self.cfg, r);
+            // A record waiting for a topic (no configuration yet) is kept.
+            let waiting = r.topic.is_empty() && self.cfg.kafka.topic.is_empty();
+            let valid = if waiting {
+                Ok(())
+            } else {
+                deadletter::validate(&r, self.cfg.kafka.message_max_bytes)
+            };
+            if let Err(reason) = valid {
                 self.dead_letter(&r, reason);
             } else if self.cfg.mode == Mode::KafkaFirst
                 && self.healthy
@@ -377,7 +390,8 @@ impl Router {
     /// limit or a full librdkafka queue stopped it (the loop then waits
     /// instead of spinning).
     fn replay(&mut self) -> bool {
-        if self.rewind.is_some() || !self.failed_mem.is_empty() {
+        if self.rewind.is_some() || !self.failed_mem.is_empty() || self.cfg.mode == Mode::SpillOnly
+        {
             return false;
         }
         let window = if self.healthy {
@@ -392,6 +406,7 @@ impl Router {
         while self.inflight_spill < window && self.spill.has_unread() {
             match self.spill.next_unread() {
                 Some(Ok((seg, idx, rec))) => {
+                    let rec = record::retarget(&self.cfg, rec);
                     // Spilled before a limit changed, or by an older version.
                     if let Err(reason) =
                         deadletter::validate(&rec, self.cfg.kafka.message_max_bytes)
@@ -545,6 +560,14 @@ pub fn run_with(
         if r.shared.stop.load(Relaxed) {
             break;
         }
+        let finish_by = *r.shared.finish_by.lock().unwrap_or_else(|e| e.into_inner());
+        if finish_by.is_some_and(|t| Instant::now() >= t) {
+            tracing::warn!(
+                spilled = r.spill.depth().0,
+                "asked to stop and the grace time is up; what is left stays in the spill"
+            );
+            break;
+        }
         let inputs_done = r.shared.inputs_open.load(Relaxed) == 0 && r.shared.queue.depth().0 == 0;
         if inputs_done {
             let at = *closed_at.get_or_insert_with(Instant::now);
@@ -552,7 +575,8 @@ pub fn run_with(
                 && r.inflight_spill == 0
                 && r.failed_mem.is_empty()
                 && r.held.is_empty();
-            if settled && r.spill.is_drained() {
+            // spill_only keeps what it spilled for a later start.
+            if settled && (r.spill.is_drained() || r.cfg.mode == Mode::SpillOnly) {
                 break;
             }
             if at.elapsed() >= drain {
