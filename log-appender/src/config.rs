@@ -127,6 +127,11 @@ pub struct Kafka {
     /// per-container order even when a broker persists pipelined batches out
     /// of order as it crashes.
     pub max_in_flight: u32,
+    /// A topic dead letters are also sent to (their envelope with a
+    /// `dead_letter` object: `reason` and the `topic` it was meant for).
+    /// One that cannot be sent there (too large, or the send fails) stays
+    /// only in the dead-letter file.
+    pub dead_letter_topic: Option<String>,
 }
 
 impl Default for Kafka {
@@ -142,6 +147,7 @@ impl Default for Kafka {
             partition_key: "container_id".into(),
             message_max_bytes: 1_000_000,
             max_in_flight: 1,
+            dead_letter_topic: None,
         }
     }
 }
@@ -402,6 +408,14 @@ impl Config {
                 return bad(
                     "kafka.partition_key",
                     "names a field that fields_from_env does not list",
+                );
+            }
+        }
+        if let Some(t) = &self.kafka.dead_letter_topic {
+            if !crate::deadletter::valid_topic(t) {
+                return bad(
+                    "kafka.dead_letter_topic",
+                    "is not a Kafka topic name (1 to 249 of [A-Za-z0-9._-])",
                 );
             }
         }

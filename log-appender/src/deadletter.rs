@@ -93,6 +93,33 @@ pub fn validate(r: &Record, max_message_bytes: u32) -> Result<(), Reason> {
     Ok(())
 }
 
+/// The record that carries dead letter `r` to `topic`: its envelope with a
+/// `dead_letter` object (`reason`, and the `topic` it was meant for), its
+/// key. None when it cannot go there: too large, or not a JSON envelope.
+pub fn for_topic(
+    r: &Record,
+    reason: Reason,
+    topic: &str,
+    max_message_bytes: u32,
+) -> Option<Record> {
+    if reason == Reason::TooLarge {
+        return None;
+    }
+    let mut v: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&r.payload).ok()?;
+    v.insert(
+        "dead_letter".into(),
+        serde_json::json!({"reason": reason.as_str(), "topic": r.topic}),
+    );
+    let d = Record {
+        topic: topic.to_string(),
+        key: r.key.clone(),
+        payload: serde_json::to_vec(&v).ok()?,
+    };
+    validate(&d, max_message_bytes).ok()?;
+    Some(d)
+}
+
 /// One source's dead-letter file, opened on the first dead letter.
 pub struct DeadLetter {
     path: PathBuf,

@@ -26,6 +26,8 @@ pub enum From {
     Memory,
     /// Record `idx` of spill segment `seg`.
     Spill(u64, u32),
+    /// A dead letter on its way to `kafka.dead_letter_topic`.
+    DeadLetter(Reason),
 }
 
 /// The opaque carried with each message.

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub dropped_corrupt: AtomicU64,
     /// Records moved to the dead-letter file, by [`Reason::index`].
     pub dead_lettered: [AtomicU64; 4],
+    /// Dead letters Kafka acknowledged on `kafka.dead_letter_topic`.
+    pub dead_letter_forwarded: AtomicU64,
     /// Dead letters dropped because the dead-letter file was full or unwritable.
     pub dropped_dead_letter: AtomicU64,
     /// Lines read and discarded by a binary logger that failed (it keeps
@@ -115,6 +117,13 @@ impl Metrics {
             "Records acknowledged by Kafka from the spill.",
             "counter",
             &self.replayed,
+            "",
+        );
+        c(
+            "dead_letter_forwarded_total",
+            "Dead letters acknowledged on kafka.dead_letter_topic.",
+            "counter",
+            &self.dead_letter_forwarded,
             "",
         );
         c(

@@ -25,7 +25,7 @@
 
 use crate::config::{Config, Mode};
 use crate::deadletter::{self, DeadLetter, Reason};
-use crate::kafka::{Connector, Event, From, Rdkafka, Refusal, Sink};
+use crate::kafka::{Connector, Event, From, Rdkafka, Refusal, Sink, Token};
 use crate::limiter::Limiter;
 use crate::metrics::Metrics;
 use crate::queue::MemQueue;
@@ -121,6 +121,8 @@ struct Router {
     healthy: bool,
     inflight_mem: u64,
     inflight_spill: u64,
+    /// Dead letters on their way to `kafka.dead_letter_topic`.
+    inflight_dead: u64,
     failed_mem: Vec<(u64, Record)>,
     /// Records taken from the memory queue and not yet routed (their bytes
     /// still count against its cap).
@@ -166,23 +168,45 @@ impl Router {
         }
     }
 
-    /// Moves `r`, which Kafka can never take, to the dead-letter file.
+    /// Sets aside `r`, which Kafka can never take: to
+    /// `kafka.dead_letter_topic` when one is set and it fits, else (or when
+    /// that send fails) to the dead-letter file.
     fn dead_letter(&mut self, r: &Record, reason: Reason) {
+        if let Some(topic) = &self.cfg.kafka.dead_letter_topic {
+            if let Some(d) =
+                deadletter::for_topic(r, reason, topic, self.cfg.kafka.message_max_bytes)
+            {
+                if self.sink.send(d, From::DeadLetter(reason), 0).is_ok() {
+                    self.inflight_dead += 1;
+                    return;
+                }
+            }
+        }
+        self.keep_dead_letter(r, reason);
+    }
+
+    /// Counts a dead letter set aside, logging the first of each reason and
+    /// every 1000th after (one bad client must not flood the log).
+    fn count_dead_letter(&self, topic: &str, reason: Reason, to: &str) {
+        let before = self.shared.metrics.dead_lettered[reason.index()].fetch_add(1, Relaxed);
+        if before.is_multiple_of(1000) {
+            tracing::warn!(
+                reason = reason.as_str(),
+                topic,
+                to,
+                count = before + 1,
+                "a record Kafka can never take was set aside"
+            );
+        }
+    }
+
+    /// Writes `r` to the dead-letter file.
+    fn keep_dead_letter(&mut self, r: &Record, reason: Reason) {
         let m = &self.shared.metrics;
         match self.dead.put(r, reason) {
             Ok(()) => {
-                let before = m.dead_lettered[reason.index()].fetch_add(1, Relaxed);
-                // The first of each reason, then every 1000th: one bad
-                // client must not flood the log.
-                if before.is_multiple_of(1000) {
-                    tracing::warn!(
-                        reason = reason.as_str(),
-                        topic = %r.topic,
-                        file = %self.dead.path().display(),
-                        count = before + 1,
-                        "a record Kafka can never take was moved to the dead-letter file"
-                    );
-                }
+                let file = self.dead.path().display().to_string();
+                self.count_dead_letter(&r.topic, reason, &file);
             }
             Err(e) => {
                 m.dropped_dead_letter.fetch_add(1, Relaxed);
@@ -194,6 +218,29 @@ impl Router {
     fn handle(&mut self, ev: Event) {
         let m = self.shared.metrics.clone();
         match ev {
+            Event::Acked(Token {
+                from: From::DeadLetter(reason),
+                ..
+            }) => {
+                self.inflight_dead -= 1;
+                m.dead_letter_forwarded.fetch_add(1, Relaxed);
+                let to = self.cfg.kafka.dead_letter_topic.clone().unwrap_or_default();
+                self.count_dead_letter("", reason, &to);
+            }
+            Event::Failed(
+                Token {
+                    from: From::DeadLetter(reason),
+                    ..
+                },
+                rec,
+                why,
+                _,
+            ) => {
+                // Kafka's health is not in question: the file keeps it.
+                tracing::debug!(error = %why, "a dead letter could not be sent to its topic");
+                self.inflight_dead -= 1;
+                self.keep_dead_letter(&rec, reason);
+            }
             Event::Acked(t) => {
                 m.sent_bytes.fetch_add(t.bytes as u64, Relaxed);
                 match t.from {
@@ -206,6 +253,8 @@ impl Router {
                         m.replayed.fetch_add(1, Relaxed);
                         self.spill.ack(seg, idx);
                     }
+                    // Handled above.
+                    From::DeadLetter(_) => {}
                 }
                 if !self.healthy {
                     tracing::info!("kafka is healthy again");
@@ -222,6 +271,8 @@ impl Router {
                         self.inflight_spill -= 1;
                         self.spill.ack(seg, idx);
                     }
+                    // Handled above.
+                    From::DeadLetter(_) => {}
                 }
                 self.dead_letter(&rec, reason);
             }
@@ -256,6 +307,8 @@ impl Router {
                             _ => (seg, idx),
                         });
                     }
+                    // Handled above.
+                    From::DeadLetter(_) => {}
                 }
             }
             Event::Fatal(why) => {
@@ -501,6 +554,7 @@ pub fn run_with(
         healthy: true,
         inflight_mem: 0,
         inflight_spill: 0,
+        inflight_dead: 0,
         failed_mem: Vec::new(),
         held: std::collections::VecDeque::new(),
         paused: false,
@@ -573,6 +627,7 @@ pub fn run_with(
             let at = *closed_at.get_or_insert_with(Instant::now);
             let settled = r.inflight_mem == 0
                 && r.inflight_spill == 0
+                && r.inflight_dead == 0
                 && r.failed_mem.is_empty()
                 && r.held.is_empty();
             // spill_only keeps what it spilled for a later start.
@@ -592,7 +647,9 @@ pub fn run_with(
     r.sink.flush(Duration::from_secs(2));
     r.sink.purge();
     let deadline = Instant::now() + Duration::from_secs(2);
-    while (r.inflight_mem > 0 || r.inflight_spill > 0) && Instant::now() < deadline {
+    while (r.inflight_mem > 0 || r.inflight_spill > 0 || r.inflight_dead > 0)
+        && Instant::now() < deadline
+    {
         match r.events.recv_timeout(Duration::from_millis(50)) {
             Ok(ev) => r.handle(ev),
             Err(_) => continue,

@@ -14,7 +14,7 @@
 //! * the memory queue and the spill stay within their caps.
 
 use berth_log_appender::config::{Config, Mode, WhenFull};
-use berth_log_appender::deadletter::Reason;
+use berth_log_appender::deadletter::{self, Reason};
 use berth_log_appender::kafka::{Connector, Event, From, Refusal, Sink, Token};
 use berth_log_appender::record::Record;
 use berth_log_appender::router::{self, Shared, Tuning};
@@ -323,18 +323,9 @@ fn within_caps(r: &Running, c: &Case, worst: &mut (u64, u64)) {
 
 /// The dead-letter file's records.
 fn dead_letters(dir: &Path) -> Vec<Record> {
-    let Ok(b) = std::fs::read(dir.join("src").join("dead-letter")) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + 8 <= b.len() {
-        let len = u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize;
-        let body = &b[at + 8..at + 8 + len];
-        out.push(Record::decode(&body[1..]).expect("a dead letter decodes"));
-        at += 8 + len;
-    }
-    out
+    deadletter::read(&dir.join("src").join(deadletter::FILE_NAME))
+        .map(|v| v.into_iter().map(|(_, r)| r).collect())
+        .unwrap_or_default()
 }
 
 fn run_case(c: &Case) {

@@ -539,6 +539,83 @@ fn poison_records_are_dead_lettered_and_stop_nothing() {
     );
 }
 
+/// With `kafka.dead_letter_topic`, what Kafka can never take goes to that
+/// topic, with its reason and the topic it was meant for; what cannot go
+/// there either (too large) stays in the dead-letter file.
+#[test]
+fn a_dead_letter_topic_gets_what_kafka_cannot_take() {
+    let broker = Broker::start();
+    let name = unique();
+    let (good, dlt) = (format!("{name}-good"), format!("{name}-dlt"));
+    broker.create_topic(&good, 1);
+    broker.create_topic(&dlt, 1);
+    let cfg = AppenderConfig::new(&yaml(
+        &broker.bootstrap(),
+        &format!("{name}-{{container_name}}"),
+        &format!("  message_max_bytes: 2000\n  dead_letter_topic: {dlt}\n"),
+    ));
+    let (mut daemon, sock, _log) = daemon(&cfg, &[]);
+    use std::io::Write;
+    let connect = |container: &str| {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
+        writeln!(
+            s,
+            "BERTH-HELLO {{\"container_id\": \"{container}\", \"container_name\": \"{container}\"}}"
+        )
+        .unwrap();
+        s
+    };
+    let (mut ok, mut bad) = (connect("good"), connect("bad/name"));
+    for i in 0..100 {
+        writeln!(ok, "{name}-{i}").unwrap();
+        if i % 25 == 0 {
+            writeln!(bad, "poison {i}").unwrap();
+            writeln!(ok, "{}", "x".repeat(5000)).unwrap();
+        }
+    }
+    drop((ok, bad));
+    no_loss(
+        &arrivals(
+            &broker.bootstrap(),
+            &good,
+            &name,
+            100,
+            Duration::from_secs(30),
+        ),
+        "good lines",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let letters = loop {
+        let got = berth_integration::broker::consume(
+            &broker.bootstrap(),
+            &dlt,
+            4,
+            Duration::from_secs(3),
+        );
+        if got.len() >= 4 || Instant::now() > deadline {
+            break got;
+        }
+    };
+    let mut lines: Vec<String> = letters
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+            assert_eq!(v["dead_letter"]["reason"], "invalid_topic", "{v}");
+            assert_eq!(v["dead_letter"]["topic"], format!("{name}-bad/name"), "{v}");
+            v["line"].as_str().unwrap().to_string()
+        })
+        .collect();
+    lines.sort();
+    assert_eq!(lines, ["poison 0", "poison 25", "poison 50", "poison 75"]);
+    daemon.stop(Duration::from_secs(30));
+    let file = cfg.spill_dir.join("daemon").join("dead-letter");
+    let kept = berth_log_appender::deadletter::read(&file).unwrap();
+    assert_eq!(kept.len(), 4, "the too-large ones stay in the file");
+    assert!(kept
+        .iter()
+        .all(|(r, _)| *r == berth_log_appender::deadletter::Reason::TooLarge));
+}
+
 /// True when the appender closes `s` within 10 s: a read sees EOF (or the
 /// connection reset) rather than timing out.
 fn closed_by_peer(s: &mut std::os::unix::net::UnixStream) -> bool {
