@@ -14,7 +14,8 @@
 //! * For the same reason nothing is spilled while records sent from memory
 //!   are in flight: a record that cannot be sent now (the rate limit, a
 //!   full librdkafka queue, Kafka unhealthy) waits in memory, still counted
-//!   against the memory cap, until they are settled.
+//!   against the memory cap, until they are settled, then goes to the spill
+//!   (and the records behind it follow).
 //! * A record Kafka can never take (an invalid topic name, too large, an
 //!   unknown topic the broker will not create) goes to the dead-letter file
 //!   ([`crate::deadletter`]), whether it is caught before producing, refused
