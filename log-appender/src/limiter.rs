@@ -59,6 +59,17 @@ impl Limiter {
         }
         true
     }
+
+    /// Gives back what [`Limiter::try_take`] took for a line that was not
+    /// sent after all.
+    pub fn refund(&mut self, bytes: usize) {
+        if self.lines_rate > 0.0 {
+            self.lines = (self.lines + 1.0).min(self.lines_rate);
+        }
+        if self.bytes_rate > 0.0 {
+            self.bytes = (self.bytes + bytes as f64).min(self.bytes_rate);
+        }
+    }
 }
 
 #[cfg(test)]

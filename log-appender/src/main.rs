@@ -338,103 +338,16 @@ fn run(cli: Cli) -> Result<()> {
             format!("{namespace}-{id}")
         }
     };
-    let served = (|| -> Result<()> {
-        let safe = sanitize(&source);
-        if matches!(safe.as_str(), "" | "." | "..") {
-            anyhow::bail!(
-                "the source name {source:?} cannot name a spill directory under {}: give --name another name",
-                cfg.spill.dir.display()
-            );
-        }
-        let mut dir = cfg.spill.dir.join(&safe);
-        let open = |d: &std::path::Path| {
-            Spill::open(
-                d,
-                cfg.spill.max_bytes,
-                cfg.spill.segment_bytes,
-                cfg.spill.when_full,
-            )
-        };
-        let (mut spill, found) = match open(&dir) {
-            // The previous appender of this container is still draining (a
-            // restarted container): never keep the container from starting;
-            // spill beside it instead.
-            Err(berth_log_appender::spill::SpillError::Locked(_)) => {
-                let busy = dir.clone();
-                dir = cfg
-                    .spill
-                    .dir
-                    .join(format!("{}.{}", sanitize(&source), std::process::id()));
-                tracing::warn!(busy = %busy.display(), using = %dir.display(), "spill directory in use by another appender");
-                open(&dir)?
-            }
-            r => r?,
-        };
-        spill.set_host_cap(cfg.spill.host_max_bytes);
-        if found.records > 0 || found.torn > 0 {
-            tracing::info!(records = found.records, torn = found.torn, dir = %dir.display(), "replaying the spill left by a previous run");
-        }
-        // Spills left beside this one (`<name>.<pid>`, by an appender that found
-        // it locked) are taken over once no appender holds them.
-        if dir == cfg.spill.dir.join(&safe) {
-            adopt_leftovers(&mut spill, &cfg.spill.dir, &safe, &open, &shared);
-        }
-        shared
-            .metrics
-            .dropped_corrupt
-            .fetch_add(found.torn, Relaxed);
-        match &cfg.metrics.listen {
-            // One binary logger per container: the second would find the port
-            // taken and keep its container from starting.
-            Some(l) if binary_logger => {
-                tracing::info!(listen = %l, "metrics.listen is not used by a binary logger (one per container); set metrics.textfile_dir")
-            }
-            Some(l) => {
-                metrics::serve(l, shared.metrics.clone())
-                    .with_context(|| format!("metrics.listen {l}"))?;
-            }
-            None => {}
-        }
-        let textfile = cfg.metrics.textfile_dir.clone().map(|d| {
-            let t = Textfile {
-                dir: d,
-                stem: safe.clone(),
-                source: source.clone(),
-            };
-            t.spawn(shared.clone());
-            t
-        });
-        let _watcher = if path.exists() || degraded {
-            reload::watch(shared.clone(), path.clone())
-                .map_err(
-                    |e| tracing::warn!(error = %e, "cannot watch the configuration; no hot reload"),
-                )
-                .ok()
-        } else {
-            None
-        };
-        // Ready: containerd's shim waits for fd 5 to close.
-        drop(ready_fd);
-        let drain = Duration::from_secs(
-            cli.drain_seconds
-                .unwrap_or(u64::from(cfg.kafka.message_timeout_ms) / 1000 + 5),
-        );
-        router::run(shared.clone(), spill, drain)?;
-        if let Some(t) = &textfile {
-            t.remove();
-        }
-        let m = &shared.metrics;
-        tracing::info!(
-            received = m.received.load(Relaxed),
-            sent = m.sent.load(Relaxed),
-            replayed = m.replayed.load(Relaxed),
-            spilled = m.spilled.load(Relaxed),
-            dropped = m.dropped(),
-            dead_lettered = m.dead_lettered_total(),
-            "done"
-        );
-        Ok(())
-    })();
+    let served = serve(Started {
+        cfg: &cfg,
+        shared: &shared,
+        source: &source,
+        path: &path,
+        watch: path.exists() || degraded,
+        binary_logger,
+        ready_fd,
+        drain_seconds: cli.drain_seconds,
+    });
     match served {
         // The inputs are open: read them to the end, or the container
         // blocks or dies of SIGPIPE.
@@ -444,4 +357,127 @@ fn run(cli: Cli) -> Result<()> {
         }
         r => r,
     }
+}
+
+/// What [`serve`] starts from: the inputs are reading.
+struct Started<'a> {
+    cfg: &'a Config,
+    shared: &'a Arc<Shared>,
+    source: &'a str,
+    path: &'a PathBuf,
+    /// Watch `path` for changes (it exists, or a binary logger waits for a
+    /// valid one).
+    watch: bool,
+    binary_logger: bool,
+    ready_fd: Option<std::fs::File>,
+    drain_seconds: Option<u64>,
+}
+
+/// Opens the spill, starts metrics and reload, says ready, and runs the
+/// router until the end.
+fn serve(st: Started<'_>) -> Result<()> {
+    let Started {
+        cfg,
+        shared,
+        source,
+        path,
+        watch,
+        binary_logger,
+        ready_fd,
+        drain_seconds,
+    } = st;
+    let safe = sanitize(source);
+    if matches!(safe.as_str(), "" | "." | "..") {
+        anyhow::bail!(
+            "the source name {source:?} cannot name a spill directory under {}: give --name another name",
+            cfg.spill.dir.display()
+        );
+    }
+    let mut dir = cfg.spill.dir.join(&safe);
+    let open = |d: &std::path::Path| {
+        Spill::open(
+            d,
+            cfg.spill.max_bytes,
+            cfg.spill.segment_bytes,
+            cfg.spill.when_full,
+        )
+    };
+    let (mut spill, found) = match open(&dir) {
+        // The previous appender of this container is still draining (a
+        // restarted container): never keep the container from starting;
+        // spill beside it instead.
+        Err(berth_log_appender::spill::SpillError::Locked(_)) => {
+            let busy = dir.clone();
+            dir = cfg
+                .spill
+                .dir
+                .join(format!("{}.{}", sanitize(source), std::process::id()));
+            tracing::warn!(busy = %busy.display(), using = %dir.display(), "spill directory in use by another appender");
+            open(&dir)?
+        }
+        r => r?,
+    };
+    spill.set_host_cap(cfg.spill.host_max_bytes);
+    if found.records > 0 || found.torn > 0 {
+        tracing::info!(records = found.records, torn = found.torn, dir = %dir.display(), "replaying the spill left by a previous run");
+    }
+    // Spills left beside this one (`<name>.<pid>`, by an appender that found
+    // it locked) are taken over once no appender holds them.
+    if dir == cfg.spill.dir.join(&safe) {
+        adopt_leftovers(&mut spill, &cfg.spill.dir, &safe, &open, shared);
+    }
+    shared
+        .metrics
+        .dropped_corrupt
+        .fetch_add(found.torn, Relaxed);
+    match &cfg.metrics.listen {
+        // One binary logger per container: the second would find the port
+        // taken and keep its container from starting.
+        Some(l) if binary_logger => {
+            tracing::info!(listen = %l, "metrics.listen is not used by a binary logger (one per container); set metrics.textfile_dir")
+        }
+        Some(l) => {
+            metrics::serve(l, shared.metrics.clone())
+                .with_context(|| format!("metrics.listen {l}"))?;
+        }
+        None => {}
+    }
+    let textfile = cfg.metrics.textfile_dir.clone().map(|d| {
+        let t = Textfile {
+            dir: d,
+            stem: safe.clone(),
+            source: source.to_string(),
+        };
+        t.spawn(shared.clone());
+        t
+    });
+    let _watcher = if watch {
+        reload::watch(shared.clone(), path.clone())
+            .map_err(
+                |e| tracing::warn!(error = %e, "cannot watch the configuration; no hot reload"),
+            )
+            .ok()
+    } else {
+        None
+    };
+    // Ready: containerd's shim waits for fd 5 to close.
+    drop(ready_fd);
+    let drain = Duration::from_secs(
+        drain_seconds.unwrap_or(u64::from(cfg.kafka.message_timeout_ms) / 1000 + 5),
+    );
+    router::run(shared.clone(), spill, drain)?;
+    if let Some(t) = &textfile {
+        t.remove();
+    }
+    let m = &shared.metrics;
+    tracing::info!(
+        received = m.received.load(Relaxed),
+        sent = m.sent.load(Relaxed),
+        replayed = m.replayed.load(Relaxed),
+        spilled = m.spilled.load(Relaxed),
+        dropped = m.dropped(),
+        dead_lettered = m.dead_lettered_total(),
+        "done"
+    );
+    Ok(())
 }

@@ -57,6 +57,13 @@ impl Default for Tuning {
     }
 }
 
+/// How long records from memory wait for room in librdkafka's queue
+/// before they go to the spill instead.
+const FULL_WAIT: Duration = Duration::from_millis(200);
+
+/// A replay burst handles delivery reports every this many records.
+const REPORTS_EVERY: u32 = 256;
+
 /// How many spilled records may be in flight at once.
 const REPLAY_WINDOW: u64 = 20_000;
 
@@ -133,6 +140,8 @@ struct Router {
     /// nothing more is sent from memory, and once those are settled what
     /// waits goes to the spill.
     paused: bool,
+    /// Since when librdkafka's queue has been refusing records from memory.
+    full_since: Option<Instant>,
     seq: u64,
     rewind: Option<(u64, u32)>,
     last_probe: Instant,
@@ -392,6 +401,15 @@ impl Router {
 
     /// Routes the held records, in order, until one must wait.
     fn route(&mut self) {
+        // Their room in the memory queue is freed once, at the end.
+        let mut routed = 0;
+        self.route_counting(&mut routed);
+        if routed > 0 {
+            self.shared.queue.release(routed);
+        }
+    }
+
+    fn route_counting(&mut self, routed: &mut u64) {
         while let Some(r) = self.held.pop_front() {
             let size = r.size();
             let r = record::retarget(&self.cfg, r);
@@ -413,9 +431,19 @@ impl Router {
             {
                 self.seq += 1;
                 match self.sink.send(r, From::Memory, self.seq) {
-                    Ok(()) => self.inflight_mem += 1,
+                    Ok(()) => {
+                        self.inflight_mem += 1;
+                        self.full_since = None;
+                    }
+                    // librdkafka's queue drains as acknowledgements come:
+                    // try again shortly; if it stays full, spill once what
+                    // is in flight is settled.
                     Err(Refusal::Full(r)) if self.inflight_mem > 0 => {
-                        self.paused = true;
+                        self.limiter.refund(r.payload.len());
+                        let since = *self.full_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= FULL_WAIT {
+                            self.paused = true;
+                        }
                         self.held.push_front(r);
                         return;
                     }
@@ -435,8 +463,9 @@ impl Router {
                 // From here on the spill keeps the order.
                 self.spill_one(&r);
                 self.paused = false;
+                self.full_since = None;
             }
-            self.shared.queue.release(size);
+            *routed += size;
         }
     }
 
@@ -457,7 +486,20 @@ impl Router {
         } else {
             return false;
         };
+        let mut sent = 0u32;
         while self.inflight_spill < window && self.spill.has_unread() {
+            // A long burst looks at the reports now and then: after a
+            // failure, sending more (which a returning broker might take
+            // ahead of the failed records) only widens the gap.
+            sent += 1;
+            if sent.is_multiple_of(REPORTS_EVERY) {
+                while let Ok(ev) = self.events.try_recv() {
+                    self.handle(ev);
+                }
+                if !self.healthy || self.rewind.is_some() {
+                    return false;
+                }
+            }
             match self.spill.next_unread() {
                 Some(Ok((seg, idx, rec))) => {
                     let rec = record::retarget(&self.cfg, rec);
@@ -559,6 +601,7 @@ pub fn run_with(
         failed_mem: Vec::new(),
         held: std::collections::VecDeque::new(),
         paused: false,
+        full_since: None,
         seq: 0,
         rewind: None,
         last_probe: Instant::now(),
