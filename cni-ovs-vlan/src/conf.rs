@@ -36,6 +36,10 @@ pub struct OvsConf {
     pub socket: String,
     /// `ovsTimeoutSeconds`: how long to wait for OVSDB and vswitchd.
     pub timeout: Duration,
+    /// `vswitchd_socket_file`: ovs-vswitchd's control socket, for STATUS.
+    /// Unset: found beside a unix `socket_file` (see
+    /// `plugin::vswitchd_control`).
+    pub vswitchd_socket: Option<String>,
     /// `egressShaping`.
     pub egress_shaping: EgressShaping,
     /// The shared keys (MAC, IPAM, static IPs, bandwidth, DNS).
@@ -153,6 +157,18 @@ impl OvsConf {
         }
         let timeout =
             Duration::from_secs(u64::from(opt_u32(obj, "ovsTimeoutSeconds")?.unwrap_or(10)));
+        let vswitchd_socket = match opt_str(obj, "vswitchd_socket_file")? {
+            None => None,
+            Some(s) => {
+                let path = s.strip_prefix("unix:").unwrap_or(s);
+                if !path.starts_with('/') {
+                    return Err(invalid(format!(
+                        "vswitchd_socket_file {s:?} is not unix:PATH or an absolute path"
+                    )));
+                }
+                Some(path.to_string())
+            }
+        };
         let egress_shaping = match opt_str(obj, "egressShaping")? {
             None | Some("tbf") => EgressShaping::Tbf,
             Some("police") => EgressShaping::Police,
@@ -169,6 +185,7 @@ impl OvsConf {
             mtu: opt_u32(obj, "mtu")?,
             socket,
             timeout,
+            vswitchd_socket,
             egress_shaping,
             common: Common::parse(conf, env)?,
         })

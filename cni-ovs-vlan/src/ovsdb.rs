@@ -143,6 +143,12 @@ impl Client {
         }
     }
 
+    /// Runs a unixctl `command` (ovs-vswitchd's control socket speaks the
+    /// same JSON-RPC) and returns its result.
+    pub fn unixctl(&mut self, command: &str) -> Result<Value, OvsdbError> {
+        self.call(command, json!([]))
+    }
+
     /// Runs `ops` as one transaction; returns each operation's result. A
     /// failed operation (the transaction is then rolled back) is an error
     /// naming it.

@@ -113,6 +113,36 @@ impl Drop for Rollback<'_> {
     }
 }
 
+/// ovs-vswitchd's control socket: `vswitchd_socket_file`, else beside a
+/// unix OVSDB socket, `ovs-vswitchd.<pid>.ctl` (the pid from
+/// `ovs-vswitchd.pid`, as OVS's packages run it) or `ovs-vswitchd.ctl`.
+/// None when OVSDB is reached over TCP (vswitchd is then elsewhere) with no
+/// `vswitchd_socket_file`; Err when none of those exists.
+pub fn vswitchd_control(c: &OvsConf) -> Option<Result<std::path::PathBuf, String>> {
+    if let Some(p) = &c.vswitchd_socket {
+        return Some(Ok(p.into()));
+    }
+    let (unix, db) = crate::ovsdb::parse_target(&c.socket)?;
+    if !unix {
+        return None;
+    }
+    let dir = std::path::Path::new(&db).parent()?.to_path_buf();
+    let by_pid = std::fs::read_to_string(dir.join("ovs-vswitchd.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .map(|pid| dir.join(format!("ovs-vswitchd.{pid}.ctl")));
+    let found = by_pid
+        .into_iter()
+        .chain([dir.join("ovs-vswitchd.ctl")])
+        .find(|p| p.exists());
+    Some(found.ok_or_else(|| {
+        format!(
+            "ovs-vswitchd is not running: no control socket in {}",
+            dir.display()
+        )
+    }))
+}
+
 fn bandwidth(c: &OvsConf) -> Result<Bandwidth, CniError> {
     match &c.common.bandwidth {
         Some((v, key)) => Bandwidth::parse(v, key, c.mtu.unwrap_or(1500)),
@@ -397,6 +427,22 @@ impl Plugin for OvsVlan {
                 Code::NotAvailable,
                 format!("bridge {:?} does not exist in OVSDB", c.bridge),
             ));
+        }
+        // OVSDB takes a port that ovs-vswitchd, not answering, never adds.
+        match vswitchd_control(&c) {
+            None => tracing::debug!("OVSDB over TCP and no vswitchd_socket_file: ovs-vswitchd not checked"),
+            Some(Err(e)) => return Err(CniError::new(Code::NotAvailable, e)),
+            Some(Ok(ctl)) => {
+                let target = format!("unix:{}", ctl.display());
+                Client::connect(&target, c.timeout)
+                    .and_then(|mut v| v.unixctl("version"))
+                    .map_err(|e| {
+                        CniError::new(
+                            Code::NotAvailable,
+                            format!("ovs-vswitchd does not answer on {}: {e}", ctl.display()),
+                        )
+                    })?;
+            }
         }
         if let Some(t) = &c.common.ipam_type {
             ipam::passthrough_11(t, Verb::Status, env, &conf.bytes())?;

@@ -559,3 +559,51 @@ fn a_200_character_network_name_attaches_and_is_collected() {
     assert!(d.ok, "DEL: {}", d.stdout);
     assert_clean(&long);
 }
+
+/// STATUS tells the truth: 50, naming the cause, when OVSDB cannot be
+/// reached, the bridge is missing, or ovs-vswitchd is not running or does
+/// not answer (OVSDB alone would take a port nobody adds).
+#[test]
+fn status_names_what_cannot_serve_an_add() {
+    let bridge = OvsBridge::new();
+    let (c, _dir) = conf(&bridge, "10.212.0.0/24", json!({"ovsTimeoutSeconds": 1}));
+    let status = |c: &Value| Call::new(&berth_ovs_vlan(), "STATUS", "", None).run(c);
+    let st = status(&c);
+    assert!(st.ok, "healthy OVS (vswitchd found beside OVSDB): {}", st.stdout);
+    let unavailable = |c: &Value, names: &str| {
+        let st = status(c);
+        assert_eq!(st.code(), Some(50), "{}", st.stdout);
+        assert!(st.stdout.contains(names), "{names}: {}", st.stdout);
+    };
+    let mut gone = c.clone();
+    gone["bridge"] = json!("btnobridge");
+    unavailable(&gone, "btnobridge");
+    let mut no_db = c.clone();
+    no_db["socket_file"] = json!("unix:/nonexistent/db.sock");
+    unavailable(&no_db, "/nonexistent/db.sock");
+    // A control socket nobody serves: not running.
+    let dir = fresh_dir("vswitchd");
+    let mut dead = c.clone();
+    dead["vswitchd_socket_file"] = json!(dir.join("absent.ctl").display().to_string());
+    unavailable(&dead, "ovs-vswitchd does not answer");
+    // One that accepts and never answers (a hung vswitchd).
+    let hung = dir.join("hung.ctl");
+    let _listener = std::os::unix::net::UnixListener::bind(&hung).unwrap();
+    let mut stuck = c.clone();
+    stuck["vswitchd_socket_file"] = json!(format!("unix:{}", hung.display()));
+    let t = std::time::Instant::now();
+    unavailable(&stuck, "ovs-vswitchd does not answer");
+    assert!(t.elapsed() < Duration::from_secs(5), "waited {:?}", t.elapsed());
+    // The real one, named explicitly.
+    let mut named = c.clone();
+    named["vswitchd_socket_file"] = json!(ovs()
+        .db_socket
+        .with_file_name("ovs-vswitchd.ctl")
+        .display()
+        .to_string());
+    assert!(status(&named).ok);
+    let mut bad = c.clone();
+    bad["vswitchd_socket_file"] = json!("relative.ctl");
+    let st = status(&bad);
+    assert_eq!(st.code(), Some(7), "{}", st.stdout);
+}
