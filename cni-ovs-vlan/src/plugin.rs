@@ -430,7 +430,9 @@ impl Plugin for OvsVlan {
         }
         // OVSDB takes a port that ovs-vswitchd, not answering, never adds.
         match vswitchd_control(&c) {
-            None => tracing::debug!("OVSDB over TCP and no vswitchd_socket_file: ovs-vswitchd not checked"),
+            None => tracing::debug!(
+                "OVSDB over TCP and no vswitchd_socket_file: ovs-vswitchd not checked"
+            ),
             Some(Err(e)) => return Err(CniError::new(Code::NotAvailable, e)),
             Some(Ok(ctl)) => {
                 let target = format!("unix:{}", ctl.display());

@@ -569,7 +569,11 @@ fn status_names_what_cannot_serve_an_add() {
     let (c, _dir) = conf(&bridge, "10.212.0.0/24", json!({"ovsTimeoutSeconds": 1}));
     let status = |c: &Value| Call::new(&berth_ovs_vlan(), "STATUS", "", None).run(c);
     let st = status(&c);
-    assert!(st.ok, "healthy OVS (vswitchd found beside OVSDB): {}", st.stdout);
+    assert!(
+        st.ok,
+        "healthy OVS (vswitchd found beside OVSDB): {}",
+        st.stdout
+    );
     let unavailable = |c: &Value, names: &str| {
         let st = status(c);
         assert_eq!(st.code(), Some(50), "{}", st.stdout);
@@ -593,7 +597,11 @@ fn status_names_what_cannot_serve_an_add() {
     stuck["vswitchd_socket_file"] = json!(format!("unix:{}", hung.display()));
     let t = std::time::Instant::now();
     unavailable(&stuck, "ovs-vswitchd does not answer");
-    assert!(t.elapsed() < Duration::from_secs(5), "waited {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "waited {:?}",
+        t.elapsed()
+    );
     // The real one, named explicitly.
     let mut named = c.clone();
     named["vswitchd_socket_file"] = json!(ovs()
