@@ -1,10 +1,12 @@
 //! The macvlan verbs.
 
 use crate::conf::MacvlanConf;
+use berth_cni::attachments::{Access, Attachment, Ledger};
 use berth_cni::check::{self, mismatch};
 use berth_cni::env::{Command as Verb, Env};
 use berth_cni::ipcfg;
 use berth_cni::link::{self, Link, MacvlanSpec};
+use berth_cni::logging::HostSettings;
 use berth_cni::netlink::{Netlink, NetlinkError};
 use berth_cni::qos::{self, Bandwidth};
 use berth_cni::setup;
@@ -90,10 +92,21 @@ struct Rollback<'a> {
     env: &'a Env,
     conf: &'a NetConf,
     netns: &'a Path,
+    ledger: &'a Ledger,
     tmp: String,
     index: Option<u32>,
     ipam: Option<String>,
     armed: bool,
+}
+
+/// This network's attachment records (see `berth_cni::attachments`).
+fn ledger(conf: &NetConf, access: Access) -> Result<Ledger, CniError> {
+    Ledger::open(
+        &HostSettings::from_env().state_dir(),
+        "berth-macvlan",
+        &conf.name,
+        access,
+    )
 }
 
 impl Drop for Rollback<'_> {
@@ -125,6 +138,7 @@ impl Drop for Rollback<'_> {
                 tracing::warn!(error = %e, "rollback: IPAM DEL failed");
             }
         }
+        self.ledger.remove(&self.env.container_id, &self.env.ifname);
         tracing::info!("rolled back the partial ADD");
     }
 }
@@ -196,12 +210,20 @@ impl Plugin for Macvlan {
         } else {
             plan(c, &mut Netlink::open()?)?
         };
+        // Recorded before anything exists, so GC finds whatever a lost DEL
+        // leaves; held shared until the ADD is done, so GC waits for it.
+        let ledger = ledger(conf, Access::Shared)?;
+        ledger.record(&Attachment::new(&env.container_id, &env.ifname, netns))?;
         let tmp = link::temp_name("bmv");
-        create_link(&p, env, netns, &tmp)?;
+        if let Err(e) = create_link(&p, env, netns, &tmp) {
+            ledger.remove(&env.container_id, &env.ifname);
+            return Err(e);
+        }
         let mut rb = Rollback {
             env,
             conf,
             netns,
+            ledger: &ledger,
             tmp: tmp.clone(),
             index: None,
             ipam: None,
@@ -255,6 +277,7 @@ impl Plugin for Macvlan {
     fn del(&self, env: &Env, conf: &NetConf) -> Result<(), CniError> {
         // Only ipam.type matters: a master or bandwidth that is gone or
         // broken by now must not stop the cleanup.
+        let records = ledger(conf, Access::Shared);
         let ipam_result = match conf.ipam_type() {
             Some(t) => ipam::del(t, env, &conf.bytes()),
             None => Ok(()),
@@ -269,6 +292,12 @@ impl Plugin for Macvlan {
                 Ok(r) => r?,
                 // The netns vanished between the check and entering it.
                 Err(e) => tracing::info!(error = %e, "netns is gone; nothing to remove"),
+            }
+        }
+        if ipam_result.is_ok() {
+            match &records {
+                Ok(l) => l.remove(&env.container_id, &env.ifname),
+                Err(e) => tracing::warn!(error = %e, "attachment records unavailable"),
             }
         }
         ipam_result
@@ -335,16 +364,46 @@ impl Plugin for Macvlan {
     }
 
     fn gc(&self, env: &Env, conf: &NetConf) -> Result<(), CniError> {
-        // A macvlan lives and dies with its netns: the only host state is
-        // the IPAM's leases.
-        if let Some(t) = conf.ipam_type() {
-            let asked = ipam::passthrough_11(t, Verb::Gc, env, &conf.bytes())?;
-            if !asked {
-                tracing::info!(
-                    ipam = t,
-                    "IPAM plugin predates CNI 1.1 GC; nothing to collect"
-                );
+        // Alone: no ADD of this network is in progress meanwhile.
+        let ledger = ledger(conf, Access::Exclusive)?;
+        let valid = conf.valid_attachments();
+        let ipam_gc = match conf.ipam_type() {
+            Some(t) => ipam::passthrough_11(t, Verb::Gc, env, &conf.bytes())?,
+            None => true,
+        };
+        for a in ledger.list() {
+            if valid.contains(&(a.container_id.clone(), a.ifname.clone())) {
+                continue;
             }
+            // The link and its ifb live in the netns: gone with it, or
+            // removed here while it still exists (and is the same one).
+            if a.netns_is_ours() {
+                let ifname = a.ifname.clone();
+                let r = netns::run_in(&a.netns, move || -> Result<(), CniError> {
+                    qos::delete_with_ifb(&mut Netlink::open()?, &ifname)
+                });
+                if !matches!(r, Ok(Ok(()))) {
+                    tracing::warn!(?r, container = %a.container_id, "GC: could not remove the link; kept for the next GC");
+                    continue;
+                }
+            }
+            // An IPAM without GC releases the lease by DEL with the stale ID.
+            if let (false, Some(t)) = (ipam_gc, conf.ipam_type()) {
+                let stale = Env {
+                    command: Verb::Del,
+                    container_id: a.container_id.clone(),
+                    netns: Some(a.netns.clone()),
+                    ifname: a.ifname.clone(),
+                    args: Default::default(),
+                    path: env.path.clone(),
+                };
+                if let Err(e) = ipam::del(t, &stale, &conf.bytes()) {
+                    tracing::warn!(error = %e, container = %a.container_id, "GC: IPAM DEL failed; kept for the next GC");
+                    continue;
+                }
+            }
+            ledger.remove(&a.container_id, &a.ifname);
+            tracing::info!(container = %a.container_id, ifname = %a.ifname, "GC: collected an attachment not in the valid list");
         }
         Ok(())
     }

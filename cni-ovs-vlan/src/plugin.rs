@@ -12,7 +12,6 @@ use berth_cni::setup;
 use berth_cni::skel::Plugin;
 use berth_cni::types::{CniResult, Interface, NetConf};
 use berth_cni::{ipam, netns, tc, CniError, Code};
-use serde_json::Value;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 
@@ -454,21 +453,7 @@ impl Plugin for OvsVlan {
 
     fn gc(&self, env: &Env, conf: &NetConf) -> Result<(), CniError> {
         let c = OvsConf::parse(conf, env)?;
-        let valid: Vec<(String, String)> = conf
-            .raw
-            .get("cni.dev/valid-attachments")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| {
-                        Some((
-                            v.get("containerID")?.as_str()?.to_string(),
-                            v.get("ifname")?.as_str()?.to_string(),
-                        ))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let valid = conf.valid_attachments();
         let mut db = Client::connect(&c.socket, c.timeout).map_err(|e| cni_err(e, &c))?;
         let ours = port::find(&mut db, &[(port::NETWORK, conf.name.clone())])
             .map_err(|e| cni_err(e, &c))?;

@@ -13,6 +13,7 @@
 //! ([`logging`]), used by `berth-macvlan` and `berth-ovs-vlan`.
 
 pub mod arp;
+pub mod attachments;
 pub mod caps;
 pub mod check;
 pub mod env;

@@ -38,9 +38,27 @@ pub struct HostSettings {
     /// The directories a network config's `logFile` may name (default: the
     /// default log file's directory).
     pub allowed_log_dirs: Option<Vec<PathBuf>>,
+    /// Where plugins keep their attachment records for GC (default
+    /// `/var/lib/berth/cni`).
+    pub state_dir: Option<PathBuf>,
 }
 
 impl HostSettings {
+    /// The settings from `BERTH_CNI_CONFIG`, else `/etc/berth/cni.toml`.
+    pub fn from_env() -> HostSettings {
+        let path = std::env::var_os("BERTH_CNI_CONFIG")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+        HostSettings::load(&path)
+    }
+
+    /// Where attachment records live.
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(crate::attachments::DEFAULT_STATE_DIR))
+    }
+
     /// Reads `path`; a missing file gives the defaults, a broken one is
     /// reported on stderr and ignored (a plugin must still answer).
     pub fn load(path: &Path) -> HostSettings {

@@ -36,6 +36,25 @@ impl NetConf {
         self.ipam.as_ref()?.get("type")?.as_str()
     }
 
+    /// A GC's `cni.dev/valid-attachments`, as (`containerID`, `ifname`)
+    /// pairs; entries without both are skipped.
+    pub fn valid_attachments(&self) -> Vec<(String, String)> {
+        self.raw
+            .get("cni.dev/valid-attachments")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| {
+                        Some((
+                            v.get("containerID")?.as_str()?.to_string(),
+                            v.get("ifname")?.as_str()?.to_string(),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The configuration as JSON bytes, as an IPAM plugin is given it.
     pub fn bytes(&self) -> Vec<u8> {
         serde_json::to_vec(&self.raw).unwrap_or_default()

@@ -27,6 +27,19 @@ pub fn berth_ovs_vlan() -> PathBuf {
     binary("berth-ovs-vlan")
 }
 
+/// The plugins' host settings for this run (`BERTH_CNI_CONFIG`): attachment
+/// records under the scratch directory, never the host's `/var/lib`.
+pub fn host_config() -> &'static Path {
+    static FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let f = scratch().join("cni.toml");
+        let state = scratch().join("cni-state");
+        std::fs::write(&f, format!("state_dir = \"{}\"\n", state.display()))
+            .expect("write cni.toml");
+        f
+    })
+}
+
 /// Runs `ctr` (bound to the harness's containerd) with `conflist` as the
 /// only file in `/etc/cni/net.d` and `plugins` (Berth's build first, then
 /// Debian's; none: the host's own `/opt/cni/bin` and `/usr/lib/cni`) as `/opt/cni/bin`, both in a private mount namespace: ctr's
@@ -68,7 +81,11 @@ pub fn ctr_with_cni(conflist: &Value, plugins: &[&str], args: &[&str]) -> Ran {
         netd.display(),
         quoted.join(" ")
     );
-    try_run(command("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]))
+    try_run(
+        command("unshare")
+            .env("BERTH_CNI_CONFIG", host_config())
+            .args(["-m", "--propagation", "private", "sh", "-c", &script]),
+    )
 }
 
 /// One plugin invocation.
@@ -163,7 +180,7 @@ impl Call {
             .env("CNI_ARGS", &self.args)
             .env("BERTH_CNI_LOG_FILE", scratch().join("cni.log"))
             .env("BERTH_CNI_LOG_LEVEL", "debug")
-            .env("BERTH_CNI_CONFIG", "/nonexistent")
+            .env("BERTH_CNI_CONFIG", host_config())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

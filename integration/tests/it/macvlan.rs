@@ -884,3 +884,83 @@ fn a_log_file_outside_the_allowed_dirs_is_never_opened() {
         "the refusal is not logged"
     );
 }
+
+/// GC collects exactly what is not in `cni.dev/valid-attachments`: the
+/// link and its ifb where the netns still exists, and the lease (Debian's
+/// host-local predates CNI 1.1 GC: by DEL with the stale container ID)
+/// also where the netns is gone. It waits for an ADD in progress, and a
+/// second GC finds nothing more to do.
+#[test]
+fn gc_collects_exactly_the_attachments_not_in_the_valid_list() {
+    let master = ParentLink::new();
+    let (c, dir) = berth_conf(
+        &master.name,
+        "10.213.0.0/24",
+        "10.213.0.1",
+        json!({"bandwidth": {"ingressRate": 100_000_000, "ingressBurst": 1_000_000}}),
+    );
+    let (keep, lost, deleted) = (Netns::new(), Netns::new(), Netns::new());
+    let ids: Vec<String> = (0..3).map(|_| unique()).collect();
+    for (ns, id) in [&keep, &lost, &deleted].iter().zip(&ids) {
+        let r = Call::new(&berth_macvlan(), "ADD", id, Some(&ns.path())).run(&c);
+        assert!(r.ok, "ADD: {}", r.stdout);
+    }
+    assert_eq!(leases(&dir, &c).len(), 3);
+    let links = |ns: &Netns| ns.ip(&["-o", "link", "show"]);
+    assert!(links(&lost).contains("ifb"), "{}", links(&lost));
+    // The engine lost track of one, and another's netns was deleted behind
+    // its back (its link went with it; its lease did not).
+    let deleted_path = deleted.path();
+    drop(deleted);
+    let mut gc = c.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": ids[0], "ifname": "eth0"}]);
+    // An ADD in progress (holding the network's records shared) holds GC off.
+    let lock_path = berth_integration::artifacts::scratch()
+        .join("cni-state/berth-macvlan")
+        .join(c["name"].as_str().unwrap())
+        .join(".lock");
+    let lock = std::fs::File::open(&lock_path).expect("the network's record lock");
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH) }, 0);
+    let call = Call::new(&berth_macvlan(), "GC", "", None);
+    let (gc2, call2) = (gc.clone(), call.clone());
+    let running = std::thread::spawn(move || call2.run(&gc2));
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert!(
+        !running.is_finished(),
+        "GC ran while an ADD held the records"
+    );
+    drop(lock);
+    let r = running.join().unwrap();
+    assert!(r.ok, "GC: {}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.trim().is_empty(),
+        "GC prints nothing: {}",
+        r.stdout
+    );
+    // Exactly the two stale ones are gone.
+    assert!(links(&keep).contains("eth0"), "{}", links(&keep));
+    assert!(links(&keep).contains("ifb"), "{}", links(&keep));
+    assert!(!links(&lost).contains("eth0"), "{}", links(&lost));
+    assert!(!links(&lost).contains("ifb"), "{}", links(&lost));
+    let left = leases(&dir, &c);
+    assert_eq!(left.len(), 1, "{left:?}");
+    let lease = std::fs::read_to_string(dir.join(c["name"].as_str().unwrap()).join(&left[0]))
+        .unwrap_or_default();
+    assert!(
+        lease.contains(&ids[0]),
+        "the kept lease is the valid one: {lease}"
+    );
+    assert!(!std::path::Path::new(&deleted_path).exists());
+    // Idempotent.
+    assert!(call.run(&gc).ok);
+    assert_eq!(leases(&dir, &c).len(), 1);
+    // The valid one still DELs cleanly.
+    assert!(
+        Call::new(&berth_macvlan(), "DEL", &ids[0], Some(&keep.path()))
+            .run(&c)
+            .ok
+    );
+    assert!(leases(&dir, &c).is_empty());
+}
