@@ -41,6 +41,26 @@ pub struct HostSettings {
     /// Where plugins keep their attachment records for GC (default
     /// `/var/lib/berth/cni`).
     pub state_dir: Option<PathBuf>,
+    /// `[gc]`: the GC trigger `berth-cni-gc`.
+    #[serde(default)]
+    pub gc: GcSettings,
+}
+
+/// `[gc]` of `/etc/berth/cni.toml`: where `berth-cni-gc` looks (its flags
+/// override each).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcSettings {
+    /// The engine's CRI socket.
+    pub cri_socket: Option<PathBuf>,
+    /// The CNI configuration directory.
+    pub conf_dir: Option<PathBuf>,
+    /// The CNI plugin directories.
+    pub bin_dirs: Option<Vec<PathBuf>>,
+    /// libcni's cache directory (the engine's).
+    pub cache_dir: Option<PathBuf>,
+    /// Attachments cached less than this long ago are kept.
+    pub grace_seconds: Option<u64>,
 }
 
 impl HostSettings {

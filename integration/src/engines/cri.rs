@@ -90,6 +90,21 @@ impl Pod {
         pid_ipc: NamespaceMode,
         privileged: bool,
     ) -> Result<Pod, tonic::Status> {
+        Pod::run_full(handler, pid_ipc, privileged, NamespaceMode::Node)
+    }
+
+    /// Runs a pod sandbox on the pod network: containerd calls the CNI
+    /// plugins of its configuration directory ([`cni_dirs`]).
+    pub fn run_on_pod_network(handler: &str) -> Result<Pod, tonic::Status> {
+        Pod::run_full(handler, NamespaceMode::Pod, false, NamespaceMode::Pod)
+    }
+
+    fn run_full(
+        handler: &str,
+        pid_ipc: NamespaceMode,
+        privileged: bool,
+        network: NamespaceMode,
+    ) -> Result<Pod, tonic::Status> {
         import_images();
         let mut client = client();
         let name = crate::names::unique();
@@ -107,7 +122,7 @@ impl Pod {
                 cgroup_parent: format!("/{}k", crate::names::process_prefix()),
                 security_context: Some(LinuxSandboxSecurityContext {
                     namespace_options: Some(NamespaceOption {
-                        network: NamespaceMode::Node as i32,
+                        network: network as i32,
                         pid: pid_ipc as i32,
                         ipc: pid_ipc as i32,
                         ..Default::default()
@@ -128,6 +143,27 @@ impl Pod {
             .into_inner()
             .pod_sandbox_id;
         Ok(Pod { client, id, config })
+    }
+
+    /// The sandbox's network namespace path, from its verbose status.
+    pub fn netns(&mut self) -> Option<String> {
+        let st = rt()
+            .block_on(self.client.pod_sandbox_status(
+                k8s_cri::v1::PodSandboxStatusRequest {
+                    pod_sandbox_id: self.id.clone(),
+                    verbose: true,
+                },
+            ))
+            .ok()?
+            .into_inner();
+        let info: serde_json::Value = serde_json::from_str(st.info.get("info")?).ok()?;
+        info.pointer("/runtimeSpec/linux/namespaces")?
+            .as_array()?
+            .iter()
+            .find(|n| n["type"] == "network")?
+            .get("path")?
+            .as_str()
+            .map(str::to_string)
     }
 
     /// The sandbox's log directory (container logs are relative to it).
@@ -381,4 +417,14 @@ impl Drop for Pod {
         );
         super::remove_cgroup_dirs(&format!("{}k", crate::names::process_prefix()));
     }
+}
+
+/// containerd's CRI CNI directories: (configuration, plugins).
+pub fn cni_dirs() -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = containerd()
+        .config
+        .parent()
+        .expect("containerd's directory")
+        .to_path_buf();
+    (dir.join("cni-conf"), dir.join("cni-bin"))
 }

@@ -113,5 +113,9 @@ pub fn remove_cgroup_dirs(rel: &str) {
 /// `BERTH_RUNTIME_CONFIG`, for callers that cannot pass runtime arguments
 /// (`ctr --runc-binary`, podman's `--runtime PATH`).
 pub fn engine_env() -> Vec<(&'static str, PathBuf)> {
-    vec![("BERTH_RUNTIME_CONFIG", crate::berth::config().to_path_buf())]
+    vec![
+        ("BERTH_RUNTIME_CONFIG", crate::berth::config().to_path_buf()),
+        // CNI plugins run by an engine keep their records in scratch too.
+        ("BERTH_CNI_CONFIG", crate::cni::host_config().to_path_buf()),
+    ]
 }

@@ -5,6 +5,7 @@ mod builtin;
 mod builtin_diff;
 mod builtin_lifecycle;
 mod chaos;
+mod cni_gc;
 mod cni_lib;
 mod cpu_split;
 mod cpus;

@@ -110,9 +110,20 @@ fn debian_packages_pass_lintian_install_serve_the_engines_and_purge_clean() {
         "/usr/bin/berth-log-appender",
         "/etc/berth/log-appender.yaml",
         "/lib/systemd/system/berth-log-appender.service",
+        "/usr/sbin/berth-cni-gc",
+        "/lib/systemd/system/berth-cni-gc.service",
+        "/lib/systemd/system/berth-cni-gc.timer",
     ] {
         assert!(Path::new(f).exists(), "{f} not installed");
     }
+    // The installed GC trigger with no engine to ask: no GC, exit 2.
+    let r = try_run(command("/usr/sbin/berth-cni-gc").args([
+        "--cri-socket",
+        "/nonexistent/containerd.sock",
+        "--conf-dir",
+        "/nonexistent",
+    ]));
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
     for p in ["berth-macvlan", "berth-ovs-vlan"] {
         let l = std::fs::read_link(format!("/usr/lib/cni/{p}")).expect("/usr/lib/cni link");
         assert_eq!(l, Path::new("/opt/cni/bin").join(p));
@@ -274,7 +285,9 @@ fn debian_packages_pass_lintian_install_serve_the_engines_and_purge_clean() {
         "/usr/lib/cni/berth-macvlan",
         "/usr/lib/cni/berth-ovs-vlan",
         "/opt/cni/bin/berth-macvlan",
+        "/usr/sbin/berth-cni-gc",
         "/var/lib/berth/log-appender",
+        "/var/lib/berth/cni",
         "/usr/lib/x86_64-linux-gnu/berth",
     ] {
         assert!(
