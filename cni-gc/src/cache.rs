@@ -88,7 +88,11 @@ mod tests {
         let got = read(d.path()).unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(
-            (got[0].network.as_str(), got[0].container_id.as_str(), got[0].ifname.as_str()),
+            (
+                got[0].network.as_str(),
+                got[0].container_id.as_str(),
+                got[0].ifname.as_str()
+            ),
             ("net1", "abc", "eth0")
         );
         assert!(got[0].age < Duration::from_secs(60));

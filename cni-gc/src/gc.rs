@@ -83,7 +83,11 @@ pub fn networks(dir: &Path) -> Result<Vec<Network>, GcError> {
 /// Refuses to go on when a live sandbox with its own network namespace has
 /// no cached attachment at all: the cache is not the engine's (a wrong
 /// `--cache-dir`), and every attachment would look stale.
-pub fn check_mapped(sandboxes: &[Sandbox], cached: &[Cached], cache_dir: &Path) -> Result<(), GcError> {
+pub fn check_mapped(
+    sandboxes: &[Sandbox],
+    cached: &[Cached],
+    cache_dir: &Path,
+) -> Result<(), GcError> {
     let cached_ids: BTreeSet<&str> = cached.iter().map(|c| c.container_id.as_str()).collect();
     for s in sandboxes {
         if s.network_alive()
@@ -136,7 +140,10 @@ fn find(plugin: &str, bin_dirs: &[PathBuf]) -> Option<PathBuf> {
     if plugin.contains('/') || plugin.is_empty() {
         return None;
     }
-    bin_dirs.iter().map(|d| d.join(plugin)).find(|p| p.is_file())
+    bin_dirs
+        .iter()
+        .map(|d| d.join(plugin))
+        .find(|p| p.is_file())
 }
 
 fn exec(bin: &Path, command: &str, bin_dirs: &[PathBuf], stdin: &Value) -> Result<String, String> {
@@ -182,7 +189,12 @@ fn speaks_1_1(bin: &Path, bin_dirs: &[PathBuf]) -> bool {
 }
 
 /// Runs GC on `net`'s plugins with `valid` (dry: says what it would do).
-pub fn collect(net: &Network, valid: &[(String, String)], bin_dirs: &[PathBuf], dry: bool) -> Vec<Outcome> {
+pub fn collect(
+    net: &Network,
+    valid: &[(String, String)],
+    bin_dirs: &[PathBuf],
+    dry: bool,
+) -> Vec<Outcome> {
     let outcome = |plugin: &str, result| Outcome {
         network: net.name.clone(),
         plugin: plugin.to_string(),
@@ -196,15 +208,24 @@ pub fn collect(net: &Network, valid: &[(String, String)], bin_dirs: &[PathBuf], 
     for p in &net.plugins {
         let ty = p.get("type").and_then(Value::as_str).unwrap_or_default();
         let Some(bin) = find(ty, bin_dirs) else {
-            out.push(outcome(ty, Err(format!("plugin {ty:?} is not in {bin_dirs:?}"))));
+            out.push(outcome(
+                ty,
+                Err(format!("plugin {ty:?} is not in {bin_dirs:?}")),
+            ));
             continue;
         };
         if !speaks_1_1(&bin, bin_dirs) {
-            out.push(outcome(ty, Ok("skipped: the plugin predates CNI 1.1".into())));
+            out.push(outcome(
+                ty,
+                Ok("skipped: the plugin predates CNI 1.1".into()),
+            ));
             continue;
         }
         if dry {
-            out.push(outcome(ty, Ok(format!("would keep {} attachments", valid.len()))));
+            out.push(outcome(
+                ty,
+                Ok(format!("would keep {} attachments", valid.len())),
+            ));
             continue;
         }
         let mut conf = p.clone();
@@ -213,8 +234,8 @@ pub fn collect(net: &Network, valid: &[(String, String)], bin_dirs: &[PathBuf], 
             o.insert("cniVersion".into(), json!("1.1.0"));
             o.insert("cni.dev/valid-attachments".into(), json!(attachments));
         }
-        let r = exec(&bin, "GC", bin_dirs, &conf)
-            .map(|_| format!("kept {} attachments", valid.len()));
+        let r =
+            exec(&bin, "GC", bin_dirs, &conf).map(|_| format!("kept {} attachments", valid.len()));
         out.push(outcome(ty, r));
     }
     out
@@ -274,12 +295,23 @@ mod tests {
     #[test]
     fn versions_and_files() {
         let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join("10-a.conflist"), r#"{"cniVersion":"1.1.0","name":"a","plugins":[{"type":"x"},{"type":"y"}]}"#).unwrap();
-        std::fs::write(d.path().join("20-b.conf"), r#"{"cniVersion":"1.0.0","name":"b","type":"z"}"#).unwrap();
+        std::fs::write(
+            d.path().join("10-a.conflist"),
+            r#"{"cniVersion":"1.1.0","name":"a","plugins":[{"type":"x"},{"type":"y"}]}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("20-b.conf"),
+            r#"{"cniVersion":"1.0.0","name":"b","type":"z"}"#,
+        )
+        .unwrap();
         std::fs::write(d.path().join("30-c.conflist"), "junk").unwrap();
         std::fs::write(d.path().join("README"), "x").unwrap();
         let n = networks(d.path()).unwrap();
-        assert_eq!(n.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            n.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         assert_eq!(n[0].plugins.len(), 2);
         assert_eq!(n[1].plugins[0]["type"], "z");
         let missing = collect(&n[0], &[], &[d.path().to_path_buf()], false);

@@ -148,12 +148,13 @@ impl Pod {
     /// The sandbox's network namespace path, from its verbose status.
     pub fn netns(&mut self) -> Option<String> {
         let st = rt()
-            .block_on(self.client.pod_sandbox_status(
-                k8s_cri::v1::PodSandboxStatusRequest {
-                    pod_sandbox_id: self.id.clone(),
-                    verbose: true,
-                },
-            ))
+            .block_on(
+                self.client
+                    .pod_sandbox_status(k8s_cri::v1::PodSandboxStatusRequest {
+                        pod_sandbox_id: self.id.clone(),
+                        verbose: true,
+                    }),
+            )
             .ok()?
             .into_inner();
         let info: serde_json::Value = serde_json::from_str(st.info.get("info")?).ok()?;

@@ -128,7 +128,11 @@ fn the_gc_trigger_removes_exactly_the_leaked_attachments() {
     let r = gc(&["--cri-socket", &socket]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains(&network), "{}", r.stdout);
-    assert!(!links_in(&lost_ns.path()).contains("eth0"), "{}", links_in(&lost_ns.path()));
+    assert!(
+        !links_in(&lost_ns.path()).contains("eth0"),
+        "{}",
+        links_in(&lost_ns.path())
+    );
     assert_eq!(leases(&ipam, &network).len(), 3);
     // Without it, pod b's goes too; a and c stay, link and lease.
     let r = gc(&["--cri-socket", &socket, "--grace-seconds", "0"]);
@@ -146,5 +150,9 @@ fn the_gc_trigger_removes_exactly_the_leaked_attachments() {
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(leases(&ipam, &network).len(), 2);
     drop((a, b, c));
-    assert!(leases(&ipam, &network).is_empty(), "{:?}", leases(&ipam, &network));
+    assert!(
+        leases(&ipam, &network).is_empty(),
+        "{:?}",
+        leases(&ipam, &network)
+    );
 }
