@@ -429,3 +429,17 @@ pub fn cni_dirs() -> (std::path::PathBuf, std::path::PathBuf) {
         .to_path_buf();
     (dir.join("cni-conf"), dir.join("cni-bin"))
 }
+
+/// True when containerd's CRI reports its pod network ready (a CNI
+/// configuration loaded from [`cni_dirs`]).
+pub fn network_ready() -> bool {
+    let mut c = client();
+    rt().block_on(c.status(k8s_cri::v1::StatusRequest { verbose: false }))
+        .ok()
+        .and_then(|r| r.into_inner().status)
+        .is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.r#type == "NetworkReady" && c.status)
+        })
+}

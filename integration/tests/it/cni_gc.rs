@@ -7,7 +7,7 @@ use berth_integration::artifacts::{bin_dir, fresh_dir};
 use berth_integration::cmd::{command, sh, try_run};
 use berth_integration::cni::{berth_macvlan, host_config, host_local, Call};
 use berth_integration::engines::containerd::containerd;
-use berth_integration::engines::cri::{cni_dirs, Pod};
+use berth_integration::engines::cri::{cni_dirs, network_ready, Pod};
 use berth_integration::names::unique;
 use berth_integration::net::{Netns, ParentLink};
 use serde_json::json;
@@ -89,17 +89,19 @@ fn the_gc_trigger_removes_exactly_the_leaked_attachments() {
         }
     }
     let _net = CriNetwork { files };
-    // containerd picks the conflist up within a moment.
+    // containerd picks the conflist up within a moment (a pod started
+    // before would fail, and containerd 1.6 would leave its netns behind).
     let deadline = Instant::now() + Duration::from_secs(20);
-    let pod = || loop {
-        match Pod::run_on_pod_network("runc") {
-            Ok(p) => break p,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("pod not yet: {}", e.message());
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            Err(e) => panic!("a pod on the berth-macvlan network: {e}"),
-        }
+    while !network_ready() {
+        assert!(
+            Instant::now() < deadline,
+            "containerd never loaded the conflist"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pod = || {
+        Pod::run_on_pod_network("runc")
+            .unwrap_or_else(|e| panic!("a pod on the berth-macvlan network: {e}"))
     };
     let (mut a, mut b, mut c) = (pod(), pod(), pod());
     let (a_ns, b_ns, c_ns) = (a.netns().unwrap(), b.netns().unwrap(), c.netns().unwrap());
