@@ -44,6 +44,10 @@ pub fn supervise() -> i32 {
             return 1;
         }
     };
+    // Only an inherited ready fd is ours to close (checked before anything
+    // here opens a descriptor that could take number 5).
+    // SAFETY: F_GETFD only inspects the descriptor.
+    let mut ready_open = unsafe { libc::fcntl(READY_FD, libc::F_GETFD) } >= 0;
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let stopping = Arc::new(AtomicBool::new(false));
     let child = Arc::new(AtomicI32::new(0));
@@ -64,7 +68,6 @@ pub fn supervise() -> i32 {
         Err(e) => tracing::warn!(error = %e, "cannot catch SIGTERM and SIGINT"),
     }
     let mut backoff = Duration::from_millis(100);
-    let mut first = true;
     loop {
         let started = Instant::now();
         let mut worker = match Command::new(&exe).args(&args).env(WORKER_ENV, "1").spawn() {
@@ -77,11 +80,11 @@ pub fn supervise() -> i32 {
             }
         };
         child.store(worker.id() as i32, SeqCst);
-        if first {
+        if ready_open {
             // Only the worker says when it is ready.
             // SAFETY: closing our copy of an inherited descriptor we never use.
             unsafe { libc::close(READY_FD) };
-            first = false;
+            ready_open = false;
         }
         let status = match worker.wait() {
             Ok(s) => s,
