@@ -3,12 +3,14 @@
 //! queue; one router sends them to Kafka under a rate limit or appends them
 //! to a crash-safe disk spill, replayed in order once Kafka is healthy.
 //!
-//! Modules: `config` (`/etc/berth/log-appender.yaml`); `input`, `lines`
+//! Modules: `app` (the program without its command line: inputs,
+//! fallbacks, spill, metrics, reload, signals); `config` (`/etc/berth/log-appender.yaml`); `input`, `lines`
 //! and `record` (what is read and how it is wrapped); `queue` and `spill`
 //! (the buffers); `deadletter` (records Kafka can never take); `kafka`, `limiter` and `router` (where records go);
 //! `metrics` and `reload` (operating it); `supervise` (the binary logger's
 //! two processes).
 
+pub mod app;
 pub mod config;
 pub mod deadletter;
 pub mod input;
