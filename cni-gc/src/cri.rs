@@ -65,9 +65,24 @@ pub fn netns_of(info: &str) -> Netns {
     }
 }
 
+/// `e` and its sources, as one line (tonic's own says only "transport error").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.ends_with(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 async fn connect(socket: PathBuf) -> Result<RuntimeServiceClient<Channel>, String> {
     let channel = Endpoint::try_from("http://[::]")
-        .map_err(|e| e.to_string())?
+        .map_err(|e| chain(&e))?
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let socket = socket.clone();
             async move {
@@ -77,7 +92,7 @@ async fn connect(socket: PathBuf) -> Result<RuntimeServiceClient<Channel>, Strin
             }
         }))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| chain(&e))?;
     Ok(RuntimeServiceClient::new(channel))
 }
 

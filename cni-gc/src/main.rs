@@ -11,9 +11,9 @@ use std::time::Duration;
 ///
 /// Lists the live pod sandboxes from the engine's CRI API (a sandbox whose
 /// network namespace is gone is not live), maps them to their attachments
-/// through libcni's result cache, and calls GC on every plugin of every CNI
-/// 1.1 conflist in the configuration directory with those attachments as
-/// `cni.dev/valid-attachments`. An engine that cannot be reached means no GC
+/// through libcni's result cache, and calls GC on every plugin that speaks
+/// CNI 1.1 of every conflist in the configuration directory, with those
+/// attachments as `cni.dev/valid-attachments`. An engine that cannot be reached means no GC
 /// at all. Settings: `[gc]` of /etc/berth/cni.toml (BERTH_CNI_CONFIG for
 /// another file), overridden by these flags. Exit status: 0 done, 1 a
 /// plugin's GC failed, 2 no GC was run.
