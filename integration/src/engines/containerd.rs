@@ -114,6 +114,7 @@ pub fn containerd() -> &'static Containerd {
             socket.display()
         );
         let namespace = format!("{}c", process_prefix());
+        let netns_before = cri_netns();
         let c = Containerd {
             socket,
             namespace: namespace.clone(),
@@ -127,9 +128,37 @@ pub fn containerd() -> &'static Containerd {
             kill_leftover_shims(&c.socket);
             d.stop(Duration::from_secs(15));
             super::remove_cgroup_dirs(&namespace);
+            remove_left_netns(&netns_before);
         });
         c
     })
+}
+
+/// The `cni-*` network namespaces CRI pods get, by name.
+fn cri_netns() -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with("cni-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Removes the `cni-*` namespaces that appeared during the run and hold no
+/// process: containerd 1.6 leaves a sandbox's behind when its network setup
+/// fails. One with a process in it (a pod of another containerd) stays.
+fn remove_left_netns(before: &[String]) {
+    for n in cri_netns() {
+        if before.contains(&n) {
+            continue;
+        }
+        let pids = crate::cmd::try_sh("ip", ["netns", "pids", n.as_str()]);
+        if pids.ok() && pids.stdout.trim().is_empty() {
+            let _ = crate::cmd::try_sh("ip", ["netns", "delete", n.as_str()]);
+        }
+    }
 }
 
 /// Kills shims our containerd started that outlived it (found by the socket in
