@@ -11,7 +11,10 @@
 //! * a poison record is never delivered, and is dead-lettered unless it
 //!   was counted as dropped;
 //! * per source, first deliveries come in the order the lines were written;
-//! * the memory queue and the spill stay within their caps.
+//! * the memory queue and the spill stay within their caps;
+//! * after a crash (kill -9), every record that was whole in the spill's
+//!   files at that instant is delivered; lines in memory may be lost, so
+//!   then written >= delivered + dead-lettered + dropped.
 
 use berth_log_appender::config::{Config, Mode, WhenFull};
 use berth_log_appender::deadletter::{self, Reason};
@@ -21,7 +24,7 @@ use berth_log_appender::router::{self, Shared, Tuning};
 use berth_log_appender::spill::Spill;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
@@ -50,6 +53,9 @@ enum Op {
     /// The process stops and starts again on the same spill; with `torn`, a
     /// crash left half a frame at the end of the last segment.
     Restart { torn: bool },
+    /// kill -9: all that is left is the spill's files as they are at this
+    /// instant (a frame being written may be torn); memory is lost.
+    Crash,
     /// A reload: the mode, the rate limit, and (when `new_producer`) a
     /// Kafka setting that makes the router build a new sink.
     Reload {
@@ -71,6 +77,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (1u8..50).prop_map(Op::Refuse),
         1 => any::<bool>().prop_map(Op::Reorder),
         1 => any::<bool>().prop_map(|torn| Op::Restart { torn }),
+        1 => Just(Op::Crash),
         1 => (any::<bool>(), prop_oneof![Just(0u16), 200u16..5000], any::<bool>())
             .prop_map(|(disk_first, lines_per_sec, new_producer)| Op::Reload {
                 disk_first,
@@ -323,6 +330,27 @@ fn within_caps(r: &Running, c: &Case, worst: &mut (u64, u64)) {
     );
 }
 
+/// The whole records in a segment's bytes, up to the first torn frame.
+fn whole_records(b: &[u8]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 8 <= b.len() {
+        let len = u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+        let crc = u32::from_le_bytes(b[at + 4..at + 8].try_into().unwrap());
+        let Some(body) = b.get(at + 8..at + 8 + len) else {
+            break;
+        };
+        if crc32c::crc32c(body) != crc {
+            break;
+        }
+        if let Some(r) = Record::decode(body) {
+            out.push((r.topic, String::from_utf8_lossy(&r.payload).into_owned()));
+        }
+        at += 8 + len;
+    }
+    out
+}
+
 /// The dead-letter file's records.
 fn dead_letters(dir: &Path) -> Vec<Record> {
     deadletter::read(&dir.join("src").join(deadletter::FILE_NAME))
@@ -349,6 +377,9 @@ fn run_case(c: &Case) {
     let mut written: Vec<(String, String)> = Vec::new();
     let mut seq: BTreeMap<u8, u64> = BTreeMap::new();
     let mut worst = (0, 0);
+    // Records on disk at a crash: they must all arrive.
+    let mut crash_safe: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut crashed = false;
     for o in &c.ops {
         match *o {
             Op::Write { src, n, poison } => {
@@ -401,6 +432,36 @@ fn run_case(c: &Case) {
                             .unwrap();
                     }
                 }
+                let old = r.shared;
+                r = start(cfg.clone(), dir, &broker, Some(&old));
+            }
+            Op::Crash => {
+                let segs = |dir: &Path| -> Vec<PathBuf> {
+                    std::fs::read_dir(dir.join("src"))
+                        .map(|d| {
+                            d.flatten()
+                                .map(|e| e.path())
+                                .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                };
+                let snapshot: Vec<(PathBuf, Vec<u8>)> = segs(dir)
+                    .into_iter()
+                    .filter_map(|p| Some((p.clone(), std::fs::read(&p).ok()?)))
+                    .collect();
+                // The router's orderly end is thrown away with its files.
+                r.shared.stop.store(true, Relaxed);
+                r.shared.queue.wake();
+                r.thread.join().expect("the router does not panic");
+                for p in segs(dir) {
+                    std::fs::remove_file(p).unwrap();
+                }
+                for (p, b) in &snapshot {
+                    std::fs::write(p, b).unwrap();
+                    crash_safe.extend(whole_records(b));
+                }
+                crashed = true;
                 let old = r.shared;
                 r = start(cfg.clone(), dir, &broker, Some(&old));
             }
@@ -485,6 +546,19 @@ fn run_case(c: &Case) {
         );
     }
     let dropped = m.dropped();
+    for s in &crash_safe {
+        assert!(
+            first.contains(s) || dead_set.contains(s),
+            "on disk at the crash, never delivered: {s:?}"
+        );
+    }
+    if crashed {
+        assert!(
+            written.len() as u64 >= first.len() as u64 + dead_set.len() as u64 + dropped,
+            "more delivered, dead-lettered and dropped than written"
+        );
+        return;
+    }
     assert_eq!(
         written.len() as u64,
         first.len() as u64 + dead_set.len() as u64 + dropped,
