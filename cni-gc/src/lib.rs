@@ -1,9 +1,10 @@
 //! `berth-cni-gc`: CNI 1.1 GC for hosts whose engine never calls it
 //! (containerd does not, go-cni #131; CRI-O only at startup).
 //!
-//! 1. [`cri`]: the live pod sandboxes, from the engine's CRI API. A sandbox
-//!    whose network namespace was deleted behind the engine's back is not
-//!    live. An engine that cannot be reached means no GC at all.
+//! 1. [`cri`]: the live pod sandboxes, from the engine's CRI API (or
+//!    [`podman`]: its running containers). A sandbox whose network
+//!    namespace was deleted behind the engine's back is not live. An engine
+//!    that cannot be reached means no GC at all.
 //! 2. [`cache`]: each sandbox's attachments (network, container ID,
 //!    interface), from libcni's result cache, which the engine writes after
 //!    every ADD and removes at DEL.
@@ -16,6 +17,7 @@
 pub mod cache;
 pub mod cri;
 pub mod gc;
+pub mod podman;
 
 /// Why GC did not run, or not everywhere.
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use berth_cni::logging::HostSettings;
-use berth_cni_gc::{cache, cri, gc};
+use berth_cni_gc::{cache, cri, gc, podman};
 use clap::Parser;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,9 +17,23 @@ use std::time::Duration;
 /// at all. Settings: `[gc]` of /etc/berth/cni.toml (BERTH_CNI_CONFIG for
 /// another file), overridden by these flags. Exit status: 0 done, 1 a
 /// plugin's GC failed, 2 no GC was run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Engine {
+    /// The CRI API (containerd, CRI-O).
+    Cri,
+    /// podman's CLI (podman with the CNI backend).
+    Podman,
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "berth-cni-gc", version)]
 struct Cli {
+    /// Where the live containers come from [default: cri].
+    #[arg(long, value_enum)]
+    engine: Option<Engine>,
+    /// The podman program, for `--engine podman` [default: podman].
+    #[arg(long)]
+    podman: Option<PathBuf>,
     /// The engine's CRI socket [default: /run/containerd/containerd.sock].
     #[arg(long, env = "BERTH_CNI_GC_CRI_SOCKET")]
     cri_socket: Option<PathBuf>,
@@ -64,6 +78,14 @@ fn main() {
 /// Ok(true) when every GC succeeded.
 fn run(cli: Cli) -> Result<bool> {
     let host = HostSettings::from_env().gc;
+    let engine = match (cli.engine, host.engine.as_deref()) {
+        (Some(e), _) => e,
+        (None, None | Some("cri")) => Engine::Cri,
+        (None, Some("podman")) => Engine::Podman,
+        (None, Some(other)) => {
+            anyhow::bail!("[gc] engine {other:?} in the host settings is not \"cri\" or \"podman\"")
+        }
+    };
     let socket = cli
         .cri_socket
         .or(host.cri_socket)
@@ -84,7 +106,14 @@ fn run(cli: Cli) -> Result<bool> {
     let grace = Duration::from_secs(cli.grace_seconds.or(host.grace_seconds).unwrap_or(120));
     // Everything is read before anything is collected.
     let networks = gc::networks(&conf_dir)?;
-    let sandboxes = cri::sandboxes(&socket, Duration::from_secs(cli.timeout_seconds))?;
+    let sandboxes = match engine {
+        Engine::Cri => cri::sandboxes(&socket, Duration::from_secs(cli.timeout_seconds))?,
+        Engine::Podman => podman::containers(
+            &cli.podman
+                .or(host.podman)
+                .unwrap_or_else(|| "podman".into()),
+        )?,
+    };
     let cached = cache::read(&cache_dir)?;
     gc::check_mapped(&sandboxes, &cached, &cache_dir)?;
     tracing::info!(

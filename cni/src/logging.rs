@@ -51,8 +51,12 @@ pub struct HostSettings {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GcSettings {
+    /// Where the live containers come from: `cri` (the default) or `podman`.
+    pub engine: Option<String>,
     /// The engine's CRI socket.
     pub cri_socket: Option<PathBuf>,
+    /// The podman program (`engine = "podman"`).
+    pub podman: Option<PathBuf>,
     /// The CNI configuration directory.
     pub conf_dir: Option<PathBuf>,
     /// The CNI plugin directories.

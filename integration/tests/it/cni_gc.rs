@@ -1,13 +1,15 @@
-//! `berth-cni-gc` against containerd's CRI: pods on a berth-macvlan
-//! network, attachments leaked on purpose (an ADD the engine never
-//! recorded; a netns deleted behind the engine's back), and the trigger
-//! removes exactly those. An engine it cannot reach means no GC at all.
+//! `berth-cni-gc` against containerd's CRI and podman: containers on a
+//! berth-macvlan network, attachments leaked on purpose (an ADD the engine
+//! never recorded; a netns deleted behind the engine's back), and the
+//! trigger removes exactly those. An engine it cannot reach means no GC at
+//! all.
 
 use berth_integration::artifacts::{bin_dir, fresh_dir};
 use berth_integration::cmd::{command, sh, try_run};
 use berth_integration::cni::{berth_macvlan, host_config, host_local, Call};
 use berth_integration::engines::containerd::containerd;
 use berth_integration::engines::cri::{cni_dirs, network_ready, Pod};
+use berth_integration::engines::podman::podman;
 use berth_integration::names::unique;
 use berth_integration::net::{Netns, ParentLink};
 use serde_json::json;
@@ -157,4 +159,72 @@ fn the_gc_trigger_removes_exactly_the_leaked_attachments() {
         "{:?}",
         leases(&ipam, &network)
     );
+}
+
+/// The same through podman (CNI backend): its running container is live,
+/// an ADD it never recorded is collected.
+#[test]
+fn the_gc_trigger_reads_podman_too() {
+    let p = podman();
+    let master = ParentLink::new();
+    let ipam = fresh_dir("ipam");
+    let network = unique();
+    let conflist = json!({
+        "cniVersion": "1.0.0", "name": network,
+        "plugins": [{"type": "berth-macvlan", "master": master.name,
+            "ipam": host_local("10.215.0.0/24", "10.215.0.1", &ipam)}]
+    });
+    let file = p.cni_config_dir.join(format!("{network}.conflist"));
+    std::fs::write(&file, conflist.to_string()).unwrap();
+    let _net = CriNetwork {
+        files: vec![file.clone()],
+    };
+    let name = unique();
+    let mut args = p.run_args();
+    args.extend([
+        "-d".into(),
+        "--name".into(),
+        name.clone(),
+        "--network".into(),
+        network.clone(),
+        p.busybox_image().into(),
+        "sleep".into(),
+        "600".into(),
+    ]);
+    let r = try_run(p.cmd().args(&args));
+    assert!(r.ok(), "podman run: {}\n{}", r.stdout, r.stderr);
+    let id = r.stdout.trim().to_string();
+    assert_eq!(leases(&ipam, &network).len(), 1);
+    let lost_ns = Netns::new();
+    let mut direct = conflist["plugins"][0].clone();
+    direct["name"] = json!(network);
+    direct["cniVersion"] = json!("1.1.0");
+    let r = Call::new(&berth_macvlan(), "ADD", &unique(), Some(&lost_ns.path())).run(&direct);
+    assert!(r.ok, "{}", r.stdout);
+    assert_eq!(leases(&ipam, &network).len(), 2);
+    // podman's private configuration, as the test harness runs it.
+    let podman_env: Vec<_> = p
+        .cmd()
+        .get_envs()
+        .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+        .collect();
+    let r = try_run(
+        command(bin_dir().join("berth-cni-gc").to_str().unwrap())
+            .envs(podman_env)
+            .env("BERTH_CNI_CONFIG", host_config())
+            .args(["--engine", "podman", "--grace-seconds", "0", "--conf-dir"])
+            .arg(&p.cni_config_dir)
+            .arg("--bin-dir")
+            .arg(bin_dir())
+            .args(["--bin-dir", "/usr/lib/cni"]),
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(!links_in(&lost_ns.path()).contains("eth0"));
+    let left = leases(&ipam, &network);
+    assert_eq!(left.len(), 1, "{left:?}");
+    let owner = std::fs::read_to_string(ipam.join(&network).join(&left[0])).unwrap_or_default();
+    assert!(owner.contains(&id), "the container's lease stays: {owner}");
+    let r = p.run(&["rm", "-f", "-t", "0", &name]);
+    assert!(r.ok(), "{}", r.stderr);
+    assert!(leases(&ipam, &network).is_empty());
 }
