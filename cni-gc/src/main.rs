@@ -1,7 +1,7 @@
 //! `berth-cni-gc`: the command line. See `--help` and the README.
 
 use anyhow::Result;
-use berth_cni::logging::HostSettings;
+use berth_cni::logging::{GcEngine, HostSettings};
 use berth_cni_gc::{cache, cri, gc, podman};
 use clap::Parser;
 use std::path::PathBuf;
@@ -17,20 +17,13 @@ use std::time::Duration;
 /// at all. Settings: `[gc]` of /etc/berth/cni.toml (BERTH_CNI_CONFIG for
 /// another file), overridden by these flags. Exit status: 0 done, 1 a
 /// plugin's GC failed, 2 no GC was run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Engine {
-    /// The CRI API (containerd, CRI-O).
-    Cri,
-    /// podman's CLI (podman with the CNI backend).
-    Podman,
-}
-
 #[derive(Debug, Parser)]
 #[command(name = "berth-cni-gc", version)]
 struct Cli {
-    /// Where the live containers come from [default: cri].
-    #[arg(long, value_enum)]
-    engine: Option<Engine>,
+    /// Where the live containers come from: `cri` (containerd, CRI-O) or
+    /// `podman` (its CLI; podman with the CNI backend) [default: cri].
+    #[arg(long, value_parser = parse_engine)]
+    engine: Option<GcEngine>,
     /// The podman program, for `--engine podman` [default: podman].
     #[arg(long)]
     podman: Option<PathBuf>,
@@ -58,6 +51,14 @@ struct Cli {
     dry_run: bool,
 }
 
+fn parse_engine(s: &str) -> Result<GcEngine, String> {
+    match s {
+        "cri" => Ok(GcEngine::Cri),
+        "podman" => Ok(GcEngine::Podman),
+        _ => Err(format!("{s:?} is not cri or podman")),
+    }
+}
+
 fn main() {
     let filter = std::env::var("BERTH_LOG").unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()
@@ -78,14 +79,7 @@ fn main() {
 /// Ok(true) when every GC succeeded.
 fn run(cli: Cli) -> Result<bool> {
     let host = HostSettings::from_env().gc;
-    let engine = match (cli.engine, host.engine.as_deref()) {
-        (Some(e), _) => e,
-        (None, None | Some("cri")) => Engine::Cri,
-        (None, Some("podman")) => Engine::Podman,
-        (None, Some(other)) => {
-            anyhow::bail!("[gc] engine {other:?} in the host settings is not \"cri\" or \"podman\"")
-        }
-    };
+    let engine = cli.engine.or(host.engine).unwrap_or(GcEngine::Cri);
     let socket = cli
         .cri_socket
         .or(host.cri_socket)
@@ -107,8 +101,8 @@ fn run(cli: Cli) -> Result<bool> {
     // Everything is read before anything is collected.
     let networks = gc::networks(&conf_dir)?;
     let sandboxes = match engine {
-        Engine::Cri => cri::sandboxes(&socket, Duration::from_secs(cli.timeout_seconds))?,
-        Engine::Podman => podman::containers(
+        GcEngine::Cri => cri::sandboxes(&socket, Duration::from_secs(cli.timeout_seconds))?,
+        GcEngine::Podman => podman::containers(
             &cli.podman
                 .or(host.podman)
                 .unwrap_or_else(|| "podman".into()),

@@ -46,13 +46,23 @@ pub struct HostSettings {
     pub gc: GcSettings,
 }
 
+/// `[gc] engine`: where `berth-cni-gc` finds the live containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GcEngine {
+    /// The CRI API (containerd, CRI-O): the default.
+    Cri,
+    /// podman's CLI (podman with the CNI backend).
+    Podman,
+}
+
 /// `[gc]` of `/etc/berth/cni.toml`: where `berth-cni-gc` looks (its flags
 /// override each).
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GcSettings {
-    /// Where the live containers come from: `cri` (the default) or `podman`.
-    pub engine: Option<String>,
+    /// Where the live containers come from.
+    pub engine: Option<GcEngine>,
     /// The engine's CRI socket.
     pub cri_socket: Option<PathBuf>,
     /// The podman program (`engine = "podman"`).
