@@ -195,6 +195,27 @@ fn the_gc_trigger_reads_podman_too() {
     assert!(r.ok(), "podman run: {}\n{}", r.stdout, r.stderr);
     let id = r.stdout.trim().to_string();
     assert_eq!(leases(&ipam, &network).len(), 1);
+    // A container on no network has a netns and no attachments: it must not
+    // look like a live container whose attachments are unknown.
+    let other = unique();
+    let mut args = p.run_args();
+    args.extend([
+        "-d".into(),
+        "--name".into(),
+        other.clone(),
+        "--network".into(),
+        "none".into(),
+        p.busybox_image().into(),
+        "sleep".into(),
+        "600".into(),
+    ]);
+    let r = try_run(p.cmd().args(&args));
+    assert!(
+        r.ok(),
+        "podman run --network none: {}\n{}",
+        r.stdout,
+        r.stderr
+    );
     let lost_ns = Netns::new();
     let mut direct = conflist["plugins"][0].clone();
     direct["name"] = json!(network);
@@ -224,7 +245,7 @@ fn the_gc_trigger_reads_podman_too() {
     assert_eq!(left.len(), 1, "{left:?}");
     let owner = std::fs::read_to_string(ipam.join(&network).join(&left[0])).unwrap_or_default();
     assert!(owner.contains(&id), "the container's lease stays: {owner}");
-    let r = p.run(&["rm", "-f", "-t", "0", &name]);
+    let r = p.run(&["rm", "-f", "-t", "0", &name, &other]);
     assert!(r.ok(), "{}", r.stderr);
     assert!(leases(&ipam, &network).is_empty());
 }
