@@ -134,7 +134,9 @@ struct Router {
     failed_mem: Vec<(u64, Record)>,
     /// Records taken from the memory queue and not yet routed (their bytes
     /// still count against its cap).
-    held: std::collections::VecDeque<Record>,
+    /// Each with the bytes it was counted as in the queue (a retargeted
+    /// record grows, and must free no more than it took).
+    held: std::collections::VecDeque<(u64, Record)>,
     /// A record could not be sent from memory (the rate limit, a full
     /// librdkafka queue, Kafka unhealthy) while older ones were in flight:
     /// nothing more is sent from memory, and once those are settled what
@@ -403,15 +405,7 @@ impl Router {
     fn route(&mut self) {
         // Their room in the memory queue is freed once, at the end.
         let mut routed = 0;
-        self.route_counting(&mut routed);
-        if routed > 0 {
-            self.shared.queue.release(routed);
-        }
-    }
-
-    fn route_counting(&mut self, routed: &mut u64) {
-        while let Some(r) = self.held.pop_front() {
-            let size = r.size();
+        while let Some((size, r)) = self.held.pop_front() {
             let r = record::retarget(&self.cfg, r);
             // A record waiting for a topic (no configuration yet) is kept.
             let waiting = r.topic.is_empty() && self.cfg.kafka.topic.is_empty();
@@ -444,8 +438,8 @@ impl Router {
                         if since.elapsed() >= FULL_WAIT {
                             self.paused = true;
                         }
-                        self.held.push_front(r);
-                        return;
+                        self.held.push_front((size, r));
+                        break;
                     }
                     Err(Refusal::Full(r)) => {
                         self.spill_one(&r);
@@ -457,15 +451,18 @@ impl Router {
                 // Spilled now, it would be replayed before older records
                 // still in flight, should they fail: wait for them.
                 self.paused = true;
-                self.held.push_front(r);
-                return;
+                self.held.push_front((size, r));
+                break;
             } else {
                 // From here on the spill keeps the order.
                 self.spill_one(&r);
                 self.paused = false;
                 self.full_since = None;
             }
-            *routed += size;
+            routed += size;
+        }
+        if routed > 0 {
+            self.shared.queue.release(routed);
         }
     }
 
@@ -637,7 +634,13 @@ pub fn run_with(
             } else {
                 Duration::from_millis(5)
             };
-            r.held = r.shared.queue.take_batch(4096, wait).into();
+            r.held = r
+                .shared
+                .queue
+                .take_batch(4096, wait)
+                .into_iter()
+                .map(|rec| (rec.size(), rec))
+                .collect();
             r.route();
         } else {
             std::thread::sleep(Duration::from_millis(1));
@@ -701,9 +704,9 @@ pub fn run_with(
     }
     r.spill_failed();
     // What was read and not yet routed is kept for the next start.
-    while let Some(rec) = r.held.pop_front() {
+    while let Some((size, rec)) = r.held.pop_front() {
         r.spill_one(&rec);
-        r.shared.queue.release(rec.size());
+        r.shared.queue.release(size);
     }
     r.spill.sync();
     r.gauges();
