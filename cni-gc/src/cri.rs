@@ -80,7 +80,8 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-async fn connect(socket: PathBuf) -> Result<RuntimeServiceClient<Channel>, String> {
+/// A CRI client over the unix socket `socket`.
+pub async fn connect(socket: PathBuf) -> Result<RuntimeServiceClient<Channel>, String> {
     let channel = Endpoint::try_from("http://[::]")
         .map_err(|e| chain(&e))?
         .connect_with_connector(tower::service_fn(move |_: Uri| {

@@ -15,7 +15,7 @@ use k8s_cri::v1::{
     StartContainerRequest, StopPodSandboxRequest,
 };
 use std::sync::OnceLock;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 pub use super::containerd::PAUSE_IMAGE;
 /// The containerd namespace CRI works in.
@@ -51,22 +51,9 @@ pub fn import_images() {
 }
 
 fn client() -> RuntimeServiceClient<Channel> {
-    let socket = containerd().socket.clone();
-    rt().block_on(async move {
-        let channel = Endpoint::try_from("http://[::]")
-            .expect("endpoint")
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let socket = socket.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(socket).await?,
-                    ))
-                }
-            }))
-            .await
-            .expect("connect to containerd's CRI");
-        RuntimeServiceClient::new(channel)
-    })
+    // The same connector berth-cni-gc uses.
+    rt().block_on(berth_cni_gc::cri::connect(containerd().socket.clone()))
+        .unwrap_or_else(|e| panic!("connect to containerd's CRI: {e}"))
 }
 
 /// A pod sandbox on the host network, removed on drop.
@@ -157,14 +144,10 @@ impl Pod {
             )
             .ok()?
             .into_inner();
-        let info: serde_json::Value = serde_json::from_str(st.info.get("info")?).ok()?;
-        info.pointer("/runtimeSpec/linux/namespaces")?
-            .as_array()?
-            .iter()
-            .find(|n| n["type"] == "network")?
-            .get("path")?
-            .as_str()
-            .map(str::to_string)
+        match berth_cni_gc::cri::netns_of(st.info.get("info")?) {
+            berth_cni_gc::cri::Netns::Path(p) => Some(p.display().to_string()),
+            _ => None,
+        }
     }
 
     /// The sandbox's log directory (container logs are relative to it).
