@@ -178,21 +178,43 @@ fn exec(bin: &Path, command: &str, bin_dirs: &[PathBuf], stdin: &Value) -> Resul
     }
 }
 
-/// Whether `bin` says it speaks CNI 1.1.0.
-fn speaks_1_1(bin: &Path, bin_dirs: &[PathBuf]) -> bool {
-    exec(bin, "VERSION", bin_dirs, &json!({"cniVersion": "1.1.0"}))
-        .ok()
-        .and_then(|o| serde_json::from_str::<Value>(&o).ok())
-        .and_then(|v| v.get("supportedVersions").cloned())
-        .and_then(|v| v.as_array().cloned())
-        .is_some_and(|a| a.iter().any(|x| x == "1.1.0"))
+/// The plugin directories, and what each plugin said of CNI 1.1 (asked
+/// once per run, however many networks use it).
+pub struct Plugins {
+    dirs: Vec<PathBuf>,
+    speaks: std::collections::HashMap<PathBuf, bool>,
+}
+
+impl Plugins {
+    /// The plugins in `dirs`.
+    pub fn new(dirs: Vec<PathBuf>) -> Plugins {
+        Plugins {
+            dirs,
+            speaks: Default::default(),
+        }
+    }
+
+    /// Whether `bin` says it speaks CNI 1.1.0.
+    fn speaks_1_1(&mut self, bin: &Path) -> bool {
+        if let Some(&s) = self.speaks.get(bin) {
+            return s;
+        }
+        let s = exec(bin, "VERSION", &self.dirs, &json!({"cniVersion": "1.1.0"}))
+            .ok()
+            .and_then(|o| serde_json::from_str::<Value>(&o).ok())
+            .and_then(|v| v.get("supportedVersions").cloned())
+            .and_then(|v| v.as_array().cloned())
+            .is_some_and(|a| a.iter().any(|x| x == "1.1.0"));
+        self.speaks.insert(bin.to_path_buf(), s);
+        s
+    }
 }
 
 /// Runs GC on `net`'s plugins with `valid` (dry: says what it would do).
 pub fn collect(
     net: &Network,
     valid: &[(String, String)],
-    bin_dirs: &[PathBuf],
+    plugins: &mut Plugins,
     dry: bool,
 ) -> Vec<Outcome> {
     let outcome = |plugin: &str, result| Outcome {
@@ -207,14 +229,14 @@ pub fn collect(
     let mut out = Vec::new();
     for p in &net.plugins {
         let ty = p.get("type").and_then(Value::as_str).unwrap_or_default();
-        let Some(bin) = find(ty, bin_dirs) else {
+        let Some(bin) = find(ty, &plugins.dirs) else {
             out.push(outcome(
                 ty,
-                Err(format!("plugin {ty:?} is not in {bin_dirs:?}")),
+                Err(format!("plugin {ty:?} is not in {:?}", plugins.dirs)),
             ));
             continue;
         };
-        if !speaks_1_1(&bin, bin_dirs) {
+        if !plugins.speaks_1_1(&bin) {
             out.push(outcome(
                 ty,
                 Ok("skipped: the plugin predates CNI 1.1".into()),
@@ -234,8 +256,8 @@ pub fn collect(
             o.insert("cniVersion".into(), json!("1.1.0"));
             o.insert("cni.dev/valid-attachments".into(), json!(attachments));
         }
-        let r =
-            exec(&bin, "GC", bin_dirs, &conf).map(|_| format!("kept {} attachments", valid.len()));
+        let r = exec(&bin, "GC", &plugins.dirs, &conf)
+            .map(|_| format!("kept {} attachments", valid.len()));
         out.push(outcome(ty, r));
     }
     out
@@ -314,7 +336,8 @@ mod tests {
         );
         assert_eq!(n[0].plugins.len(), 2);
         assert_eq!(n[1].plugins[0]["type"], "z");
-        let missing = collect(&n[0], &[], &[d.path().to_path_buf()], false);
+        let mut plugins = Plugins::new(vec![d.path().to_path_buf()]);
+        let missing = collect(&n[0], &[], &mut plugins, false);
         assert!(missing.iter().all(|o| o.result.is_err()));
     }
 }

@@ -117,10 +117,11 @@ fn run(cli: Cli) -> Result<bool> {
         networks = networks.len(),
         "collecting"
     );
+    let mut plugins = gc::Plugins::new(bin_dirs);
     let mut all_ok = true;
     for net in &networks {
         let valid = gc::valid_for(&net.name, &sandboxes, &cached, grace);
-        for o in gc::collect(net, &valid, &bin_dirs, cli.dry_run) {
+        for o in gc::collect(net, &valid, &mut plugins, cli.dry_run) {
             match &o.result {
                 Ok(what) => println!("{}\t{}\t{what}", o.network, o.plugin),
                 Err(why) => {
