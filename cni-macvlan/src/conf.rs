@@ -1,12 +1,11 @@
 //! The macvlan network configuration: its keys, capabilities and `CNI_ARGS`,
 //! checked with errors that name the offending key.
 
-use berth_cni::caps::{invalid, object, opt_str, opt_u32, Common};
+use berth_cni::caps::Common;
 use berth_cni::env::Env;
 use berth_cni::link::MacvlanMode;
-use berth_cni::types::NetConf;
-use berth_cni::CniError;
-use serde_json::Value;
+use berth_cni::types::{non_empty, ConfError, NetConf};
+use serde::Deserialize;
 
 /// What `berth-macvlan` reads from its configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,26 +22,32 @@ pub struct MacvlanConf {
     pub common: Common,
 }
 
+/// The plugin's own keys, as they are in the configuration.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Keys {
+    master: Option<String>,
+    mode: Option<String>,
+    mtu: Option<u32>,
+    link_in_container: Option<bool>,
+}
+
 impl MacvlanConf {
     /// Reads the plugin's keys from `conf` and `env`'s `CNI_ARGS`.
-    pub fn parse(conf: &NetConf, env: &Env) -> Result<MacvlanConf, CniError> {
-        let obj = object(conf)?;
-        let mode_s = opt_str(obj, "mode")?.unwrap_or("");
-        let mode = MacvlanMode::parse(mode_s).ok_or_else(|| {
-            invalid(format!(
-                "mode {mode_s:?} is not one of bridge, private, vepa, passthru"
-            ))
+    pub fn parse(conf: &NetConf, env: &Env) -> Result<MacvlanConf, ConfError> {
+        let k: Keys = conf.keys()?;
+        let mode_s = k.mode.unwrap_or_default();
+        let mode = MacvlanMode::parse(&mode_s).ok_or_else(|| {
+            ConfError::invalid(
+                "mode",
+                format!("{mode_s:?} is not one of bridge, private, vepa, passthru"),
+            )
         })?;
-        let link_in_container = match obj.get("linkInContainer") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => return Err(invalid("linkInContainer must be true or false".into())),
-        };
         Ok(MacvlanConf {
-            master: opt_str(obj, "master")?.map(str::to_string),
+            master: non_empty(k.master),
             mode,
-            mtu: opt_u32(obj, "mtu")?,
-            link_in_container,
+            mtu: k.mtu.filter(|m| *m > 0),
+            link_in_container: k.link_in_container.unwrap_or(false),
             common: Common::parse(conf, env)?,
         })
     }
@@ -52,7 +57,8 @@ impl MacvlanConf {
 mod tests {
     use super::*;
     use berth_cni::types::parse_conf;
-    use serde_json::json;
+    use berth_cni::Failure;
+    use serde_json::{json, Value};
 
     fn env(args: &str) -> Env {
         Env::from_fn(|k| match k {
@@ -92,21 +98,41 @@ mod tests {
     fn errors_name_the_key() {
         for (k, v, needle) in [
             ("mode", json!("fast"), "mode"),
-            ("mtu", json!(-1), "mtu"),
-            ("mtu", json!("9000"), "mtu"),
+            ("mtu", json!(-1), "mtu: "),
+            ("mtu", json!("9000"), "mtu: "),
+            ("mode", json!(["bridge"]), "mode: "),
             ("mac", json!("01:00:00:00:00:01"), "multicast"),
             ("mac", json!("nope"), "mac"),
-            ("master", json!(3), "master"),
-            ("linkInContainer", json!("yes"), "linkInContainer"),
+            ("master", json!(3), "master: "),
+            ("linkInContainer", json!("yes"), "linkInContainer: "),
+            (
+                "runtimeConfig",
+                json!({"ips": "10.1.2.3/24"}),
+                "runtimeConfig.ips: ",
+            ),
+            (
+                "runtimeConfig",
+                json!({"ips": ["10.1.2.3/24", 7]}),
+                "runtimeConfig.ips[1]: ",
+            ),
+            (
+                "runtimeConfig",
+                json!({"mac": "nope"}),
+                "runtimeConfig.mac \"nope\"",
+            ),
+            ("ipam", json!({"type": ""}), "ipam.type is required"),
+            ("ipam", json!({"type": 7}), "ipam.type: "),
         ] {
             let mut c = base();
             c[k] = v;
             let e = MacvlanConf::parse(&conf(c), &env("")).unwrap_err();
-            assert_eq!(e.code, berth_cni::Code::InvalidConfig);
-            assert!(e.msg.contains(needle), "{k}: {}", e.msg);
+            assert_eq!(e.code(), berth_cni::Code::InvalidConfig);
+            assert!(e.to_string().contains(needle), "{k}: {e}");
         }
         let e = MacvlanConf::parse(&conf(base()), &env("IP=10.1.2.3")).unwrap_err();
-        assert!(e.msg.contains("CNI_ARGS IP"), "{}", e.msg);
+        assert!(e.to_string().contains("CNI_ARGS IP"), "{e}");
+        let e = MacvlanConf::parse(&conf(base()), &env("MAC=zz")).unwrap_err();
+        assert!(e.to_string().starts_with("CNI_ARGS MAC \"zz\""), "{e}");
     }
 
     #[test]

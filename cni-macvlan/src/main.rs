@@ -2,6 +2,7 @@
 //! inside the container's network namespace. See the README for its keys.
 
 mod conf;
+mod error;
 mod plugin;
 
 fn main() {

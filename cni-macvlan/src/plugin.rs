@@ -1,18 +1,21 @@
 //! The macvlan verbs.
 
 use crate::conf::MacvlanConf;
-use berth_cni::attachments::{Access, Attachment, Ledger};
+use crate::error::MacvlanError as Error;
+use berth_cni::attachments::{Access, Attachment, Ledger, LedgerError};
 use berth_cni::check::{self, mismatch};
-use berth_cni::env::{Command as Verb, Env};
+use berth_cni::env::{Command as Verb, Env, EnvError};
+use berth_cni::error::LinkError;
 use berth_cni::ipcfg;
 use berth_cni::link::{self, Link, MacvlanSpec};
 use berth_cni::logging::HostSettings;
 use berth_cni::netlink::{Netlink, NetlinkError};
+use berth_cni::netns::NetnsError;
 use berth_cni::qos::{self, Bandwidth};
 use berth_cni::setup;
 use berth_cni::skel::Plugin;
 use berth_cni::types::{CniResult, Interface, NetConf};
-use berth_cni::{ipam, netns, CniError, Code};
+use berth_cni::{ipam, netns, Failure};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -20,38 +23,16 @@ use std::path::Path;
 /// `berth-macvlan`.
 pub struct Macvlan;
 
-fn netns_path(env: &Env) -> Result<&Path, CniError> {
-    env.netns
-        .as_deref()
-        .ok_or_else(|| CniError::new(Code::InvalidEnv, "CNI_NETNS is required"))
-}
-
 /// Finds the master (by name, or the default route's link) where `nl` looks.
-fn master(nl: &mut Netlink, c: &MacvlanConf) -> Result<Link, CniError> {
+fn master(nl: &mut Netlink, c: &MacvlanConf) -> Result<Link, Error> {
     match &c.master {
-        Some(name) => link::by_name(nl, name)?.ok_or_else(|| {
-            CniError::new(
-                Code::InvalidConfig,
-                format!(
-                    "master {name:?} not found{}",
-                    if c.link_in_container {
-                        " in the container's netns"
-                    } else {
-                        ""
-                    }
-                ),
-            )
+        Some(name) => link::by_name(nl, name)?.ok_or_else(|| Error::NoMaster {
+            name: name.clone(),
+            in_container: c.link_in_container,
         }),
         None => {
-            let idx = ipcfg::default_route_link(nl)?.ok_or_else(|| {
-                CniError::new(
-                    Code::InvalidConfig,
-                    "master is not set and there is no default route to take it from",
-                )
-            })?;
-            link::by_index(nl, idx)?.ok_or_else(|| {
-                CniError::new(Code::Io, format!("default route link #{idx} vanished"))
-            })
+            let idx = ipcfg::default_route_link(nl)?.ok_or(Error::NoDefaultRoute)?;
+            link::by_index(nl, idx)?.ok_or(Error::DefaultRouteVanished(idx))
         }
     }
 }
@@ -63,14 +44,15 @@ struct Plan {
     bandwidth: Bandwidth,
 }
 
-fn plan(c: MacvlanConf, nl_master: &mut Netlink) -> Result<Plan, CniError> {
+fn plan(c: MacvlanConf, nl_master: &mut Netlink) -> Result<Plan, Error> {
     let m = master(nl_master, &c)?;
     if let Some(mtu) = c.mtu {
         if mtu > m.mtu {
-            return Err(CniError::new(
-                Code::InvalidConfig,
-                format!("mtu {mtu} is larger than master {}'s MTU {}", m.name, m.mtu),
-            ));
+            return Err(Error::MtuAboveMaster {
+                mtu,
+                master: m.name.clone(),
+                master_mtu: m.mtu,
+            });
         }
     }
     let mtu = c.mtu.unwrap_or(m.mtu);
@@ -100,7 +82,7 @@ struct Rollback<'a> {
 }
 
 /// This network's attachment records (see `berth_cni::attachments`).
-fn ledger(conf: &NetConf, access: Access) -> Result<Ledger, CniError> {
+fn ledger(conf: &NetConf, access: Access) -> Result<Ledger, LedgerError> {
     Ledger::open(
         &HostSettings::from_env().state_dir(),
         "berth-macvlan",
@@ -149,7 +131,7 @@ struct Attached {
     mtu: u32,
 }
 
-fn create_link(p: &Plan, env: &Env, netns: &Path, tmp: &str) -> Result<(), CniError> {
+fn create_link(p: &Plan, netns: &Path, tmp: &str) -> Result<(), Error> {
     let spec = |fd| MacvlanSpec {
         name: tmp,
         parent: p.master.index,
@@ -158,22 +140,16 @@ fn create_link(p: &Plan, env: &Env, netns: &Path, tmp: &str) -> Result<(), CniEr
         mac: p.conf.common.mac,
         netns_fd: fd,
     };
-    let explain = |e: NetlinkError| -> CniError {
-        match e.errno() {
-            Some(libc::EADDRINUSE) | Some(libc::EEXIST) if p.conf.common.mac.is_some() => CniError::new(
-                Code::InvalidConfig,
-                format!("mac: the address is already used on master {}", p.master.name),
-            )
-            .with_details(e.to_string()),
-            Some(libc::EINVAL) if p.conf.mode == link::MacvlanMode::Passthru => CniError::new(
-                Code::InvalidConfig,
-                format!(
-                    "mode passthru: master {} already has a macvlan (passthru takes the whole master)",
-                    p.master.name
-                ),
-            )
-            .with_details(e.to_string()),
-            _ => CniError::from(e),
+    let explain = |source: NetlinkError| -> Error {
+        let master = p.master.name.clone();
+        match source.errno() {
+            Some(libc::EADDRINUSE) | Some(libc::EEXIST) if p.conf.common.mac.is_some() => {
+                Error::MacInUse { master, source }
+            }
+            Some(libc::EINVAL) if p.conf.mode == link::MacvlanMode::Passthru => {
+                Error::PassthruTaken { master, source }
+            }
+            _ => source.into(),
         }
     };
     if p.conf.link_in_container {
@@ -182,27 +158,22 @@ fn create_link(p: &Plan, env: &Env, netns: &Path, tmp: &str) -> Result<(), CniEr
             link::add_macvlan(&mut nl, &spec(None)).map_err(explain)
         })?
     } else {
-        let f = File::open(netns).map_err(|e| {
-            CniError::new(
-                Code::Io,
-                format!("cannot open CNI_NETNS {}", netns.display()),
-            )
-            .with_details(e.to_string())
+        let f = File::open(netns).map_err(|source| NetnsError::Open {
+            path: netns.into(),
+            source,
         })?;
         let mut nl = Netlink::open()?;
-        let _ = env;
         link::add_macvlan(&mut nl, &spec(Some(f.as_raw_fd()))).map_err(explain)
     }
 }
 
 impl Plugin for Macvlan {
-    fn add(&self, env: &Env, conf: &NetConf) -> Result<CniResult, CniError> {
-        let netns = netns_path(env)?;
+    type Error = Error;
+
+    fn add(&self, env: &Env, conf: &NetConf) -> Result<CniResult, Error> {
+        let netns = env.netns()?;
         if !netns::exists(netns) {
-            return Err(CniError::new(
-                Code::Io,
-                format!("CNI_NETNS {} does not exist", netns.display()),
-            ));
+            return Err(Error::NoNetns(netns.into()));
         }
         let c = MacvlanConf::parse(conf, env)?;
         let p = if c.link_in_container {
@@ -215,7 +186,7 @@ impl Plugin for Macvlan {
         let ledger = ledger(conf, Access::Shared)?;
         ledger.record(&Attachment::new(&env.container_id, &env.ifname, netns))?;
         let tmp = link::temp_name("bmv");
-        if let Err(e) = create_link(&p, env, netns, &tmp) {
+        if let Err(e) = create_link(&p, netns, &tmp) {
             ledger.remove(&env.container_id, &env.ifname);
             return Err(e);
         }
@@ -239,20 +210,15 @@ impl Plugin for Macvlan {
         let bw = p.bandwidth;
         let res = &result;
         let index = rb.index;
-        let attached = netns::run_in(netns, move || -> Result<Attached, CniError> {
+        let attached = netns::run_in(netns, move || -> Result<Attached, Error> {
             let mut nl = Netlink::open()?;
             let ours = match index {
                 Some(i) => link::by_index(&mut nl, i)?,
                 None => link::by_name(&mut nl, &tmp)?,
             };
-            let l = ours.ok_or_else(|| {
-                CniError::new(Code::Io, format!("new macvlan {tmp} is not in the netns"))
-            })?;
+            let l = ours.ok_or_else(|| Error::LinkLost(tmp.clone()))?;
             if link::by_name(&mut nl, &ifname)?.is_some() {
-                return Err(CniError::new(
-                    Code::InvalidEnv,
-                    format!("CNI_IFNAME {ifname} already exists in the container's netns"),
-                ));
+                return Err(EnvError::IfnameTaken(ifname).into());
             }
             link::rename(&mut nl, l.index, &ifname)?;
             setup::finish(&mut nl, l.index, &ifname, 0, res, &bw)?;
@@ -274,7 +240,7 @@ impl Plugin for Macvlan {
         Ok(result)
     }
 
-    fn del(&self, env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    fn del(&self, env: &Env, conf: &NetConf) -> Result<(), Error> {
         // Only ipam.type matters: a master or bandwidth that is gone or
         // broken by now must not stop the cleanup.
         let records = ledger(conf, Access::Shared);
@@ -284,7 +250,7 @@ impl Plugin for Macvlan {
         };
         if let Some(ns) = env.netns.as_deref().filter(|n| netns::exists(n)) {
             let ifname = env.ifname.clone();
-            let r = netns::run_in(ns, move || -> Result<(), CniError> {
+            let r = netns::run_in(ns, move || -> Result<(), LinkError> {
                 let mut nl = Netlink::open()?;
                 qos::delete_with_ifb(&mut nl, &ifname)
             });
@@ -300,15 +266,12 @@ impl Plugin for Macvlan {
                 Err(e) => tracing::warn!(error = %e, "attachment records unavailable"),
             }
         }
-        ipam_result
+        Ok(ipam_result?)
     }
 
-    fn check(&self, env: &Env, conf: &NetConf) -> Result<(), CniError> {
-        let netns = netns_path(env)?;
-        let prev = conf.prev_result.as_ref().ok_or_else(|| {
-            CniError::new(Code::InvalidConfig, "prevResult is required for CHECK")
-        })?;
-        let prev = CniResult::from_json(prev)?;
+    fn check(&self, env: &Env, conf: &NetConf) -> Result<(), Error> {
+        let netns = env.netns()?;
+        let prev = check::prev_result(conf)?;
         let c = MacvlanConf::parse(conf, env)?;
         if let Some(t) = &c.common.ipam_type {
             let plugin = ipam::find_plugin(t, &env.path)?;
@@ -316,7 +279,7 @@ impl Plugin for Macvlan {
         }
         let ifname = env.ifname.clone();
         let (ours, want_mac) = check::prev_interface(&prev, &ifname)?;
-        netns::run_in(netns, move || -> Result<(), CniError> {
+        netns::run_in(netns, move || -> Result<(), Error> {
             let mut nl = Netlink::open()?;
             let l = link::by_name(&mut nl, &ifname)?
                 .ok_or_else(|| mismatch(format!("{ifname} is not in the container's netns")))?;
@@ -324,37 +287,36 @@ impl Plugin for Macvlan {
                 return Err(mismatch(format!(
                     "{ifname} is a {} link, not macvlan",
                     l.kind.as_deref().unwrap_or("plain")
-                )));
+                ))
+                .into());
             }
             if l.macvlan_mode != Some(c.mode) {
                 return Err(mismatch(format!(
                     "{ifname} is in macvlan mode {:?}, configured {}",
                     l.macvlan_mode.map(|m| m.as_str()),
                     c.mode.as_str()
-                )));
+                ))
+                .into());
             }
             check::link_matches(&mut nl, &l, &want_mac, c.mtu, &prev, ours, true)?;
             let bw = match &c.common.bandwidth {
                 Some((v, key)) => Bandwidth::parse(v, key, l.mtu)?,
                 None => Bandwidth::default(),
             };
-            qos::verify(&mut nl, l.index, &ifname, &bw)
+            Ok(qos::verify(&mut nl, l.index, &ifname, &bw)?)
         })?
     }
 
-    fn status(&self, env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    fn status(&self, env: &Env, conf: &NetConf) -> Result<(), Error> {
         let c = MacvlanConf::parse(conf, env)?;
         if !c.link_in_container {
             let mut nl = Netlink::open()?;
-            let m = master(&mut nl, &c).map_err(|e| CniError::new(Code::NotAvailable, e.msg))?;
+            let m = master(&mut nl, &c).map_err(|e| Error::NotAvailable(e.message()))?;
             if !m.up {
-                return Err(CniError::new(
-                    Code::NotAvailable,
-                    format!(
-                        "master {:?} is down: containers attached now would have no network",
-                        m.name
-                    ),
-                ));
+                return Err(Error::NotAvailable(format!(
+                    "master {:?} is down: containers attached now would have no network",
+                    m.name
+                )));
             }
         }
         if let Some(t) = &c.common.ipam_type {
@@ -363,10 +325,10 @@ impl Plugin for Macvlan {
         Ok(())
     }
 
-    fn gc(&self, env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    fn gc(&self, env: &Env, conf: &NetConf) -> Result<(), Error> {
+        let valid = conf.valid_attachments()?;
         // Alone: no ADD of this network is in progress meanwhile.
         let ledger = ledger(conf, Access::Exclusive)?;
-        let valid = conf.valid_attachments();
         let ipam_gc = match conf.ipam_type() {
             Some(t) => ipam::passthrough_11(t, Verb::Gc, env, &conf.bytes())?,
             None => true,
@@ -379,7 +341,7 @@ impl Plugin for Macvlan {
             // removed here while it still exists (and is the same one).
             if a.netns_is_ours() {
                 let ifname = a.ifname.clone();
-                let r = netns::run_in(&a.netns, move || -> Result<(), CniError> {
+                let r = netns::run_in(&a.netns, move || -> Result<(), LinkError> {
                     qos::delete_with_ifb(&mut Netlink::open()?, &ifname)
                 });
                 if !matches!(r, Ok(Ok(()))) {

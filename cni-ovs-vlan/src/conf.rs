@@ -1,9 +1,9 @@
 //! The OVS VLAN network configuration, checked with errors naming the key.
 
-use berth_cni::caps::{invalid, object, opt_str, opt_u32, Common};
+use berth_cni::caps::Common;
 use berth_cni::env::Env;
-use berth_cni::types::NetConf;
-use berth_cni::CniError;
+use berth_cni::types::{non_empty, ConfError, NetConf};
+use serde::Deserialize;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -11,10 +11,12 @@ use std::time::Duration;
 pub const DEFAULT_SOCKET: &str = "/var/run/openvswitch/db.sock";
 
 /// How traffic from the container is limited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum EgressShaping {
     /// A tbf on the container's interface inside its netns: works on every
     /// kernel and datapath (the default).
+    #[default]
     Tbf,
     /// OVS `ingress_policing_rate`/`_burst` on the port, verified after
     /// vswitchd applied it (needs the kernel's act_police).
@@ -46,23 +48,47 @@ pub struct OvsConf {
     pub common: Common,
 }
 
-fn vlan_id(v: &Value, key: &str) -> Result<u16, CniError> {
-    match v.as_i64() {
-        Some(n) if (1..=4094).contains(&n) => Ok(n as u16),
-        _ => Err(invalid(format!(
-            "{key} {v} is not a VLAN ID (1 to 4094; 0 and 4095 are reserved)"
-        ))),
+/// The plugin's own keys, as they are in the configuration.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Keys {
+    bridge: Option<String>,
+    vlan: Option<i64>,
+    trunk: Option<Vec<TrunkEntry>>,
+    mtu: Option<u32>,
+    #[serde(rename = "socket_file")]
+    socket_file: Option<String>,
+    ovs_timeout_seconds: Option<u32>,
+    #[serde(rename = "vswitchd_socket_file")]
+    vswitchd_socket_file: Option<String>,
+    egress_shaping: Option<EgressShaping>,
+}
+
+/// A `trunk` entry: `{"id": N}` or `{"minID": N, "maxID": M}`.
+#[derive(Deserialize)]
+struct TrunkEntry {
+    id: Option<i64>,
+    #[serde(rename = "minID")]
+    min_id: Option<i64>,
+    #[serde(rename = "maxID")]
+    max_id: Option<i64>,
+}
+
+fn vlan_id(n: i64, key: &str) -> Result<u16, ConfError> {
+    match u16::try_from(n) {
+        Ok(v) if (1..=4094).contains(&v) => Ok(v),
+        _ => Err(ConfError::invalid(
+            key,
+            format!("{n} is not a VLAN ID (1 to 4094; 0 and 4095 are reserved)"),
+        )),
     }
 }
 
-fn parse_trunk(v: &Value) -> Result<Vec<u16>, CniError> {
-    let items = v
-        .as_array()
-        .ok_or_else(|| invalid("trunk must be a list of {id} or {minID, maxID}".into()))?;
+fn parse_trunk(items: &[TrunkEntry]) -> Result<Vec<u16>, ConfError> {
     let mut ranges: Vec<(u16, u16)> = Vec::new();
     for (i, it) in items.iter().enumerate() {
         let key = format!("trunk[{i}]");
-        let (lo, hi) = match (it.get("id"), it.get("minID"), it.get("maxID")) {
+        let (lo, hi) = match (it.id, it.min_id, it.max_id) {
             (Some(id), None, None) => {
                 let id = vlan_id(id, &format!("{key}.id"))?;
                 (id, id)
@@ -71,20 +97,25 @@ fn parse_trunk(v: &Value) -> Result<Vec<u16>, CniError> {
                 let lo = vlan_id(lo, &format!("{key}.minID"))?;
                 let hi = vlan_id(hi, &format!("{key}.maxID"))?;
                 if lo > hi {
-                    return Err(invalid(format!("{key}: minID {lo} is above maxID {hi}")));
+                    return Err(ConfError::invalid(
+                        key,
+                        format!("has minID {lo} above maxID {hi}"),
+                    ));
                 }
                 (lo, hi)
             }
             _ => {
-                return Err(invalid(format!(
-                    "{key} must be {{\"id\": N}} or {{\"minID\": N, \"maxID\": M}}"
-                )))
+                return Err(ConfError::invalid(
+                    key,
+                    "must be {\"id\": N} or {\"minID\": N, \"maxID\": M}",
+                ))
             }
         };
         if let Some((a, b)) = ranges.iter().find(|(a, b)| lo <= *b && *a <= hi) {
-            return Err(invalid(format!(
-                "{key} ({lo}-{hi}) overlaps an earlier trunk entry ({a}-{b})"
-            )));
+            return Err(ConfError::invalid(
+                key,
+                format!("({lo}-{hi}) overlaps an earlier trunk entry ({a}-{b})"),
+            ));
         }
         ranges.push((lo, hi));
     }
@@ -134,59 +165,39 @@ impl DelConf {
 
 impl OvsConf {
     /// Reads the plugin's keys from `conf` and `env`'s `CNI_ARGS`.
-    pub fn parse(conf: &NetConf, env: &Env) -> Result<OvsConf, CniError> {
-        let obj = object(conf)?;
-        let bridge = opt_str(obj, "bridge")?
-            .ok_or_else(|| invalid("bridge is required".into()))?
-            .to_string();
-        let vlan = match obj.get("vlan") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(vlan_id(v, "vlan")?),
-        };
-        let trunk = match obj.get("trunk") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(v) => parse_trunk(v)?,
-        };
-        let socket = opt_str(obj, "socket_file")?
-            .unwrap_or(DEFAULT_SOCKET)
-            .to_string();
+    pub fn parse(conf: &NetConf, env: &Env) -> Result<OvsConf, ConfError> {
+        let k: Keys = conf.keys()?;
+        let bridge = non_empty(k.bridge).ok_or(ConfError::Missing("bridge".into()))?;
+        let socket = non_empty(k.socket_file).unwrap_or_else(|| DEFAULT_SOCKET.to_string());
         if crate::ovsdb::parse_target(&socket).is_none() {
-            return Err(invalid(format!(
-                "socket_file {socket:?} is not unix:PATH, tcp:HOST:PORT or an absolute path"
-            )));
+            return Err(ConfError::invalid(
+                "socket_file",
+                format!("{socket:?} is not unix:PATH, tcp:HOST:PORT or an absolute path"),
+            ));
         }
-        let timeout =
-            Duration::from_secs(u64::from(opt_u32(obj, "ovsTimeoutSeconds")?.unwrap_or(10)));
-        let vswitchd_socket = match opt_str(obj, "vswitchd_socket_file")? {
+        let vswitchd_socket = match non_empty(k.vswitchd_socket_file) {
             None => None,
             Some(s) => {
-                let path = s.strip_prefix("unix:").unwrap_or(s);
+                let path = s.strip_prefix("unix:").unwrap_or(&s);
                 if !path.starts_with('/') {
-                    return Err(invalid(format!(
-                        "vswitchd_socket_file {s:?} is not unix:PATH or an absolute path"
-                    )));
+                    return Err(ConfError::invalid(
+                        "vswitchd_socket_file",
+                        format!("{s:?} is not unix:PATH or an absolute path"),
+                    ));
                 }
                 Some(path.to_string())
             }
         };
-        let egress_shaping = match opt_str(obj, "egressShaping")? {
-            None | Some("tbf") => EgressShaping::Tbf,
-            Some("police") => EgressShaping::Police,
-            Some(o) => {
-                return Err(invalid(format!(
-                    "egressShaping {o:?} is not \"tbf\" or \"police\""
-                )))
-            }
-        };
+        let timeout = k.ovs_timeout_seconds.filter(|t| *t > 0).unwrap_or(10);
         Ok(OvsConf {
             bridge,
-            vlan,
-            trunk,
-            mtu: opt_u32(obj, "mtu")?,
+            vlan: k.vlan.map(|v| vlan_id(v, "vlan")).transpose()?,
+            trunk: parse_trunk(k.trunk.as_deref().unwrap_or_default())?,
+            mtu: k.mtu.filter(|m| *m > 0),
             socket,
-            timeout,
+            timeout: Duration::from_secs(u64::from(timeout)),
             vswitchd_socket,
-            egress_shaping,
+            egress_shaping: k.egress_shaping.unwrap_or_default(),
             common: Common::parse(conf, env)?,
         })
     }
@@ -196,6 +207,7 @@ impl OvsConf {
 mod tests {
     use super::*;
     use berth_cni::types::parse_conf;
+    use berth_cni::Failure;
     use serde_json::json;
 
     fn env() -> Env {
@@ -210,7 +222,7 @@ mod tests {
         .unwrap()
     }
 
-    fn parse(extra: Value) -> Result<OvsConf, CniError> {
+    fn parse(extra: Value) -> Result<OvsConf, ConfError> {
         let mut c =
             json!({"cniVersion": "1.1.0", "name": "n", "type": "berth-ovs-vlan", "bridge": "br0"});
         for (k, v) in extra.as_object().unwrap() {
@@ -230,21 +242,32 @@ mod tests {
         for (extra, needle) in [
             (json!({"vlan": 0}), "vlan 0"),
             (json!({"vlan": 4095}), "vlan 4095"),
-            (json!({"vlan": "100"}), "vlan"),
+            (json!({"vlan": "100"}), "vlan: "),
+            (json!({"vlan": -1}), "vlan -1"),
             (
                 json!({"trunk": [{"id": 10}, {"minID": 5, "maxID": 12}]}),
                 "overlaps",
             ),
             (json!({"trunk": [{"minID": 9, "maxID": 5}]}), "trunk[0]"),
             (json!({"trunk": [{"id": 4095}]}), "trunk[0].id"),
-            (json!({"trunk": {"id": 1}}), "trunk"),
+            (json!({"trunk": [{"id": "7"}]}), "trunk[0].id: "),
+            (json!({"trunk": [{"vlan": 7}]}), "trunk[0] must be"),
+            (json!({"trunk": {"id": 1}}), "trunk: "),
             (json!({"bridge": ""}), "bridge is required"),
             (json!({"socket_file": "ssl:1.2.3.4:6640"}), "socket_file"),
-            (json!({"egressShaping": "meter"}), "egressShaping"),
+            (json!({"egressShaping": "meter"}), "egressShaping: "),
+            (json!({"ovsTimeoutSeconds": -3}), "ovsTimeoutSeconds: "),
+            (
+                json!({"vswitchd_socket_file": "rel/ctl"}),
+                "vswitchd_socket_file",
+            ),
         ] {
             let e = parse(extra.clone()).unwrap_err();
-            assert_eq!(e.code, berth_cni::Code::InvalidConfig);
-            assert!(e.msg.contains(needle), "{extra}: {}", e.msg);
+            assert_eq!(e.code(), berth_cni::Code::InvalidConfig);
+            assert!(e.to_string().contains(needle), "{extra}: {e}");
         }
+        let c = parse(json!({"egressShaping": "police", "ovsTimeoutSeconds": 3})).unwrap();
+        assert_eq!(c.egress_shaping, EgressShaping::Police);
+        assert_eq!(c.timeout, Duration::from_secs(3));
     }
 }

@@ -3,6 +3,7 @@
 //! OVSDB (RFC 7047) directly. See the README for its keys.
 
 mod conf;
+mod error;
 mod ovsdb;
 mod plugin;
 mod port;

@@ -1,17 +1,20 @@
 //! The OVS VLAN verbs.
 
 use crate::conf::{EgressShaping, OvsConf};
+use crate::error::OvsError as Error;
 use crate::ovsdb::Client;
-use crate::port::{self, cni_err, Found, Owner};
+use crate::port::{self, Found, Owner};
 use berth_cni::check::{self, mismatch};
-use berth_cni::env::{Command as Verb, Env};
+use berth_cni::env::{Command as Verb, Env, EnvError};
+use berth_cni::error::LinkError;
 use berth_cni::link::{self, VethSpec};
 use berth_cni::netlink::Netlink;
+use berth_cni::netns::NetnsError;
 use berth_cni::qos::{self, Bandwidth};
 use berth_cni::setup;
 use berth_cni::skel::Plugin;
-use berth_cni::types::{CniResult, Interface, NetConf};
-use berth_cni::{ipam, netns, tc, CniError, Code};
+use berth_cni::types::{CniResult, ConfError, Interface, NetConf};
+use berth_cni::{ipam, netns, tc, Failure};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 
@@ -62,7 +65,7 @@ fn alias(network: &str, container_id: &str, ifname: &str) -> String {
 
 /// Removes what an attachment left on the host: its ports (with QoS rows)
 /// and the host end of its veth.
-fn remove_attachment(db: &mut Client, ports: &[Found], host: &str) -> Result<(), CniError> {
+fn remove_attachment(db: &mut Client, ports: &[Found], host: &str) -> Result<(), Error> {
     port::remove(db, ports)?;
     let mut nl = Netlink::open()?;
     for n in ports.iter().map(|p| p.name.as_str()).chain([host]) {
@@ -142,7 +145,22 @@ pub fn vswitchd_control(c: &OvsConf) -> Option<Result<std::path::PathBuf, String
     }))
 }
 
-fn bandwidth(c: &OvsConf) -> Result<Bandwidth, CniError> {
+/// OVSDB at `socket`; unreachable is "try again later".
+fn connect(socket: &str, timeout: std::time::Duration) -> Result<Client, Error> {
+    Client::connect(socket, timeout).map_err(|e| Error::at(socket, e))
+}
+
+/// Whether OVSDB has bridge `name`.
+fn bridge_exists(db: &mut Client, name: &str) -> Result<bool, Error> {
+    let rows = db.select(
+        "Bridge",
+        serde_json::json!([["name", "==", name]]),
+        &["name"],
+    )?;
+    Ok(!rows.is_empty())
+}
+
+fn bandwidth(c: &OvsConf) -> Result<Bandwidth, ConfError> {
     match &c.common.bandwidth {
         Some((v, key)) => Bandwidth::parse(v, key, c.mtu.unwrap_or(1500)),
         None => Ok(Bandwidth::default()),
@@ -150,34 +168,19 @@ fn bandwidth(c: &OvsConf) -> Result<Bandwidth, CniError> {
 }
 
 impl Plugin for OvsVlan {
-    fn add(&self, env: &Env, conf: &NetConf) -> Result<CniResult, CniError> {
-        let netns = env
-            .netns
-            .as_deref()
-            .ok_or_else(|| CniError::new(Code::InvalidEnv, "CNI_NETNS is required"))?;
+    type Error = Error;
+
+    fn add(&self, env: &Env, conf: &NetConf) -> Result<CniResult, Error> {
+        let netns = env.netns()?;
         let c = OvsConf::parse(conf, env)?;
         let bw = bandwidth(&c)?;
-        let ns_file = File::open(netns).map_err(|e| {
-            CniError::new(
-                Code::Io,
-                format!("CNI_NETNS {} cannot be opened", netns.display()),
-            )
-            .with_details(e.to_string())
+        let ns_file = File::open(netns).map_err(|source| NetnsError::Open {
+            path: netns.into(),
+            source,
         })?;
-        let mut db = Client::connect(&c.socket, c.timeout).map_err(|e| cni_err(e, &c))?;
-        if db
-            .select(
-                "Bridge",
-                serde_json::json!([["name", "==", c.bridge]]),
-                &["name"],
-            )
-            .map_err(|e| cni_err(e, &c))?
-            .is_empty()
-        {
-            return Err(CniError::new(
-                Code::InvalidConfig,
-                format!("bridge {:?} does not exist in OVSDB", c.bridge),
-            ));
+        let mut db = connect(&c.socket, c.timeout)?;
+        if !bridge_exists(&mut db, &c.bridge)? {
+            return Err(Error::NoBridge(c.bridge.clone()));
         }
         let host = host_name(&env.container_id, &env.ifname);
         // A previous ADD of this attachment that was killed: start clean.
@@ -185,7 +188,7 @@ impl Plugin for OvsVlan {
             (port::CONTAINER, env.container_id.clone()),
             (port::IFNAME, env.ifname.clone()),
         ];
-        let stale = port::find(&mut db, &ids).map_err(|e| cni_err(e, &c))?;
+        let stale = port::find(&mut db, &ids)?;
         remove_attachment(&mut db, &stale, &host)?;
 
         let mut nl = Netlink::open()?;
@@ -203,15 +206,9 @@ impl Plugin for OvsVlan {
         )
         .map_err(|e| {
             if e.is_exists() {
-                CniError::new(
-                    Code::InvalidEnv,
-                    format!(
-                        "CNI_IFNAME {} already exists in the container's netns",
-                        env.ifname
-                    ),
-                )
+                Error::from(EnvError::IfnameTaken(env.ifname.clone()))
             } else {
-                CniError::from(e)
+                Error::from(e)
             }
         })?;
         let mut rb = Rollback {
@@ -223,7 +220,7 @@ impl Plugin for OvsVlan {
             armed: true,
         };
         let hl = link::by_name(&mut nl, &host)?
-            .ok_or_else(|| CniError::new(Code::Io, format!("veth {host} vanished")))?;
+            .ok_or_else(|| LinkError::Vanished(format!("veth {host}")))?;
         link::set_up(&mut nl, hl.index)?;
         let owner = Owner {
             container_id: &env.container_id,
@@ -237,10 +234,7 @@ impl Plugin for OvsVlan {
                 .iter()
                 .any(|q| q.parent == tc::ROOT && q.kind == "htb")
         {
-            return Err(CniError::new(
-                Code::Io,
-                format!("ovs-vswitchd did not install the linux-htb QoS on port {host}"),
-            ));
+            return Err(Error::NoHtb(host));
         }
         if c.egress_shaping == EgressShaping::Police && bw.egress.is_some() {
             let applied = tc::qdiscs(&mut nl, hl.index)?
@@ -248,12 +242,7 @@ impl Plugin for OvsVlan {
                 .any(|q| q.parent == tc::INGRESS)
                 && tc::ingress_filters(&mut nl, hl.index)? > 0;
             if !applied {
-                return Err(CniError::new(
-                    Code::InvalidConfig,
-                    format!(
-                        "egressShaping police: OVS did not apply ingress_policing_rate on port {host} (this kernel likely lacks act_police); use egressShaping \"tbf\""
-                    ),
-                ));
+                return Err(Error::NoPolicing(host));
             }
         }
 
@@ -265,14 +254,10 @@ impl Plugin for OvsVlan {
             egress: bw.egress.filter(|_| c.egress_shaping == EgressShaping::Tbf),
         };
         let res = &result;
-        let (mac, mtu) = netns::run_in(netns, move || -> Result<(String, u32), CniError> {
+        let (mac, mtu) = netns::run_in(netns, move || -> Result<(String, u32), Error> {
             let mut nl = Netlink::open()?;
-            let l = link::by_name(&mut nl, &ifname)?.ok_or_else(|| {
-                CniError::new(
-                    Code::Io,
-                    format!("{ifname} is not in the container's netns"),
-                )
-            })?;
+            let l = link::by_name(&mut nl, &ifname)?
+                .ok_or_else(|| Error::NotInNetns(ifname.clone()))?;
             setup::finish(&mut nl, l.index, &ifname, 1, res, &egress_tbf)?;
             Ok((l.mac_string(), l.mtu))
         })??;
@@ -296,7 +281,7 @@ impl Plugin for OvsVlan {
         Ok(result)
     }
 
-    fn del(&self, env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    fn del(&self, env: &Env, conf: &NetConf) -> Result<(), Error> {
         // Only where OVSDB is and ipam.type matter: a key edited since ADD,
         // or an ADD that failed validation, must not stop the cleanup.
         let c = crate::conf::DelConf::parse(conf);
@@ -305,45 +290,38 @@ impl Plugin for OvsVlan {
             None => Ok(()),
         };
         let host = host_name(&env.container_id, &env.ifname);
-        let mut db =
-            Client::connect(&c.socket, c.timeout).map_err(|e| port::socket_err(e, &c.socket))?;
+        let mut db = connect(&c.socket, c.timeout)?;
         let ids = [
             (port::CONTAINER, env.container_id.clone()),
             (port::IFNAME, env.ifname.clone()),
         ];
-        let found = port::find(&mut db, &ids).map_err(|e| port::socket_err(e, &c.socket))?;
+        let found = port::find(&mut db, &ids)?;
         remove_attachment(&mut db, &found, &host)?;
-        ipam_result
+        Ok(ipam_result?)
     }
 
-    fn check(&self, env: &Env, conf: &NetConf) -> Result<(), CniError> {
-        let netns = env
-            .netns
-            .as_deref()
-            .ok_or_else(|| CniError::new(Code::InvalidEnv, "CNI_NETNS is required"))?;
-        let prev = conf.prev_result.as_ref().ok_or_else(|| {
-            CniError::new(Code::InvalidConfig, "prevResult is required for CHECK")
-        })?;
-        let prev = CniResult::from_json(prev)?;
+    fn check(&self, env: &Env, conf: &NetConf) -> Result<(), Error> {
+        let netns = env.netns()?;
+        let prev = check::prev_result(conf)?;
         let c = OvsConf::parse(conf, env)?;
         let bw = bandwidth(&c)?;
         if let Some(t) = &c.common.ipam_type {
             let plugin = ipam::find_plugin(t, &env.path)?;
             ipam::exec_negotiated(&plugin, Verb::Check, env, &conf.bytes())?;
         }
-        let mut db = Client::connect(&c.socket, c.timeout).map_err(|e| cni_err(e, &c))?;
+        let mut db = connect(&c.socket, c.timeout)?;
         let ids = [
             (port::CONTAINER, env.container_id.clone()),
             (port::IFNAME, env.ifname.clone()),
         ];
-        let found = port::find(&mut db, &ids).map_err(|e| cni_err(e, &c))?;
+        let found = port::find(&mut db, &ids)?;
         let p = match found.as_slice() {
             [p] => p.clone(),
-            [] => return Err(mismatch("no OVS port carries this attachment".into())),
+            [] => return Err(mismatch("no OVS port carries this attachment".into()).into()),
             _ => {
-                return Err(mismatch(
-                    "more than one OVS port carries this attachment".into(),
-                ))
+                return Err(
+                    mismatch("more than one OVS port carries this attachment".into()).into(),
+                )
             }
         };
         let want_trunks: Vec<i64> = c.trunk.iter().map(|v| i64::from(*v)).collect();
@@ -351,23 +329,19 @@ impl Plugin for OvsVlan {
             return Err(mismatch(format!(
                 "port {} has tag {:?} and trunks {:?}, configured vlan {:?} and trunk {:?}",
                 p.name, p.tag, p.trunks, c.vlan, c.trunk
-            )));
+            ))
+            .into());
         }
-        let bridge_has = db
-            .select(
-                "Bridge",
-                serde_json::json!([
-                    ["name", "==", c.bridge],
-                    ["ports", "includes", crate::ovsdb::uuid(&p.port)]
-                ]),
-                &["name"],
-            )
-            .map_err(|e| cni_err(e, &c))?;
+        let bridge_has = db.select(
+            "Bridge",
+            serde_json::json!([
+                ["name", "==", c.bridge],
+                ["ports", "includes", crate::ovsdb::uuid(&p.port)]
+            ]),
+            &["name"],
+        )?;
         if bridge_has.is_empty() {
-            return Err(mismatch(format!(
-                "port {} is not on bridge {}",
-                p.name, c.bridge
-            )));
+            return Err(mismatch(format!("port {} is not on bridge {}", p.name, c.bridge)).into());
         }
         if bw.ingress.is_some() != p.qos.is_some() {
             return Err(mismatch(format!(
@@ -379,7 +353,8 @@ impl Plugin for OvsVlan {
                 } else {
                     "not configured"
                 }
-            )));
+            ))
+            .into());
         }
         let mut nl = Netlink::open()?;
         let hl = link::by_name(&mut nl, &p.name)?
@@ -389,7 +364,7 @@ impl Plugin for OvsVlan {
                 .iter()
                 .any(|q| q.parent == tc::ROOT && q.kind == "htb")
         {
-            return Err(mismatch(format!("no linux-htb qdisc on {}", p.name)));
+            return Err(mismatch(format!("no linux-htb qdisc on {}", p.name)).into());
         }
         let ifname = env.ifname.clone();
         let (ours, want_mac) = check::prev_interface(&prev, &ifname)?;
@@ -397,7 +372,7 @@ impl Plugin for OvsVlan {
             ingress: None,
             egress: bw.egress.filter(|_| c.egress_shaping == EgressShaping::Tbf),
         };
-        netns::run_in(netns, move || -> Result<(), CniError> {
+        netns::run_in(netns, move || -> Result<(), LinkError> {
             let mut nl = Netlink::open()?;
             let l = link::by_name(&mut nl, &ifname)?
                 .ok_or_else(|| mismatch(format!("{ifname} is not in the container's netns")))?;
@@ -406,42 +381,37 @@ impl Plugin for OvsVlan {
             }
             check::link_matches(&mut nl, &l, &want_mac, c.mtu, &prev, ours, false)?;
             qos::verify(&mut nl, l.index, &ifname, &egress_tbf)
-        })?
+        })??;
+        Ok(())
     }
 
-    fn status(&self, env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    fn status(&self, env: &Env, conf: &NetConf) -> Result<(), Error> {
         let c = OvsConf::parse(conf, env)?;
-        let mut db = Client::connect(&c.socket, c.timeout).map_err(|e| {
-            CniError::new(Code::NotAvailable, format!("socket_file {}: {e}", c.socket))
-        })?;
-        let bridges = db
-            .select(
-                "Bridge",
-                serde_json::json!([["name", "==", c.bridge]]),
-                &["name"],
-            )
-            .map_err(|e| CniError::new(Code::NotAvailable, e.to_string()))?;
-        if bridges.is_empty() {
-            return Err(CniError::new(
-                Code::NotAvailable,
-                format!("bridge {:?} does not exist in OVSDB", c.bridge),
-            ));
+        let unavailable = |e: Error| {
+            Error::NotAvailable(match e.details() {
+                Some(d) => format!("{}: {d}", e.message()),
+                None => e.message(),
+            })
+        };
+        let mut db = connect(&c.socket, c.timeout).map_err(unavailable)?;
+        if !bridge_exists(&mut db, &c.bridge).map_err(unavailable)? {
+            return Err(unavailable(Error::NoBridge(c.bridge.clone())));
         }
         // OVSDB takes a port that ovs-vswitchd, not answering, never adds.
         match vswitchd_control(&c) {
             None => tracing::debug!(
                 "OVSDB over TCP and no vswitchd_socket_file: ovs-vswitchd not checked"
             ),
-            Some(Err(e)) => return Err(CniError::new(Code::NotAvailable, e)),
+            Some(Err(e)) => return Err(Error::NotAvailable(e)),
             Some(Ok(ctl)) => {
                 let target = format!("unix:{}", ctl.display());
                 Client::connect(&target, c.timeout)
                     .and_then(|mut v| v.unixctl("version"))
                     .map_err(|e| {
-                        CniError::new(
-                            Code::NotAvailable,
-                            format!("ovs-vswitchd does not answer on {}: {e}", ctl.display()),
-                        )
+                        Error::NotAvailable(format!(
+                            "ovs-vswitchd does not answer on {}: {e}",
+                            ctl.display()
+                        ))
                     })?;
             }
         }
@@ -451,12 +421,11 @@ impl Plugin for OvsVlan {
         Ok(())
     }
 
-    fn gc(&self, env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    fn gc(&self, env: &Env, conf: &NetConf) -> Result<(), Error> {
         let c = OvsConf::parse(conf, env)?;
-        let valid = conf.valid_attachments();
-        let mut db = Client::connect(&c.socket, c.timeout).map_err(|e| cni_err(e, &c))?;
-        let ours = port::find(&mut db, &[(port::NETWORK, conf.name.clone())])
-            .map_err(|e| cni_err(e, &c))?;
+        let valid = conf.valid_attachments()?;
+        let mut db = connect(&c.socket, c.timeout)?;
+        let ours = port::find(&mut db, &[(port::NETWORK, conf.name.clone())])?;
         let stale: Vec<Found> = ours
             .into_iter()
             .filter(|p| !valid.contains(&p.owner))
@@ -476,7 +445,7 @@ impl Plugin for OvsVlan {
                 link::delete(&mut nl, l.index)?;
             }
         }
-        let n = port::remove_orphan_qos(&mut db, &conf.name).map_err(|e| cni_err(e, &c))?;
+        let n = port::remove_orphan_qos(&mut db, &conf.name)?;
         if n > 0 {
             tracing::info!(rows = n, "GC: removed orphaned QoS rows");
         }

@@ -3,9 +3,9 @@
 //! ovs-vswitchd to apply it (`cur_cfg` reaching the new `next_cfg`).
 
 use crate::conf::{EgressShaping, OvsConf};
+use crate::error::OvsError;
 use crate::ovsdb::{map, map_get, set_members, uuid, uuid_of, Client, OvsdbError};
 use berth_cni::qos::Shape;
-use berth_cni::{CniError, Code};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -21,24 +21,6 @@ pub const NETNS: &str = "berth.netns";
 pub const NETWORK: &str = "berth.network";
 /// The owner value.
 pub const PLUGIN: &str = "berth-ovs-vlan";
-
-/// Maps an OVSDB failure to a CNI error: unreachable is "try again later"
-/// (code 11) naming `socket_file`; anything else is an I/O failure.
-pub fn cni_err(e: OvsdbError, c: &OvsConf) -> CniError {
-    socket_err(e, &c.socket)
-}
-
-/// [`cni_err`] for OVSDB at `socket`.
-pub fn socket_err(e: OvsdbError, socket: &str) -> CniError {
-    match e {
-        OvsdbError::Connect { .. } => CniError::new(
-            Code::TryAgainLater,
-            format!("socket_file {socket}: OVSDB is not reachable"),
-        )
-        .with_details(e.to_string()),
-        _ => CniError::new(Code::Io, e.to_string()),
-    }
-}
 
 /// Who an attachment belongs to.
 pub struct Owner<'a> {
@@ -70,13 +52,11 @@ fn next_cfg(results: &[Value]) -> Option<i64> {
 }
 
 /// Waits until ovs-vswitchd reports `cur_cfg >= want`.
-pub fn wait_applied(db: &mut Client, want: i64, timeout: Duration) -> Result<(), CniError> {
+pub fn wait_applied(db: &mut Client, want: i64, timeout: Duration) -> Result<(), OvsError> {
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_micros(500);
     loop {
-        let rows = db
-            .select("Open_vSwitch", json!([]), &["cur_cfg"])
-            .map_err(|e| CniError::new(Code::Io, e.to_string()))?;
+        let rows = db.select("Open_vSwitch", json!([]), &["cur_cfg"])?;
         let cur = rows
             .first()
             .and_then(|r| r.get("cur_cfg"))
@@ -86,13 +66,11 @@ pub fn wait_applied(db: &mut Client, want: i64, timeout: Duration) -> Result<(),
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(CniError::new(
-                Code::TryAgainLater,
-                format!(
-                    "ovs-vswitchd did not apply the change within {}s (cur_cfg {cur} < next_cfg {want}); is it running?",
-                    timeout.as_secs()
-                ),
-            ));
+            return Err(OvsError::NotApplied {
+                secs: timeout.as_secs(),
+                cur,
+                want,
+            });
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(20));
@@ -109,7 +87,7 @@ pub fn add(
     owner: &Owner<'_>,
     to_container: Option<Shape>,
     from_container: Option<Shape>,
-) -> Result<(), CniError> {
+) -> Result<(), OvsError> {
     let ids = map(&[
         (OWNER, PLUGIN.to_string()),
         (CONTAINER, owner.container_id.to_string()),
@@ -171,21 +149,16 @@ pub fn add(
     );
     ops.extend(bump_ops());
     let r = db.transact(ops).map_err(|e| match e {
-        OvsdbError::Refused(m) if m.contains("timed out") => CniError::new(
-            Code::InvalidConfig,
-            format!("bridge {:?} does not exist in OVSDB", c.bridge),
-        ),
-        e => cni_err(e, c),
+        OvsdbError::Refused(m) if m.contains("timed out") => OvsError::NoBridge(c.bridge.clone()),
+        e => OvsError::at(&c.socket, e),
     })?;
     let want = next_cfg(&r).unwrap_or(0);
     wait_applied(db, want, c.timeout)?;
-    let rows = db
-        .select(
-            "Interface",
-            json!([["name", "==", name]]),
-            &["error", "ofport"],
-        )
-        .map_err(|e| cni_err(e, c))?;
+    let rows = db.select(
+        "Interface",
+        json!([["name", "==", name]]),
+        &["error", "ofport"],
+    )?;
     let row = rows.first().cloned().unwrap_or_default();
     let error: Vec<String> = set_members(&row["error"])
         .iter()
@@ -196,18 +169,15 @@ pub fn add(
         .and_then(Value::as_i64)
         .unwrap_or(-1);
     if !error.is_empty() || ofport < 1 {
-        return Err(CniError::new(
-            Code::Io,
-            format!(
-                "ovs-vswitchd could not add port {name} to bridge {}: {}",
-                c.bridge,
-                if error.is_empty() {
-                    format!("ofport {ofport}")
-                } else {
-                    error.join("; ")
-                }
-            ),
-        ));
+        return Err(OvsError::PortFailed {
+            port: name.to_string(),
+            bridge: c.bridge.clone(),
+            why: if error.is_empty() {
+                format!("ofport {ofport}")
+            } else {
+                error.join("; ")
+            },
+        });
     }
     Ok(())
 }
@@ -284,20 +254,17 @@ fn delete_queues(qos_row: &Value) -> Vec<Value> {
 /// collect by itself) in one transaction. It does not wait for vswitchd to
 /// apply it: the next ADD's own wait orders after it, and the caller can
 /// delete the veth meanwhile (which costs the kernel an RCU grace period).
-pub fn remove(db: &mut Client, ports: &[Found]) -> Result<(), CniError> {
+pub fn remove(db: &mut Client, ports: &[Found]) -> Result<(), OvsdbError> {
     if ports.is_empty() {
         return Ok(());
     }
-    let io = |e: OvsdbError| CniError::new(Code::Io, e.to_string());
     let mut ops = Vec::new();
     for p in ports {
         ops.push(json!({"op": "mutate", "table": "Bridge",
             "where": [["ports", "includes", uuid(&p.port)]],
             "mutations": [["ports", "delete", uuid(&p.port)]]}));
         if let Some(q) = &p.qos {
-            let rows = db
-                .select("QoS", json!([["_uuid", "==", uuid(q)]]), &["queues"])
-                .map_err(io)?;
+            let rows = db.select("QoS", json!([["_uuid", "==", uuid(q)]]), &["queues"])?;
             for r in rows {
                 ops.extend(delete_queues(&r));
             }
@@ -310,7 +277,7 @@ pub fn remove(db: &mut Client, ports: &[Found]) -> Result<(), CniError> {
         }
     }
     ops.push(json!({"op": "mutate", "table": "Open_vSwitch", "where": [], "mutations": [["next_cfg", "+=", 1]]}));
-    db.transact(ops).map_err(io)?;
+    db.transact(ops)?;
     Ok(())
 }
 

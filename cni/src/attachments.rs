@@ -9,7 +9,7 @@
 //! directory's `.lock` while they work, GC an exclusive one: GC never
 //! collects an attachment whose ADD is in progress.
 
-use crate::error::{CniError, Code};
+use crate::error::{Code, Failure};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::Write;
@@ -89,8 +89,28 @@ fn safe(s: &str) -> String {
     format!("~{h:016x}")
 }
 
-fn io(what: String) -> impl Fn(std::io::Error) -> CniError {
-    move |e| CniError::new(Code::Io, format!("{what}: {e}"))
+/// The attachment records could not be opened, locked or written (code 5).
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct LedgerError {
+    /// What was being done, naming the file.
+    pub what: String,
+    /// The OS's words.
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl Failure for LedgerError {
+    fn code(&self) -> Code {
+        Code::Io
+    }
+}
+
+fn io(what: String) -> impl Fn(std::io::Error) -> LedgerError {
+    move |source| LedgerError {
+        what: what.clone(),
+        source,
+    }
 }
 
 impl Ledger {
@@ -101,7 +121,7 @@ impl Ledger {
         plugin: &str,
         network: &str,
         access: Access,
-    ) -> Result<Ledger, CniError> {
+    ) -> Result<Ledger, LedgerError> {
         let dir = state_dir.join(safe(plugin)).join(safe(network));
         std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
         let lock_path = dir.join(".lock");
@@ -130,10 +150,11 @@ impl Ledger {
     }
 
     /// Records `a`, durably.
-    pub fn record(&self, a: &Attachment) -> Result<(), CniError> {
+    pub fn record(&self, a: &Attachment) -> Result<(), LedgerError> {
         let path = self.path(&a.container_id, &a.ifname);
         let tmp = path.with_extension("tmp");
-        let body = serde_json::to_vec(a).map_err(|e| CniError::new(Code::Io, e.to_string()))?;
+        let body = serde_json::to_vec(a)
+            .map_err(|e| io(format!("encode {}", path.display()))(e.into()))?;
         let write = || -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
             f.write_all(&body)?;

@@ -4,11 +4,12 @@
 //! `runtimeConfig.bandwidth`), `ipam.type` and `dns`. Errors name the key.
 
 use crate::env::Env;
+use crate::ipam::IpamError;
 use crate::ipcfg::Cidr;
 use crate::link::parse_mac;
-use crate::types::{CniResult, IpConfig, NetConf};
-use crate::{CniError, Code};
-use serde_json::{Map, Value};
+use crate::types::{keys, non_empty, CniResult, ConfError, IpConfig, NetConf};
+use serde::Deserialize;
+use serde_json::Value;
 
 /// What the shared keys say.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,50 +27,41 @@ pub struct Common {
     pub dns: Option<Value>,
 }
 
-/// An invalid-configuration error (code 7) with `msg`, which names the key.
-pub fn invalid(msg: String) -> CniError {
-    CniError::new(Code::InvalidConfig, msg)
+/// The shared keys at the top level of the configuration.
+#[derive(Deserialize)]
+struct SharedKeys {
+    mac: Option<String>,
+    bandwidth: Option<Value>,
+    dns: Option<Value>,
 }
 
-/// The configuration's top-level object.
-pub fn object(conf: &NetConf) -> Result<&Map<String, Value>, CniError> {
-    conf.raw
-        .as_object()
-        .ok_or_else(|| invalid("the configuration is not an object".into()))
+/// The capabilities Berth reads from `runtimeConfig`.
+#[derive(Deserialize)]
+struct RuntimeKeys {
+    mac: Option<String>,
+    ips: Option<Vec<String>>,
+    bandwidth: Option<Value>,
 }
 
-/// A string key: absent, null or empty is `None`; another type is an error.
-pub fn opt_str<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, CniError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(invalid(format!("{key} must be a string"))),
-    }
+/// `ipam`'s `type`.
+#[derive(Deserialize)]
+struct IpamKeys {
+    #[serde(rename = "type")]
+    plugin_type: Option<String>,
 }
 
-/// A positive integer key (0 or absent is `None`).
-pub fn opt_u32(obj: &Map<String, Value>, key: &str) -> Result<Option<u32>, CniError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => match v.as_i64() {
-            Some(0) => Ok(None),
-            Some(n) if n > 0 && n <= i64::from(u32::MAX) => Ok(Some(n as u32)),
-            _ => Err(invalid(format!("{key} {v} must be a positive integer"))),
-        },
-    }
-}
-
-fn mac(s: &str, key: &str) -> Result<[u8; 6], CniError> {
+fn mac(s: &str, key: &str) -> Result<[u8; 6], ConfError> {
     let m = parse_mac(s).ok_or_else(|| {
-        invalid(format!(
-            "{key} {s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"
-        ))
+        ConfError::invalid(
+            key,
+            format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"),
+        )
     })?;
     if m[0] & 1 == 1 {
-        return Err(invalid(format!(
-            "{key} {s:?} is a multicast address; a link needs a unicast one"
-        )));
+        return Err(ConfError::invalid(
+            key,
+            format!("{s:?} is a multicast address; a link needs a unicast one"),
+        ));
     }
     Ok(m)
 }
@@ -79,17 +71,16 @@ impl Common {
     /// the IPAM plugin's (ADD, with its routes) when there is IPAM, else the
     /// static IPs. An IPAM result without addresses is an error. Arm the
     /// rollback's IPAM DEL before calling: a lease may exist on failure.
-    pub fn addresses(&self, env: &Env, conf: &NetConf, ours: usize) -> Result<CniResult, CniError> {
+    pub fn addresses(
+        &self,
+        env: &Env,
+        conf: &NetConf,
+        ours: usize,
+    ) -> Result<CniResult, IpamError> {
         let mut result = CniResult::default();
         match &self.ipam_type {
             Some(t) => {
                 let r = crate::ipam::add(t, env, &conf.bytes())?;
-                if r.ips.is_empty() {
-                    return Err(CniError::new(
-                        Code::Plugin(100),
-                        format!("IPAM plugin {t} returned no IP configuration"),
-                    ));
-                }
                 result.ips = r.ips;
                 result.routes = r.routes;
             }
@@ -112,35 +103,29 @@ impl Common {
     }
 
     /// Reads the shared keys of `conf` and `env`'s `CNI_ARGS`.
-    pub fn parse(conf: &NetConf, env: &Env) -> Result<Common, CniError> {
-        let obj = object(conf)?;
-        let mut mac_v = opt_str(obj, "mac")?.map(|s| mac(s, "mac")).transpose()?;
+    pub fn parse(conf: &NetConf, env: &Env) -> Result<Common, ConfError> {
+        let shared: SharedKeys = conf.keys()?;
+        let rt: RuntimeKeys = keys(&Value::Object(conf.runtime_config.clone()), "runtimeConfig")?;
+        let mut mac_v = non_empty(shared.mac).map(|s| mac(&s, "mac")).transpose()?;
         if let Some(m) = env.args.get("MAC").filter(|m| !m.is_empty()) {
             mac_v = Some(mac(m, "CNI_ARGS MAC")?);
         }
-        if let Some(m) = opt_str(&conf.runtime_config, "mac")? {
-            mac_v = Some(mac(m, "runtimeConfig.mac")?);
+        if let Some(m) = non_empty(rt.mac) {
+            mac_v = Some(mac(&m, "runtimeConfig.mac")?);
         }
         let ipam_type = match &conf.ipam {
-            Some(i) => match i.get("type") {
-                Some(Value::String(t)) if !t.is_empty() => Some(t.clone()),
-                _ => return Err(invalid("ipam.type must be a non-empty string".into())),
-            },
+            Some(i) => {
+                let k: IpamKeys = keys(i, "ipam")?;
+                Some(non_empty(k.plugin_type).ok_or(ConfError::Missing("ipam.type".into()))?)
+            }
             None => None,
         };
-        let mut requested: Vec<(String, &'static str)> = Vec::new();
-        match conf.runtime_config.get("ips") {
-            None | Some(Value::Null) => {}
-            Some(Value::Array(a)) => {
-                for ip in a {
-                    let s = ip
-                        .as_str()
-                        .ok_or_else(|| invalid("runtimeConfig.ips must be strings".into()))?;
-                    requested.push((s.to_string(), "runtimeConfig.ips"));
-                }
-            }
-            Some(_) => return Err(invalid("runtimeConfig.ips must be an array".into())),
-        }
+        let mut requested: Vec<(String, &'static str)> = rt
+            .ips
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| (s, "runtimeConfig.ips"))
+            .collect();
         if let Some(ips) = env.args.get("IP").filter(|s| !s.is_empty()) {
             requested.extend(
                 ips.split(',')
@@ -153,31 +138,34 @@ impl Common {
                 Some(c) => static_ips.push(c),
                 None if ipam_type.is_some() && s.parse::<std::net::IpAddr>().is_ok() => {}
                 None if ipam_type.is_some() => {
-                    return Err(invalid(format!("{key} {s:?} is not an IP address")))
+                    return Err(ConfError::invalid(
+                        *key,
+                        format!("{s:?} is not an IP address"),
+                    ))
                 }
                 None => {
-                    return Err(invalid(format!(
-                        "{key} {s:?} needs a prefix length (e.g. 10.1.2.3/24) when there is no ipam"
-                    )))
+                    return Err(ConfError::invalid(
+                        *key,
+                        format!(
+                            "{s:?} needs a prefix length (e.g. 10.1.2.3/24) when there is no ipam"
+                        ),
+                    ))
                 }
             }
         }
         if ipam_type.is_some() {
             static_ips.clear();
         }
-        let bandwidth = match conf.runtime_config.get("bandwidth") {
-            Some(v) if !v.is_null() => Some((v.clone(), "runtimeConfig.bandwidth")),
-            _ => obj
-                .get("bandwidth")
-                .filter(|v| !v.is_null())
-                .map(|v| (v.clone(), "bandwidth")),
+        let bandwidth = match rt.bandwidth {
+            Some(v) => Some((v, "runtimeConfig.bandwidth")),
+            None => shared.bandwidth.map(|v| (v, "bandwidth")),
         };
         Ok(Common {
             mac: mac_v,
             ipam_type,
             static_ips,
             bandwidth,
-            dns: obj.get("dns").filter(|v| !v.is_null()).cloned(),
+            dns: shared.dns,
         })
     }
 }

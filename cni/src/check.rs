@@ -1,27 +1,36 @@
 //! CHECK helpers shared by the plugins: finding the interface in
 //! `prevResult`, and comparing the container's link with it.
 
+use crate::error::LinkError;
 use crate::ipcfg::{self, Cidr};
 use crate::link::Link;
 use crate::netlink::Netlink;
-use crate::types::CniResult;
-use crate::{CniError, Code};
+use crate::types::{CniResult, ConfError, NetConf, ResultError};
 
 /// A CHECK difference (plugin code 101).
-pub fn mismatch(msg: String) -> CniError {
-    CniError::new(Code::Plugin(101), msg)
+pub fn mismatch(msg: String) -> LinkError {
+    LinkError::Mismatch(msg)
+}
+
+/// CHECK's `prevResult`, which it needs.
+pub fn prev_result(conf: &NetConf) -> Result<CniResult, crate::Error> {
+    let prev = conf
+        .prev_result
+        .as_ref()
+        .ok_or_else(|| ConfError::Missing("prevResult".into()))?;
+    Ok(CniResult::from_json(prev)?)
 }
 
 /// The index and MAC of `ifname` (a container-side interface) in `prev`.
-pub fn prev_interface(prev: &CniResult, ifname: &str) -> Result<(usize, String), CniError> {
+pub fn prev_interface(prev: &CniResult, ifname: &str) -> Result<(usize, String), ConfError> {
     prev.interfaces
         .iter()
         .position(|i| i.name == ifname && i.sandbox.is_some())
         .map(|i| (i, prev.interfaces[i].mac.clone()))
         .ok_or_else(|| {
-            CniError::new(
-                Code::InvalidConfig,
-                format!("prevResult has no interface {ifname} in a sandbox"),
+            ConfError::invalid(
+                "prevResult",
+                format!("has no interface {ifname} in a sandbox"),
             )
         })
 }
@@ -37,7 +46,7 @@ pub fn link_matches(
     prev: &CniResult,
     ours: usize,
     routes: bool,
-) -> Result<(), CniError> {
+) -> Result<(), LinkError> {
     let ifname = &l.name;
     if !want_mac.is_empty() && !l.mac_string().eq_ignore_ascii_case(want_mac) {
         return Err(mismatch(format!(
@@ -59,11 +68,9 @@ pub fn link_matches(
         .iter()
         .filter(|i| i.interface.is_none_or(|i| i == ours))
     {
-        let want = Cidr::parse(&ip.address).ok_or_else(|| {
-            CniError::new(
-                Code::Decode,
-                format!("prevResult address {:?} is not a CIDR", ip.address),
-            )
+        let want = Cidr::parse(&ip.address).ok_or_else(|| ResultError::NotCidr {
+            what: "prevResult address",
+            value: ip.address.clone(),
         })?;
         if !have.contains(&want) {
             return Err(mismatch(format!("{ifname} lacks address {want}")));

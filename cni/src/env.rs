@@ -1,8 +1,37 @@
 //! The `CNI_*` environment a runtime passes, checked per command.
 
-use crate::error::{CniError, Code};
+use crate::error::{Code, Failure};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// A `CNI_*` variable that is missing or wrong (code 4).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvError {
+    /// A variable this command needs is unset or empty.
+    #[error("{0} is required")]
+    Missing(&'static str),
+    /// `CNI_COMMAND` names no verb.
+    #[error("CNI_COMMAND {0:?} is not a CNI command")]
+    UnknownCommand(String),
+    /// `CNI_IFNAME` is no interface name.
+    #[error("CNI_IFNAME {0:?} is not a valid interface name")]
+    BadIfname(String),
+    /// A `CNI_ARGS` pair without `=`.
+    #[error("CNI_ARGS: {0:?} is not KEY=VALUE")]
+    ArgNotPair(String),
+    /// A `CNI_ARGS` pair with an empty key.
+    #[error("CNI_ARGS: {0:?} has an empty key")]
+    ArgEmptyKey(String),
+    /// `CNI_IFNAME` is taken in the container's netns.
+    #[error("CNI_IFNAME {0} already exists in the container's netns")]
+    IfnameTaken(String),
+}
+
+impl Failure for EnvError {
+    fn code(&self) -> Code {
+        Code::InvalidEnv
+    }
+}
 
 /// A CNI verb.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,20 +95,14 @@ pub struct Env {
 }
 
 /// Parses `CNI_ARGS` (`K1=V1;K2=V2`); a pair without `=` is an error.
-pub fn parse_args(s: &str) -> Result<BTreeMap<String, String>, CniError> {
+pub fn parse_args(s: &str) -> Result<BTreeMap<String, String>, EnvError> {
     let mut out = BTreeMap::new();
     for pair in s.split(';').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').ok_or_else(|| {
-            CniError::new(
-                Code::InvalidEnv,
-                format!("CNI_ARGS: {pair:?} is not KEY=VALUE"),
-            )
-        })?;
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| EnvError::ArgNotPair(pair.to_string()))?;
         if k.is_empty() {
-            return Err(CniError::new(
-                Code::InvalidEnv,
-                format!("CNI_ARGS: {pair:?} has an empty key"),
-            ));
+            return Err(EnvError::ArgEmptyKey(pair.to_string()));
         }
         out.insert(k.to_string(), v.to_string());
     }
@@ -99,19 +122,14 @@ pub fn valid_ifname(name: &str) -> bool {
 
 impl Env {
     /// Reads and checks the environment through `get` (`std::env::var` in plugins).
-    pub fn from_fn(get: impl Fn(&str) -> Option<String>) -> Result<Env, CniError> {
-        let missing = |v: &str| CniError::new(Code::InvalidEnv, format!("{v} is required"));
+    pub fn from_fn(get: impl Fn(&str) -> Option<String>) -> Result<Env, EnvError> {
         let command_s = get("CNI_COMMAND")
             .filter(|s| !s.is_empty())
-            .ok_or_else(|| missing("CNI_COMMAND"))?;
-        let command = Command::parse(&command_s).ok_or_else(|| {
-            CniError::new(
-                Code::InvalidEnv,
-                format!("CNI_COMMAND {command_s:?} is not a CNI command"),
-            )
-        })?;
-        let need = |v: &str| -> Result<String, CniError> {
-            get(v).filter(|s| !s.is_empty()).ok_or_else(|| missing(v))
+            .ok_or(EnvError::Missing("CNI_COMMAND"))?;
+        let command = Command::parse(&command_s)
+            .ok_or_else(|| EnvError::UnknownCommand(command_s.clone()))?;
+        let need = |v: &'static str| -> Result<String, EnvError> {
+            get(v).filter(|s| !s.is_empty()).ok_or(EnvError::Missing(v))
         };
         let opt = |v: &str| get(v).filter(|s| !s.is_empty());
         let (container_id, netns, ifname) = match command {
@@ -133,10 +151,7 @@ impl Env {
         };
         if matches!(command, Command::Add | Command::Del | Command::Check) && !valid_ifname(&ifname)
         {
-            return Err(CniError::new(
-                Code::InvalidEnv,
-                format!("CNI_IFNAME {ifname:?} is not a valid interface name"),
-            ));
+            return Err(EnvError::BadIfname(ifname));
         }
         let path_s = match command {
             Command::Version => opt("CNI_PATH").unwrap_or_default(),
@@ -155,8 +170,13 @@ impl Env {
     }
 
     /// Reads the process environment.
-    pub fn from_process() -> Result<Env, CniError> {
+    pub fn from_process() -> Result<Env, EnvError> {
         Env::from_fn(|k| std::env::var(k).ok())
+    }
+
+    /// `CNI_NETNS`, for the verbs that need it.
+    pub fn netns(&self) -> Result<&Path, EnvError> {
+        self.netns.as_deref().ok_or(EnvError::Missing("CNI_NETNS"))
     }
 }
 
@@ -164,7 +184,7 @@ impl Env {
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> Result<Env, CniError> {
+    fn env(pairs: &[(&str, &str)]) -> Result<Env, EnvError> {
         let m: BTreeMap<String, String> = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -191,7 +211,7 @@ mod tests {
             .collect();
         let err = env(&no_netns).unwrap_err();
         assert_eq!(
-            (err.code, err.msg.as_str()),
+            (err.code(), err.to_string().as_str()),
             (Code::InvalidEnv, "CNI_NETNS is required")
         );
         let del: Vec<_> = no_netns
@@ -207,7 +227,7 @@ mod tests {
         assert_eq!(env(&del).unwrap().netns, None);
         assert!(env(&[("CNI_COMMAND", "VERSION")]).is_ok());
         assert_eq!(
-            env(&[("CNI_COMMAND", "FROB")]).unwrap_err().code,
+            env(&[("CNI_COMMAND", "FROB")]).unwrap_err().code(),
             Code::InvalidEnv
         );
     }

@@ -1,4 +1,9 @@
 //! CNI error results: `{"cniVersion", "code", "msg", "details"}` on stdout.
+//!
+//! Inside, each concern has its own error enum ([`crate::env::EnvError`],
+//! [`crate::types::ConfError`], [`crate::ipam::IpamError`], ...), and each
+//! says through [`Failure`] which code it is answered with. Only the skel
+//! turns one into the wire type [`CniError`], as Go's `skel` does.
 
 use serde::Serialize;
 
@@ -75,6 +80,32 @@ pub struct CniError {
     pub details: Option<String>,
 }
 
+/// An error a plugin can answer with: the CNI code of each case, and what
+/// goes in `msg` (its `Display`, unless said otherwise) and `details`.
+pub trait Failure: std::error::Error {
+    /// The code it is answered with.
+    fn code(&self) -> Code;
+    /// `msg`: short, naming the offending key or condition.
+    fn message(&self) -> String {
+        self.to_string()
+    }
+    /// `details`, if any (e.g. the kernel's or a delegate's own words).
+    fn details(&self) -> Option<String> {
+        None
+    }
+}
+
+impl<F: Failure + ?Sized> From<&F> for CniError {
+    /// The wire form of `e`.
+    fn from(e: &F) -> CniError {
+        CniError {
+            code: e.code(),
+            msg: e.message(),
+            details: e.details(),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Wire<'a> {
     #[serde(rename = "cniVersion")]
@@ -111,6 +142,136 @@ impl CniError {
         })
         .unwrap_or_else(|_| format!("{{\"code\":{},\"msg\":\"error\"}}", self.code.number()))
     }
+}
+
+/// Changing or checking links, addresses, routes and qdiscs in a netns.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The kernel refused (code 5).
+    #[error(transparent)]
+    Netlink(#[from] crate::netlink::NetlinkError),
+    /// The result to configure does not decode (code 6).
+    #[error(transparent)]
+    Result(#[from] crate::types::ResultError),
+    /// CHECK found it other than the result or config says (code 101).
+    #[error("{0}")]
+    Mismatch(String),
+    /// A link this operation made or found a moment ago is gone (code 5).
+    #[error("{0} vanished")]
+    Vanished(String),
+}
+
+impl Failure for LinkError {
+    fn code(&self) -> Code {
+        match self {
+            LinkError::Netlink(e) => e.code(),
+            LinkError::Result(e) => e.code(),
+            LinkError::Mismatch(_) => Code::Plugin(101),
+            LinkError::Vanished(_) => Code::Io,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            LinkError::Netlink(e) => e.message(),
+            e => e.to_string(),
+        }
+    }
+
+    fn details(&self) -> Option<String> {
+        match self {
+            LinkError::Netlink(e) => e.details(),
+            LinkError::Result(e) => e.details(),
+            _ => None,
+        }
+    }
+}
+
+/// Any of this library's errors: what a plugin's own error enum wraps as
+/// one variant (see [`crate::wraps_cni_errors`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The `CNI_*` environment.
+    #[error(transparent)]
+    Env(#[from] crate::env::EnvError),
+    /// The network configuration.
+    #[error(transparent)]
+    Conf(#[from] crate::types::ConfError),
+    /// A result (an IPAM plugin's, `prevResult`).
+    #[error(transparent)]
+    Result(#[from] crate::types::ResultError),
+    /// The IPAM plugin.
+    #[error(transparent)]
+    Ipam(#[from] crate::ipam::IpamError),
+    /// Entering the netns.
+    #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
+    /// One netlink request.
+    #[error(transparent)]
+    Netlink(#[from] crate::netlink::NetlinkError),
+    /// Links, addresses, routes and qdiscs.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// The attachment records.
+    #[error(transparent)]
+    Ledger(#[from] crate::attachments::LedgerError),
+}
+
+impl Error {
+    fn inner(&self) -> &dyn Failure {
+        match self {
+            Error::Env(e) => e,
+            Error::Conf(e) => e,
+            Error::Result(e) => e,
+            Error::Ipam(e) => e,
+            Error::Netns(e) => e,
+            Error::Netlink(e) => e,
+            Error::Link(e) => e,
+            Error::Ledger(e) => e,
+        }
+    }
+}
+
+impl Failure for Error {
+    fn code(&self) -> Code {
+        self.inner().code()
+    }
+
+    fn message(&self) -> String {
+        self.inner().message()
+    }
+
+    fn details(&self) -> Option<String> {
+        self.inner().details()
+    }
+}
+
+/// For a plugin's error enum `$t` with a variant `Cni(#[from]
+/// berth_cni::Error)`: `From` for each error type [`Error`] wraps, so `?`
+/// takes any of them.
+#[macro_export]
+macro_rules! wraps_cni_errors {
+    ($t:ty) => {
+        $crate::wraps_cni_errors!(@each $t:
+            $crate::env::EnvError,
+            $crate::types::ConfError,
+            $crate::types::ResultError,
+            $crate::ipam::IpamError,
+            $crate::netns::NetnsError,
+            $crate::netlink::NetlinkError,
+            $crate::error::LinkError,
+            $crate::attachments::LedgerError
+        );
+    };
+    (@each $t:ty: $($e:ty),*) => {
+        $(
+            impl From<$e> for $t {
+                fn from(e: $e) -> Self {
+                    Self::Cni($crate::Error::from(e))
+                }
+            }
+        )*
+    };
 }
 
 #[cfg(test)]

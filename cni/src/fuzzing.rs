@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Value};
 
-fn answer(plugin: &dyn Plugin, verb: &str, args: &str, stdin: &[u8]) -> (String, i32) {
+fn answer<P: Plugin>(plugin: &P, verb: &str, args: &str, stdin: &[u8]) -> (String, i32) {
     let env = |k: &str| -> Option<String> {
         Some(
             match k {
@@ -57,7 +57,7 @@ fn value() -> impl Strategy<Value = Value> {
 
 /// Throws random stdin bytes, and random configs built from `keys`, at
 /// every verb of `plugin` named `plugin_type`.
-pub fn never_panics(plugin: &dyn Plugin, plugin_type: &str, keys: &'static [&'static str]) {
+pub fn never_panics<P: Plugin>(plugin: &P, plugin_type: &str, keys: &'static [&'static str]) {
     let verbs = vec!["ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION"];
     let mut runner = TestRunner::new(Config::with_cases(400));
     runner

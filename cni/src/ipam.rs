@@ -4,36 +4,100 @@
 //! passed on with its code.
 
 use crate::env::{Command as Verb, Env};
-use crate::error::{CniError, Code};
-use crate::types::CniResult;
+use crate::error::{Code, Failure};
+use crate::types::{CniResult, ResultError};
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// Delegating to the IPAM plugin failed, or the plugin itself did.
+#[derive(Debug, thiserror::Error)]
+pub enum IpamError {
+    /// `ipam.type` is not a file name (code 7).
+    #[error("ipam.type {0:?} is not a plugin name")]
+    BadName(String),
+    /// No such plugin on `CNI_PATH` (code 7).
+    #[error("ipam.type {name:?}: no such plugin in CNI_PATH")]
+    NotFound {
+        /// `ipam.type`.
+        name: String,
+        /// The directories searched, joined by `:`.
+        searched: String,
+    },
+    /// The plugin could not be started or waited for (code 5).
+    #[error("cannot run IPAM plugin {}", plugin.display())]
+    Run {
+        /// Its path.
+        plugin: PathBuf,
+        /// The OS's words.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The plugin answered with an error: passed on with its code.
+    #[error("IPAM plugin {name}: {msg}")]
+    Failed {
+        /// Its file name.
+        name: String,
+        /// Its code.
+        code: Code,
+        /// Its `msg`.
+        msg: String,
+        /// What it wrote to stderr.
+        stderr: String,
+    },
+    /// It printed something that is not JSON (code 6).
+    #[error("IPAM plugin {} printed something that is not JSON", .0.display())]
+    NotJson(PathBuf),
+    /// ADD printed nothing (code 6).
+    #[error("IPAM plugin {0} returned no result")]
+    NoResult(String),
+    /// ADD's result has no addresses (code 100).
+    #[error("IPAM plugin {0} returned no IP configuration")]
+    NoAddresses(String),
+    /// ADD's result does not decode (code 6).
+    #[error(transparent)]
+    Result(#[from] ResultError),
+}
+
+impl Failure for IpamError {
+    fn code(&self) -> Code {
+        match self {
+            IpamError::BadName(_) | IpamError::NotFound { .. } => Code::InvalidConfig,
+            IpamError::Run { .. } => Code::Io,
+            IpamError::Failed { code, .. } => *code,
+            IpamError::NotJson(_) | IpamError::NoResult(_) => Code::Decode,
+            IpamError::NoAddresses(_) => Code::Plugin(100),
+            IpamError::Result(e) => e.code(),
+        }
+    }
+
+    fn details(&self) -> Option<String> {
+        match self {
+            IpamError::NotFound { searched, .. } => Some(format!("searched {searched}")),
+            IpamError::Run { source, .. } => Some(source.to_string()),
+            IpamError::Failed { stderr, .. } => Some(stderr.clone()),
+            IpamError::Result(e) => e.details(),
+            _ => None,
+        }
+    }
+}
+
 /// Finds plugin `name` in the `CNI_PATH` directories.
-pub fn find_plugin(name: &str, path: &[PathBuf]) -> Result<PathBuf, CniError> {
+pub fn find_plugin(name: &str, path: &[PathBuf]) -> Result<PathBuf, IpamError> {
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-        return Err(CniError::new(
-            Code::InvalidConfig,
-            format!("ipam.type {name:?} is not a plugin name"),
-        ));
+        return Err(IpamError::BadName(name.into()));
     }
     path.iter()
         .map(|d| d.join(name))
         .find(|p| p.is_file())
-        .ok_or_else(|| {
-            CniError::new(
-                Code::InvalidConfig,
-                format!("ipam.type {name:?}: no such plugin in CNI_PATH"),
-            )
-            .with_details(format!(
-                "searched {}",
-                path.iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(":")
-            ))
+        .ok_or_else(|| IpamError::NotFound {
+            name: name.into(),
+            searched: path
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":"),
         })
 }
 
@@ -44,7 +108,7 @@ pub fn exec(
     verb: Verb,
     env: &Env,
     config: &[u8],
-) -> Result<Option<Value>, CniError> {
+) -> Result<Option<Value>, IpamError> {
     let path = std::env::join_paths(&env.path).unwrap_or_default();
     let args: Vec<String> = env.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let mut cmd = Command::new(plugin);
@@ -60,19 +124,16 @@ pub fn exec(
         Some(n) => cmd.env("CNI_NETNS", n),
         None => cmd.env_remove("CNI_NETNS"),
     };
-    let mut child = cmd.spawn().map_err(|e| {
-        CniError::new(
-            Code::Io,
-            format!("cannot run IPAM plugin {}", plugin.display()),
-        )
-        .with_details(e.to_string())
+    let mut child = cmd.spawn().map_err(|source| IpamError::Run {
+        plugin: plugin.into(),
+        source,
     })?;
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(config);
     }
-    let out = child.wait_with_output().map_err(|e| {
-        CniError::new(Code::Io, format!("IPAM plugin {} failed", plugin.display()))
-            .with_details(e.to_string())
+    let out = child.wait_with_output().map_err(|source| IpamError::Run {
+        plugin: plugin.into(),
+        source,
     })?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let json: Option<Value> = if stdout.trim().is_empty() {
@@ -93,28 +154,24 @@ pub fn exec(
             .and_then(Value::as_str)
             .unwrap_or("failed")
             .to_string();
-        let code = Code::from_number(code);
-        let name = plugin
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        return Err(CniError::new(code, format!("IPAM plugin {name}: {msg}"))
-            .with_details(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        return Err(IpamError::Failed {
+            name: plugin
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            code: Code::from_number(code),
+            msg,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     if json.is_none() && !stdout.trim().is_empty() {
-        return Err(CniError::new(
-            Code::Decode,
-            format!(
-                "IPAM plugin {} printed something that is not JSON",
-                plugin.display()
-            ),
-        ));
+        return Err(IpamError::NotJson(plugin.into()));
     }
     Ok(json)
 }
 
 /// The spec versions `plugin` reports through VERSION.
-pub fn supported_versions(plugin: &Path, env: &Env) -> Result<Vec<String>, CniError> {
+pub fn supported_versions(plugin: &Path, env: &Env) -> Result<Vec<String>, IpamError> {
     let v = exec(plugin, Verb::Version, env, br#"{"cniVersion":"0.4.0"}"#)?.unwrap_or_default();
     Ok(v.get("supportedVersions")
         .and_then(Value::as_array)
@@ -145,9 +202,9 @@ pub fn exec_negotiated(
     verb: Verb,
     env: &Env,
     config: &[u8],
-) -> Result<Option<Value>, CniError> {
+) -> Result<Option<Value>, IpamError> {
     match exec(plugin, verb, env, config) {
-        Err(e) if e.code == Code::IncompatibleVersion => {
+        Err(e) if e.code() == Code::IncompatibleVersion => {
             let Ok(Value::Object(mut conf)) = serde_json::from_slice::<Value>(config) else {
                 return Err(e);
             };
@@ -174,20 +231,22 @@ pub fn exec_negotiated(
     }
 }
 
-/// ADD through the configured IPAM plugin; its result, read in any version.
-pub fn add(ipam_type: &str, env: &Env, config: &[u8]) -> Result<CniResult, CniError> {
+/// ADD through the configured IPAM plugin; its result, read in any
+/// version. A result without addresses is an error. Arm the caller's
+/// rollback DEL before calling: a lease may exist on failure.
+pub fn add(ipam_type: &str, env: &Env, config: &[u8]) -> Result<CniResult, IpamError> {
     let plugin = find_plugin(ipam_type, &env.path)?;
-    let v = exec_negotiated(&plugin, Verb::Add, env, config)?.ok_or_else(|| {
-        CniError::new(
-            Code::Decode,
-            format!("IPAM plugin {ipam_type} returned no result"),
-        )
-    })?;
-    CniResult::from_json(&v)
+    let v = exec_negotiated(&plugin, Verb::Add, env, config)?
+        .ok_or_else(|| IpamError::NoResult(ipam_type.into()))?;
+    let r = CniResult::from_json(&v)?;
+    if r.ips.is_empty() {
+        return Err(IpamError::NoAddresses(ipam_type.into()));
+    }
+    Ok(r)
 }
 
 /// DEL through the configured IPAM plugin (always releases the lease).
-pub fn del(ipam_type: &str, env: &Env, config: &[u8]) -> Result<(), CniError> {
+pub fn del(ipam_type: &str, env: &Env, config: &[u8]) -> Result<(), IpamError> {
     let plugin = find_plugin(ipam_type, &env.path)?;
     exec_negotiated(&plugin, Verb::Del, env, config).map(|_| ())
 }
@@ -199,7 +258,7 @@ pub fn passthrough_11(
     verb: Verb,
     env: &Env,
     config: &[u8],
-) -> Result<bool, CniError> {
+) -> Result<bool, IpamError> {
     let plugin = find_plugin(ipam_type, &env.path)?;
     if !supported_versions(&plugin, env)?
         .iter()

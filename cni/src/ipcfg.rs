@@ -2,9 +2,9 @@
 //! a CNI result (what Go's `ipam.ConfigureIface` does, in two steps so the
 //! addresses can be in place before the link comes up).
 
-use crate::error::{CniError, Code};
+use crate::error::LinkError;
 use crate::netlink::{Netlink, NetlinkError};
-use crate::types::CniResult;
+use crate::types::{CniResult, ResultError};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::route::{
@@ -233,17 +233,15 @@ pub fn add_addresses(
     index: u32,
     ifindex_in_result: usize,
     result: &CniResult,
-) -> Result<(), CniError> {
+) -> Result<(), LinkError> {
     for ip in result
         .ips
         .iter()
         .filter(|ip| ip.interface.is_none_or(|i| i == ifindex_in_result))
     {
-        let cidr = Cidr::parse(&ip.address).ok_or_else(|| {
-            CniError::new(
-                Code::Decode,
-                format!("IPAM result address {:?} is not a CIDR", ip.address),
-            )
+        let cidr = Cidr::parse(&ip.address).ok_or_else(|| ResultError::NotCidr {
+            what: "IPAM result address",
+            value: ip.address.clone(),
         })?;
         add_address(nl, index, cidr)?;
     }
@@ -258,7 +256,7 @@ pub fn add_routes(
     index: u32,
     ifindex_in_result: usize,
     result: &CniResult,
-) -> Result<(), CniError> {
+) -> Result<(), LinkError> {
     let gateways: Vec<IpAddr> = result
         .ips
         .iter()
@@ -266,19 +264,15 @@ pub fn add_routes(
         .filter_map(|ip| ip.gateway.as_deref().and_then(|g| g.parse().ok()))
         .collect();
     for r in &result.routes {
-        let dst = Cidr::parse(&r.dst).ok_or_else(|| {
-            CniError::new(
-                Code::Decode,
-                format!("IPAM result route {:?} is not a CIDR", r.dst),
-            )
+        let dst = Cidr::parse(&r.dst).ok_or_else(|| ResultError::NotCidr {
+            what: "IPAM result route",
+            value: r.dst.clone(),
         })?;
         let gw: Option<IpAddr> = match r.gw.as_deref() {
-            Some(g) => Some(g.parse().map_err(|_| {
-                CniError::new(
-                    Code::Decode,
-                    format!("IPAM result route gateway {g:?} is not an address"),
-                )
-            })?),
+            Some(g) => Some(
+                g.parse()
+                    .map_err(|_| ResultError::BadGateway(g.to_string()))?,
+            ),
             None => gateways
                 .iter()
                 .copied()

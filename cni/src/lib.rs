@@ -32,7 +32,7 @@ pub mod skel;
 pub mod tc;
 pub mod types;
 
-pub use error::{CniError, Code};
+pub use error::{CniError, Code, Error, Failure};
 
 /// Every spec version these types read and write.
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];

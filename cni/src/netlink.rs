@@ -43,10 +43,19 @@ impl NetlinkError {
     }
 }
 
-impl From<NetlinkError> for crate::CniError {
-    /// An I/O failure (code 5) naming the operation, with the kernel's answer.
-    fn from(e: NetlinkError) -> crate::CniError {
-        crate::CniError::new(crate::Code::Io, e.what.clone()).with_details(e.source.to_string())
+impl crate::error::Failure for NetlinkError {
+    /// An I/O failure (code 5).
+    fn code(&self) -> crate::Code {
+        crate::Code::Io
+    }
+
+    /// The operation; the kernel's answer goes in the details.
+    fn message(&self) -> String {
+        self.what.clone()
+    }
+
+    fn details(&self) -> Option<String> {
+        Some(self.source.to_string())
     }
 }
 

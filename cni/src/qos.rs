@@ -8,10 +8,12 @@
 //!
 //! Rates and bursts are in bits, as in the CNI `bandwidth` capability.
 
-use crate::error::{CniError, Code};
+use crate::error::LinkError;
 use crate::link;
 use crate::netlink::Netlink;
 use crate::tc::{self, Tbf};
+use crate::types::{keys, ConfError};
+use serde::Deserialize;
 use serde_json::Value;
 
 /// Queue latency allowed behind the bucket, as the reference bandwidth
@@ -56,16 +58,14 @@ pub fn default_burst(rate_bits: u64) -> u64 {
     (rate_bits / 100).max(64 * 1024 * 8)
 }
 
-fn field(obj: &serde_json::Map<String, Value>, key: &str, at: &str) -> Result<u64, CniError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(0),
-        Some(v) => v.as_u64().ok_or_else(|| {
-            CniError::new(
-                Code::InvalidConfig,
-                format!("{at}.{key} must be a non-negative integer (bits)"),
-            )
-        }),
-    }
+/// The `bandwidth` capability's keys, in bits (absent or 0: not set).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BandwidthKeys {
+    ingress_rate: Option<u64>,
+    ingress_burst: Option<u64>,
+    egress_rate: Option<u64>,
+    egress_burst: Option<u64>,
 }
 
 impl Bandwidth {
@@ -78,38 +78,35 @@ impl Bandwidth {
     /// `at` (named in errors). A burst without a rate is refused; a rate
     /// without a burst gets [`default_burst`]; a burst that cannot hold one
     /// frame of `mtu` bytes is refused, since tbf would drop every packet.
-    pub fn parse(v: &Value, at: &str, mtu: u32) -> Result<Bandwidth, CniError> {
-        let obj = v
-            .as_object()
-            .ok_or_else(|| CniError::new(Code::InvalidConfig, format!("{at} must be an object")))?;
-        let dir = |name: &str| -> Result<Option<Shape>, CniError> {
-            let rate = field(obj, &format!("{name}Rate"), at)?;
-            let burst = field(obj, &format!("{name}Burst"), at)?;
-            match (rate, burst) {
+    pub fn parse(v: &Value, at: &str, mtu: u32) -> Result<Bandwidth, ConfError> {
+        let k: BandwidthKeys = keys(v, at)?;
+        let dir = |name: &str, rate: Option<u64>, burst: Option<u64>| {
+            let key = |what: &str| format!("{at}.{name}{what}");
+            match (rate.unwrap_or(0), burst.unwrap_or(0)) {
                 (0, 0) => Ok(None),
-                (0, _) => Err(CniError::new(
-                    Code::InvalidConfig,
-                    format!("{at}.{name}Burst is set but {at}.{name}Rate is not"),
+                (0, _) => Err(ConfError::invalid(
+                    key("Burst"),
+                    format!("is set but {} is not", key("Rate")),
                 )),
-                (r, _) if r < 8 => Err(CniError::new(
-                    Code::InvalidConfig,
-                    format!("{at}.{name}Rate {r} is below one byte per second"),
+                (r, _) if r < 8 => Err(ConfError::invalid(
+                    key("Rate"),
+                    format!("{r} is below one byte per second"),
                 )),
                 (r, b) => {
                     let burst = if b == 0 { default_burst(r) } else { b };
                     let frame_bits = (u64::from(mtu) + 14) * 8;
                     if burst < frame_bits {
-                        return Err(CniError::new(
-                            Code::InvalidConfig,
+                        return Err(ConfError::invalid(
+                            key("Burst"),
                             format!(
-                                "{at}.{name}Burst {burst} bits is smaller than one {mtu}-byte frame ({frame_bits} bits): every packet would be dropped"
+                                "{burst} bits is smaller than one {mtu}-byte frame ({frame_bits} bits): every packet would be dropped"
                             ),
                         ));
                     }
                     if burst / 8 > u64::from(u32::MAX) {
-                        return Err(CniError::new(
-                            Code::InvalidConfig,
-                            format!("{at}.{name}Burst {burst} bits is over 4 GiB"),
+                        return Err(ConfError::invalid(
+                            key("Burst"),
+                            format!("{burst} bits is over 4 GiB"),
                         ));
                     }
                     Ok(Some(Shape { rate: r, burst }))
@@ -117,8 +114,8 @@ impl Bandwidth {
             }
         };
         Ok(Bandwidth {
-            ingress: dir("ingress")?,
-            egress: dir("egress")?,
+            ingress: dir("ingress", k.ingress_rate, k.ingress_burst)?,
+            egress: dir("egress", k.egress_rate, k.egress_burst)?,
         })
     }
 }
@@ -147,7 +144,7 @@ pub fn group_of(ifname: &str) -> u32 {
 /// one group delete does it (the kernel then waits for one unregister
 /// instead of two, ~20 ms less here); otherwise they go one by one. Call
 /// inside the netns; links already gone are fine.
-pub fn delete_with_ifb(nl: &mut Netlink, ifname: &str) -> Result<(), CniError> {
+pub fn delete_with_ifb(nl: &mut Netlink, ifname: &str) -> Result<(), LinkError> {
     let ifb = ifb_name(ifname);
     let group = group_of(ifname);
     let members: Vec<String> = link::list(nl)?
@@ -157,7 +154,7 @@ pub fn delete_with_ifb(nl: &mut Netlink, ifname: &str) -> Result<(), CniError> {
         .collect();
     let ours = |n: &String| *n == ifname || *n == ifb;
     if members.iter().any(|n| n == ifname) && members.iter().all(ours) {
-        return link::delete_group(nl, group).map_err(CniError::from);
+        return Ok(link::delete_group(nl, group)?);
     }
     link::delete_by_name(nl, &ifb)?;
     link::delete_by_name(nl, ifname)?;
@@ -165,16 +162,15 @@ pub fn delete_with_ifb(nl: &mut Netlink, ifname: &str) -> Result<(), CniError> {
 }
 
 /// Applies `bw` to link `index` named `ifname`. Call inside its netns.
-pub fn apply(nl: &mut Netlink, index: u32, ifname: &str, bw: &Bandwidth) -> Result<(), CniError> {
+pub fn apply(nl: &mut Netlink, index: u32, ifname: &str, bw: &Bandwidth) -> Result<(), LinkError> {
     if let Some(s) = bw.egress {
         tc::add_root_tbf(nl, index, &s.tbf())?;
     }
     if let Some(s) = bw.ingress {
         let name = ifb_name(ifname);
         link::add_ifb(nl, &name)?;
-        let ifb = link::by_name(nl, &name)?.ok_or_else(|| {
-            CniError::new(Code::Io, format!("ifb {name} vanished after creation"))
-        })?;
+        let ifb =
+            link::by_name(nl, &name)?.ok_or_else(|| LinkError::Vanished(format!("ifb {name}")))?;
         link::set_up(nl, ifb.index)?;
         for i in [index, ifb.index] {
             link::set_group(nl, i, group_of(ifname))?;
@@ -188,7 +184,7 @@ pub fn apply(nl: &mut Netlink, index: u32, ifname: &str, bw: &Bandwidth) -> Resu
 
 /// Removes what [`apply`] made: the ifb and both qdiscs. Things already
 /// gone are fine. Call inside the netns.
-pub fn remove(nl: &mut Netlink, ifname: &str) -> Result<(), CniError> {
+pub fn remove(nl: &mut Netlink, ifname: &str) -> Result<(), LinkError> {
     link::delete_by_name(nl, &ifb_name(ifname))?;
     if let Some(l) = link::by_name(nl, ifname)? {
         tc::delete_qdisc(nl, l.index, tc::ROOT)?;
@@ -197,11 +193,11 @@ pub fn remove(nl: &mut Netlink, ifname: &str) -> Result<(), CniError> {
     Ok(())
 }
 
-fn mismatch(msg: String) -> CniError {
-    CniError::new(Code::Plugin(101), msg)
+fn mismatch(msg: String) -> LinkError {
+    LinkError::Mismatch(msg)
 }
 
-fn check_tbf(nl: &mut Netlink, index: u32, what: &str, want: &Shape) -> Result<(), CniError> {
+fn check_tbf(nl: &mut Netlink, index: u32, what: &str, want: &Shape) -> Result<(), LinkError> {
     let qs = tc::qdiscs(nl, index)?;
     let Some(root) = qs.iter().find(|q| q.parent == tc::ROOT) else {
         return Err(mismatch(format!("{what}: no root qdisc")));
@@ -234,7 +230,7 @@ fn check_tbf(nl: &mut Netlink, index: u32, what: &str, want: &Shape) -> Result<(
 
 /// Verifies that `bw` is in place on link `index` named `ifname` (and that
 /// no shaping is there when `bw` is empty). Call inside the netns.
-pub fn verify(nl: &mut Netlink, index: u32, ifname: &str, bw: &Bandwidth) -> Result<(), CniError> {
+pub fn verify(nl: &mut Netlink, index: u32, ifname: &str, bw: &Bandwidth) -> Result<(), LinkError> {
     match &bw.egress {
         Some(s) => check_tbf(nl, index, &format!("egress shaping on {ifname}"), s)?,
         None => {
@@ -290,6 +286,7 @@ pub fn verify(nl: &mut Netlink, index: u32, ifname: &str, bw: &Bandwidth) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::{Code, Failure};
     use serde_json::json;
 
     #[test]
@@ -315,11 +312,10 @@ mod tests {
             1500,
         )
         .unwrap_err();
-        assert_eq!(e.code, Code::InvalidConfig);
+        assert_eq!(e.code(), Code::InvalidConfig);
         assert!(
-            e.msg.contains("runtimeConfig.bandwidth.egressRate"),
-            "{}",
-            e.msg
+            e.to_string().contains("runtimeConfig.bandwidth.egressRate"),
+            "{e}"
         );
         let e = Bandwidth::parse(
             &json!({"egressRate": 1000000, "egressBurst": 800}),
@@ -327,9 +323,18 @@ mod tests {
             1500,
         )
         .unwrap_err();
-        assert!(e.msg.contains("bandwidth.egressBurst"), "{}", e.msg);
+        assert!(e.to_string().contains("bandwidth.egressBurst"), "{e}");
         let e = Bandwidth::parse(&json!({"ingressRate": "fast"}), "bandwidth", 1500).unwrap_err();
-        assert!(e.msg.contains("bandwidth.ingressRate"), "{}", e.msg);
+        assert!(e.to_string().starts_with("bandwidth.ingressRate: "), "{e}");
+        let e = Bandwidth::parse(&json!({"egressRate": -5}), "runtimeConfig.bandwidth", 1500)
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("runtimeConfig.bandwidth.egressRate: "),
+            "{e}"
+        );
+        let e = Bandwidth::parse(&json!([1]), "bandwidth", 1500).unwrap_err();
+        assert!(e.to_string().starts_with("bandwidth: "), "{e}");
         assert!(Bandwidth::parse(&json!({}), "bandwidth", 1500)
             .unwrap()
             .is_empty());

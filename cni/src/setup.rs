@@ -4,10 +4,11 @@
 //! them; a packet socket of our own would cost an RCU grace period, ~8 ms,
 //! when closed), then the routes, which need the link up.
 
+use crate::error::LinkError;
 use crate::netlink::Netlink;
 use crate::qos::{self, Bandwidth};
 use crate::types::CniResult;
-use crate::{arp, ipcfg, link, CniError};
+use crate::{arp, ipcfg, link};
 
 /// Shapes link `index` (named `ifname`) per `bw`, configures interface
 /// `ours` of `result` on it and brings it up. Call inside the netns.
@@ -18,7 +19,7 @@ pub fn finish(
     ours: usize,
     result: &CniResult,
     bw: &Bandwidth,
-) -> Result<(), CniError> {
+) -> Result<(), LinkError> {
     if !bw.is_empty() {
         qos::apply(nl, index, ifname, bw)?;
     }

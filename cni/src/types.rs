@@ -5,10 +5,126 @@
 //! every IP carries `"version": "4"|"6"`; 1.1.0 adds route attributes (`mtu`,
 //! `advmss`, `priority`, `table`, `scope`), which older versions drop.
 
-use crate::error::{CniError, Code};
+use crate::error::{Code, Failure};
 use crate::SUPPORTED_VERSIONS;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+/// A network configuration that cannot be used: 6 when it does not decode,
+/// 1 for an unsupported `cniVersion`, 7 otherwise. Every message names the
+/// key (`runtimeConfig.bandwidth.egressRate`, `trunk[1].minID`).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfError {
+    /// Not JSON at all.
+    #[error("the network configuration is not valid JSON")]
+    NotJson(#[source] serde_json::Error),
+    /// JSON, but not an object.
+    #[error("the network configuration is not a JSON object")]
+    NotObject,
+    /// A `cniVersion` this library does not speak.
+    #[error("cniVersion {0} is not supported")]
+    Version(String),
+    /// A required key is absent (or empty).
+    #[error("{0} is required")]
+    Missing(String),
+    /// A key of the wrong type or shape.
+    #[error("{key}: {source}")]
+    Type {
+        /// The key's path.
+        key: String,
+        /// What serde expected.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A key whose value is not allowed.
+    #[error("{key} {problem}")]
+    Invalid {
+        /// The key's path.
+        key: String,
+        /// What is wrong with it, starting with the value.
+        problem: String,
+    },
+}
+
+impl ConfError {
+    /// Key `key` has a value that is not allowed: `problem`, which reads
+    /// after the key (`"fast" is not one of ...`).
+    pub fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfError {
+        ConfError::Invalid {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl Failure for ConfError {
+    fn code(&self) -> Code {
+        match self {
+            ConfError::NotJson(_) | ConfError::NotObject => Code::Decode,
+            ConfError::Version(_) => Code::IncompatibleVersion,
+            _ => Code::InvalidConfig,
+        }
+    }
+
+    fn details(&self) -> Option<String> {
+        match self {
+            ConfError::NotJson(e) => Some(e.to_string()),
+            ConfError::Version(_) => Some(format!("supported: {}", SUPPORTED_VERSIONS.join(", "))),
+            _ => None,
+        }
+    }
+}
+
+/// Deserializes `v`, found at key path `at` ("" for the top level), into a
+/// struct of keys; an error names the offending key by its whole path.
+pub fn keys<T: DeserializeOwned>(v: &Value, at: &str) -> Result<T, ConfError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let key = match (at, path.as_str()) {
+            ("", ".") => "the configuration".to_string(),
+            (at, ".") => at.to_string(),
+            ("", p) => p.to_string(),
+            (at, p) => format!("{at}.{p}"),
+        };
+        ConfError::Type {
+            key,
+            source: e.into_inner(),
+        }
+    })
+}
+
+/// A string that may be absent, null or empty (all `None`).
+pub fn non_empty(s: Option<String>) -> Option<String> {
+    s.filter(|s| !s.is_empty())
+}
+
+/// The keys every network configuration has, as the spec defines them.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BaseKeys {
+    cni_version: Option<String>,
+    name: Option<String>,
+    #[serde(rename = "type")]
+    plugin_type: Option<String>,
+    ipam: Option<Map<String, Value>>,
+    prev_result: Option<Value>,
+    runtime_config: Option<Map<String, Value>>,
+}
+
+/// One entry of a GC's `cni.dev/valid-attachments`.
+#[derive(Deserialize)]
+struct ValidAttachment {
+    #[serde(rename = "containerID")]
+    container_id: String,
+    ifname: String,
+}
+
+#[derive(Deserialize)]
+struct GcKeys {
+    #[serde(rename = "cni.dev/valid-attachments", default)]
+    valid: Option<Vec<ValidAttachment>>,
+}
 
 /// The parts of a network configuration every plugin reads; the whole
 /// document stays in `raw` for plugin-specific keys.
@@ -37,22 +153,21 @@ impl NetConf {
     }
 
     /// A GC's `cni.dev/valid-attachments`, as (`containerID`, `ifname`)
-    /// pairs; entries without both are skipped.
-    pub fn valid_attachments(&self) -> Vec<(String, String)> {
-        self.raw
-            .get("cni.dev/valid-attachments")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| {
-                        Some((
-                            v.get("containerID")?.as_str()?.to_string(),
-                            v.get("ifname")?.as_str()?.to_string(),
-                        ))
-                    })
-                    .collect()
-            })
+    /// pairs. A malformed list is an error, never read as "nothing is
+    /// valid".
+    pub fn valid_attachments(&self) -> Result<Vec<(String, String)>, ConfError> {
+        let gc: GcKeys = keys(&self.raw, "")?;
+        Ok(gc
+            .valid
             .unwrap_or_default()
+            .into_iter()
+            .map(|a| (a.container_id, a.ifname))
+            .collect())
+    }
+
+    /// Deserializes the plugin's own keys (see [`keys`]).
+    pub fn keys<T: DeserializeOwned>(&self) -> Result<T, ConfError> {
+        keys(&self.raw, "")
     }
 
     /// The configuration as JSON bytes, as an IPAM plugin is given it.
@@ -63,60 +178,23 @@ impl NetConf {
 
 /// Parses a network configuration from stdin bytes: 6 for JSON that does not
 /// decode, 7 for missing or mistyped keys, 1 for an unsupported `cniVersion`.
-pub fn parse_conf(bytes: &[u8]) -> Result<NetConf, CniError> {
-    let raw: Value = serde_json::from_slice(bytes).map_err(|e| {
-        CniError::new(Code::Decode, "the network configuration is not valid JSON")
-            .with_details(e.to_string())
-    })?;
-    let obj = raw.as_object().ok_or_else(|| {
-        CniError::new(
-            Code::Decode,
-            "the network configuration is not a JSON object",
-        )
-    })?;
-    let string = |k: &str| -> Result<String, CniError> {
-        match obj.get(k) {
-            Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-            Some(_) => Err(CniError::new(
-                Code::InvalidConfig,
-                format!("{k} must be a non-empty string"),
-            )),
-            None => Err(CniError::new(
-                Code::InvalidConfig,
-                format!("{k} is required"),
-            )),
-        }
-    };
-    let cni_version = string("cniVersion")?;
-    if !SUPPORTED_VERSIONS.contains(&cni_version.as_str()) {
-        return Err(CniError::new(
-            Code::IncompatibleVersion,
-            format!("cniVersion {cni_version} is not supported"),
-        )
-        .with_details(format!("supported: {}", SUPPORTED_VERSIONS.join(", "))));
+pub fn parse_conf(bytes: &[u8]) -> Result<NetConf, ConfError> {
+    let raw: Value = serde_json::from_slice(bytes).map_err(ConfError::NotJson)?;
+    if !raw.is_object() {
+        return Err(ConfError::NotObject);
     }
-    let runtime_config = match obj.get("runtimeConfig") {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(m)) => m.clone(),
-        Some(_) => {
-            return Err(CniError::new(
-                Code::InvalidConfig,
-                "runtimeConfig must be an object",
-            ))
-        }
-    };
-    let ipam = match obj.get("ipam") {
-        None | Some(Value::Null) => None,
-        Some(v @ Value::Object(m)) if !m.is_empty() => Some(v.clone()),
-        Some(Value::Object(_)) => None,
-        Some(_) => return Err(CniError::new(Code::InvalidConfig, "ipam must be an object")),
-    };
+    let base: BaseKeys = keys(&raw, "")?;
+    let required = |v: Option<String>, k: &str| non_empty(v).ok_or(ConfError::Missing(k.into()));
+    let cni_version = required(base.cni_version, "cniVersion")?;
+    if !SUPPORTED_VERSIONS.contains(&cni_version.as_str()) {
+        return Err(ConfError::Version(cni_version));
+    }
     Ok(NetConf {
-        name: string("name")?,
-        plugin_type: string("type")?,
-        ipam,
-        prev_result: obj.get("prevResult").filter(|v| !v.is_null()).cloned(),
-        runtime_config,
+        name: required(base.name, "name")?,
+        plugin_type: required(base.plugin_type, "type")?,
+        ipam: base.ipam.filter(|m| !m.is_empty()).map(Value::Object),
+        prev_result: base.prev_result,
+        runtime_config: base.runtime_config.unwrap_or_default(),
         cni_version,
         raw,
     })
@@ -188,25 +266,70 @@ pub struct CniResult {
     pub dns: Option<Value>,
 }
 
+/// A result (an IPAM plugin's, or `prevResult`) that cannot be used (code
+/// 6), or a version it cannot be written in (code 1).
+#[derive(Debug, thiserror::Error)]
+pub enum ResultError {
+    /// Not an object.
+    #[error("the result is not a JSON object")]
+    NotObject,
+    /// `ips`, `interfaces` or `routes` do not decode.
+    #[error("result {what} do not decode")]
+    Field {
+        /// Which list.
+        what: &'static str,
+        /// serde's words.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An address or route destination that is not a CIDR.
+    #[error("{what} {value:?} is not a CIDR")]
+    NotCidr {
+        /// Where it was, e.g. `IPAM result address`.
+        what: &'static str,
+        /// The text.
+        value: String,
+    },
+    /// A route gateway that is not an address.
+    #[error("IPAM result route gateway {0:?} is not an address")]
+    BadGateway(String),
+    /// A version results are not written in.
+    #[error("cannot write a result in cniVersion {0}")]
+    Version(String),
+}
+
+impl Failure for ResultError {
+    fn code(&self) -> Code {
+        match self {
+            ResultError::Version(_) => Code::IncompatibleVersion,
+            _ => Code::Decode,
+        }
+    }
+
+    fn details(&self) -> Option<String> {
+        match self {
+            ResultError::Field { source, .. } => Some(source.to_string()),
+            _ => None,
+        }
+    }
+}
+
 fn decode_field<T: for<'de> Deserialize<'de>>(
     v: Option<&Value>,
-    what: &str,
-) -> Result<Vec<T>, CniError> {
+    what: &'static str,
+) -> Result<Vec<T>, ResultError> {
     match v {
         None | Some(Value::Null) => Ok(Vec::new()),
-        Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
-            CniError::new(Code::Decode, format!("result {what} do not decode"))
-                .with_details(e.to_string())
-        }),
+        Some(v) => {
+            serde_json::from_value(v.clone()).map_err(|source| ResultError::Field { what, source })
+        }
     }
 }
 
 impl CniResult {
     /// Reads a result of any supported version (e.g. an IPAM plugin's).
-    pub fn from_json(v: &Value) -> Result<CniResult, CniError> {
-        let obj = v
-            .as_object()
-            .ok_or_else(|| CniError::new(Code::Decode, "the result is not a JSON object"))?;
+    pub fn from_json(v: &Value) -> Result<CniResult, ResultError> {
+        let obj = v.as_object().ok_or(ResultError::NotObject)?;
         let mut ips: Vec<Map<String, Value>> = decode_field(obj.get("ips"), "ips")?;
         for ip in &mut ips {
             ip.remove("version");
@@ -223,12 +346,9 @@ impl CniResult {
     }
 
     /// Writes the result in `version`.
-    pub fn to_json(&self, version: &str) -> Result<Value, CniError> {
+    pub fn to_json(&self, version: &str) -> Result<Value, ResultError> {
         if !SUPPORTED_VERSIONS.contains(&version) {
-            return Err(CniError::new(
-                Code::IncompatibleVersion,
-                format!("cannot write a result in cniVersion {version}"),
-            ));
+            return Err(ResultError::Version(version.into()));
         }
         let pre_1 = version.starts_with("0.");
         let pre_1_1 = version != "1.1.0";
@@ -297,22 +417,59 @@ mod tests {
 
     #[test]
     fn config_errors_carry_the_spec_codes() {
-        assert_eq!(parse_conf(b"{").unwrap_err().code, Code::Decode);
-        assert_eq!(parse_conf(b"[]").unwrap_err().code, Code::Decode);
+        assert_eq!(parse_conf(b"{").unwrap_err().code(), Code::Decode);
+        assert_eq!(parse_conf(b"[]").unwrap_err().code(), Code::Decode);
         let e = parse_conf(br#"{"cniVersion":"1.0.0","type":"x"}"#).unwrap_err();
         assert_eq!(
-            (e.code, e.msg.as_str()),
+            (e.code(), e.to_string().as_str()),
             (Code::InvalidConfig, "name is required")
         );
         assert_eq!(
             parse_conf(br#"{"cniVersion":"9.9.9","name":"n","type":"x"}"#)
                 .unwrap_err()
-                .code,
+                .code(),
             Code::IncompatibleVersion
         );
+        for (conf, key) in [
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"x","runtimeConfig":[]}"#,
+                "runtimeConfig: ",
+            ),
+            (r#"{"cniVersion":"1.0.0","name":7,"type":"x"}"#, "name: "),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"x","ipam":"host-local"}"#,
+                "ipam: ",
+            ),
+        ] {
+            let e = parse_conf(conf.as_bytes()).unwrap_err();
+            assert_eq!(e.code(), Code::InvalidConfig, "{conf}");
+            assert!(e.to_string().starts_with(key), "{conf}: {e}");
+        }
         let c = parse_conf(br#"{"cniVersion":"0.4.0","name":"n","type":"x","ipam":{"type":"host-local"},"master":"eth9"}"#).unwrap();
         assert_eq!(c.raw["master"], "eth9");
         assert!(c.ipam.is_some());
+    }
+
+    #[test]
+    fn a_malformed_valid_list_is_refused_not_read_as_empty() {
+        let gc = |list: Value| {
+            let c = json!({"cniVersion": "1.1.0", "name": "n", "type": "x", "cni.dev/valid-attachments": list});
+            parse_conf(c.to_string().as_bytes())
+                .unwrap()
+                .valid_attachments()
+        };
+        assert_eq!(
+            gc(json!([{"containerID": "a", "ifname": "eth0"}])).unwrap(),
+            vec![("a".to_string(), "eth0".to_string())]
+        );
+        assert_eq!(gc(Value::Null).unwrap(), vec![]);
+        let e =
+            gc(json!([{"containerID": "a", "ifname": "eth0"}, {"containerID": "b"}])).unwrap_err();
+        assert!(
+            e.to_string().starts_with("cni.dev/valid-attachments[1]"),
+            "{e}"
+        );
+        assert!(gc(json!({"containerID": "a"})).is_err());
     }
 
     #[test]

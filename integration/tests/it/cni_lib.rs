@@ -2,7 +2,7 @@
 //! host-local plugin, and entering real network namespaces.
 
 use berth_cni::env::Env;
-use berth_cni::{ipam, netns, Code};
+use berth_cni::{ipam, netns, Code, Failure};
 use berth_integration::artifacts::fresh_dir;
 use berth_integration::names::unique;
 use berth_integration::net::{Netns, Veth};
@@ -52,10 +52,10 @@ fn host_local_ipam_add_and_del_through_the_library() {
         &serde_json::to_vec(&bad).unwrap(),
     )
     .unwrap_err();
-    assert!(e.msg.starts_with("IPAM plugin host-local:"), "{e}");
+    assert!(e.to_string().starts_with("IPAM plugin host-local:"), "{e}");
     let e = ipam::add("no-such-ipam", &env("ADD", &ns), &bytes).unwrap_err();
-    assert_eq!(e.code, Code::InvalidConfig);
-    assert!(e.msg.contains("no-such-ipam"));
+    assert_eq!(e.code(), Code::InvalidConfig);
+    assert!(e.to_string().contains("no-such-ipam"));
 }
 
 fn devices() -> String {
@@ -77,6 +77,6 @@ fn work_runs_inside_the_namespace_and_nowhere_else() {
     );
     assert!(outside.contains(&format!("{}:", veth.host)));
     let e = netns::run_in(&PathBuf::from("/run/netns/does-not-exist"), || ()).unwrap_err();
-    assert_eq!(e.code, Code::Io);
-    assert!(e.msg.contains("/run/netns/does-not-exist"));
+    assert_eq!(e.code(), Code::Io);
+    assert!(e.to_string().contains("/run/netns/does-not-exist"));
 }
