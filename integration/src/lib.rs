@@ -27,6 +27,7 @@ pub mod net;
 pub mod ovs;
 pub mod process;
 pub mod programs;
+pub mod vm;
 
 /// Fails the calling test unless it runs as root, with a message saying why.
 pub fn require_root() {

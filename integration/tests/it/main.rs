@@ -16,3 +16,4 @@ mod macvlan;
 mod ovs_vlan;
 mod packages;
 mod runtime;
+mod vm;

@@ -29,9 +29,49 @@ fn file(controller: &str, rel: &Path, name: &str) -> PathBuf {
 }
 
 /// Writes `cpus` to the container's `cpuset.cpus`. Errors are returned as text.
+///
+/// A container in a systemd unit (the systemd cgroup driver: a `.scope`
+/// under `.slice`s) on the unified hierarchy of a systemd host also gets
+/// the unit's `AllowedCPUs` set (`systemctl set-property --runtime`):
+/// otherwise systemd's view of the unit disagrees with its cpuset, and
+/// systemd writes its own view back whenever it realizes the unit's cgroup
+/// again (a `set-property` on it or its slice, as kubelet does on pods).
 pub fn set_cpuset(cgroups_path: &str, cpus: &str) -> Result<(), String> {
-    let p = file("cpuset", &relative_path(cgroups_path), "cpuset.cpus");
-    std::fs::write(&p, cpus).map_err(|e| format!("{}: {e}", p.display()))
+    let rel = relative_path(cgroups_path);
+    let p = file("cpuset", &rel, "cpuset.cpus");
+    std::fs::write(&p, cpus).map_err(|e| format!("{}: {e}", p.display()))?;
+    if let Some(unit) = systemd_unit(&rel) {
+        set_allowed_cpus(&unit, cpus)?;
+    }
+    Ok(())
+}
+
+/// The systemd unit owning cgroup `rel`, when systemd manages the unified
+/// hierarchy this host runs.
+fn systemd_unit(rel: &Path) -> Option<String> {
+    let name = rel.file_name()?.to_str()?;
+    let is_unit = name.ends_with(".scope") || name.ends_with(".slice");
+    let systemd = Path::new("/run/systemd/system").is_dir();
+    let unified = !Path::new("/sys/fs/cgroup/cpuset").is_dir();
+    (is_unit && systemd && unified).then(|| name.to_string())
+}
+
+/// `systemctl set-property --runtime UNIT AllowedCPUs=CPUS`.
+fn set_allowed_cpus(unit: &str, cpus: &str) -> Result<(), String> {
+    let out = std::process::Command::new("systemctl")
+        .args(["set-property", "--runtime", unit])
+        .arg(format!("AllowedCPUs={cpus}"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("systemctl set-property {unit}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "systemctl set-property {unit} AllowedCPUs={cpus}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }
 
 /// The container's current `cpuset.cpus`.
