@@ -180,8 +180,21 @@ fn boot() -> Vm {
     let dir = scratch().join("vm");
     let share = dir.join("share");
     std::fs::create_dir_all(&share).expect("mkdir share");
-    for b in ["berth-runtime", "libberth_cpus.so"] {
+    for b in ["berth-runtime", "libberth_cpus.so", "berth-cri-probe"] {
         put(&binary(b), &share.join("bin").join(b));
+    }
+    // The images CRI needs (a sandbox image and busybox), as OCI archives.
+    let images = [
+        (
+            crate::engines::containerd::PAUSE_IMAGE,
+            "pause",
+            &["sleep", "1000000"][..],
+        ),
+        (crate::images::BUSYBOX_IMAGE, "busybox", &["sh"][..]),
+    ];
+    for (reference, name, cmd) in images {
+        let archive = crate::images::oci_archive(crate::images::busybox_tar(), reference, cmd);
+        put(&archive, &share.join("images").join(format!("{name}.tar")));
     }
     // busybox, `nproc` and its libraries, and libdl.so.2 (which the preload
     // injection looks for in a glibc rootfs).

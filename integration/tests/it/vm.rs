@@ -420,3 +420,126 @@ fn systemd_driver_scopes_agree_with_the_cpu_split() {
     assert_eq!(cpus(&out["s.freed"]), vec![0, 1, 2, 3], "{out:?}");
     assert_eq!(cpus(&out["s.freed.allowed"]), vec![0, 1, 2, 3], "{out:?}");
 }
+
+/// containerd's CRI with `SystemdCgroup = true` and berth-runtime as the
+/// runc binary, driven as kubelet drives it: a Burstable pod's sandbox and
+/// a one-CPU container land in
+/// `kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod….slice/cri-containerd-….scope`;
+/// the container's scope has its exclusive CPU in the cgroup and in
+/// systemd's `AllowedCPUs`, the sandbox's scope is moved off it in both,
+/// and removing the pod stops the scopes and gives the CPU back.
+#[test]
+fn containerd_cri_with_the_systemd_driver_places_pods_in_kubepods_slices() {
+    let v = vm();
+    let config = guest_config(v);
+    let _cpus = guest_cpu_lock();
+    let case = unique();
+    let wrapper = v.put_file(
+        &format!("{case}/berth-runtime-runc"),
+        &format!("#!/bin/sh\nexec /berth/bin/berth-runtime --berth-config {config} \"$@\"\n"),
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let host = v.share().join(format!("{case}/berth-runtime-runc"));
+        std::fs::set_permissions(host, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    v.put_file(
+        &format!("{case}/containerd.toml"),
+        &format!(
+            r#"version = 2
+root = "/var/lib/{case}/root"
+state = "/run/{case}/state"
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper"]
+[grpc]
+  address = "/run/{case}/containerd.sock"
+[ttrpc]
+  address = "/run/{case}/containerd.sock.ttrpc"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause}"
+  disable_apparmor = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/tmp/{case}/cni-bin"
+    conf_dir = "/tmp/{case}/cni-conf"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+    SystemdCgroup = true
+    BinaryName = "{wrapper}"
+"#,
+            pause = berth_integration::engines::containerd::PAUSE_IMAGE,
+        ),
+    );
+    let pod = format!("kubepods-burstable-pod{case}.slice");
+    let dir = format!("/sys/fs/cgroup/kubepods.slice/kubepods-burstable.slice/{pod}");
+    let script = format!(
+        "{pre}S=/run/$CASE/containerd.sock; D={dir}\n\
+         probe() {{ /berth/bin/berth-cri-probe $S \"$@\"; }}\n\
+         mkdir -p /tmp/$CASE/cni-bin /tmp/$CASE/cni-conf\n\
+         containerd --config /berth/$CASE/containerd.toml >/tmp/$CASE/containerd.log 2>&1 &\n\
+         CPID=$!\n\
+         trap 'test -n \"${{P:-}}\" && probe remove-pod $P; kill $CPID; wait $CPID; systemctl stop {pod} 2>/dev/null; rm -rf /var/lib/$CASE; true' EXIT\n\
+         for i in $(seq 300); do test -S $S && break; sleep 0.1; done\n\
+         for img in pause busybox; do ctr --address $S -n k8s.io image import /berth/images/$img.tar >/dev/null; done\n\
+         P=$(probe run-pod $CASE {pod})\n\
+         C=$(probe start $P $CASE {pod} 100000)\n\
+         say c.scope \"$(systemctl is-active cri-containerd-$C.scope)\"\n\
+         say c.cpus \"$(cat $D/cri-containerd-$C.scope/cpuset.cpus.effective)\"\n\
+         say c.allowed \"$(systemctl show -P AllowedCPUs cri-containerd-$C.scope)\"\n\
+         say c.max \"$(cat $D/cri-containerd-$C.scope/cpu.max)\"\n\
+         say p.cpus \"$(cat $D/cri-containerd-$P.scope/cpuset.cpus.effective)\"\n\
+         say p.allowed \"$(systemctl show -P AllowedCPUs cri-containerd-$P.scope)\"\n\
+         say ledger \"$(br cpus --json | tr -d '\\n')\"\n\
+         probe remove-pod $P\n\
+         say c.after \"$(systemctl is-active cri-containerd-$C.scope || true)\"\n\
+         say freed \"$(br cpus --json | tr -d '\\n')\"\n\
+         P=\n\
+         say C \"$C\"\n",
+        pre = preamble(&case, config)
+    );
+    let r = v.sh(&script);
+    assert!(
+        r.ok(),
+        "the CRI script failed ({}):\n{}\n{}",
+        r.code,
+        r.stdout,
+        r.stderr
+    );
+    let out = said(&r.stdout);
+    assert_eq!(out["c.scope"], "active", "{out:?}");
+    let excl = cpus(&out["c.cpus"]);
+    assert_eq!(excl.len(), 1, "one exclusive CPU: {out:?}");
+    assert_eq!(cpus(&out["c.allowed"]), excl, "systemd's view: {out:?}");
+    assert_eq!(out["c.max"], "100000 100000");
+    let sandbox = cpus(&out["p.cpus"]);
+    assert!(
+        !sandbox.contains(&excl[0]),
+        "the sandbox kept the exclusive CPU: {out:?}"
+    );
+    assert_eq!(
+        cpus(&out["p.allowed"]),
+        sandbox,
+        "systemd's view of the sandbox: {out:?}"
+    );
+    let ledger: Value = serde_json::from_str(&out["ledger"]).expect("ledger JSON");
+    let c = &out["C"];
+    let entry = ledger["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|e| e["id"] == c.as_str()))
+        .unwrap_or_else(|| panic!("{c} not in the ledger: {ledger}"));
+    assert_eq!(
+        entry["cgroup"],
+        format!("/kubepods.slice/kubepods-burstable.slice/{pod}/cri-containerd-{c}.scope"),
+        "{entry}"
+    );
+    assert_ne!(out["c.after"], "active", "{out:?}");
+    let freed: Value = serde_json::from_str(&out["freed"]).expect("ledger JSON");
+    assert!(
+        freed["containers"]
+            .as_array()
+            .is_none_or(|cs| cs.iter().all(|e| e["id"] != c.as_str())),
+        "the removed pod's container still holds CPUs: {freed}"
+    );
+}
