@@ -180,7 +180,12 @@ fn boot() -> Vm {
     let dir = scratch().join("vm");
     let share = dir.join("share");
     std::fs::create_dir_all(&share).expect("mkdir share");
-    for b in ["berth-runtime", "libberth_cpus.so", "berth-cri-probe"] {
+    for b in [
+        "berth-runtime",
+        "libberth_cpus.so",
+        "berth-cri-probe",
+        "berth-ovs-vlan",
+    ] {
         put(&binary(b), &share.join("bin").join(b));
     }
     // The images CRI needs (a sandbox image and busybox), as OCI archives.

@@ -543,3 +543,63 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         "the removed pod's container still holds CPUs: {freed}"
     );
 }
+
+/// berth-ovs-vlan on the kernel datapath (this host has no openvswitch
+/// module): two containers on VLAN 100 reach each other and one on VLAN 200
+/// does not; `egressShaping "police"` (OVS ingress policing, which this
+/// host's userspace datapath silently ignores) is applied as a police
+/// action on the port, and CHECK and DEL work.
+#[test]
+fn ovs_vlan_on_the_kernel_datapath_with_ingress_policing() {
+    let v = vm();
+    let case = unique();
+    let br = format!("br{}", &case[case.len() - 6..]);
+    for (n, vlan) in [(1, 100), (2, 100), (3, 200)] {
+        let conf = json!({
+            "cniVersion": "1.1.0", "name": case, "type": "berth-ovs-vlan",
+            "bridge": br, "vlan": vlan, "egressShaping": "police",
+            "bandwidth": {"egressRate": 50_000_000, "ingressRate": 50_000_000},
+            "runtimeConfig": {"ips": [format!("10.77.0.{n}/24")]},
+        });
+        v.put_file(&format!("{case}/net{n}.json"), &conf.to_string());
+    }
+    let script = format!(
+        "set -u\nCASE={case}; BR={br}\n\
+         say() {{ printf '%s=%s\\n' \"$1\" \"$2\"; }}\n\
+         cni() {{ CNI_COMMAND=$1 CNI_NETNS=/run/netns/$CASE$2 CNI_IFNAME=eth0 CNI_CONTAINERID=$CASE$2 CNI_PATH=/berth/bin /berth/bin/berth-ovs-vlan < ${{3:-/berth/$CASE/net$2.json}}; }}\n\
+         trap 'for n in 1 2 3; do cni DEL $n >/dev/null 2>&1; ip netns del $CASE$n 2>/dev/null; rm -f /tmp/$CASE.add$n; done; ovs-vsctl --if-exists del-br $BR; systemctl stop openvswitch-switch; true' EXIT\n\
+         systemctl start openvswitch-switch || exit 1\n\
+         ovs-vsctl add-br $BR && ip link set $BR up\n\
+         say datapath \"$(ovs-vsctl get bridge $BR datapath_type)/$(ovs-dpctl show | head -n1)\"\n\
+         for n in 1 2 3; do ip netns add $CASE$n; cni ADD $n | tr -d '\\n' > /tmp/$CASE.add$n; say add$n \"$(cat /tmp/$CASE.add$n)\"; done\n\
+         ip netns exec ${{CASE}}1 busybox ping -c 2 -W 3 10.77.0.2 >/dev/null 2>&1 && say ping12 ok || say ping12 fail\n\
+         ip netns exec ${{CASE}}1 busybox ping -c 2 -W 2 10.77.0.3 >/dev/null 2>&1 && say ping13 ok || say ping13 fail\n\
+         H=$(ovs-vsctl --bare --columns=name find Port external_ids:berth.container_id=${{CASE}}1)\n\
+         say police \"$(tc filter show dev $H ingress | grep -c police)\"\n\
+         say rate \"$(ovs-vsctl get interface $H ingress_policing_rate)\"\n\
+         say htb \"$(tc qdisc show dev $H | grep -c htb)\"\n\
+         CHK=$(mktemp); sed \"s#}}\\$#,\\\"prevResult\\\":$(cat /tmp/$CASE.add1)}}#\" /berth/$CASE/net1.json > $CHK\n\
+         cni CHECK 1 $CHK >/dev/null && say check ok || say check fail\n\
+         cni DEL 1 >/dev/null && say del ok || say del fail\n\
+         say gone \"$(ovs-vsctl --bare --columns=name find Port external_ids:berth.container_id=${{CASE}}1 | wc -l)\"\n"
+    );
+    let out = said(&v.sh(&script).stdout);
+    assert!(
+        out["datapath"].starts_with("\"\"/system@ovs-system")
+            || out["datapath"].starts_with("system/system@"),
+        "not the kernel datapath: {out:?}"
+    );
+    for n in 1..=3 {
+        let r: Value = serde_json::from_str(&out[&format!("add{n}")])
+            .unwrap_or_else(|e| panic!("ADD {n}: {e}: {out:?}"));
+        assert!(r.get("code").is_none(), "ADD {n} failed: {r}");
+    }
+    assert_eq!(out["ping12"], "ok", "same VLAN: {out:?}");
+    assert_eq!(out["ping13"], "fail", "across VLANs: {out:?}");
+    assert_eq!(out["police"], "1", "no police action on the port: {out:?}");
+    assert_eq!(out["rate"], "50000", "{out:?}");
+    assert_eq!(out["htb"], "1", "no linux-htb for ingress: {out:?}");
+    assert_eq!(out["check"], "ok", "{out:?}");
+    assert_eq!(out["del"], "ok", "{out:?}");
+    assert_eq!(out["gone"], "0", "{out:?}");
+}
