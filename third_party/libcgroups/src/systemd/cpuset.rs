@@ -50,21 +50,13 @@ impl CpuSet {
         }
 
         if let Some(cpus) = cpu.cpus() {
-            let cpu_mask: Vec<_> = to_bitmask(cpus)
-                .map_err(SystemdCpuSetError::CpusBitmask)?
-                .into_iter()
-                .map(|v| v as u64)
-                .collect();
-            properties.insert(ALLOWED_CPUS, Variant::ArrayU64(cpu_mask));
+            let cpu_mask = to_bitmask(cpus).map_err(SystemdCpuSetError::CpusBitmask)?;
+            properties.insert(ALLOWED_CPUS, Variant::ArrayU8(cpu_mask));
         }
 
         if let Some(mems) = cpu.mems() {
-            let mems_mask: Vec<_> = to_bitmask(mems)
-                .map_err(SystemdCpuSetError::MemoryNodesBitmask)?
-                .into_iter()
-                .map(|v| v as u64)
-                .collect();
-            properties.insert(ALLOWED_NODES, Variant::ArrayU64(mems_mask));
+            let mems_mask = to_bitmask(mems).map_err(SystemdCpuSetError::MemoryNodesBitmask)?;
+            properties.insert(ALLOWED_NODES, Variant::ArrayU8(mems_mask));
         }
 
         Ok(())
@@ -249,12 +241,12 @@ mod tests {
         assert!(properties.contains_key(ALLOWED_CPUS));
         let cpus = properties.get(ALLOWED_CPUS).unwrap();
         let v = recast!(cpus, Variant)?;
-        assert!(matches!(v, Variant::ArrayU64(_)));
+        assert!(matches!(v, Variant::ArrayU8(_)));
 
         assert!(properties.contains_key(ALLOWED_NODES));
         let mems = properties.get(ALLOWED_NODES).unwrap();
         let v = recast!(mems, Variant)?;
-        assert!(matches!(v, Variant::ArrayU64(_)));
+        assert!(matches!(v, Variant::ArrayU8(_)));
 
         Ok(())
     }

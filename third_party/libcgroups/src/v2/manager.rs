@@ -21,7 +21,7 @@ use super::io::{Io, V2IoControllerError, V2IoStatsError};
 use super::memory::{Memory, V2MemoryControllerError, V2MemoryStatsError};
 use super::pids::Pids;
 use super::unified::{Unified, V2UnifiedError};
-use super::util::{self, CGROUP_SUBTREE_CONTROL, V2UtilError};
+use super::util::{self, CGROUP_CONTROLLERS, CGROUP_SUBTREE_CONTROL, V2UtilError};
 use crate::common::{
     self, AnyCgroupManager, CGROUP_PROCS, CgroupManager, ControllerOpt, FreezerState,
     JoinSafelyError, PathBufExt, WrapIoResult, WrappedIoError,
@@ -278,8 +278,19 @@ impl CgroupManager for Manager {
 
     fn stats(&self) -> Result<Stats, Self::Error> {
         let mut stats = Stats::default();
+        // Only the controllers enabled for this cgroup have files in it (a
+        // systemd scope gets no hugetlb, say); `cpu.stat` is always there.
+        // runc skips the missing ones too.
+        let enabled = std::fs::read_to_string(self.full_path.join(CGROUP_CONTROLLERS))
+            .unwrap_or_default();
+        let enabled: Vec<&str> = enabled.split_whitespace().collect();
 
         for subsystem in CONTROLLER_TYPES {
+            if *subsystem != ControllerType::Cpu
+                && !enabled.contains(&subsystem.to_string().as_str())
+            {
+                continue;
+            }
             match subsystem {
                 ControllerType::Cpu => stats.cpu = Cpu::stats(&self.full_path)?,
                 ControllerType::HugeTlb => stats.hugetlb = HugeTlb::stats(&self.full_path)?,

@@ -32,6 +32,8 @@ pub enum Variant {
     Bool(bool),
     // t
     U64(u64),
+    // ay (systemd's AllowedCPUs and AllowedMemoryNodes are byte arrays)
+    ArrayU8(Vec<u8>),
     // au
     ArrayU32(Vec<u32>),
     // at
@@ -422,6 +424,14 @@ impl DbusSerialize for Variant {
                 buf.push(0);
                 s.serialize(buf);
             }
+            Self::ArrayU8(v) => {
+                let sub_type = <Vec<u8>>::get_signature();
+                let signature_length = sub_type.len() as u8; // signature length must be < 256
+                buf.push(signature_length);
+                buf.extend_from_slice(sub_type.as_bytes());
+                buf.push(0);
+                v.serialize(buf);
+            }
             Self::ArrayU32(v) => {
                 let sub_type = <Vec<u32>>::get_signature();
                 let signature_length = sub_type.len() as u8; // signature length must be < 256
@@ -483,6 +493,7 @@ impl DbusSerialize for Variant {
 
         let string_signature = String::get_signature();
         let bool_signature = bool::get_signature();
+        let vec8_signature = <Vec<u8>>::get_signature();
         let vec32_signature = <Vec<u32>>::get_signature();
         let vec64_signature = <Vec<u64>>::get_signature();
         let u64_signature = u64::get_signature();
@@ -491,6 +502,8 @@ impl DbusSerialize for Variant {
             Ok(Self::String(String::deserialize(buf, counter)?))
         } else if signature == bool_signature {
             Ok(Self::Bool(bool::deserialize(buf, counter)?))
+        } else if signature == vec8_signature {
+            Ok(Self::ArrayU8(<Vec<u8>>::deserialize(buf, counter)?))
         } else if signature == vec32_signature {
             Ok(Self::ArrayU32(<Vec<u32>>::deserialize(buf, counter)?))
         } else if signature == vec64_signature {
