@@ -184,6 +184,18 @@ pub fn cpu_lock() -> std::sync::MutexGuard<'static, ()> {
     L.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The CPUs of a cpuset list (`0-2,5`).
+pub fn cpu_list(list: &str) -> Vec<u64> {
+    let mut v = Vec::new();
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => v.extend(a.parse::<u64>().unwrap()..=b.parse::<u64>().unwrap()),
+            None => v.push(part.parse().unwrap()),
+        }
+    }
+    v
+}
+
 /// The test host's CPU ledger as `berth-runtime cpus --json --gc` reports it.
 pub fn cpu_status() -> serde_json::Value {
     let out = crate::cmd::run(

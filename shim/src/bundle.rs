@@ -56,14 +56,14 @@ impl Bundle {
 
     /// Runs the rewrite stages over the spec and writes `config.json` back
     /// atomically; returns the applied record. `cpus` is the host's CPU
-    /// allocator (None skips the split); `place_cgroup` is the container id
-    /// when the backend's pipeline places the cgroup (the built-in one's).
+    /// allocator (None skips the split); `place_cgroup` is set when the
+    /// backend's pipeline places the cgroup (the built-in one's).
     /// On error neither the file nor `self.spec` changes.
     pub fn rewrite(
         &mut self,
         config: &RuntimeConfig,
         cpus: Option<&dyn crate::cpus::Allocator>,
-        place_cgroup: Option<&str>,
+        place_cgroup: Option<crate::rewrite::Placement<'_>>,
     ) -> Result<Value> {
         let marks = crate::marks::Marks::open(&config.state_dir)?;
         let mut spec = self.spec.clone();

@@ -195,7 +195,10 @@ impl Runtime {
         } else {
             None
         };
-        let place = backend.is_builtin().then_some(id);
+        let place = backend.is_builtin().then_some(crate::rewrite::Placement {
+            id,
+            systemd: self.systemd_cgroup,
+        });
         let applied = bundle
             .rewrite(
                 &self.cfg,

@@ -28,7 +28,12 @@ pub struct Containerd {
     image: OnceLock<()>,
 }
 
-fn config_toml(dir: &Path, socket: &Path) -> String {
+/// A containerd configuration with everything under `dir` (root, state,
+/// opt, CNI directories), its gRPC socket at `socket`, the CRI plugin with
+/// `sandbox_image` [`PAUSE_IMAGE`] and the runc shim as the default runtime,
+/// whose `options` table gets the lines `runc_options` (e.g.
+/// `SystemdCgroup = true`).
+pub fn base_config_toml(dir: &Path, socket: &Path, runc_options: &[&str]) -> String {
     let mut s = format!(
         r#"version = 2
 root = "{root}"
@@ -67,6 +72,17 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         cni_bin = dir.join("cni-bin").display(),
         cni_conf = dir.join("cni-conf").display(),
     );
+    if !runc_options.is_empty() {
+        s.push_str("  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n");
+        for line in runc_options {
+            s.push_str(&format!("    {line}\n"));
+        }
+    }
+    s
+}
+
+fn config_toml(dir: &Path, socket: &Path) -> String {
+    let mut s = base_config_toml(dir, socket, &[]);
     // A runtime handler per extra runtime, as a Kubernetes RuntimeClass names
     // it: the runc shim with BinaryName.
     for rt in extra_runtimes() {

@@ -520,3 +520,32 @@ fn the_demo_runs_with_runc_and_crun_hidden() {
         r.stdout
     );
 }
+
+/// On a host where systemd is not PID 1 (this one), the built-in backend
+/// refuses `--systemd-cgroup` with an error that says why, leaving nothing
+/// behind; with systemd it works (the VM tier's
+/// `vm::builtin_backend_with_the_systemd_driver`).
+#[test]
+fn systemd_cgroup_without_systemd_is_a_clear_error() {
+    assert!(
+        !Path::new("/run/systemd/system").exists(),
+        "this test expects a host without systemd as PID 1"
+    );
+    let root = fresh_dir("builtin-sd-root");
+    let bundle = busybox_bundle(&["true"]);
+    let id = unique();
+    let r = try_run_via_files(
+        runtime_cmd_on(Backend::Builtin, &root)
+            .arg("--systemd-cgroup")
+            .args(["create", "--bundle"])
+            .arg(&bundle)
+            .arg(&id),
+    );
+    assert!(!r.ok(), "create with --systemd-cgroup succeeded");
+    assert!(
+        r.stderr.contains("systemd is not running on this host"),
+        "{}",
+        r.stderr
+    );
+    assert!(!root.join(&id).exists(), "state left behind");
+}

@@ -46,7 +46,7 @@ fn assert_not_oversubscribed(status: &Value) {
         if let Some(f) = c["fragment"].as_object() {
             *frag.entry(f["cpu"].as_u64().unwrap()).or_default() += f["pieces"].as_u64().unwrap();
         }
-        for cpu in berth_runtime_cpus(c["exclusive"].as_str().unwrap_or("")) {
+        for cpu in berth::cpu_list(c["exclusive"].as_str().unwrap_or("")) {
             assert!(
                 excl.insert(cpu, c["id"].to_string()).is_none(),
                 "cpu {cpu} exclusive twice: {status}"
@@ -60,17 +60,6 @@ fn assert_not_oversubscribed(status: &Value) {
             "cpu {cpu} exclusive and fragmented: {status}"
         );
     }
-}
-
-fn berth_runtime_cpus(list: &str) -> Vec<u64> {
-    let mut v = Vec::new();
-    for part in list.split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => v.extend(a.parse::<u64>().unwrap()..=b.parse::<u64>().unwrap()),
-            None => v.push(part.parse().unwrap()),
-        }
-    }
-    v
 }
 
 #[test]
@@ -153,7 +142,7 @@ fn one_and_a_half_then_a_half_then_refusal() {
     let status = cpu_status();
     let e = entry(&status, &big.id).unwrap();
     assert_eq!(
-        berth_runtime_cpus(e["exclusive"].as_str().unwrap()).len(),
+        berth::cpu_list(e["exclusive"].as_str().unwrap()).len(),
         1,
         "one exclusive core: {e}"
     );
@@ -190,7 +179,7 @@ fn one_and_a_half_then_a_half_then_refusal() {
         r.stderr
     );
     // Shared containers stay off the exclusive core.
-    let excl = berth_runtime_cpus(e["exclusive"].as_str().unwrap())[0];
+    let excl = berth::cpu_list(e["exclusive"].as_str().unwrap())[0];
     let shared = berth_sleeper(&[]);
     assert_eq!(
         cgroup_cpus(&shared),
@@ -567,9 +556,9 @@ fn the_systemd_driver_s_nested_slices_are_found_by_the_pool_rewrite_and_rebuild(
     // An exclusive container takes a CPU: the shared one must move off it.
     let excl = berth_sleeper(&["--cpus", "1"]);
     let e = entry(&cpu_status(), &excl.id).expect("exclusive entry");
-    let taken = berth_runtime_cpus(e["exclusive"].as_str().unwrap());
+    let taken = berth::cpu_list(e["exclusive"].as_str().unwrap());
     let after = read().unwrap();
-    let after_cpus = berth_runtime_cpus(&after);
+    let after_cpus = berth::cpu_list(&after);
     assert!(
         !after_cpus.iter().any(|c| taken.contains(c)),
         "the shared container in {nested} still has exclusive cpu {taken:?}: {before} -> {after}"
@@ -623,9 +612,9 @@ fn cpus_freed_by_gc_go_back_to_running_shared_containers() {
     );
     assert!(r.ok(), "{}", r.stderr);
     let e = entry(&cpu_status(), &id).expect("exclusive entry");
-    let taken = berth_runtime_cpus(e["exclusive"].as_str().unwrap());
+    let taken = berth::cpu_list(e["exclusive"].as_str().unwrap());
     assert!(
-        !berth_runtime_cpus(&cgroup_cpus(&shared))
+        !berth::cpu_list(&cgroup_cpus(&shared))
             .iter()
             .any(|c| taken.contains(c)),
         "the shared container moved off the exclusive cpu"
@@ -745,7 +734,7 @@ fn after_next_transaction(id: &str) -> (Option<Value>, Option<String>) {
 
 /// The CPUs an entry owns, as a cpuset list as the kernel prints it.
 fn owned(e: &Value) -> String {
-    let mut cpus = berth_runtime_cpus(e["exclusive"].as_str().unwrap_or(""));
+    let mut cpus = berth::cpu_list(e["exclusive"].as_str().unwrap_or(""));
     cpus.extend(e["fragment"]["cpu"].as_u64());
     cpus.sort_unstable();
     let mut out: Vec<String> = Vec::new();

@@ -2,6 +2,7 @@
 //! v2 unified (see `berth_integration::vm`). Each test is one guest script
 //! (emulated time is dear) that prints what it saw; the assertions are here.
 
+use berth_integration::berth::cpu_list as cpus;
 use berth_integration::images::{busybox_bundle, edit_config};
 use berth_integration::names::unique;
 use berth_integration::vm::{vm, Vm};
@@ -61,18 +62,6 @@ fn said(out: &str) -> BTreeMap<String, String> {
 fn guest_cpu_lock() -> std::sync::MutexGuard<'static, ()> {
     static L: std::sync::Mutex<()> = std::sync::Mutex::new(());
     L.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// CPUs of a cpuset list (`0-2,5`).
-fn cpus(list: &str) -> Vec<u32> {
-    let mut v = Vec::new();
-    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => v.extend(a.parse::<u32>().unwrap()..=b.parse::<u32>().unwrap()),
-            None => v.push(part.parse().unwrap()),
-        }
-    }
-    v
 }
 
 /// The guest is what the tier promises: systemd as PID 1, cgroup v2 only,
@@ -443,41 +432,21 @@ fn containerd_cri_with_the_systemd_driver_places_pods_in_kubepods_slices() {
         let host = v.share().join(format!("{case}/berth-runtime-runc"));
         std::fs::set_permissions(host, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    v.put_file(
-        &format!("{case}/containerd.toml"),
-        &format!(
-            r#"version = 2
-root = "/var/lib/{case}/root"
-state = "/run/{case}/state"
-disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper"]
-[grpc]
-  address = "/run/{case}/containerd.sock"
-[ttrpc]
-  address = "/run/{case}/containerd.sock.ttrpc"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause}"
-  disable_apparmor = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/tmp/{case}/cni-bin"
-    conf_dir = "/tmp/{case}/cni-conf"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-    runtime_type = "io.containerd.runc.v2"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-    SystemdCgroup = true
-    BinaryName = "{wrapper}"
-"#,
-            pause = berth_integration::engines::containerd::PAUSE_IMAGE,
-        ),
+    let toml = berth_integration::engines::containerd::base_config_toml(
+        std::path::Path::new(&format!("/var/lib/{case}")),
+        std::path::Path::new(&format!("/run/{case}/containerd.sock")),
+        &[
+            "SystemdCgroup = true",
+            &format!("BinaryName = \"{wrapper}\""),
+        ],
     );
+    v.put_file(&format!("{case}/containerd.toml"), &toml);
     let pod = format!("kubepods-burstable-pod{case}.slice");
     let dir = format!("/sys/fs/cgroup/kubepods.slice/kubepods-burstable.slice/{pod}");
     let script = format!(
         "{pre}S=/run/$CASE/containerd.sock; D={dir}\n\
          probe() {{ /berth/bin/berth-cri-probe $S \"$@\"; }}\n\
-         mkdir -p /tmp/$CASE/cni-bin /tmp/$CASE/cni-conf\n\
+         mkdir -p /var/lib/$CASE/cni-bin /var/lib/$CASE/cni-conf /run/$CASE\n\
          containerd --config /berth/$CASE/containerd.toml >/tmp/$CASE/containerd.log 2>&1 &\n\
          CPID=$!\n\
          trap 'test -n \"${{P:-}}\" && probe remove-pod $P; kill $CPID; wait $CPID; systemctl stop {pod} 2>/dev/null; rm -rf /var/lib/$CASE; true' EXIT\n\
@@ -602,4 +571,78 @@ fn ovs_vlan_on_the_kernel_datapath_with_ingress_policing() {
     assert_eq!(out["check"], "ok", "{out:?}");
     assert_eq!(out["del"], "ok", "{out:?}");
     assert_eq!(out["gone"], "0", "{out:?}");
+}
+
+/// The built-in backend with `--systemd-cgroup` (libcontainer's systemd
+/// manager, over D-Bus): the container runs in
+/// `cri-containerd-ID.scope` under the pod's slice, with its exclusive CPU
+/// in the scope's cpuset and in systemd's `AllowedCPUs`; an exec'd process
+/// joins the scope; `update` and `events` reach the scope; delete stops it.
+#[test]
+fn builtin_backend_with_the_systemd_driver() {
+    let v = vm();
+    let config = guest_config_builtin(v);
+    let _cpus = guest_cpu_lock();
+    let case = unique();
+    let id = format!("{case}a");
+    let pod = format!("kubepods-burstable-pod{case}.slice");
+    let scope = format!(
+        "/sys/fs/cgroup/kubepods.slice/kubepods-burstable.slice/{pod}/cri-containerd-{id}.scope"
+    );
+    put_config(v, &case, "a", &["sleep", "600"], |c| {
+        c["linux"]["cgroupsPath"] = json!(format!("{pod}:cri-containerd:{id}"));
+        c["linux"]["resources"]["cpu"] = json!({"quota": 100000, "period": 100000});
+        c["linux"]["resources"]["memory"] = json!({"limit": 64 << 20});
+    });
+    v.put_file(
+        &format!("{case}/up.json"),
+        &json!({"memory": {"limit": 96 << 20}}).to_string(),
+    );
+    let script = format!(
+        "{pre}G={scope}\n\
+         sb() {{ br --systemd-cgroup \"$@\"; }}\n\
+         trap 'sb delete --force {id} 2>/dev/null; systemctl stop {pod} 2>/dev/null; true' EXIT\n\
+         mk a\nsb create --bundle /tmp/$CASE/a {id}\nsb start {id}\n\
+         say active \"$(systemctl is-active cri-containerd-{id}.scope)\"\n\
+         say cpus \"$(cat $G/cpuset.cpus.effective)\"\n\
+         say allowed \"$(systemctl show -P AllowedCPUs cri-containerd-{id}.scope)\"\n\
+         say max \"$(cat $G/cpu.max)\"\n\
+         say init \"$(cat /proc/$(sb state {id} | grep -o '\"pid\": [0-9]*' | grep -o '[0-9]*')/cgroup)\"\n\
+         say exec \"$(sb exec {id} cat /proc/self/cgroup)\"\n\
+         sb update --resources /berth/$CASE/up.json {id}\n\
+         say mem \"$(cat $G/memory.max)\"\n\
+         say stats \"$(sb events --stats {id} 2>&1 | head -n1 | tr -d '\\n')\"\n\
+         sb delete --force {id}\n\
+         say after \"$(systemctl is-active cri-containerd-{id}.scope || true)\"\n",
+        pre = preamble(&case, config)
+    );
+    let r = v.sh(&script);
+    let out = said(&r.stdout);
+    assert!(r.ok(), "({}) {out:?}\n{}", r.code, r.stderr);
+    let rel =
+        format!("0::/kubepods.slice/kubepods-burstable.slice/{pod}/cri-containerd-{id}.scope");
+    assert_eq!(out["active"], "active", "{out:?}");
+    assert_eq!(cpus(&out["cpus"]).len(), 1, "{out:?}");
+    assert_eq!(
+        cpus(&out["allowed"]),
+        cpus(&out["cpus"]),
+        "systemd's view: {out:?}"
+    );
+    assert_eq!(out["max"], "100000 100000");
+    assert_eq!(out["init"], rel, "{out:?}");
+    assert_eq!(
+        out["exec"], rel,
+        "the exec'd process is outside the scope: {out:?}"
+    );
+    assert_eq!(out["mem"], (96u64 << 20).to_string());
+    let stats: Value =
+        serde_json::from_str(&out["stats"]).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert!(
+        stats["data"]["memory"]["usage"]["usage"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "no stats from the scope: {stats}"
+    );
+    assert_ne!(out["after"], "active", "{out:?}");
 }

@@ -36,8 +36,16 @@ pub const FILLED_MARK: &str = "io.berth.cgroup-filled-mark";
 /// Sets `linux.cgroupsPath` in `spec` to the absolute path runc would use,
 /// when it is missing or relative; returns the path. Without
 /// `--systemd-cgroup`, a `slice:prefix:name` path is, as for runc's cgroupfs
-/// driver, just a relative path whose last part has colons.
-pub fn place(spec: &mut Value, id: &str, marks: &Marks, bundle: &Path) -> Result<String> {
+/// driver, just a relative path whose last part has colons. With it, the
+/// path is systemd's `slice:prefix:name` (`:berth:<id>` when missing: the
+/// `system.slice`), which libcontainer's systemd manager takes.
+pub fn place(
+    spec: &mut Value,
+    placement: crate::rewrite::Placement<'_>,
+    marks: &Marks,
+    bundle: &Path,
+) -> Result<String> {
+    let id = placement.id;
     let filled = crate::spec::annotation(spec, FILLED)
         .zip(crate::spec::annotation(spec, FILLED_MARK))
         .filter(|(path, mark)| marks.verify(bundle, FILLED, path, mark))
@@ -47,7 +55,11 @@ pub fn place(spec: &mut Value, id: &str, marks: &Marks, bundle: &Path) -> Result
         .and_then(Value::as_str)
         .map(str::to_string)
         .filter(|g| filled.as_deref() != Some(g.as_str()));
-    let path = runc_path(given.as_deref(), id);
+    let path = match (placement.systemd, given.as_deref()) {
+        (true, Some(g)) => g.to_string(),
+        (true, None) => format!(":berth:{id}"),
+        (false, g) => runc_path(g, id),
+    };
     if given.as_deref() != Some(path.as_str()) {
         let linux = spec
             .as_object_mut()
@@ -195,24 +207,41 @@ mod tests {
         assert_eq!(clean("/../.."), "/");
     }
 
+    fn fs(id: &str) -> crate::rewrite::Placement<'_> {
+        crate::rewrite::Placement { id, systemd: false }
+    }
+
+    fn sd(id: &str) -> crate::rewrite::Placement<'_> {
+        crate::rewrite::Placement { id, systemd: true }
+    }
+
     #[test]
     fn place_fills_a_missing_path_and_takes_systemd_form_literally() {
         let (m, b) = (Marks::with_key([1; 32]), Path::new("/b"));
         let mut s = json!({"linux": {}});
-        let p = place(&mut s, "c1", &m, b).unwrap();
+        let p = place(&mut s, fs("c1"), &m, b).unwrap();
         assert!(p.ends_with("/c1"), "{p}");
         assert_eq!(s["linux"]["cgroupsPath"], p.as_str());
         // Filled in once, it follows the container, not the bundle.
-        let p2 = place(&mut s, "c2", &m, b).unwrap();
+        let p2 = place(&mut s, fs("c2"), &m, b).unwrap();
         assert!(p2.ends_with("/c2"), "{p2}");
         assert_eq!(s["annotations"][FILLED], p2.as_str());
         let mut s = json!({"linux": {"cgroupsPath": "/kubepods/x"}});
-        assert_eq!(place(&mut s, "c1", &m, b).unwrap(), "/kubepods/x");
+        assert_eq!(place(&mut s, fs("c1"), &m, b).unwrap(), "/kubepods/x");
         // runc's cgroupfs driver: a relative path with colons in it.
         let mut s = json!({"linux": {"cgroupsPath": "system.slice:docker:abc"}});
-        let p = place(&mut s, "abc", &m, b).unwrap();
+        let p = place(&mut s, fs("abc"), &m, b).unwrap();
         assert_eq!(p, runc_path(Some("system.slice:docker:abc"), "abc"));
         assert!(p.ends_with("/system.slice:docker:abc"), "{p}");
+        // The systemd driver's: kept as given, or systemd's default slice.
+        let mut s = json!({"linux": {"cgroupsPath": "system.slice:docker:abc"}});
+        assert_eq!(
+            place(&mut s, sd("abc"), &m, b).unwrap(),
+            "system.slice:docker:abc"
+        );
+        let mut s = json!({"linux": {}});
+        assert_eq!(place(&mut s, sd("abc"), &m, b).unwrap(), ":berth:abc");
+        assert_eq!(s["linux"]["cgroupsPath"], ":berth:abc");
     }
 
     #[test]
@@ -221,11 +250,14 @@ mod tests {
         // A spec claiming Berth filled its path in keeps that path.
         let mut s = json!({"linux": {"cgroupsPath": "/tenant/x"},
                            "annotations": {FILLED: "/tenant/x", FILLED_MARK: "00"}});
-        assert_eq!(place(&mut s, "c1", &m, b).unwrap(), "/tenant/x");
+        assert_eq!(place(&mut s, fs("c1"), &m, b).unwrap(), "/tenant/x");
         // Berth's own, marked for another bundle, is input there too.
         let mut s = json!({"linux": {}});
-        place(&mut s, "c1", &m, Path::new("/other")).unwrap();
+        place(&mut s, fs("c1"), &m, Path::new("/other")).unwrap();
         let first = s["linux"]["cgroupsPath"].clone();
-        assert_eq!(place(&mut s, "c2", &m, b).unwrap(), first.as_str().unwrap());
+        assert_eq!(
+            place(&mut s, fs("c2"), &m, b).unwrap(),
+            first.as_str().unwrap()
+        );
     }
 }

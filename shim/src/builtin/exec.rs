@@ -73,8 +73,8 @@ pub fn exec(ctx: &Context, a: &ExecArgs) -> Result<i32> {
     // name=systemd and unified cgroups first puts it there before it runs
     // (libcontainer joins the controller hierarchies itself).
     let entered = match super::cgroup_path(&container) {
-        Ok(cg) => Some(cgroup::enter_extra(&cg.to_string_lossy())?),
-        Err(_) => None,
+        Ok(cg) if !container.systemd() => Some(cgroup::enter_extra(&cg.to_string_lossy())?),
+        _ => None,
     };
     let built = ContainerBuilder::new(a.id.clone(), SyscallType::default())
         .with_executor(stdio::Workload)

@@ -40,11 +40,24 @@ pub fn create(
     std::fs::create_dir_all(&ctx.root)
         .map_err(|e| Error::io(format!("state root {}", ctx.root.display()), e))?;
     let what = || format!("cannot create container \"{}\"", a.id);
-    let entered = match cgroup::enter_extra(&cg) {
-        Ok(e) => e,
-        Err(e) => {
-            cgroup::remove(&cg);
-            return Err(e);
+    // With the systemd driver, systemd makes the scope and places the
+    // process (libcontainer asks it over D-Bus); there are no extra
+    // hierarchies to join or directories of Berth's to remove.
+    let systemd = ctx.systemd;
+    let cleanup = |cg: &str| {
+        if !systemd {
+            cgroup::remove(cg);
+        }
+    };
+    let entered = if systemd {
+        None
+    } else {
+        match cgroup::enter_extra(&cg) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                cgroup::remove(&cg);
+                return Err(e);
+            }
         }
     };
     let built = ContainerBuilder::new(a.id.clone(), SyscallType::default())
@@ -63,7 +76,7 @@ pub fn create(
         })
         .and_then(|b| {
             b.as_init(bundle)
-                .with_systemd(false)
+                .with_systemd(systemd)
                 // libcontainer takes a console socket only when detached;
                 // it uses the flag for nothing else.
                 .with_detach(detach || own_tty.is_some())
@@ -75,14 +88,16 @@ pub fn create(
     // deletes these cgroups), moves Berth back out; a detached create just
     // exits and leaves them to the container.
     if built.is_err() || !detach {
-        entered.leave();
+        if let Some(e) = entered {
+            e.leave();
+        }
     }
     // Leave nothing half made: the engine will not delete what it was told
     // failed to be created.
     let mut container = match built {
         Ok(c) => c,
         Err(e) => {
-            cgroup::remove(&cg);
+            cleanup(&cg);
             return Err(e);
         }
     };
@@ -90,7 +105,7 @@ pub fn create(
     if let Some(p) = &a.pid_file {
         if let Err(e) = write_pid_file(p, pid) {
             let _ = container.delete(true);
-            cgroup::remove(&cg);
+            cleanup(&cg);
             return Err(e);
         }
     }
@@ -128,7 +143,7 @@ pub fn run(ctx: &Context, r: &RunArgs) -> Result<i32> {
         let _ = delete(ctx, id, true);
         return Err(Error::Container {
             what: format!("cannot start container \"{id}\""),
-            source: e,
+            source: Box::new(e),
         });
     }
     if r.detach {
@@ -171,7 +186,7 @@ pub fn start(ctx: &Context, id: &str) -> Result<()> {
         }
         Error::Container {
             what: format!("cannot start container \"{id}\""),
-            source,
+            source: Box::new(source),
         }
     })
 }
@@ -228,7 +243,7 @@ pub fn delete(ctx: &Context, id: &str, force: bool) -> Result<()> {
         if c.status() != ContainerStatus::Stopped {
             return Err(Error::Container {
                 what: what(),
-                source: e,
+                source: Box::new(e),
             });
         }
         // A stopped init can leave processes behind (no PID namespace):
@@ -237,7 +252,7 @@ pub fn delete(ctx: &Context, id: &str, force: bool) -> Result<()> {
         let _ = c.kill(Signal::SIGKILL, true);
         c.delete(true).map_err(Error::container(what()))?;
     }
-    if let Some(cg) = cg {
+    if let Some(cg) = cg.filter(|_| !c.systemd()) {
         cgroup::remove(&cg);
     }
     Ok(())

@@ -50,7 +50,7 @@ pub enum Error {
         what: String,
         /// libcontainer's error.
         #[source]
-        source: LibcontainerError,
+        source: Box<LibcontainerError>,
     },
     /// No container of that id under the state root.
     #[error("container \"{0}\" does not exist")]
@@ -88,7 +88,10 @@ impl Error {
 
     fn container(what: impl Into<String>) -> impl FnOnce(LibcontainerError) -> Error {
         let what = what.into();
-        move |source| Error::Container { what, source }
+        move |source| Error::Container {
+            what,
+            source: Box::new(source),
+        }
     }
 }
 
@@ -138,24 +141,38 @@ fn cgroup_path(c: &Container) -> Result<PathBuf> {
         )))
 }
 
-/// A cgroupfs manager for container `c`'s cgroup, with that cgroup's path.
+/// The cgroup manager of container `c` (cgroupfs, or systemd's for a
+/// container created with `--systemd-cgroup`), with the cgroup's directory
+/// under the hierarchy root (a systemd `slice:prefix:name` resolved).
 fn cgroup_manager(c: &Container) -> Result<(PathBuf, AnyCgroupManager)> {
     let path = cgroup_path(c)?;
     let m = create_cgroup_manager(CgroupConfig {
         cgroup_path: path.clone(),
-        systemd_cgroup: false,
+        systemd_cgroup: c.systemd(),
         container_name: c.id().into(),
     })
     .map_err(|e| Error::Cgroup(e.to_string()))?;
-    Ok((path, m))
+    let dir = if c.systemd() {
+        crate::cgroup_path::systemd(&path.to_string_lossy())
+            .map(PathBuf::from)
+            .map_err(Error::Cgroup)?
+    } else {
+        path
+    };
+    Ok((dir, m))
+}
+
+/// True when systemd is PID 1 here (`sd_booted`).
+fn systemd_booted() -> bool {
+    std::path::Path::new("/run/systemd/system").is_dir()
 }
 
 /// Runs `verb` on the built-in backend; returns the exit code to leave with.
 pub fn run(ctx: &Context, verb: &Operation) -> Result<i32> {
-    if ctx.systemd {
+    if ctx.systemd && !systemd_booted() {
         return Err(Error::Usage(
-            "--systemd-cgroup: the built-in backend manages cgroups through cgroupfs only; \
-             configure the engine's cgroupfs driver or use backend = \"runc\""
+            "--systemd-cgroup: systemd is not running on this host (no /run/systemd/system); \
+             configure the engine's cgroupfs driver"
                 .into(),
         ));
     }

@@ -41,9 +41,18 @@ pub struct Context<'a> {
     pub cpus: Option<&'a dyn crate::cpus::Allocator>,
     /// The host's mark key; None trusts no earlier record and marks nothing.
     pub marks: Option<&'a crate::marks::Marks>,
-    /// The container id, when this pipeline places its cgroup as runc would
+    /// Where this pipeline places the container's cgroup as runc would
     /// (the built-in backend's; a binary backend places its own).
-    pub place_cgroup: Option<&'a str>,
+    pub place_cgroup: Option<Placement<'a>>,
+}
+
+/// The cgroup placement stage's input.
+#[derive(Clone, Copy, Debug)]
+pub struct Placement<'a> {
+    /// The container id.
+    pub id: &'a str,
+    /// `--systemd-cgroup`: the path is systemd's `slice:prefix:name`.
+    pub systemd: bool,
 }
 
 impl Context<'_> {
@@ -83,8 +92,8 @@ pub fn rewrite_spec(spec: &mut Value, ctx: &Context<'_>) -> Result<Value> {
     if let Some(r) = preload::apply(spec, ctx)? {
         applied.insert("preload".into(), r);
     }
-    if let (Some(id), Some(marks)) = (ctx.place_cgroup, ctx.marks) {
-        crate::builtin::cgroup::place(spec, id, marks, ctx.bundle).map_err(|e| Error::Spec {
+    if let (Some(p), Some(marks)) = (ctx.place_cgroup, ctx.marks) {
+        crate::builtin::cgroup::place(spec, p, marks, ctx.bundle).map_err(|e| Error::Spec {
             path: path.clone(),
             message: e.to_string(),
         })?;
