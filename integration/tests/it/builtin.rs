@@ -549,3 +549,129 @@ fn systemd_cgroup_without_systemd_is_a_clear_error() {
     );
     assert!(!root.join(&id).exists(), "state left behind");
 }
+
+/// A seccomp agent on `listenerPath`: takes each container process's notify
+/// fd (SCM_RIGHTS, with runc's `ContainerProcessState` JSON), keeps the
+/// states it was sent, and answers every notified syscall with ENOMSG.
+struct SeccompAgent {
+    path: PathBuf,
+    states: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl SeccompAgent {
+    fn start() -> SeccompAgent {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let path = fresh_dir("seccomp-agent").join("agent.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let states = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = states.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+                let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+                let Ok(msg) = recvmsg::<()>(
+                    conn.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut cmsg),
+                    MsgFlags::empty(),
+                ) else {
+                    continue;
+                };
+                let n = msg.bytes;
+                let fds: Vec<OwnedFd> = msg
+                    .cmsgs()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| match c {
+                        ControlMessageOwned::ScmRights(fds) => Some(fds),
+                        _ => None,
+                    })
+                    .flatten()
+                    // SAFETY: the kernel just gave us these descriptors.
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+                    .collect();
+                let state: Value = serde_json::from_slice(&buf[..n]).unwrap_or(Value::Null);
+                seen.lock().unwrap().push(state);
+                for fd in fds {
+                    std::thread::spawn(move || loop {
+                        let Ok(req) = libseccomp::ScmpNotifReq::receive(fd.as_raw_fd()) else {
+                            return;
+                        };
+                        let resp = libseccomp::ScmpNotifResp::new_error(
+                            req.id,
+                            -libc::ENOMSG,
+                            libseccomp::ScmpNotifRespFlags::empty(),
+                        );
+                        let _ = resp.respond(fd.as_raw_fd());
+                    });
+                }
+            }
+        });
+        SeccompAgent { path, states }
+    }
+}
+
+/// `SCMP_ACT_NOTIFY` as runc has it, for the init and for an exec'd
+/// process: each one's notify fd reaches the profile's `listenerPath` with
+/// the container's state, and the agent's answer is what the process sees.
+#[test]
+fn seccomp_notify_reaches_the_agent_for_init_and_exec() {
+    for b in BOTH {
+        let agent = SeccompAgent::start();
+        let root = fresh_dir("notify-root");
+        let bundle = busybox_bundle(&["sleep", "30"]);
+        edit_config(&bundle, |c| {
+            c["linux"]["seccomp"] = json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "architectures": ["SCMP_ARCH_X86_64"],
+                "listenerPath": agent.path,
+                "listenerMetadata": "berth-test",
+                "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}],
+            });
+            c["root"]["readonly"] = json!(false);
+        });
+        let id = unique();
+        let c = create(b, &root, &bundle, &id);
+        assert!(try_run(runtime_cmd_on(b, &root).args(["start", &id])).ok());
+        let r = try_run(runtime_cmd_on(b, &root).args([
+            "exec",
+            &id,
+            "sh",
+            "-c",
+            "grep Seccomp: /proc/self/status; mkdir /tmp/notified",
+        ]));
+        assert!(
+            r.stdout.contains("Seccomp:\t2"),
+            "{b:?}: the exec'd process has no filter: {} {}",
+            r.stdout,
+            r.stderr
+        );
+        assert!(
+            r.stderr.contains("No message of desired type"),
+            "{b:?}: mkdir was not answered by the agent: {} {}",
+            r.stdout,
+            r.stderr
+        );
+        let states = agent.states.lock().unwrap().clone();
+        assert_eq!(
+            states.len(),
+            2,
+            "{b:?}: one fd for init, one for exec: {states:?}"
+        );
+        let init_pid: i64 = std::fs::read_to_string(bundle.join("pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        for s in &states {
+            assert_eq!(s["metadata"], "berth-test", "{b:?}: {s}");
+            assert_eq!(s["state"]["id"], id.as_str(), "{b:?}: {s}");
+            assert_eq!(s["state"]["pid"], init_pid, "{b:?}: {s}");
+            assert_eq!(s["fds"], json!(["seccompFd"]), "{b:?}: {s}");
+        }
+        assert_eq!(states[1]["state"]["status"], "running", "{b:?}");
+        c.delete();
+    }
+}

@@ -44,6 +44,10 @@ pub(super) struct ContainerBuilderImpl {
     pub notify_path: PathBuf,
     /// Container state
     pub container: Option<Container>,
+    /// Berth: the container a tenant (exec'd process) joins, whose state a
+    /// seccomp listener is sent (`container` stays None for a tenant: it is
+    /// the state create updates).
+    pub tenant_of: Option<Container>,
     /// File descriptos preserved/passed to the container init process.
     pub preserve_fds: i32,
     /// If the container is to be run in detached mode
@@ -180,6 +184,7 @@ impl ContainerBuilderImpl {
             notify_listener,
             preserve_fds: self.preserve_fds,
             container: self.container.to_owned(),
+            tenant_of: self.tenant_of.to_owned(),
             user_ns_config: self.user_ns_config.to_owned(),
             cgroup_config,
             detached: self.detached,

@@ -34,6 +34,8 @@ pub struct ContainerArgs {
     pub preserve_fds: i32,
     /// Container state
     pub container: Option<Container>,
+    /// Berth: for a tenant, the container it joins (for the seccomp listener).
+    pub tenant_of: Option<Container>,
     /// Options for new namespace creation
     pub user_ns_config: Option<UserNamespaceConfig>,
     /// Cgroup Manager Config

@@ -220,10 +220,20 @@ pub fn container_main_process(container_args: &ContainerArgs) -> Result<Pid> {
             .as_ref()
             .filter(|s| crate::seccomp::is_notify(s))
         {
+            // Berth: an exec'd process (a tenant) sends its listener the
+            // state of the container it joins, as runc does.
             let container = container_args
                 .container
                 .as_ref()
+                .or(container_args.tenant_of.as_ref())
                 .ok_or(ProcessError::ContainerStateRequired)?;
+            let state_pid = match container_args.container_type {
+                ContainerType::InitContainer => init_pid.as_raw(),
+                ContainerType::TenantContainer { .. } => container
+                    .pid()
+                    .map(|p| p.as_raw())
+                    .unwrap_or(init_pid.as_raw()),
+            };
 
             // Determine OCI status based on container type (matching runc behavior)
             let oci_status = match container_args.container_type {
@@ -236,7 +246,7 @@ pub fn container_main_process(container_args: &ContainerArgs) -> Result<Pid> {
                 .version(OCI_VERSION)
                 .id(container.state.id.clone())
                 .status(oci_status)
-                .pid(init_pid.as_raw())
+                .pid(state_pid)
                 .bundle(container.state.bundle.clone())
                 .annotations(container.state.annotations.clone().unwrap_or_default())
                 .build()
