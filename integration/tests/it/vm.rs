@@ -646,3 +646,43 @@ fn builtin_backend_with_the_systemd_driver() {
     );
     assert_ne!(out["after"], "active", "{out:?}");
 }
+
+/// crun as the delegate on cgroup v2 (crun 1.8 refuses this host's v1
+/// hybrid without hugetlb; the guest has none of that): the 1.5-CPU split
+/// reaches crun's cgroup, and delete removes it.
+#[test]
+fn cgroup_v2_cpu_split_through_crun() {
+    let v = vm();
+    let config = v.put_file(
+        "etc/runtime-crun.toml",
+        "delegate = \"crun\"\n\
+         state_dir = \"/run/berth-vm-test\"\n",
+    );
+    let _cpus = guest_cpu_lock();
+    let case = unique();
+    let id = format!("{case}a");
+    put_config(v, &case, "a", &["sleep", "600"], |c| {
+        c["linux"]["cgroupsPath"] = json!(format!("/{case}/{id}"));
+        c["linux"]["resources"]["cpu"] = json!({"quota": 150000, "period": 100000});
+    });
+    let script = format!(
+        "{pre}G=/sys/fs/cgroup/{case}/{id}\n\
+         trap 'br delete --force {id} 2>/dev/null; rmdir /sys/fs/cgroup/{case} 2>/dev/null; true' EXIT\n\
+         mk a\nbr create --bundle /tmp/$CASE/a {id}\nbr start {id}\n\
+         say runtime \"$(cat /proc/$(br state {id} | grep -o '\"pid\": [0-9]*' | grep -o '[0-9]*')/cgroup)\"\n\
+         say cpus \"$(cat $G/cpuset.cpus.effective)\"\n\
+         say max \"$(cat $G/cpu.max)\"\n\
+         say ledger \"$(br cpus --json | tr -d '\\n')\"\n\
+         br delete --force {id}\n\
+         say gone \"$(test -e $G && echo no || echo yes)\"\n",
+        pre = preamble(&case, &config)
+    );
+    let r = v.sh(&script);
+    let out = said(&r.stdout);
+    assert!(r.ok(), "({}) {out:?}\n{}", r.code, r.stderr);
+    assert_eq!(out["runtime"], format!("0::/{case}/{id}"), "{out:?}");
+    assert_eq!(cpus(&out["cpus"]).len(), 2, "exclusive + fragment: {out:?}");
+    assert_eq!(out["max"], "150000 100000");
+    assert!(out["ledger"].contains(&id), "{out:?}");
+    assert_eq!(out["gone"], "yes", "{out:?}");
+}
