@@ -141,10 +141,7 @@ pub fn run(ctx: &Context, r: &RunArgs) -> Result<i32> {
     };
     if let Err(e) = c.start() {
         let _ = delete(ctx, id, true);
-        return Err(Error::Container {
-            what: format!("cannot start container \"{id}\""),
-            source: Box::new(e),
-        });
+        return Err(Error::container(format!("cannot start container \"{id}\""))(e));
     }
     if r.detach {
         return Ok(0);
@@ -184,10 +181,7 @@ pub fn start(ctx: &Context, id: &str) -> Result<()> {
         if was_created {
             let _ = c.kill(Signal::SIGKILL, true);
         }
-        Error::Container {
-            what: format!("cannot start container \"{id}\""),
-            source: Box::new(source),
-        }
+        Error::container(format!("cannot start container \"{id}\""))(source)
     })
 }
 
@@ -241,10 +235,7 @@ pub fn delete(ctx: &Context, id: &str, force: bool) -> Result<()> {
     let what = || format!("cannot delete container \"{id}\"");
     if let Err(e) = c.delete(force) {
         if c.status() != ContainerStatus::Stopped {
-            return Err(Error::Container {
-                what: what(),
-                source: Box::new(e),
-            });
+            return Err(Error::container(what())(e));
         }
         // A stopped init can leave processes behind (no PID namespace):
         // runc kills them too before removing the cgroup.
