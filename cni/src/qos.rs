@@ -8,6 +8,7 @@
 //!
 //! Rates and bursts are in bits, as in the CNI `bandwidth` capability.
 
+use crate::check::mismatch;
 use crate::error::LinkError;
 use crate::link;
 use crate::netlink::Netlink;
@@ -191,10 +192,6 @@ pub fn remove(nl: &mut Netlink, ifname: &str) -> Result<(), LinkError> {
         tc::delete_qdisc(nl, l.index, tc::INGRESS)?;
     }
     Ok(())
-}
-
-fn mismatch(msg: String) -> LinkError {
-    LinkError::Mismatch(msg)
 }
 
 fn check_tbf(nl: &mut Netlink, index: u32, what: &str, want: &Shape) -> Result<(), LinkError> {

@@ -132,6 +132,11 @@ pub fn resolve(
     }
 }
 
+/// True when systemd is PID 1 on this host (`sd_booted`).
+pub fn systemd_booted() -> bool {
+    std::path::Path::new("/run/systemd/system").is_dir()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,23 +8,39 @@ use berth_integration::names::unique;
 use berth_integration::vm::{vm, Vm};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
-/// The guest's `runtime.toml`, in the share: runc as the delegate, state on
-/// the guest's /run (a tmpfs there), the preload library from the share.
-fn guest_config(v: &Vm) -> &'static str {
-    static P: OnceLock<String> = OnceLock::new();
-    P.get_or_init(|| {
-        v.put_file(
-            "etc/runtime.toml",
-            "delegate = \"runc\"\n\
-             state_dir = \"/run/berth-vm-test\"\n\
-             \n\
-             [preload]\n\
-             enabled = true\n\
-             library = \"/berth/bin/libberth_cpus.so\"\n",
-        )
-    })
+/// runc as the delegate (a `runtime.toml` backend line).
+const RUNC: &str = "delegate = \"runc\"";
+/// crun as the delegate.
+const CRUN: &str = "delegate = \"crun\"";
+/// The built-in backend.
+const BUILTIN: &str = "backend = \"libcontainer\"";
+
+/// The guest's `runtime.toml` with `backend` (one of [`RUNC`], [`CRUN`],
+/// [`BUILTIN`]), in the share: state on the guest's /run (a tmpfs there),
+/// the preload library from the share. Written once per backend; returns
+/// its guest path.
+fn guest_config(v: &Vm, backend: &str) -> String {
+    static WRITTEN: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
+    let mut written = WRITTEN.lock().unwrap_or_else(|e| e.into_inner());
+    written
+        .entry(backend.to_string())
+        .or_insert_with(|| {
+            let name = backend.split('"').nth(1).unwrap_or("runtime");
+            v.put_file(
+                &format!("etc/runtime-{name}.toml"),
+                &format!(
+                    "{backend}\n\
+                     state_dir = \"/run/berth-vm-test\"\n\
+                     \n\
+                     [preload]\n\
+                     enabled = true\n\
+                     library = \"/berth/bin/libberth_cpus.so\"\n"
+                ),
+            )
+        })
+        .clone()
 }
 
 /// A busybox `config.json` (as `runc spec` writes it) running `args`, with
@@ -95,7 +111,7 @@ fn the_guest_runs_systemd_on_cgroup_v2() {
 fn cgroup_v2_cpu_split_update_rebuild_and_delete() {
     let v = vm();
     let _cpus = guest_cpu_lock();
-    let config = guest_config(v);
+    let config = guest_config(v, RUNC);
     let case = unique();
     let (a, b) = (format!("{case}a"), format!("{case}b"));
     put_config(v, &case, "a", &["sleep", "600"], |c| {
@@ -133,7 +149,7 @@ fn cgroup_v2_cpu_split_update_rebuild_and_delete() {
          say b.freed \"$(cat $G/{b}/cpuset.cpus.effective)\"\n\
          br delete --force {b}\n\
          say b.gone \"$(test -e $G/{b} && echo no || echo yes)\"\n",
-        pre = preamble(&case, config),
+        pre = preamble(&case, &config),
     );
     let out = said(&v.run(&script));
     let ledger: Value = serde_json::from_str(&out["ledger"]).expect("ledger JSON");
@@ -183,22 +199,6 @@ fn cgroup_v2_cpu_split_update_rebuild_and_delete() {
     assert_eq!(out["b.gone"], "yes");
 }
 
-/// The guest's `runtime.toml` with the built-in backend.
-fn guest_config_builtin(v: &Vm) -> &'static str {
-    static P: OnceLock<String> = OnceLock::new();
-    P.get_or_init(|| {
-        v.put_file(
-            "etc/runtime-builtin.toml",
-            "backend = \"libcontainer\"\n\
-             state_dir = \"/run/berth-vm-test\"\n\
-             \n\
-             [preload]\n\
-             enabled = true\n\
-             library = \"/berth/bin/libberth_cpus.so\"\n",
-        )
-    })
-}
-
 /// The preload injection on cgroup v2: a 1.5-CPU container's dynamically
 /// linked `nproc` sees the count Berth declared (2), not the guest's 4,
 /// through the library mounted from the host configuration.
@@ -206,7 +206,7 @@ fn guest_config_builtin(v: &Vm) -> &'static str {
 fn cgroup_v2_preload_injection_gives_the_declared_count() {
     let v = vm();
     let _cpus = guest_cpu_lock();
-    let config = guest_config(v);
+    let config = guest_config(v, RUNC);
     let case = unique();
     put_config(
         v,
@@ -225,7 +225,7 @@ fn cgroup_v2_preload_injection_gives_the_declared_count() {
     let script = format!(
         "{pre}trap 'br delete --force {case}a 2>/dev/null; rmdir /sys/fs/cgroup/{case} 2>/dev/null; true' EXIT\n\
          mk a\nbr run --bundle /tmp/$CASE/a {case}a\n",
-        pre = preamble(&case, config)
+        pre = preamble(&case, &config)
     );
     let out = said(&v.run(&script));
     assert_eq!(out["nproc"], "2", "{out:?}");
@@ -241,7 +241,7 @@ fn cgroup_v2_preload_injection_gives_the_declared_count() {
 fn cgroup_v2_builtin_backend_lifecycle_update_and_events() {
     let v = vm();
     let _cpus = guest_cpu_lock();
-    let config = guest_config_builtin(v);
+    let config = guest_config(v, BUILTIN);
     let case = unique();
     let id = format!("{case}a");
     put_config(v, &case, "a", &["sleep", "600"], |c| {
@@ -290,7 +290,7 @@ fn cgroup_v2_builtin_backend_lifecycle_update_and_events() {
          mk o\nbr create --bundle /tmp/$CASE/o {id}o\nbr start {id}o\n\
          say oom \"$(timeout 120 /berth/bin/berth-runtime --berth-config {config} --root $R events --interval 30s {id}o | grep -c '\"type\":\"oom\"' || true)\"\n\
          br delete --force {id}o\n",
-        pre = preamble(&case, config)
+        pre = preamble(&case, &config)
     );
     let out = said(&v.run(&script));
     let state: Value = serde_json::from_str(&out["status"]).expect("state JSON");
@@ -336,7 +336,7 @@ fn cgroup_v2_builtin_backend_lifecycle_update_and_events() {
 fn systemd_driver_scopes_agree_with_the_cpu_split() {
     let v = vm();
     let _cpus = guest_cpu_lock();
-    let config = guest_config(v);
+    let config = guest_config(v, RUNC);
     let case = unique();
     let pod = format!("kubepods-burstable-pod{case}.slice");
     let dir = format!("/sys/fs/cgroup/kubepods.slice/kubepods-burstable.slice/{pod}");
@@ -369,7 +369,7 @@ fn systemd_driver_scopes_agree_with_the_cpu_split() {
          say e.after \"$(systemctl is-active cri-containerd-{e}.scope || true)\"\n\
          say s.freed \"$(cat $D/cri-containerd-{s}.scope/cpuset.cpus.effective)\"\n\
          say s.freed.allowed \"$(allowed {s})\"\n",
-        pre = preamble(&case, config)
+        pre = preamble(&case, &config)
     );
     let out = said(&v.run(&script));
     let excl = cpus(&out["e.cpus"]);
@@ -420,7 +420,7 @@ fn systemd_driver_scopes_agree_with_the_cpu_split() {
 #[test]
 fn containerd_cri_with_the_systemd_driver_places_pods_in_kubepods_slices() {
     let v = vm();
-    let config = guest_config(v);
+    let config = guest_config(v, RUNC);
     let _cpus = guest_cpu_lock();
     let case = unique();
     let wrapper = v.put_file(
@@ -466,7 +466,7 @@ fn containerd_cri_with_the_systemd_driver_places_pods_in_kubepods_slices() {
          say freed \"$(br cpus --json | tr -d '\\n')\"\n\
          P=\n\
          say C \"$C\"\n",
-        pre = preamble(&case, config)
+        pre = preamble(&case, &config)
     );
     let r = v.sh(&script);
     assert!(
@@ -581,7 +581,7 @@ fn ovs_vlan_on_the_kernel_datapath_with_ingress_policing() {
 #[test]
 fn builtin_backend_with_the_systemd_driver() {
     let v = vm();
-    let config = guest_config_builtin(v);
+    let config = guest_config(v, BUILTIN);
     let _cpus = guest_cpu_lock();
     let case = unique();
     let id = format!("{case}a");
@@ -614,7 +614,7 @@ fn builtin_backend_with_the_systemd_driver() {
          say stats \"$(sb events --stats {id} 2>&1 | head -n1 | tr -d '\\n')\"\n\
          sb delete --force {id}\n\
          say after \"$(systemctl is-active cri-containerd-{id}.scope || true)\"\n",
-        pre = preamble(&case, config)
+        pre = preamble(&case, &config)
     );
     let r = v.sh(&script);
     let out = said(&r.stdout);
@@ -653,11 +653,7 @@ fn builtin_backend_with_the_systemd_driver() {
 #[test]
 fn cgroup_v2_cpu_split_through_crun() {
     let v = vm();
-    let config = v.put_file(
-        "etc/runtime-crun.toml",
-        "delegate = \"crun\"\n\
-         state_dir = \"/run/berth-vm-test\"\n",
-    );
+    let config = guest_config(v, CRUN);
     let _cpus = guest_cpu_lock();
     let case = unique();
     let id = format!("{case}a");

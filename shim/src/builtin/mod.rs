@@ -162,14 +162,9 @@ fn cgroup_manager(c: &Container) -> Result<(PathBuf, AnyCgroupManager)> {
     Ok((dir, m))
 }
 
-/// True when systemd is PID 1 here (`sd_booted`).
-fn systemd_booted() -> bool {
-    std::path::Path::new("/run/systemd/system").is_dir()
-}
-
 /// Runs `verb` on the built-in backend; returns the exit code to leave with.
 pub fn run(ctx: &Context, verb: &Operation) -> Result<i32> {
-    if ctx.systemd && !systemd_booted() {
+    if ctx.systemd && !crate::cgroup_path::systemd_booted() {
         return Err(Error::Usage(
             "--systemd-cgroup: systemd is not running on this host (no /run/systemd/system); \
              configure the engine's cgroupfs driver"

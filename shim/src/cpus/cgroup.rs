@@ -51,7 +51,7 @@ pub fn set_cpuset(cgroups_path: &str, cpus: &str) -> Result<(), String> {
 fn systemd_unit(rel: &Path) -> Option<String> {
     let name = rel.file_name()?.to_str()?;
     let is_unit = name.ends_with(".scope") || name.ends_with(".slice");
-    let systemd = Path::new("/run/systemd/system").is_dir();
+    let systemd = crate::cgroup_path::systemd_booted();
     let unified = !Path::new("/sys/fs/cgroup/cpuset").is_dir();
     (is_unit && systemd && unified).then(|| name.to_string())
 }
