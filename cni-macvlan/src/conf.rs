@@ -4,6 +4,7 @@
 use berth_cni::caps::Common;
 use berth_cni::env::Env;
 use berth_cni::link::MacvlanMode;
+use berth_cni::share::ShareConf;
 use berth_cni::types::{non_empty, ConfError, NetConf};
 use serde::Deserialize;
 
@@ -20,6 +21,8 @@ pub struct MacvlanConf {
     pub link_in_container: bool,
     /// The shared keys (MAC, IPAM, static IPs, bandwidth, DNS).
     pub common: Common,
+    /// `bandwidthShare` and what this attachment asks of it.
+    pub share: Option<ShareConf>,
 }
 
 /// The plugin's own keys, as they are in the configuration.
@@ -49,6 +52,7 @@ impl MacvlanConf {
             mtu: k.mtu.filter(|m| *m > 0),
             link_in_container: k.link_in_container.unwrap_or(false),
             common: Common::parse(conf, env)?,
+            share: ShareConf::parse(conf, env)?,
         })
     }
 }

@@ -13,7 +13,10 @@ use berth_cni::netlink::{Netlink, NetlinkError};
 use berth_cni::netns::NetnsError;
 use berth_cni::qos::{self, Bandwidth};
 use berth_cni::setup;
+use berth_cni::share::kernel::{self, Feed};
+use berth_cni::share::{Entry, Resolved};
 use berth_cni::skel::Plugin;
+use berth_cni::types::ConfError;
 use berth_cni::types::{CniResult, Interface, NetConf};
 use berth_cni::{ipam, netns, Failure};
 use std::fs::File;
@@ -22,6 +25,29 @@ use std::path::Path;
 
 /// `berth-macvlan`.
 pub struct Macvlan;
+
+/// The plugin's name in its records.
+const PLUGIN: &str = "berth-macvlan";
+
+/// The shares on the master of a network with `bandwidthShare`, for DEL,
+/// CHECK and GC; `None` when it has none (or it cannot be read: DEL and GC
+/// must still clean up, and the next ADD's reconcile frees what is left).
+fn shares_of(conf: &NetConf, env: &Env) -> Option<(MacvlanConf, Link)> {
+    let c = MacvlanConf::parse(conf, env)
+        .inspect_err(
+            |e| tracing::warn!(error = %e, "bandwidth shares: the configuration does not parse"),
+        )
+        .ok()?;
+    if c.share.is_none() || c.link_in_container {
+        return None;
+    }
+    let m = Netlink::open()
+        .map_err(Error::from)
+        .and_then(|mut nl| master(&mut nl, &c))
+        .inspect_err(|e| tracing::warn!(error = %e, "bandwidth shares: no master"))
+        .ok()?;
+    Some((c, m))
+}
 
 /// Finds the master (by name, or the default route's link) where `nl` looks.
 fn master(nl: &mut Netlink, c: &MacvlanConf) -> Result<Link, Error> {
@@ -42,6 +68,20 @@ struct Plan {
     conf: MacvlanConf,
     master: Link,
     bandwidth: Bandwidth,
+    share: Option<Resolved>,
+}
+
+/// What `bandwidthShare` grants on `master`: needs the master on the host.
+fn resolve_share(c: &MacvlanConf, master: &Link) -> Result<Option<Resolved>, Error> {
+    match &c.share {
+        None => Ok(None),
+        Some(_) if c.link_in_container => Err(ConfError::invalid(
+            "bandwidthShare",
+            "needs the master in the host's netns: with linkInContainer there is no shared link to divide",
+        )
+        .into()),
+        Some(s) => Ok(Some(s.resolve(&master.name, kernel::speed(master))?)),
+    }
 }
 
 fn plan(c: MacvlanConf, nl_master: &mut Netlink) -> Result<Plan, Error> {
@@ -60,10 +100,12 @@ fn plan(c: MacvlanConf, nl_master: &mut Netlink) -> Result<Plan, Error> {
         Some((v, key)) => Bandwidth::parse(v, key, mtu)?,
         None => Bandwidth::default(),
     };
+    let share = resolve_share(&c, &m)?;
     Ok(Plan {
         conf: c,
         master: m,
         bandwidth,
+        share,
     })
 }
 
@@ -127,7 +169,7 @@ impl Drop for Rollback<'_> {
 
 /// The link as it ended up in the container.
 struct Attached {
-    mac: String,
+    mac: [u8; 6],
     mtu: u32,
 }
 
@@ -224,14 +266,20 @@ impl Plugin for Macvlan {
             setup::finish(&mut nl, l.index, &ifname, 0, res, &bw)?;
             let l = link::by_index(&mut nl, l.index)?.unwrap_or(l);
             Ok(Attached {
-                mac: l.mac_string(),
+                mac: l.mac.as_slice().try_into().unwrap_or_default(),
                 mtu: l.mtu,
             })
         })??;
+        if let Some(r) = &p.share {
+            let mut s = kernel::open(&p.master, Feed::LinkIngress)?;
+            let e = Entry::new(PLUGIN, &conf.name, env, netns, attached.mac, None);
+            let e = s.admit(e, r)?;
+            tracing::info!(master = %p.master.name, minor = e.minor, egress = ?e.egress, ingress = ?e.ingress, priority = e.priority, "bandwidth share granted");
+        }
         rb.armed = false;
         result.interfaces = vec![Interface {
             name: env.ifname.clone(),
-            mac: attached.mac,
+            mac: link::format_mac(&attached.mac),
             mtu: Some(attached.mtu),
             sandbox: Some(netns.display().to_string()),
         }];
@@ -260,6 +308,14 @@ impl Plugin for Macvlan {
                 Err(e) => tracing::info!(error = %e, "netns is gone; nothing to remove"),
             }
         }
+        if let Some((_, m)) = shares_of(conf, env) {
+            kernel::open(&m, Feed::LinkIngress)?.release(
+                PLUGIN,
+                &conf.name,
+                &env.container_id,
+                &env.ifname,
+            )?;
+        }
         if ipam_result.is_ok() {
             match &records {
                 Ok(l) => l.remove(&env.container_id, &env.ifname),
@@ -279,6 +335,7 @@ impl Plugin for Macvlan {
         }
         let ifname = env.ifname.clone();
         let (ours, want_mac) = check::prev_interface(&prev, &ifname)?;
+        let want_mac_s = want_mac.clone();
         netns::run_in(netns, move || -> Result<(), Error> {
             let mut nl = Netlink::open()?;
             let l = link::by_name(&mut nl, &ifname)?
@@ -304,7 +361,15 @@ impl Plugin for Macvlan {
                 None => Bandwidth::default(),
             };
             Ok(qos::verify(&mut nl, l.index, &ifname, &bw)?)
-        })?
+        })??;
+        if let Some((c, m)) = shares_of(conf, env) {
+            if let Some(r) = resolve_share(&c, &m)? {
+                let mac = link::parse_mac(&want_mac_s).unwrap_or_default();
+                let key = Entry::new(PLUGIN, &conf.name, env, netns, mac, None);
+                kernel::open(&m, Feed::LinkIngress)?.verify(&key, &r)?;
+            }
+        }
+        Ok(())
     }
 
     fn status(&self, env: &Env, conf: &NetConf) -> Result<(), Error> {
@@ -366,6 +431,9 @@ impl Plugin for Macvlan {
             }
             ledger.remove(&a.container_id, &a.ifname);
             tracing::info!(container = %a.container_id, ifname = %a.ifname, "GC: collected an attachment not in the valid list");
+        }
+        if let Some((_, m)) = shares_of(conf, env) {
+            kernel::open(&m, Feed::LinkIngress)?.gc(PLUGIN, &conf.name, &valid)?;
         }
         Ok(())
     }

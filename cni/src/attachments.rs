@@ -72,7 +72,7 @@ pub struct Ledger {
 }
 
 /// A file-name-safe form of `s`: itself when it is plain, else a hash.
-fn safe(s: &str) -> String {
+pub(crate) fn safe(s: &str) -> String {
     let plain = !s.is_empty()
         && s.len() <= 64
         && !s.starts_with('.')
@@ -87,6 +87,36 @@ fn safe(s: &str) -> String {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
     format!("~{h:016x}")
+}
+
+/// Opens (creating) `path` and takes a `flock` on it for `access`,
+/// waiting for it; the lock lasts as long as the file.
+pub fn locked(path: &Path, access: Access) -> std::io::Result<File> {
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    let op = match access {
+        Access::Shared => libc::LOCK_SH,
+        Access::Exclusive => libc::LOCK_EX,
+    };
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
+/// Replaces `path` with `body` so that a crash leaves the old or the new
+/// content, never a mix: a temp file, fsync, rename, fsync of the directory.
+pub fn write_durably(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(body)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
 }
 
 /// The attachment records could not be opened, locked or written (code 5).
@@ -125,22 +155,8 @@ impl Ledger {
         let dir = state_dir.join(safe(plugin)).join(safe(network));
         std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
         let lock_path = dir.join(".lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io(format!("open {}", lock_path.display())))?;
-        let op = match access {
-            Access::Shared => libc::LOCK_SH,
-            Access::Exclusive => libc::LOCK_EX,
-        };
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(lock.as_raw_fd(), op) } != 0 {
-            return Err(io(format!("lock {}", lock_path.display()))(
-                std::io::Error::last_os_error(),
-            ));
-        }
+        let lock =
+            locked(&lock_path, access).map_err(io(format!("lock {}", lock_path.display())))?;
         Ok(Ledger { dir, _lock: lock })
     }
 
@@ -152,17 +168,9 @@ impl Ledger {
     /// Records `a`, durably.
     pub fn record(&self, a: &Attachment) -> Result<(), LedgerError> {
         let path = self.path(&a.container_id, &a.ifname);
-        let tmp = path.with_extension("tmp");
         let body = serde_json::to_vec(a)
             .map_err(|e| io(format!("encode {}", path.display()))(e.into()))?;
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&body)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            File::open(&self.dir)?.sync_all()
-        };
-        write().map_err(io(format!("record {}", path.display())))
+        write_durably(&path, &body).map_err(io(format!("record {}", path.display())))
     }
 
     /// Forgets the attachment of `container_id` and `ifname`.

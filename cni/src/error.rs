@@ -215,6 +215,9 @@ pub enum Error {
     /// The attachment records.
     #[error(transparent)]
     Ledger(#[from] crate::attachments::LedgerError),
+    /// Bandwidth shares on a link.
+    #[error(transparent)]
+    Share(#[from] crate::share::ShareError),
 }
 
 impl Error {
@@ -228,6 +231,7 @@ impl Error {
             Error::Netlink(e) => e,
             Error::Link(e) => e,
             Error::Ledger(e) => e,
+            Error::Share(e) => e,
         }
     }
 }
@@ -260,7 +264,8 @@ macro_rules! wraps_cni_errors {
             $crate::netns::NetnsError,
             $crate::netlink::NetlinkError,
             $crate::error::LinkError,
-            $crate::attachments::LedgerError
+            $crate::attachments::LedgerError,
+            $crate::share::ShareError
         );
     };
     (@each $t:ty: $($e:ty),*) => {

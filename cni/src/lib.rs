@@ -9,7 +9,8 @@
 //!
 //! It also holds the verb dispatcher ([`skel`]), a blocking rtnetlink client
 //! ([`netlink`], [`link`], [`ipcfg`], [`tc`]), in-netns bandwidth shaping
-//! ([`qos`]), the shared capability keys ([`caps`]) and file logging
+//! ([`qos`]), shared bandwidth with guarantees on a link ([`share`], over
+//! [`htb`]), the shared capability keys ([`caps`]) and file logging
 //! ([`logging`]), used by `berth-macvlan` and `berth-ovs-vlan`.
 
 pub mod arp;
@@ -20,6 +21,7 @@ pub mod env;
 pub mod error;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod htb;
 pub mod ipam;
 pub mod ipcfg;
 pub mod link;
@@ -28,6 +30,7 @@ pub mod netlink;
 pub mod netns;
 pub mod qos;
 pub mod setup;
+pub mod share;
 pub mod skel;
 pub mod tc;
 pub mod types;

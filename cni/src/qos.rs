@@ -121,7 +121,7 @@ impl Bandwidth {
     }
 }
 
-fn fnv(s: &str) -> u32 {
+pub(crate) fn fnv(s: &str) -> u32 {
     // FNV-1a: stable across releases, unlike std's hasher.
     let mut h: u32 = 0x811c_9dc5;
     for b in s.bytes() {

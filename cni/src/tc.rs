@@ -17,7 +17,24 @@ const TCA_TBF_BURST: u16 = 6;
 const TC_LINKLAYER_ETHERNET: u8 = 1;
 /// `PSCHED_SHIFT`: one scheduler tick is 64 ns.
 const PSCHED_SHIFT: u32 = 6;
-const ETH_P_ALL: u16 = 0x0003;
+pub(crate) const ETH_P_ALL: u16 = 0x0003;
+
+/// `struct tc_ratespec` for `rate` bytes/s (saturating at 32 bits: a
+/// `*_RATE64` attribute carries more): cell_log, linklayer, overhead,
+/// cell_align, mpu, rate. With the link layer set the kernel computes
+/// lengths itself and needs no rate table.
+pub(crate) fn ratespec(rate: u64) -> [u8; 12] {
+    let mut q = [0u8; 12];
+    q[1] = TC_LINKLAYER_ETHERNET;
+    q[8..].copy_from_slice(&u32::try_from(rate).unwrap_or(u32::MAX).to_ne_bytes());
+    q
+}
+
+/// The time to send `bytes` at `rate` bytes/s, in scheduler ticks.
+pub(crate) fn ticks(bytes: u64, rate: u64) -> u32 {
+    let ns = u128::from(bytes) * 1_000_000_000 / u128::from(rate.max(1));
+    u32::try_from(ns >> PSCHED_SHIFT).unwrap_or(u32::MAX)
+}
 
 /// A token bucket: rate and burst in bytes, queue limit in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,18 +50,9 @@ pub struct Tbf {
 impl Tbf {
     /// The `tc_tbf_qopt` struct and attributes inside `TCA_OPTIONS`.
     fn options(&self) -> Vec<TcOption> {
-        let rate32 = u32::try_from(self.rate).unwrap_or(u32::MAX);
-        // Time to send one full bucket, in scheduler ticks.
-        let burst_ns = u128::from(self.burst) * 1_000_000_000 / u128::from(self.rate.max(1));
-        let buffer = u32::try_from(burst_ns >> PSCHED_SHIFT).unwrap_or(u32::MAX);
+        let buffer = ticks(u64::from(self.burst), self.rate);
         let mut q = Vec::with_capacity(36);
-        // struct tc_ratespec rate: cell_log, linklayer, overhead, cell_align, mpu, rate.
-        // With linklayer set the kernel computes lengths itself and needs no rate table.
-        q.extend_from_slice(&[0, TC_LINKLAYER_ETHERNET]);
-        q.extend_from_slice(&0u16.to_ne_bytes());
-        q.extend_from_slice(&0i16.to_ne_bytes());
-        q.extend_from_slice(&0u16.to_ne_bytes());
-        q.extend_from_slice(&rate32.to_ne_bytes());
+        q.extend_from_slice(&ratespec(self.rate));
         // struct tc_ratespec peakrate: unused.
         q.extend_from_slice(&[0u8; 12]);
         q.extend_from_slice(&self.limit.to_ne_bytes());
@@ -87,7 +95,7 @@ pub const ROOT: u32 = 0xffff_ffff;
 /// The ingress parent handle.
 pub const INGRESS: u32 = 0xffff_fff1;
 
-fn qdisc_msg(index: u32, handle: u32, parent: u32) -> TcMessage {
+pub(crate) fn qdisc_msg(index: u32, handle: u32, parent: u32) -> TcMessage {
     let mut m = TcMessage::with_index(index as i32);
     m.header.handle = TcHandle::from(handle);
     m.header.parent = TcHandle::from(parent);
@@ -140,10 +148,23 @@ pub fn delete_qdisc(nl: &mut Netlink, index: u32, parent: u32) -> Result<(), Net
 /// On the ingress qdisc of link `index`, redirects every packet to the
 /// egress of link `to` (`u32 match u32 0 0 action mirred egress redirect`).
 pub fn add_ingress_redirect(nl: &mut Netlink, index: u32, to: u32) -> Result<(), NetlinkError> {
+    add_redirect(nl, index, 0xffff_0000, 1, to)
+}
+
+/// Under `parent` of link `index`, at priority `prio`, redirects every
+/// packet to the egress of link `to` (`u32 match u32 0 0 action mirred
+/// egress redirect`).
+pub fn add_redirect(
+    nl: &mut Netlink,
+    index: u32,
+    parent: u32,
+    prio: u16,
+    to: u32,
+) -> Result<(), NetlinkError> {
     let mut m = TcMessage::with_index(index as i32);
-    m.header.parent = TcHandle::from(0xffff_0000);
-    // info: priority 1 in the high half, the protocol (big-endian) in the low.
-    m.header.info = (1 << 16) | u32::from(ETH_P_ALL.to_be());
+    m.header.parent = TcHandle::from(parent);
+    // info: the priority in the high half, the protocol (big-endian) in the low.
+    m.header.info = (u32::from(prio) << 16) | u32::from(ETH_P_ALL.to_be());
     let mut sel = TcU32Selector::default();
     sel.flags = TcU32SelectorFlags::Terminal;
     sel.nkeys = 1;
@@ -166,7 +187,7 @@ pub fn add_ingress_redirect(nl: &mut Netlink, index: u32, to: u32) -> Result<(),
         TcOption::U32(TcFilterU32Option::Action(vec![action])),
     ]));
     nl.request(
-        || format!("redirect ingress of link #{index} to link #{to}"),
+        || format!("redirect link #{index}'s {parent:#x} to link #{to}"),
         RouteNetlinkMessage::NewTrafficFilter(m),
         NLM_F_CREATE | NLM_F_EXCL,
     )
@@ -186,7 +207,7 @@ pub fn ingress_filters(nl: &mut Netlink, index: u32) -> Result<usize, NetlinkErr
         .count())
 }
 
-fn nested(value: &[u8]) -> Vec<(u16, &[u8])> {
+pub(crate) fn nested(value: &[u8]) -> Vec<(u16, &[u8])> {
     let mut out = Vec::new();
     let mut off = 0;
     while off + 4 <= value.len() {
@@ -201,12 +222,13 @@ fn nested(value: &[u8]) -> Vec<(u16, &[u8])> {
     out
 }
 
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+pub(crate) fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
-/// Reads rate (bytes/s) and burst (bytes) out of a dumped tbf's options.
-fn parse_tbf(options: &[TcOption]) -> Option<(u64, u64)> {
+/// The nested attributes of a dumped qdisc's or class's `TCA_OPTIONS`, for
+/// the kinds `netlink-packet-route` keeps as one opaque attribute.
+pub(crate) fn raw_options(options: &[TcOption]) -> Vec<u8> {
     let mut raw = Vec::new();
     for o in options {
         if let TcOption::Other(nla) = o {
@@ -215,6 +237,12 @@ fn parse_tbf(options: &[TcOption]) -> Option<(u64, u64)> {
             raw = v;
         }
     }
+    raw
+}
+
+/// Reads rate (bytes/s) and burst (bytes) out of a dumped tbf's options.
+fn parse_tbf(options: &[TcOption]) -> Option<(u64, u64)> {
+    let raw = raw_options(options);
     let attrs = nested(&raw);
     let parms = attrs.iter().find(|(k, _)| *k == TCA_TBF_PARMS)?.1;
     let mut rate = u64::from(u32_at(parms, 8)?);

@@ -16,4 +16,5 @@ mod macvlan;
 mod ovs_vlan;
 mod packages;
 mod runtime;
+mod share;
 mod vm;
