@@ -63,6 +63,32 @@ fn master(nl: &mut Netlink, c: &MacvlanConf) -> Result<Link, Error> {
     }
 }
 
+/// The name a new link has in the container until it is renamed `ifname`.
+fn temp_of(ifname: &str) -> String {
+    link::temp_name_for("bmv", ifname)
+}
+
+/// Deletes a link left under [`temp_of`] `ifname` in `netns` by a killed
+/// ADD; true if there was one.
+fn remove_stale_temp(netns: &Path, ifname: &str) -> bool {
+    let tmp = temp_of(ifname);
+    matches!(
+        netns::run_in(netns, move || link::delete_by_name(
+            &mut Netlink::open()?,
+            &tmp
+        )),
+        Ok(Ok(true))
+    )
+}
+
+/// Removes `ifname`, its ifb, and a link a killed ADD left under its
+/// temporary name. Call inside the netns.
+fn remove_in_netns(nl: &mut Netlink, ifname: &str) -> Result<(), LinkError> {
+    qos::delete_with_ifb(nl, ifname)?;
+    link::delete_by_name(nl, &temp_of(ifname))?;
+    Ok(())
+}
+
 /// Everything ADD decided before touching the netns.
 struct Plan {
     conf: MacvlanConf,
@@ -227,8 +253,13 @@ impl Plugin for Macvlan {
         // leaves; held shared until the ADD is done, so GC waits for it.
         let ledger = ledger(conf, Access::Shared)?;
         ledger.record(&Attachment::new(&env.container_id, &env.ifname, netns))?;
-        let tmp = link::temp_name("bmv");
-        if let Err(e) = create_link(&p, netns, &tmp) {
+        let tmp = temp_of(&env.ifname);
+        let mut made = create_link(&p, netns, &tmp);
+        if made.is_err() && remove_stale_temp(netns, &env.ifname) {
+            // An ADD of this interface was killed before its rename.
+            made = create_link(&p, netns, &tmp);
+        }
+        if let Err(e) = made {
             ledger.remove(&env.container_id, &env.ifname);
             return Err(e);
         }
@@ -299,8 +330,7 @@ impl Plugin for Macvlan {
         if let Some(ns) = env.netns.as_deref().filter(|n| netns::exists(n)) {
             let ifname = env.ifname.clone();
             let r = netns::run_in(ns, move || -> Result<(), LinkError> {
-                let mut nl = Netlink::open()?;
-                qos::delete_with_ifb(&mut nl, &ifname)
+                remove_in_netns(&mut Netlink::open()?, &ifname)
             });
             match r {
                 Ok(r) => r?,
@@ -407,7 +437,7 @@ impl Plugin for Macvlan {
             if a.netns_is_ours() {
                 let ifname = a.ifname.clone();
                 let r = netns::run_in(&a.netns, move || -> Result<(), LinkError> {
-                    qos::delete_with_ifb(&mut Netlink::open()?, &ifname)
+                    remove_in_netns(&mut Netlink::open()?, &ifname)
                 });
                 if !matches!(r, Ok(Ok(()))) {
                     tracing::warn!(?r, container = %a.container_id, "GC: could not remove the link; kept for the next GC");

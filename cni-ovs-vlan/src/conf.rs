@@ -2,6 +2,7 @@
 
 use berth_cni::caps::Common;
 use berth_cni::env::Env;
+use berth_cni::share::ShareConf;
 use berth_cni::types::{non_empty, ConfError, NetConf};
 use serde::Deserialize;
 use serde_json::Value;
@@ -46,6 +47,11 @@ pub struct OvsConf {
     pub egress_shaping: EgressShaping,
     /// The shared keys (MAC, IPAM, static IPs, bandwidth, DNS).
     pub common: Common,
+    /// `uplink`: the bridge's port to the physical network, whose capacity
+    /// `bandwidthShare` divides.
+    pub uplink: Option<String>,
+    /// `bandwidthShare` and what this attachment asks of it.
+    pub share: Option<ShareConf>,
 }
 
 /// The plugin's own keys, as they are in the configuration.
@@ -62,6 +68,7 @@ struct Keys {
     #[serde(rename = "vswitchd_socket_file")]
     vswitchd_socket_file: Option<String>,
     egress_shaping: Option<EgressShaping>,
+    uplink: Option<String>,
 }
 
 /// A `trunk` entry: `{"id": N}` or `{"minID": N, "maxID": M}`.
@@ -133,6 +140,8 @@ pub struct DelConf {
     pub socket: String,
     /// `ovsTimeoutSeconds`, or 10 s.
     pub timeout: Duration,
+    /// `uplink` when the network has `bandwidthShare`: where to free the share.
+    pub share_uplink: Option<String>,
 }
 
 impl DelConf {
@@ -156,9 +165,14 @@ impl DelConf {
                 10
             }),
         };
+        let share_uplink = match (get("bandwidthShare"), get("uplink")) {
+            (Some(_), Some(Value::String(u))) if !u.is_empty() => Some(u.clone()),
+            _ => None,
+        };
         DelConf {
             socket,
             timeout: Duration::from_secs(timeout),
+            share_uplink,
         }
     }
 }
@@ -189,6 +203,23 @@ impl OvsConf {
             }
         };
         let timeout = k.ovs_timeout_seconds.filter(|t| *t > 0).unwrap_or(10);
+        let share = ShareConf::parse(conf, env)?;
+        let uplink = non_empty(k.uplink);
+        let egress_shaping = k.egress_shaping.unwrap_or_default();
+        if share.is_some() {
+            if uplink.is_none() {
+                return Err(ConfError::Missing(
+                    "uplink (the bridge's port to the physical network, which bandwidthShare divides)"
+                        .into(),
+                ));
+            }
+            if egress_shaping == EgressShaping::Police {
+                return Err(ConfError::invalid(
+                    "egressShaping",
+                    "\"police\" cannot be combined with bandwidthShare: both need the port's ingress hook",
+                ));
+            }
+        }
         Ok(OvsConf {
             bridge,
             vlan: k.vlan.map(|v| vlan_id(v, "vlan")).transpose()?,
@@ -197,8 +228,10 @@ impl OvsConf {
             socket,
             timeout: Duration::from_secs(u64::from(timeout)),
             vswitchd_socket,
-            egress_shaping: k.egress_shaping.unwrap_or_default(),
+            egress_shaping,
             common: Common::parse(conf, env)?,
+            uplink,
+            share,
         })
     }
 }
@@ -256,6 +289,14 @@ mod tests {
             (json!({"bridge": ""}), "bridge is required"),
             (json!({"socket_file": "ssl:1.2.3.4:6640"}), "socket_file"),
             (json!({"egressShaping": "meter"}), "egressShaping: "),
+            (
+                json!({"bandwidthShare": {"linkRate": 1e8 as u64}}),
+                "uplink",
+            ),
+            (
+                json!({"bandwidthShare": {}, "uplink": "p0", "egressShaping": "police"}),
+                "egressShaping \"police\" cannot",
+            ),
             (json!({"ovsTimeoutSeconds": -3}), "ovsTimeoutSeconds: "),
             (
                 json!({"vswitchd_socket_file": "rel/ctl"}),

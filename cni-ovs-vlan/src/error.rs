@@ -54,6 +54,9 @@ pub enum OvsError {
     /// The container's end of the veth is not in its netns (code 5).
     #[error("{0} is not in the container's netns")]
     NotInNetns(String),
+    /// `uplink` names no link on the host (code 7).
+    #[error("uplink {0:?} is not a link on the host")]
+    NoUplink(String),
     /// STATUS: an ADD now would fail (code 50).
     #[error("{0}")]
     NotAvailable(String),
@@ -84,7 +87,9 @@ impl Failure for OvsError {
             | OvsError::PortFailed { .. }
             | OvsError::NoHtb(_)
             | OvsError::NotInNetns(_) => Code::Io,
-            OvsError::NoBridge(_) | OvsError::NoPolicing(_) => Code::InvalidConfig,
+            OvsError::NoBridge(_) | OvsError::NoUplink(_) | OvsError::NoPolicing(_) => {
+                Code::InvalidConfig
+            }
             OvsError::NotAvailable(_) => Code::NotAvailable,
         }
     }

@@ -12,6 +12,8 @@ use berth_cni::netlink::Netlink;
 use berth_cni::netns::NetnsError;
 use berth_cni::qos::{self, Bandwidth};
 use berth_cni::setup;
+use berth_cni::share::kernel::{self, Feed};
+use berth_cni::share::{Entry, Resolved};
 use berth_cni::skel::Plugin;
 use berth_cni::types::{CniResult, ConfError, Interface, NetConf};
 use berth_cni::{ipam, netns, tc, Failure};
@@ -160,6 +162,19 @@ fn bridge_exists(db: &mut Client, name: &str) -> Result<bool, Error> {
     Ok(!rows.is_empty())
 }
 
+/// The plugin's name in its bandwidth books.
+const PLUGIN: &str = "berth-ovs-vlan";
+
+/// The uplink and what `bandwidthShare` grants on it, if the network has one.
+fn share_plan(c: &OvsConf) -> Result<Option<(link::Link, Resolved)>, Error> {
+    let (Some(s), Some(u)) = (&c.share, &c.uplink) else {
+        return Ok(None);
+    };
+    let up = link::by_name(&mut Netlink::open()?, u)?.ok_or_else(|| Error::NoUplink(u.clone()))?;
+    let r = s.resolve(&up.name, kernel::speed(&up))?;
+    Ok(Some((up, r)))
+}
+
 fn bandwidth(c: &OvsConf) -> Result<Bandwidth, ConfError> {
     match &c.common.bandwidth {
         Some((v, key)) => Bandwidth::parse(v, key, c.mtu.unwrap_or(1500)),
@@ -174,6 +189,7 @@ impl Plugin for OvsVlan {
         let netns = env.netns()?;
         let c = OvsConf::parse(conf, env)?;
         let bw = bandwidth(&c)?;
+        let share = share_plan(&c)?;
         let ns_file = File::open(netns).map_err(|source| NetnsError::Open {
             path: netns.into(),
             source,
@@ -254,13 +270,20 @@ impl Plugin for OvsVlan {
             egress: bw.egress.filter(|_| c.egress_shaping == EgressShaping::Tbf),
         };
         let res = &result;
-        let (mac, mtu) = netns::run_in(netns, move || -> Result<(String, u32), Error> {
+        let (mac, mtu) = netns::run_in(netns, move || -> Result<(Vec<u8>, u32), Error> {
             let mut nl = Netlink::open()?;
             let l = link::by_name(&mut nl, &ifname)?
                 .ok_or_else(|| Error::NotInNetns(ifname.clone()))?;
             setup::finish(&mut nl, l.index, &ifname, 1, res, &egress_tbf)?;
-            Ok((l.mac_string(), l.mtu))
+            Ok((l.mac, l.mtu))
         })??;
+        if let Some((up, r)) = &share {
+            let m: [u8; 6] = mac.as_slice().try_into().unwrap_or_default();
+            let e = Entry::new(PLUGIN, &conf.name, env, netns, m, Some(host.clone()));
+            let e = kernel::open(up, Feed::PortEgress)?.admit(e, r)?;
+            tracing::info!(uplink = %up.name, minor = e.minor, egress = ?e.egress, ingress = ?e.ingress, priority = e.priority, "bandwidth share granted");
+        }
+        let mac = link::format_mac(&mac);
         rb.armed = false;
         result.interfaces = vec![
             Interface {
@@ -297,6 +320,19 @@ impl Plugin for OvsVlan {
         ];
         let found = port::find(&mut db, &ids)?;
         remove_attachment(&mut db, &found, &host)?;
+        if let Some(u) = &c.share_uplink {
+            match link::by_name(&mut Netlink::open()?, u)? {
+                Some(up) => kernel::open(&up, Feed::PortEgress)?.release(
+                    PLUGIN,
+                    &conf.name,
+                    &env.container_id,
+                    &env.ifname,
+                )?,
+                None => {
+                    tracing::warn!(uplink = %u, "uplink is gone; its bandwidth shares went with it")
+                }
+            }
+        }
         Ok(ipam_result?)
     }
 
@@ -368,6 +404,11 @@ impl Plugin for OvsVlan {
         }
         let ifname = env.ifname.clone();
         let (ours, want_mac) = check::prev_interface(&prev, &ifname)?;
+        if let Some((up, r)) = share_plan(&c)? {
+            let m = link::parse_mac(&want_mac).unwrap_or_default();
+            let key = Entry::new(PLUGIN, &conf.name, env, netns, m, Some(p.name.clone()));
+            kernel::open(&up, Feed::PortEgress)?.verify(&key, &r)?;
+        }
         let egress_tbf = Bandwidth {
             ingress: None,
             egress: bw.egress.filter(|_| c.egress_shaping == EgressShaping::Tbf),
@@ -444,6 +485,15 @@ impl Plugin for OvsVlan {
                 tracing::info!(veth = %l.name, "GC: removing a veth not in the valid list");
                 link::delete(&mut nl, l.index)?;
             }
+        }
+        match share_plan(&c) {
+            Ok(Some((up, _))) => {
+                kernel::open(&up, Feed::PortEgress)?.gc(PLUGIN, &conf.name, &valid)?
+            }
+            Ok(None) => {}
+            // The uplink is gone, and its trees with it; its book goes at
+            // the next ADD's reconcile.
+            Err(e) => tracing::warn!(error = %e, "GC: bandwidth shares not collected"),
         }
         let n = port::remove_orphan_qos(&mut db, &conf.name)?;
         if n > 0 {

@@ -407,6 +407,13 @@ pub fn delete_by_name(nl: &mut Netlink, name: &str) -> Result<bool, NetlinkError
     }
 }
 
+/// The link name `<prefix><8 hex of key>` a plugin creates the link for
+/// `key` (an interface name) under before renaming it: the same for every
+/// call, so a DEL or GC after an ADD killed before the rename finds it.
+pub fn temp_name_for(prefix: &str, key: &str) -> String {
+    format!("{prefix}{:08x}", crate::qos::fnv(key))
+}
+
 /// A fresh random link name `<prefix><8 hex>` for creating a link before it
 /// gets its final name.
 pub fn temp_name(prefix: &str) -> String {

@@ -4,9 +4,10 @@
 //! class, so results do not depend on the machine's speed.
 
 use berth_integration::cmd::{sh, try_sh};
-use berth_integration::cni::{berth_macvlan, host_config, Answer, Call};
+use berth_integration::cni::{berth_macvlan, berth_ovs_vlan, host_config, Answer, Call};
 use berth_integration::names::unique;
 use berth_integration::net::{iperf, Netns, Veth};
+use berth_integration::ovs::{ovs, OvsBridge};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 
@@ -18,14 +19,47 @@ struct Wire {
     veth: Veth,
     peer: Netns,
     net: u8,
+    /// The plugin, and its own keys.
+    plugin: PathBuf,
+    keys: Value,
+    /// OVS: the bridge whose uplink (an access port on VLAN 100) is the veth.
+    _bridge: Option<OvsBridge>,
+}
+
+/// Which plugin attaches the containers.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Flavor {
+    Macvlan,
+    Ovs,
 }
 
 impl Wire {
-    fn new(net: u8) -> Wire {
+    fn new(flavor: Flavor, net: u8) -> Wire {
         let mut veth = Veth::new();
         let peer = Netns::new();
         veth.move_peer(&peer, "eth0", Some(&format!("10.{net}.0.1/24")));
-        Wire { veth, peer, net }
+        let (plugin, keys, bridge) = match flavor {
+            Flavor::Macvlan => (berth_macvlan(), json!({"master": veth.host}), None),
+            Flavor::Ovs => {
+                let br = OvsBridge::new();
+                br.add_access_port(&veth.host, 100);
+                let keys = json!({"bridge": br.name, "vlan": 100, "uplink": veth.host,
+                    "socket_file": format!("unix:{}", ovs().db_socket.display())});
+                (berth_ovs_vlan(), keys, Some(br))
+            }
+        };
+        Wire {
+            veth,
+            peer,
+            net,
+            plugin,
+            keys,
+            _bridge: bridge,
+        }
+    }
+
+    fn call(&self, verb: &str, id: &str, ns: Option<&str>) -> Call {
+        Call::new(&self.plugin, verb, id, ns)
     }
 
     fn server(&self) -> String {
@@ -38,8 +72,12 @@ impl Wire {
         if let (Some(o), Value::Object(e)) = (share.as_object_mut(), extra) {
             o.extend(e);
         }
-        json!({"cniVersion": "1.0.0", "name": unique(), "type": "berth-macvlan",
-               "master": self.veth.host, "bandwidthShare": share})
+        let mut c = json!({"cniVersion": "1.0.0", "name": unique(), "bandwidthShare": share});
+        c["type"] = json!(self.plugin.file_name().unwrap().to_string_lossy());
+        for (k, v) in self.keys.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
     }
 
     /// `tc` output for the link and its ifb.
@@ -67,6 +105,11 @@ impl Wire {
     /// True when nothing of the share is left on the link.
     fn bare(&self) -> Result<(), String> {
         let q = sh("tc", ["qdisc", "show", "dev", &self.veth.host]);
+        let q = if self._bridge.is_some() {
+            q.replace("qdisc ingress ffff: parent ffff:fff1 ----------------", "")
+        } else {
+            q
+        };
         let f = sh("tc", ["filter", "show", "dev", &self.veth.host, "ingress"]);
         if q.contains("htb") || q.contains("ingress") || !f.trim().is_empty() {
             return Err(format!("left on the link: {q}{f}"));
@@ -104,14 +147,12 @@ fn add(w: &Wire, c: &Value, host: u8, args: &str) -> (Ctr, Answer) {
     let ip = format!("10.{}.0.{host}", w.net);
     let mut c = c.clone();
     c["runtimeConfig"]["ips"] = json!([format!("{ip}/24")]);
-    let a = Call::new(&berth_macvlan(), "ADD", &id, Some(&ns.path()))
-        .args(args)
-        .run(&c);
+    let a = w.call("ADD", &id, Some(&ns.path())).args(args).run(&c);
     (Ctr { ns, id, ip }, a)
 }
 
-fn del(c: &Value, ctr: &Ctr) -> Answer {
-    Call::new(&berth_macvlan(), "DEL", &ctr.id, Some(&ctr.ns.path())).run(c)
+fn del(w: &Wire, c: &Value, ctr: &Ctr) -> Answer {
+    w.call("DEL", &ctr.id, Some(&ctr.ns.path())).run(c)
 }
 
 /// Both flows at once (`reverse`: from the peer to the containers), bits/s.
@@ -149,9 +190,8 @@ fn mbit(b: f64) -> f64 {
 }
 
 /// Guarantee, borrowing and admission, both ways, on one link; and CHECK.
-#[test]
-fn share_guarantees_borrowing_and_admission_on_macvlan() {
-    let w = Wire::new(61);
+fn guarantees_borrowing_and_admission(flavor: Flavor, net: u8) {
+    let w = Wire::new(flavor, net);
     let c = w.conf(json!({}));
     let (a, ra) = add(
         &w,
@@ -225,11 +265,13 @@ fn share_guarantees_borrowing_and_admission_on_macvlan() {
     chk["runtimeConfig"]["ips"] = json!([format!("{}/24", a.ip)]);
     chk["prevResult"] = prev;
     let args = "BERTH_EGRESS_GUARANTEE=30000000;BERTH_INGRESS_GUARANTEE=30000000";
-    let ok = Call::new(&berth_macvlan(), "CHECK", &a.id, Some(&a.ns.path()))
+    let ok = w
+        .call("CHECK", &a.id, Some(&a.ns.path()))
         .args(args)
         .run(&chk);
     assert!(ok.ok, "CHECK: {}", ok.stdout);
-    let other = Call::new(&berth_macvlan(), "CHECK", &a.id, Some(&a.ns.path()))
+    let other = w
+        .call("CHECK", &a.id, Some(&a.ns.path()))
         .args("BERTH_EGRESS_GUARANTEE=20000000")
         .run(&chk);
     assert_eq!(other.code(), Some(101), "{}", other.stdout);
@@ -252,16 +294,17 @@ fn share_guarantees_borrowing_and_admission_on_macvlan() {
             "100mbit",
         ],
     );
-    let bad = Call::new(&berth_macvlan(), "CHECK", &a.id, Some(&a.ns.path()))
+    let bad = w
+        .call("CHECK", &a.id, Some(&a.ns.path()))
         .args(args)
         .run(&chk);
     assert_eq!(bad.code(), Some(101), "{}", bad.stdout);
     // DEL frees the guarantee: the refused ADD now succeeds.
-    assert!(del(&cb, &b).ok);
+    assert!(del(&w, &cb, &b).ok);
     let (y, r) = add(&w, &c, 5, "BERTH_EGRESS_GUARANTEE=10000000");
     r.result();
     for ctr in [&a, &y] {
-        assert!(del(&c, ctr).ok);
+        assert!(del(&w, &c, ctr).ok);
     }
     w.bare().unwrap();
     eprintln!("share results (Mbit/s):\n  {}", rows.join("\n  "));
@@ -269,9 +312,8 @@ fn share_guarantees_borrowing_and_admission_on_macvlan() {
 
 /// Priority: both borrow, the higher takes the spare first and its pings
 /// do not wait behind the lower one's queue.
-#[test]
-fn share_priority_decides_who_borrows_and_who_waits_on_macvlan() {
-    let w = Wire::new(62);
+fn priority_decides_who_borrows_and_who_waits(flavor: Flavor, net: u8) {
+    let w = Wire::new(flavor, net);
     let c = w.conf(json!({}));
     let (a, r) = add(
         &w,
@@ -326,16 +368,15 @@ fn share_priority_decides_who_borrows_and_who_waits_on_macvlan() {
         );
     }
     for ctr in [&a, &lo] {
-        assert!(del(&c, ctr).ok);
+        assert!(del(&w, &c, ctr).ok);
     }
     w.bare().unwrap();
     eprintln!("share results (Mbit/s):\n  {}", rows.join("\n  "));
 }
 
 /// 20 ADDs at once asking 10 each of the 95 the host leaves: exactly 9 win.
-#[test]
-fn share_parallel_adds_admit_exactly_what_fits() {
-    let w = Wire::new(63);
+fn parallel_adds_admit_exactly_what_fits(flavor: Flavor, net: u8) {
+    let w = Wire::new(flavor, net);
     let c = w.conf(json!({}));
     let answers: Vec<(Ctr, Answer)> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..20u8)
@@ -361,7 +402,7 @@ fn share_parallel_adds_admit_exactly_what_fits() {
     let filters = w.tc("filter").matches("flowid be00:").count();
     assert_eq!(filters, 18, "{}", w.tc("filter"));
     for (ctr, a) in &answers {
-        let d = del(&c, ctr);
+        let d = del(&w, &c, ctr);
         assert!(d.ok, "{} / {}", a.stdout, d.stdout);
     }
     w.bare().unwrap();
@@ -369,14 +410,13 @@ fn share_parallel_adds_admit_exactly_what_fits() {
 
 /// kill -9 at random points of ADD and DEL, then GC: the kernel holds
 /// exactly the live attachments' classes.
-#[test]
-fn share_kill9_anywhere_then_gc_leaves_exactly_the_live_shares() {
+fn kill9_anywhere_then_gc_leaves_exactly_the_live_shares(flavor: Flavor, net: u8) {
     use std::process::{Command, Stdio};
-    let w = Wire::new(64);
+    let w = Wire::new(flavor, net);
     let c = w.conf(json!({}));
     let mut live: Vec<Ctr> = Vec::new();
     let mut gone: Vec<Ctr> = Vec::new();
-    let plugin = berth_macvlan();
+    let plugin = w.plugin.clone();
     let spawn = |verb: &str, ctr: &Ctr, conf: &Value| {
         let mut ch = Command::new(&plugin)
             .env_clear()
@@ -442,7 +482,7 @@ fn share_kill9_anywhere_then_gc_leaves_exactly_the_live_shares() {
         .collect::<Vec<_>>());
     // Before GC the kernel may hold more than the live shares (killed ADDs).
     let before = w.classes().len();
-    let r = Call::new(&berth_macvlan(), "GC", "", None).run(&gc);
+    let r = w.call("GC", "", None).run(&gc);
     assert!(r.ok, "GC: {}", r.stdout);
     eprintln!(
         "kill -9: {} live, {} killed or deleted; {before} classes before GC",
@@ -472,23 +512,22 @@ fn share_kill9_anywhere_then_gc_leaves_exactly_the_live_shares() {
         );
     }
     for l in &live {
-        assert!(del(&c, l).ok);
+        assert!(del(&w, &c, l).ok);
     }
     w.bare().unwrap();
 }
 
-/// 500 ADD/DEL cycles leave no class, filter, qdisc or ifb behind.
-#[test]
-fn share_500_add_del_cycles_leave_nothing_behind() {
-    let w = Wire::new(65);
+/// ADD/DEL cycles leave no class, filter, qdisc or ifb behind.
+fn add_del_cycles_leave_nothing_behind(flavor: Flavor, net: u8, cycles: u32) {
+    let w = Wire::new(flavor, net);
     let c = w.conf(json!({}));
     let ns = Netns::new();
     let mut cc = c.clone();
-    cc["runtimeConfig"]["ips"] = json!(["10.65.0.9/24"]);
-    for i in 0..500 {
+    cc["runtimeConfig"]["ips"] = json!([format!("10.{net}.0.9/24")]);
+    for i in 0..cycles {
         let id = format!("{}-{i}", unique());
         let call = |verb: &str| {
-            Call::new(&berth_macvlan(), verb, &id, Some(&ns.path()))
+            w.call(verb, &id, Some(&ns.path()))
                 .args("BERTH_EGRESS_GUARANTEE=50000000;BERTH_PRIORITY=2")
                 .run(&cc)
         };
@@ -513,4 +552,54 @@ fn share_500_add_del_cycles_leave_nothing_behind() {
         "a book is left: {books:?}"
     );
     assert_eq!(ns.ip(&["-br", "link"]).lines().count(), 1);
+}
+
+#[test]
+fn share_guarantees_borrowing_and_admission_macvlan() {
+    guarantees_borrowing_and_admission(Flavor::Macvlan, 61);
+}
+
+#[test]
+fn share_guarantees_borrowing_and_admission_ovs() {
+    guarantees_borrowing_and_admission(Flavor::Ovs, 71);
+}
+
+#[test]
+fn share_priority_decides_who_borrows_and_who_waits_macvlan() {
+    priority_decides_who_borrows_and_who_waits(Flavor::Macvlan, 62);
+}
+
+#[test]
+fn share_priority_decides_who_borrows_and_who_waits_ovs() {
+    priority_decides_who_borrows_and_who_waits(Flavor::Ovs, 72);
+}
+
+#[test]
+fn share_parallel_adds_admit_exactly_what_fits_macvlan() {
+    parallel_adds_admit_exactly_what_fits(Flavor::Macvlan, 63);
+}
+
+#[test]
+fn share_parallel_adds_admit_exactly_what_fits_ovs() {
+    parallel_adds_admit_exactly_what_fits(Flavor::Ovs, 73);
+}
+
+#[test]
+fn share_kill9_anywhere_then_gc_leaves_exactly_the_live_shares_macvlan() {
+    kill9_anywhere_then_gc_leaves_exactly_the_live_shares(Flavor::Macvlan, 64);
+}
+
+#[test]
+fn share_kill9_anywhere_then_gc_leaves_exactly_the_live_shares_ovs() {
+    kill9_anywhere_then_gc_leaves_exactly_the_live_shares(Flavor::Ovs, 74);
+}
+
+#[test]
+fn share_add_del_cycles_leave_nothing_behind_macvlan() {
+    add_del_cycles_leave_nothing_behind(Flavor::Macvlan, 65, 500);
+}
+
+#[test]
+fn share_add_del_cycles_leave_nothing_behind_ovs() {
+    add_del_cycles_leave_nothing_behind(Flavor::Ovs, 75, 100);
 }
