@@ -1,4 +1,4 @@
-//! `berth-bench [planner|runtime-cycle|builtin-cycle|docker-run|preload|cni-macvlan|cni-ovs-vlan|log-appender|all]`: Berth's benchmarks,
+//! `berth-bench [planner|runtime-cycle|builtin-cycle|docker-run|preload|cni-macvlan|cni-ovs-vlan|cni-share|log-appender|all]`: Berth's benchmarks,
 //! each measured interleaved against the reference it names, in one run on
 //! one machine, printed as medians and a ratio. Run as root (`bench/run`).
 
@@ -468,6 +468,77 @@ fn cni_macvlan(n: usize) {
     );
 }
 
+/// ADD and DEL per operation of berth-macvlan with a `bandwidthShare`
+/// guarantee (admission, the book, two classes and filters; the first
+/// grant builds the trees, so a second attachment holds them up) against
+/// the same plugin without, interleaved. Static IPs, no IPAM.
+fn cni_share(n: usize) {
+    use berth_integration::cni::{berth_macvlan, Call};
+    use berth_integration::net::{Netns, Veth};
+    let link = Veth::new();
+    let name = unique();
+    let base = serde_json::json!({
+        "cniVersion": "1.0.0", "name": name, "type": "berth-macvlan", "master": link.host,
+        "runtimeConfig": {"ips": ["10.251.0.5/24"]},
+    });
+    let mut shared = base.clone();
+    shared["bandwidthShare"] =
+        serde_json::json!({"linkRate": 1_000_000_000u64, "guarantee": 10_000_000});
+    let confs = [base, shared];
+    let holder = Netns::new();
+    let hold = Call::new(
+        &berth_macvlan(),
+        "ADD",
+        "bench-holder",
+        Some(&holder.path()),
+    )
+    .run(&{
+        let mut c = confs[1].clone();
+        c["runtimeConfig"]["ips"] = serde_json::json!(["10.251.0.4/24"]);
+        c
+    });
+    assert!(hold.ok, "holder ADD: {}", hold.stdout);
+    let ns = [Netns::new(), Netns::new()];
+    let mut add = [Vec::new(), Vec::new()];
+    let mut del = [Vec::new(), Vec::new()];
+    for i in 0..n + 5 {
+        for k in 0..2 {
+            let j = (i + k) % 2;
+            let id = unique();
+            let t = Instant::now();
+            let a = Call::new(&berth_macvlan(), "ADD", &id, Some(&ns[j].path())).run(&confs[j]);
+            let ta = t.elapsed().as_secs_f64() * 1000.0;
+            assert!(a.ok, "ADD: {}", a.stdout);
+            let t = Instant::now();
+            let d = Call::new(&berth_macvlan(), "DEL", &id, Some(&ns[j].path())).run(&confs[j]);
+            let td = t.elapsed().as_secs_f64() * 1000.0;
+            assert!(d.ok, "DEL: {}", d.stdout);
+            if i >= 5 {
+                add[j].push(ta);
+                del[j].push(td);
+            }
+        }
+    }
+    let del_holder = Call::new(
+        &berth_macvlan(),
+        "DEL",
+        "bench-holder",
+        Some(&holder.path()),
+    )
+    .run(&confs[1]);
+    assert!(del_holder.ok, "holder DEL: {}", del_holder.stdout);
+    let (pa, pd) = (median(add[0].clone()), median(del[0].clone()));
+    let (sa, sd) = (median(add[1].clone()), median(del[1].clone()));
+    println!(
+        "cni-share ADD (n={n}, interleaved, berth-macvlan): with a guarantee {sa:.2} ms vs without {pa:.2} ms, ratio {:.3}",
+        sa / pa
+    );
+    println!(
+        "cni-share DEL (n={n}, interleaved, berth-macvlan): with a guarantee {sd:.2} ms vs without {pd:.2} ms, ratio {:.3}",
+        sd / pd
+    );
+}
+
 /// ADD and DEL per operation: berth-ovs-vlan (veth + OVSDB port, access
 /// VLAN, no IPAM) against `ovs-vsctl add-port` / `del-port` of a ready veth,
 /// interleaved, on the private userspace OVS.
@@ -723,11 +794,13 @@ fn main() {
         "planner" => planner(),
         "cni-macvlan" => cni_macvlan(100),
         "cni-ovs-vlan" => cni_ovs_vlan(60),
+        "cni-share" => cni_share(100),
         "log-appender" => log_appender(),
         "all" => {
             log_appender();
             cni_macvlan(100);
             cni_ovs_vlan(60);
+            cni_share(100);
             planner();
             preload();
             runtime_cycle(80);
@@ -736,7 +809,7 @@ fn main() {
         }
         other => {
             eprintln!(
-                "usage: berth-bench [planner|runtime-cycle|builtin-cycle|docker-run|preload|cni-macvlan|cni-ovs-vlan|log-appender|all] (not {other:?})"
+                "usage: berth-bench [planner|runtime-cycle|builtin-cycle|docker-run|preload|cni-macvlan|cni-ovs-vlan|cni-share|log-appender|all] (not {other:?})"
             );
             std::process::exit(2);
         }
