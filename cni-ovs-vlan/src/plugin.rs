@@ -4,10 +4,12 @@ use crate::conf::{EgressShaping, OvsConf};
 use crate::error::OvsError as Error;
 use crate::ovsdb::Client;
 use crate::port::{self, Found, Owner};
+use berth_cni::attachments::{locked, Access, LedgerError};
 use berth_cni::check::{self, mismatch};
 use berth_cni::env::{Command as Verb, Env, EnvError};
 use berth_cni::error::LinkError;
 use berth_cni::link::{self, VethSpec};
+use berth_cni::logging::HostSettings;
 use berth_cni::netlink::Netlink;
 use berth_cni::netns::NetnsError;
 use berth_cni::qos::{self, Bandwidth};
@@ -30,6 +32,26 @@ pub fn host_name(container_id: &str, ifname: &str) -> String {
         "bov{:012x}",
         fnv1a(container_id.bytes().chain([b'/']).chain(ifname.bytes())) & 0xffff_ffff_ffff
     )
+}
+
+/// True for a name [`host_name`] makes.
+fn is_host_name(name: &str) -> bool {
+    name.len() == 15 && name.starts_with("bov") && name[3..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The kernel sets no alias at creation, so a veth is unaliased between
+/// its creation and its alias. ADDs hold this lock shared over that window
+/// and GC holds it alone, so an unaliased host end GC sees is an ADD's that
+/// was killed there.
+fn veth_lock(access: Access) -> Result<File, LedgerError> {
+    let dir = HostSettings::from_env().state_dir();
+    let path = dir.join("berth-ovs-vlan.veths.lock");
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| locked(&path, access))
+        .map_err(|source| LedgerError {
+            what: format!("lock {}", path.display()),
+            source,
+        })
 }
 
 fn fnv1a(bytes: impl Iterator<Item = u8>) -> u64 {
@@ -209,6 +231,7 @@ impl Plugin for OvsVlan {
 
         let mut nl = Netlink::open()?;
         let al = alias(&conf.name, &env.container_id, &env.ifname);
+        let window = veth_lock(Access::Shared)?;
         link::add_veth(
             &mut nl,
             &VethSpec {
@@ -227,6 +250,7 @@ impl Plugin for OvsVlan {
                 Error::from(e)
             }
         })?;
+        drop(window);
         let mut rb = Rollback {
             env,
             conf,
@@ -475,13 +499,18 @@ impl Plugin for OvsVlan {
             tracing::info!(port = %p.name, container = %p.owner.0, ifname = %p.owner.1, "GC: removing a port not in the valid list");
         }
         port::remove(&mut db, &stale)?;
-        // Veths whose ADD died before its port was written, found by alias.
+        // Veths whose ADD died before its port was written, found by alias;
+        // and those whose ADD died before the alias (of any network: no ADD
+        // is in that window while GC holds the lock).
         let mut nl = Netlink::open()?;
         let prefix = alias_prefix(&conf.name);
         let keep: Vec<String> = valid.iter().map(|(id, ifn)| host_name(id, ifn)).collect();
+        let _window = veth_lock(Access::Exclusive)?;
         for l in link::list(&mut nl)? {
             let ours = l.alias.as_deref().is_some_and(|a| a.starts_with(&prefix));
-            if ours && !keep.contains(&l.name) {
+            let unaliased =
+                l.alias.is_none() && is_host_name(&l.name) && l.kind.as_deref() == Some("veth");
+            if (ours && !keep.contains(&l.name)) || unaliased {
                 tracing::info!(veth = %l.name, "GC: removing a veth not in the valid list");
                 link::delete(&mut nl, l.index)?;
             }
@@ -508,7 +537,7 @@ impl Plugin for OvsVlan {
 
 #[cfg(test)]
 mod tests {
-    use super::{alias, host_name};
+    use super::{alias, host_name, is_host_name};
 
     #[test]
     fn aliases_fit_the_kernel_however_long_the_names() {
@@ -532,5 +561,7 @@ mod tests {
         assert_eq!(a.len(), 15);
         assert_ne!(a, host_name("abc", "eth1"));
         assert_ne!(host_name("ab", "ceth0"), host_name("abc", "eth0"));
+        assert!(is_host_name(&a));
+        assert!(!is_host_name("bov12345678901z") && !is_host_name("eth0"));
     }
 }
