@@ -43,3 +43,14 @@ pub enum GcError {
         source: std::io::Error,
     },
 }
+
+/// Logs to stderr at the level `BERTH_LOG` names (default `info`): what
+/// both command-line tools do first.
+pub fn init_logging() {
+    let filter = std::env::var("BERTH_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .init();
+}

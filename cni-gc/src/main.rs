@@ -60,12 +60,7 @@ fn parse_engine(s: &str) -> Result<GcEngine, String> {
 }
 
 fn main() {
-    let filter = std::env::var("BERTH_LOG").unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .init();
+    berth_cni_gc::init_logging();
     match run(Cli::parse()) {
         Ok(true) => {}
         Ok(false) => std::process::exit(1),

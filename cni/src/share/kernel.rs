@@ -64,6 +64,25 @@ pub fn open(link: &Link, feed: Feed) -> Result<Share<KernelTree>, ShareError> {
     Share::open(&state, &link.name, KernelTree::new(link.clone(), feed)?)
 }
 
+/// Opens the shares of the link named `name` for an admin tool, with the
+/// feed its grants use (ports: OVS; none: the link's ingress).
+pub fn open_by_name(name: &str) -> Result<Share<KernelTree>, ShareError> {
+    let mut nl = Netlink::open()?;
+    let l = link::by_name(&mut nl, name)?
+        .ok_or_else(|| ShareError::NoGrant(format!("there is no link {name:?} here")))?;
+    // The feed never changes for a link: read the book, then lock it.
+    let state = crate::logging::HostSettings::from_env().state_dir();
+    let feed = if super::grants(&state, name)?
+        .iter()
+        .any(|e| e.port.is_some())
+    {
+        Feed::PortEgress
+    } else {
+        Feed::LinkIngress
+    };
+    open(&l, feed)
+}
+
 impl KernelTree {
     /// The trees of `link`, fed as `feed`.
     pub fn new(link: Link, feed: Feed) -> Result<KernelTree, ShareError> {
@@ -117,6 +136,13 @@ impl KernelTree {
             &host,
         )?;
         Ok(())
+    }
+
+    /// True when the link's root qdisc is the share's HTB.
+    fn own_qdisc(&mut self) -> Result<bool, ShareError> {
+        Ok(tc::qdiscs(&mut self.nl, self.link.index)?
+            .iter()
+            .any(|q| q.parent == tc::ROOT && q.kind == "htb" && q.handle >> 16 == htb::MAJOR))
     }
 
     fn port_index(&mut self, port: &str) -> Result<Option<u32>, ShareError> {
@@ -252,10 +278,7 @@ impl Tree for KernelTree {
 
     fn dismantle(&mut self) -> Result<(), ShareError> {
         let index = self.link.index;
-        let ours = tc::qdiscs(&mut self.nl, index)?
-            .iter()
-            .any(|q| q.parent == tc::ROOT && q.kind == "htb" && q.handle >> 16 == htb::MAJOR);
-        if ours {
+        if self.own_qdisc()? {
             tc::delete_qdisc(&mut self.nl, index, tc::ROOT)?;
         }
         if self.feed == Feed::LinkIngress {
@@ -267,6 +290,14 @@ impl Tree for KernelTree {
         link::delete_by_name(&mut self.nl, &self.ifb)?;
         tracing::info!(link = %self.link.name, "no bandwidth share left: removed the trees");
         Ok(())
+    }
+
+    fn leftover(&mut self) -> Result<bool, ShareError> {
+        let index = self.link.index;
+        let qdisc = self.own_qdisc()?;
+        let feed = self.feed == Feed::LinkIngress
+            && htb::filters_at(&mut self.nl, index, 0xffff_0000, FEED_PRIO)? > 0;
+        Ok(qdisc || feed || self.ifb()?.is_some())
     }
 
     fn alive(&mut self, e: &Entry) -> bool {

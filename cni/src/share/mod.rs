@@ -457,6 +457,25 @@ pub struct Entry {
     pub ingress: Class,
     /// 0 first … 7 last.
     pub priority: u8,
+    /// Changed by the admin (`berth-cni-share set`) since ADD: CHECK then
+    /// no longer compares it with the configuration.
+    #[serde(default)]
+    pub pinned: bool,
+}
+
+/// What `berth-cni-share set` changes of a grant; `None` keeps the value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Change {
+    /// New egress guarantee, bits/s.
+    pub egress_guarantee: Option<u64>,
+    /// New ingress guarantee, bits/s.
+    pub ingress_guarantee: Option<u64>,
+    /// New egress ceiling, bits/s.
+    pub egress_ceiling: Option<u64>,
+    /// New ingress ceiling, bits/s.
+    pub ingress_ceiling: Option<u64>,
+    /// New priority.
+    pub priority: Option<u8>,
 }
 
 impl Entry {
@@ -488,6 +507,7 @@ impl Entry {
             egress: none,
             ingress: none,
             priority: DEFAULT_PRIORITY,
+            pinned: false,
         }
     }
 
@@ -545,6 +565,9 @@ pub trait Tree {
     fn remove(&mut self, minor: u16, port: Option<&str>) -> Result<(), ShareError>;
     /// Removes both trees and the feed: the link carries no share any more.
     fn dismantle(&mut self) -> Result<(), ShareError>;
+    /// True when any part of a tree is there (its qdisc, its ifb, the
+    /// feed): what an ADD killed before its first commit leaves.
+    fn leftover(&mut self) -> Result<bool, ShareError>;
     /// True when `e`'s interface still exists (its netns is ours and holds
     /// a link named `e.ifname` with `e.mac`).
     fn alive(&mut self, e: &Entry) -> bool;
@@ -586,6 +609,12 @@ pub enum ShareError {
         /// Its handle.
         handle: u32,
     },
+    /// `berth-cni-share set`: no such grant, or more than one (code 3).
+    #[error("{0}")]
+    NoGrant(String),
+    /// `berth-cni-share set`: a value that cannot be (code 7).
+    #[error("{0}")]
+    BadChange(String),
     /// The book could not be locked, read or written (code 5).
     #[error("{what}: {source}")]
     Book {
@@ -610,7 +639,8 @@ impl Failure for ShareError {
     fn code(&self) -> Code {
         match self {
             ShareError::Full { .. } | ShareError::NoMinor(_) => Code::Plugin(110),
-            ShareError::Foreign { .. } => Code::InvalidConfig,
+            ShareError::Foreign { .. } | ShareError::BadChange(_) => Code::InvalidConfig,
+            ShareError::NoGrant(_) => Code::UnknownContainer,
             ShareError::Book { .. } => Code::Io,
             ShareError::Link(e) => e.code(),
         }
@@ -659,6 +689,22 @@ pub struct Share<T: Tree> {
 /// Where the books live under `state_dir`.
 pub fn books_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("share")
+}
+
+/// The grants recorded for `link`, read without the lock (the book is
+/// only ever replaced whole); no book is no grants.
+pub fn grants(state_dir: &Path, link: &str) -> Result<Vec<Entry>, ShareError> {
+    let path = books_dir(state_dir).join(format!("{}.json", crate::attachments::safe(link)));
+    match std::fs::read(&path) {
+        Ok(b) => {
+            let book: Book = serde_json::from_slice(&b).map_err(|e| {
+                book_err(format!("read {}", path.display()))(std::io::Error::other(e))
+            })?;
+            Ok(book.entries)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(book_err(format!("read {}", path.display()))(e)),
+    }
 }
 
 impl<T: Tree> Share<T> {
@@ -710,6 +756,12 @@ impl<T: Tree> Share<T> {
     fn reconcile(&mut self, root: Option<(Dir<u64>, Dir<u64>)>) -> Result<(), ShareError> {
         let root = root.or(self.book.root);
         if self.book.entries.is_empty() && root.is_none() {
+            // The book knows no tree; a tree here is an ADD's, killed
+            // before its first commit.
+            if self.tree.leftover()? {
+                tracing::info!(link = %self.link, "removing a bandwidth tree no book records");
+                self.tree.dismantle()?;
+            }
             return Ok(());
         }
         if let Some((link, host)) = root {
@@ -911,7 +963,7 @@ impl<T: Tree> Share<T> {
         else {
             return Err(mismatch(format!("no bandwidth share is granted on {}", self.link)).into());
         };
-        if (e.egress, e.ingress, e.priority) != (r.egress, r.ingress, r.priority) {
+        if !e.pinned && (e.egress, e.ingress, e.priority) != (r.egress, r.ingress, r.priority) {
             return Err(mismatch(format!(
                 "the bandwidth share on {} is {:?}/{:?} priority {}, configured {:?}/{:?} priority {}",
                 self.link, e.egress, e.ingress, e.priority, r.egress, r.ingress, r.priority
@@ -929,6 +981,94 @@ impl<T: Tree> Share<T> {
             .into());
         }
         Ok(())
+    }
+
+    /// Changes the grant of `container_id`/`ifname` (of `network`, if
+    /// given) in place: same class, new values, admitted as a new request
+    /// would be. The grant is then pinned (see [`Entry::pinned`]).
+    pub fn set(
+        &mut self,
+        container_id: &str,
+        ifname: &str,
+        network: Option<&str>,
+        change: &Change,
+    ) -> Result<Entry, ShareError> {
+        self.reconcile(None)?;
+        let found: Vec<&Entry> = self
+            .book
+            .entries
+            .iter()
+            .filter(|e| e.container_id == container_id && e.ifname == ifname)
+            .filter(|e| network.is_none_or(|n| e.network == n))
+            .collect();
+        let e = match found.as_slice() {
+            [e] => (*e).clone(),
+            [] => {
+                return Err(ShareError::NoGrant(format!(
+                    "no grant on {} for container {container_id} interface {ifname}",
+                    self.link
+                )))
+            }
+            _ => {
+                return Err(ShareError::NoGrant(format!(
+                    "container {container_id} interface {ifname} has grants on {} in several networks: name one with --network",
+                    self.link
+                )))
+            }
+        };
+        let Some((link_rate, host_share)) = self.book.root else {
+            return Err(ShareError::NoGrant(format!(
+                "{} carries no shares",
+                self.link
+            )));
+        };
+        let class = |c: Class, g: Option<u64>, ceil: Option<u64>, cap: u64, dir: &str| {
+            let out = Class {
+                guarantee: g.unwrap_or(c.guarantee),
+                ceiling: ceil.unwrap_or(c.ceiling),
+            };
+            if out.ceiling > cap || out.ceiling < MIN_CLASS_RATE {
+                return Err(ShareError::BadChange(format!(
+                    "{dir} ceiling {} bit/s is not between {MIN_CLASS_RATE} and the link's {cap}",
+                    out.ceiling
+                )));
+            }
+            if out.guarantee > out.ceiling {
+                return Err(ShareError::BadChange(format!(
+                    "{dir} guarantee {} bit/s is over the ceiling of {}",
+                    out.guarantee, out.ceiling
+                )));
+            }
+            Ok(out)
+        };
+        let priority = change.priority.unwrap_or(e.priority);
+        if priority > LOWEST_PRIORITY {
+            return Err(ShareError::BadChange(format!(
+                "priority {priority} is not a priority (0 first … 7 last)"
+            )));
+        }
+        let r = Resolved {
+            link_rate,
+            host_share,
+            egress: class(
+                e.egress,
+                change.egress_guarantee,
+                change.egress_ceiling,
+                link_rate.egress,
+                "egress",
+            )?,
+            ingress: class(
+                e.ingress,
+                change.ingress_guarantee,
+                change.ingress_ceiling,
+                link_rate.ingress,
+                "ingress",
+            )?,
+            priority,
+        };
+        let mut e = e;
+        e.pinned = true;
+        self.admit(e, &r)
     }
 
     /// The grants on the link.

@@ -59,8 +59,13 @@ impl Tree for Fake {
     fn dismantle(&mut self) -> Result<(), ShareError> {
         let mut k = self.0.borrow_mut();
         k.root = None;
+        k.held.clear();
         k.dismantled += 1;
         Ok(())
+    }
+    fn leftover(&mut self) -> Result<bool, ShareError> {
+        let k = self.0.borrow();
+        Ok(k.root.is_some() || !k.held.is_empty())
     }
     fn alive(&mut self, e: &Entry) -> bool {
         self.0
@@ -125,7 +130,24 @@ fn entry(id: &str) -> Entry {
             ceiling: 0,
         },
         priority: 0,
+        pinned: false,
     }
+}
+
+/// A fake kernel where the interfaces of `ids` (all `eth0`) exist.
+fn with_alive(ids: &[&str]) -> Fake {
+    let k = Fake::default();
+    for id in ids {
+        k.0.borrow_mut()
+            .alive
+            .insert((id.to_string(), "eth0".into()));
+    }
+    k
+}
+
+/// The container IDs of the grants, in order.
+fn ids(s: &Share<Fake>) -> Vec<String> {
+    s.entries().iter().map(|e| e.container_id.clone()).collect()
 }
 
 fn open(dir: &Path, k: &Fake) -> Share<Fake> {
@@ -274,10 +296,7 @@ fn bad_requests_name_their_key() {
 #[test]
 fn admission_counts_guarantees_and_names_what_is_left() {
     let d = tempfile::tempdir().unwrap();
-    let k = Fake::default();
-    for id in ["a", "bb", "ccc"] {
-        k.0.borrow_mut().alive.insert((id.into(), "eth0".into()));
-    }
+    let k = with_alive(&["a", "bb", "ccc"]);
     let mut s = open(d.path(), &k);
     let a = s.admit(entry("a"), &resolved(30, 4)).unwrap();
     let b = s.admit(entry("bb"), &resolved(60, 4)).unwrap();
@@ -319,9 +338,7 @@ fn admission_counts_guarantees_and_names_what_is_left() {
 #[test]
 fn reconcile_repairs_what_a_crash_or_the_kernel_left() {
     let d = tempfile::tempdir().unwrap();
-    let k = Fake::default();
-    k.0.borrow_mut().alive.insert(("a".into(), "eth0".into()));
-    k.0.borrow_mut().alive.insert(("bb".into(), "eth0".into()));
+    let k = with_alive(&["a", "bb"]);
     let mut s = open(d.path(), &k);
     let a = s.admit(entry("a"), &resolved(30, 4)).unwrap();
     let b = s.admit(entry("bb"), &resolved(30, 4)).unwrap();
@@ -340,40 +357,56 @@ fn reconcile_repairs_what_a_crash_or_the_kernel_left() {
     let held = k.0.borrow().held.clone();
     assert!(!held.contains_key(&0x77), "{held:?}");
     assert!(held.contains_key(&a.minor), "a live entry is restored");
-    let ids: Vec<_> = s
-        .entries()
-        .iter()
-        .map(|e| e.container_id.as_str())
-        .collect();
-    assert_eq!(ids, ["a", "ccc"]);
+    assert_eq!(ids(&s), ["a", "ccc"]);
+}
+
+#[test]
+fn a_tree_no_book_records_is_removed_by_the_next_del_or_gc() {
+    let d = tempfile::tempdir().unwrap();
+    let k = with_alive(&[]);
+    // An ADD killed after building the tree and a class, before its first
+    // commit: the kernel holds a tree, the book holds nothing.
+    let mut e = entry("a");
+    e.minor = FIRST_MINOR;
+    k.clone()
+        .ensure_root(
+            Dir {
+                egress: 100,
+                ingress: 100,
+            },
+            Dir {
+                egress: 5,
+                ingress: 5,
+            },
+        )
+        .unwrap();
+    k.clone().apply(&e).unwrap();
+    let mut s = open(d.path(), &k);
+    s.gc("berth-macvlan", "n", &[]).unwrap();
+    assert_eq!(k.0.borrow().dismantled, 1);
+    assert!(!k.clone().leftover().unwrap());
+    // With nothing there, nothing is dismantled.
+    s.release("berth-macvlan", "n", "a", "eth0").unwrap();
+    assert_eq!(k.0.borrow().dismantled, 1);
 }
 
 #[test]
 fn a_lost_del_does_not_hold_a_guarantee_forever() {
     let d = tempfile::tempdir().unwrap();
-    let k = Fake::default();
-    k.0.borrow_mut().alive.insert(("a".into(), "eth0".into()));
+    let k = with_alive(&["a"]);
     let mut s = open(d.path(), &k);
     s.admit(entry("a"), &resolved(50, 4)).unwrap();
     s.admit(entry("dead"), &resolved(40, 4)).unwrap();
     // "dead" never got a DEL; its interface is gone. A request that fits
     // only without it is admitted, and the dead grant is freed.
     s.admit(entry("ccc"), &resolved(40, 4)).unwrap();
-    let ids: Vec<_> = s
-        .entries()
-        .iter()
-        .map(|e| e.container_id.as_str())
-        .collect();
-    assert_eq!(ids, ["a", "ccc"]);
+    assert_eq!(ids(&s), ["a", "ccc"]);
 }
 
 #[test]
 fn gc_frees_what_is_not_valid_and_keeps_other_networks() {
     let d = tempfile::tempdir().unwrap();
-    let k = Fake::default();
-    for id in ["a", "bb", "ccc"] {
-        k.0.borrow_mut().alive.insert((id.into(), "eth0".into()));
-    }
+    let k = with_alive(&["a", "bb", "ccc"]);
     let mut s = open(d.path(), &k);
     s.admit(entry("a"), &resolved(10, 4)).unwrap();
     s.admit(entry("bb"), &resolved(10, 4)).unwrap();
@@ -383,12 +416,7 @@ fn gc_frees_what_is_not_valid_and_keeps_other_networks() {
     s.admit(other, &resolved(10, 4)).unwrap();
     let valid = [("a".to_string(), "eth0".to_string())];
     s.gc("berth-macvlan", "n", &valid).unwrap();
-    let ids: Vec<_> = s
-        .entries()
-        .iter()
-        .map(|e| e.container_id.as_str())
-        .collect();
-    assert_eq!(ids, ["a", "ccc"]);
+    assert_eq!(ids(&s), ["a", "ccc"]);
     assert_eq!(k.0.borrow().held.len(), 2);
     assert!(k.0.borrow().feeds.contains("p0"));
     s.gc("berth-macvlan", "m", &[]).unwrap();
@@ -410,4 +438,80 @@ fn check_compares_the_grant_and_the_kernel() {
     k.0.borrow_mut().held.get_mut(&a.minor).unwrap().filters = false;
     assert!(s.verify(&entry("a"), &resolved(30, 4)).is_err());
     assert!(s.verify(&entry("zz"), &resolved(30, 4)).is_err());
+}
+
+#[test]
+fn set_changes_a_grant_in_place_within_admission() {
+    let d = tempfile::tempdir().unwrap();
+    let k = with_alive(&["a", "bb"]);
+    let mut s = open(d.path(), &k);
+    let a = s.admit(entry("a"), &resolved(30, 4)).unwrap();
+    s.admit(entry("bb"), &resolved(30, 4)).unwrap();
+    let ch = Change {
+        egress_guarantee: Some(60 * M),
+        priority: Some(1),
+        ..Change::default()
+    };
+    let a2 = s.set("a", "eth0", None, &ch).unwrap();
+    assert_eq!(
+        (
+            a2.minor,
+            a2.egress.guarantee,
+            a2.ingress.guarantee,
+            a2.priority
+        ),
+        (a.minor, 60 * M, 30 * M, 1)
+    );
+    assert!(a2.pinned);
+    let held = k.0.borrow().held[&a.minor];
+    assert_eq!(
+        (held.egress.unwrap().rate, held.egress.unwrap().prio),
+        (60 * M / 8, 1)
+    );
+    // CHECK no longer holds the admin's change against the configuration.
+    s.verify(&entry("a"), &resolved(30, 4)).unwrap();
+    // Admission still holds: 66 + 30 + 5 > 100.
+    let over = Change {
+        egress_guarantee: Some(66 * M),
+        ..Change::default()
+    };
+    assert_eq!(
+        s.set("a", "eth0", None, &over).unwrap_err().code(),
+        Code::Plugin(110)
+    );
+    for (bad, needle) in [
+        (
+            Change {
+                egress_ceiling: Some(200 * M),
+                ..Change::default()
+            },
+            "egress ceiling",
+        ),
+        (
+            Change {
+                ingress_ceiling: Some(10 * M),
+                ..Change::default()
+            },
+            "ingress guarantee 30000000 bit/s is over the ceiling",
+        ),
+        (
+            Change {
+                priority: Some(8),
+                ..Change::default()
+            },
+            "priority 8",
+        ),
+    ] {
+        let e = s.set("a", "eth0", None, &bad).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidConfig);
+        assert!(e.to_string().contains(needle), "{needle}: {e}");
+    }
+    assert_eq!(
+        s.set("zz", "eth0", None, &ch).unwrap_err().code(),
+        Code::UnknownContainer
+    );
+    assert_eq!(
+        s.set("a", "eth0", Some("other"), &ch).unwrap_err().code(),
+        Code::UnknownContainer
+    );
 }

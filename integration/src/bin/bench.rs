@@ -411,11 +411,45 @@ fn planner() {
     );
 }
 
+/// Median ms of ADD and of DEL for each of two (plugin, conf) pairs, each in
+/// its own fresh netns, interleaved over `n` rounds after 5 of warm-up.
+fn interleaved_add_del(n: usize, calls: [(&Path, &serde_json::Value); 2]) -> [(f64, f64); 2] {
+    use berth_integration::cni::Call;
+    let ns = [
+        berth_integration::net::Netns::new(),
+        berth_integration::net::Netns::new(),
+    ];
+    let mut add = [Vec::new(), Vec::new()];
+    let mut del = [Vec::new(), Vec::new()];
+    for i in 0..n + 5 {
+        for k in 0..2 {
+            let j = (i + k) % 2;
+            let (plugin, conf) = calls[j];
+            let id = unique();
+            let t = Instant::now();
+            let a = Call::new(plugin, "ADD", &id, Some(&ns[j].path())).run(conf);
+            let ta = t.elapsed().as_secs_f64() * 1000.0;
+            assert!(a.ok, "{} ADD: {}", plugin.display(), a.stdout);
+            let t = Instant::now();
+            let d = Call::new(plugin, "DEL", &id, Some(&ns[j].path())).run(conf);
+            let td = t.elapsed().as_secs_f64() * 1000.0;
+            assert!(d.ok, "{} DEL: {}", plugin.display(), d.stdout);
+            if i >= 5 {
+                add[j].push(ta);
+                del[j].push(td);
+            }
+        }
+    }
+    let [a0, a1] = add;
+    let [d0, d1] = del;
+    [(median(a0), median(d0)), (median(a1), median(d1))]
+}
+
 /// ADD and DEL per operation: berth-macvlan vs the reference macvlan plugin,
 /// same config (CNI 1.0.0, bridge mode, host-local IPAM), interleaved.
 fn cni_macvlan(n: usize) {
-    use berth_integration::cni::{berth_macvlan, host_local, Call, REFERENCE_MACVLAN};
-    use berth_integration::net::{Netns, ParentLink};
+    use berth_integration::cni::{berth_macvlan, host_local, REFERENCE_MACVLAN};
+    use berth_integration::net::ParentLink;
     let master = ParentLink::new();
     let name = unique();
     let plugins = [
@@ -435,29 +469,8 @@ fn cni_macvlan(n: usize) {
             })
         })
         .collect();
-    let ns = [Netns::new(), Netns::new()];
-    let mut add = [Vec::new(), Vec::new()];
-    let mut del = [Vec::new(), Vec::new()];
-    for i in 0..n + 5 {
-        for k in 0..2 {
-            let j = (i + k) % 2;
-            let id = unique();
-            let t = Instant::now();
-            let a = Call::new(&plugins[j].1, "ADD", &id, Some(&ns[j].path())).run(&confs[j]);
-            let ta = t.elapsed().as_secs_f64() * 1000.0;
-            assert!(a.ok, "{} ADD: {}", plugins[j].0, a.stdout);
-            let t = Instant::now();
-            let d = Call::new(&plugins[j].1, "DEL", &id, Some(&ns[j].path())).run(&confs[j]);
-            let td = t.elapsed().as_secs_f64() * 1000.0;
-            assert!(d.ok, "{} DEL: {}", plugins[j].0, d.stdout);
-            if i >= 5 {
-                add[j].push(ta);
-                del[j].push(td);
-            }
-        }
-    }
-    let (ra, rd) = (median(add[0].clone()), median(del[0].clone()));
-    let (ba, bd) = (median(add[1].clone()), median(del[1].clone()));
+    let [(ra, rd), (ba, bd)] =
+        interleaved_add_del(n, [(&plugins[0].1, &confs[0]), (&plugins[1].1, &confs[1])]);
     println!(
         "cni-macvlan ADD (n={n}, interleaved, host-local IPAM): berth-macvlan {ba:.2} ms vs reference {ra:.2} ms, ratio {:.3} (goal <= 0.25)",
         ba / ra
@@ -498,27 +511,8 @@ fn cni_share(n: usize) {
         c
     });
     assert!(hold.ok, "holder ADD: {}", hold.stdout);
-    let ns = [Netns::new(), Netns::new()];
-    let mut add = [Vec::new(), Vec::new()];
-    let mut del = [Vec::new(), Vec::new()];
-    for i in 0..n + 5 {
-        for k in 0..2 {
-            let j = (i + k) % 2;
-            let id = unique();
-            let t = Instant::now();
-            let a = Call::new(&berth_macvlan(), "ADD", &id, Some(&ns[j].path())).run(&confs[j]);
-            let ta = t.elapsed().as_secs_f64() * 1000.0;
-            assert!(a.ok, "ADD: {}", a.stdout);
-            let t = Instant::now();
-            let d = Call::new(&berth_macvlan(), "DEL", &id, Some(&ns[j].path())).run(&confs[j]);
-            let td = t.elapsed().as_secs_f64() * 1000.0;
-            assert!(d.ok, "DEL: {}", d.stdout);
-            if i >= 5 {
-                add[j].push(ta);
-                del[j].push(td);
-            }
-        }
-    }
+    let plugin = berth_macvlan();
+    let [(pa, pd), (sa, sd)] = interleaved_add_del(n, [(&plugin, &confs[0]), (&plugin, &confs[1])]);
     let del_holder = Call::new(
         &berth_macvlan(),
         "DEL",
@@ -527,8 +521,6 @@ fn cni_share(n: usize) {
     )
     .run(&confs[1]);
     assert!(del_holder.ok, "holder DEL: {}", del_holder.stdout);
-    let (pa, pd) = (median(add[0].clone()), median(del[0].clone()));
-    let (sa, sd) = (median(add[1].clone()), median(del[1].clone()));
     println!(
         "cni-share ADD (n={n}, interleaved, berth-macvlan): with a guarantee {sa:.2} ms vs without {pa:.2} ms, ratio {:.3}",
         sa / pa

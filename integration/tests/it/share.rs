@@ -2,8 +2,13 @@
 //! "physical" link: a veth whose far end sits in a peer netns running the
 //! iperf3 servers. The link's 100 Mbit/s is enforced by the tree's root
 //! class, so results do not depend on the machine's speed.
+//!
+//! The tests that measure rates and RTTs form the measured tier: marked
+//! `#[ignore]`, so the parallel run skips them, and run by `scripts/test`
+//! afterwards with one thread (`--ignored --test-threads 1`), since two
+//! cores shared with other tests' traffic distort what they measure.
 
-use berth_integration::cmd::{sh, try_sh};
+use berth_integration::cmd::{command, sh, try_run, try_sh};
 use berth_integration::cni::{berth_macvlan, berth_ovs_vlan, host_config, Answer, Call};
 use berth_integration::names::unique;
 use berth_integration::net::{iperf, Netns, Veth};
@@ -374,6 +379,102 @@ fn priority_decides_who_borrows_and_who_waits(flavor: Flavor, net: u8) {
     eprintln!("share results (Mbit/s):\n  {}", rows.join("\n  "));
 }
 
+fn share_cli(args: &[&str]) -> berth_integration::cmd::Ran {
+    try_run(
+        command(berth_integration::artifacts::binary("berth-cni-share"))
+            .env("BERTH_CNI_CONFIG", host_config())
+            .args(args),
+    )
+}
+
+fn ifindex(ctr: &Ctr) -> u64 {
+    let l: Value = serde_json::from_str(&ctr.ns.ip(&["-j", "link", "show", "eth0"])).unwrap();
+    l[0]["ifindex"].as_u64().unwrap()
+}
+
+/// `berth-cni-share set` changes a running attachment's guarantee and
+/// priority without touching its link, within admission; traffic follows.
+fn values_change_in_place(flavor: Flavor, net: u8) {
+    let w = Wire::new(flavor, net);
+    let c = w.conf(json!({"guarantee": 30 * M}));
+    let (a, ra) = add(&w, &c, 2, "");
+    let prev = ra.result().clone();
+    let (b, r) = add(&w, &c, 3, "");
+    r.result();
+    let before = ifindex(&a);
+    let link = w.veth.host.clone();
+    let set = share_cli(&[
+        "set",
+        &link,
+        "--container",
+        &a.id,
+        "--egress-guarantee",
+        "60000000",
+        "--priority",
+        "1",
+    ]);
+    assert!(set.ok(), "{}", set.stderr);
+    let classes = w.tc("class");
+    assert!(
+        classes.lines().any(|l| l.contains("prio 1 rate 60Mbit")),
+        "{classes}"
+    );
+    assert_eq!(ifindex(&a), before, "the link was recreated");
+    let list = share_cli(&["list", &link]);
+    assert!(list.ok(), "{}", list.stderr);
+    assert!(
+        list.stdout.lines().any(|l| l.starts_with(&a.id)
+            && l.contains("60000000/100000000")
+            && l.ends_with("1 (set)")),
+        "{}",
+        list.stdout
+    );
+    // The new guarantee holds under contention.
+    let (ga, gb) = together(&w, &a, &b, false);
+    assert!(
+        ga >= 0.9 * 60e6,
+        "A got {:.1} Mbit/s of 60 guaranteed (B {:.1})",
+        mbit(ga),
+        mbit(gb)
+    );
+    // Beyond what is left: refused, nothing changed.
+    let over = share_cli(&[
+        "set",
+        &link,
+        "--container",
+        &a.id,
+        "--egress-guarantee",
+        "66000000",
+    ]);
+    assert!(
+        !over.ok() && over.stderr.contains("refused"),
+        "{}",
+        over.stderr
+    );
+    assert!(w.tc("class").contains("rate 60Mbit"), "{}", w.tc("class"));
+    let none = share_cli(&["set", &link, "--container", "nosuch", "--priority", "2"]);
+    assert!(
+        !none.ok() && none.stderr.contains("no grant"),
+        "{}",
+        none.stderr
+    );
+    // CHECK keeps passing with the configuration the ADD had.
+    let mut chk = c.clone();
+    chk["runtimeConfig"]["ips"] = json!([format!("{}/24", a.ip)]);
+    chk["prevResult"] = prev;
+    let ok = w.call("CHECK", &a.id, Some(&a.ns.path())).run(&chk);
+    assert!(ok.ok, "CHECK: {}", ok.stdout);
+    for ctr in [&a, &b] {
+        assert!(del(&w, &c, ctr).ok);
+    }
+    w.bare().unwrap();
+    eprintln!(
+        "share set: A {:.1} Mbit/s with 60 guaranteed, B {:.1}",
+        mbit(ga),
+        mbit(gb)
+    );
+}
+
 /// 20 ADDs at once asking 10 each of the 95 the host leaves: exactly 9 win.
 fn parallel_adds_admit_exactly_what_fits(flavor: Flavor, net: u8) {
     let w = Wire::new(flavor, net);
@@ -507,9 +608,15 @@ fn kill9_anywhere_then_gc_leaves_exactly_the_live_shares(flavor: Flavor, net: u8
         assert_eq!(
             g.ns.ip(&["-br", "link"]).lines().count(),
             1,
-            "GC left {}'s link",
-            g.id
+            "GC left {}'s link: {}",
+            g.id,
+            g.ns.ip(&["-d", "link"])
         );
+    }
+    if let Some(br) = &w._bridge {
+        // OVSDB holds the live ports and the uplink, nothing else.
+        let ports = ovs().vsctl(&["list-ports", &br.name]);
+        assert_eq!(ports.lines().count(), live.len() + 1, "{ports}");
     }
     for l in &live {
         assert!(del(&w, &c, l).ok);
@@ -555,21 +662,25 @@ fn add_del_cycles_leave_nothing_behind(flavor: Flavor, net: u8, cycles: u32) {
 }
 
 #[test]
+#[ignore = "measured tier: scripts/test runs it after the rest, one at a time"]
 fn share_guarantees_borrowing_and_admission_macvlan() {
     guarantees_borrowing_and_admission(Flavor::Macvlan, 61);
 }
 
 #[test]
+#[ignore = "measured tier: scripts/test runs it after the rest, one at a time"]
 fn share_guarantees_borrowing_and_admission_ovs() {
     guarantees_borrowing_and_admission(Flavor::Ovs, 71);
 }
 
 #[test]
+#[ignore = "measured tier: scripts/test runs it after the rest, one at a time"]
 fn share_priority_decides_who_borrows_and_who_waits_macvlan() {
     priority_decides_who_borrows_and_who_waits(Flavor::Macvlan, 62);
 }
 
 #[test]
+#[ignore = "measured tier: scripts/test runs it after the rest, one at a time"]
 fn share_priority_decides_who_borrows_and_who_waits_ovs() {
     priority_decides_who_borrows_and_who_waits(Flavor::Ovs, 72);
 }
@@ -601,5 +712,17 @@ fn share_add_del_cycles_leave_nothing_behind_macvlan() {
 
 #[test]
 fn share_add_del_cycles_leave_nothing_behind_ovs() {
-    add_del_cycles_leave_nothing_behind(Flavor::Ovs, 75, 100);
+    add_del_cycles_leave_nothing_behind(Flavor::Ovs, 75, 500);
+}
+
+#[test]
+#[ignore = "measured tier: scripts/test runs it after the rest, one at a time"]
+fn share_values_change_in_place_macvlan() {
+    values_change_in_place(Flavor::Macvlan, 66);
+}
+
+#[test]
+#[ignore = "measured tier: scripts/test runs it after the rest, one at a time"]
+fn share_values_change_in_place_ovs() {
+    values_change_in_place(Flavor::Ovs, 76);
 }
