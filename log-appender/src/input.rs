@@ -247,12 +247,47 @@ pub fn serve_socket(shared: Arc<Shared>, path: &std::path::Path) -> std::io::Res
 /// The longest `BERTH-HELLO` line taken, newline included.
 pub const MAX_HELLO: usize = 64 * 1024;
 
+/// Who a daemon client is, by the kernel's word.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// Its process is in this container (the 64-hex-digit ID).
+    Container(String),
+    /// Its process is in no container: a host process.
+    Host,
+    /// Its process could not be looked at: it exited before the daemon
+    /// read its cgroup, or the lookup failed. Never a host process.
+    Unknown,
+}
+
 /// The container a connected process belongs to, from the kernel: its pid
 /// (SO_PEERCRED), then a 64-hex-digit container ID in its cgroup path
 /// (`/docker/<id>`, `cri-containerd-<id>.scope`, `libpod-<id>.scope`, ...).
-/// None for a process in no container.
-pub fn peer_container(conn: &std::os::unix::net::UnixStream) -> Option<String> {
-    use std::os::fd::AsRawFd;
+/// Where the kernel has SO_PEERPIDFD (6.5+), the pidfd pins that very
+/// process: if it is gone after the read, its pid may have named another
+/// process, and the answer is [`Peer::Unknown`].
+pub fn peer_of(conn: &std::os::unix::net::UnixStream) -> Peer {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let fd = conn.as_raw_fd();
+    let mut pidfd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `pidfd`, a c_int.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERPIDFD,
+            (&mut pidfd as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    let pinned = match rc {
+        // SAFETY: the kernel gave us this descriptor; we own it now.
+        0 if pidfd >= 0 => Some(unsafe { OwnedFd::from_raw_fd(pidfd) }),
+        // An older kernel: the pid alone.
+        _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOPROTOOPT) => None,
+        // ESRCH: the process is already gone.
+        _ => return Peer::Unknown,
+    };
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,
@@ -262,7 +297,7 @@ pub fn peer_container(conn: &std::os::unix::net::UnixStream) -> Option<String> {
     // SAFETY: getsockopt writes at most `len` bytes into `cred`, which is a ucred.
     let rc = unsafe {
         libc::getsockopt(
-            conn.as_raw_fd(),
+            fd,
             libc::SOL_SOCKET,
             libc::SO_PEERCRED,
             (&mut cred as *mut libc::ucred).cast(),
@@ -270,10 +305,30 @@ pub fn peer_container(conn: &std::os::unix::net::UnixStream) -> Option<String> {
         )
     };
     if rc != 0 || cred.pid <= 0 {
-        return None;
+        return Peer::Unknown;
     }
-    let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", cred.pid)).ok()?;
-    container_in_cgroup(&cgroups)
+    let Ok(cgroups) = std::fs::read_to_string(format!("/proc/{}/cgroup", cred.pid)) else {
+        return Peer::Unknown;
+    };
+    if let Some(p) = &pinned {
+        // SAFETY: signal 0 only checks that the pidfd's process still exists.
+        let alive = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                p.as_raw_fd(),
+                0,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        } == 0;
+        if !alive {
+            return Peer::Unknown;
+        }
+    }
+    match container_in_cgroup(&cgroups) {
+        Some(id) => Peer::Container(id),
+        None => Peer::Host,
+    }
 }
 
 /// The first 64-hex-digit word in a `/proc/<pid>/cgroup` text's paths.
@@ -286,11 +341,15 @@ pub fn container_in_cgroup(cgroups: &str) -> Option<String> {
     })
 }
 
+/// The container ID and name of a client whose process could not be looked
+/// at ([`Peer::Unknown`]).
+pub const UNKNOWN: &str = "unknown";
+
 /// One daemon client: its hello line, then its lines.
 fn serve_client(shared: &Shared, conn: std::os::unix::net::UnixStream, host: String) {
     let peer = match shared.cfg().identity {
-        crate::config::Identity::Peer => peer_container(&conn),
-        crate::config::Identity::Hello => None,
+        crate::config::Identity::Peer => peer_of(&conn),
+        crate::config::Identity::Hello => Peer::Host,
     };
     let mut r = BufReader::new(conn);
     let mut origin = Origin {
@@ -328,16 +387,24 @@ fn serve_client(shared: &Shared, conn: std::os::unix::net::UnixStream, host: Str
             }
         }
     }
-    if let Some(id) = peer {
-        // The kernel's word over the client's: a hello naming another
-        // container gets neither that name nor its env.
-        if origin.container_id != id {
+    // The kernel's word over the client's: a hello naming another container
+    // gets neither that name nor its env; an unknown client gets neither.
+    match peer {
+        Peer::Host => {}
+        Peer::Container(id) if id == origin.container_id => {}
+        Peer::Container(id) => {
             if origin.container_id != "socket" {
                 tracing::warn!(claimed = %origin.container_id, peer = %id, "a daemon client claimed another container; using its own");
             }
             origin.container_name = id.clone();
             origin.env.clear();
             origin.container_id = id;
+        }
+        Peer::Unknown => {
+            tracing::warn!(claimed = %origin.container_id, "a daemon client's process was gone before it could be looked at; its lines go as {UNKNOWN:?}");
+            origin.container_name = UNKNOWN.to_string();
+            origin.env.clear();
+            origin.container_id = UNKNOWN.to_string();
         }
     }
     read_into(shared, &origin, "stdout", r);

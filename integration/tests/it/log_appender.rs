@@ -833,11 +833,14 @@ fn a_spill_left_beside_a_locked_one_is_adopted_at_the_next_start() {
 /// A client inside a container cannot write as another: in the default
 /// `identity: peer` mode the container ID comes from the connecting
 /// process's cgroup (here a cgroup named as an engine names a container's),
-/// not from its hello line, which claims another container and env.
+/// not from its hello line, which claims another container and env. A
+/// client whose process is gone before the daemon looks (here: the daemon
+/// is stopped until the client has written and exited) is not taken at its
+/// word either: it is "unknown", not the host process a gone pid looks like.
 #[test]
 fn a_daemon_client_in_a_container_is_known_by_its_cgroup_not_its_claim() {
     let (broker, name, cfg) = live(1, "fields_from_env: [TIER]\n");
-    let (_daemon, sock, _log) = daemon(&cfg, &[]);
+    let (daemon, sock, _log) = daemon(&cfg, &[]);
     // A cgroup as Docker names a container's: the run prefix, then the ID.
     let id: String = format!("{:0>64}", format!("{:x}", std::process::id()))
         .chars()
@@ -845,37 +848,57 @@ fn a_daemon_client_in_a_container_is_known_by_its_cgroup_not_its_claim() {
         .collect();
     let cg = std::path::Path::new("/sys/fs/cgroup/pids").join(format!("{name}-{id}"));
     std::fs::create_dir(&cg).unwrap();
-    let script = format!(
-        "import socket\n\
-         s = socket.socket(socket.AF_UNIX)\n\
-         s.connect({sock:?})\n\
-         s.sendall(b'BERTH-HELLO {{\"container_id\": \"victim\", \"container_name\": \"victim\", \"env\": {{\"TIER\": \"gold\"}}}}\\n')\n\
-         for i in range(50):\n    s.sendall(b'{name}-%d\\n' % i)\n\
-         s.close()\n",
-        sock = sock.display().to_string()
-    );
-    let r = berth_integration::cmd::try_run(
-        berth_integration::cmd::command("sh")
-            .arg("-c")
-            .arg(format!(
-                "echo $$ > {}/cgroup.procs && exec /usr/bin/python3 -c \"$0\"",
-                cg.display()
-            ))
-            .arg(&script),
-    );
+    // Lines `first`..`first + 50`; `linger`: the client waits for the
+    // daemon to close the connection before it exits.
+    let client = |first: u32, linger: bool| {
+        let script = format!(
+            "import socket\n\
+             s = socket.socket(socket.AF_UNIX)\n\
+             s.connect({sock:?})\n\
+             s.sendall(b'BERTH-HELLO {{\"container_id\": \"victim\", \"container_name\": \"victim\", \"env\": {{\"TIER\": \"gold\"}}}}\\n')\n\
+             for i in range({first}, {first} + 50):\n    s.sendall(b'{name}-%d\\n' % i)\n\
+             s.shutdown(socket.SHUT_WR)\n\
+             {wait}\n\
+             s.close()\n",
+            sock = sock.display().to_string(),
+            wait = if linger { "s.recv(1)" } else { "pass" },
+        );
+        berth_integration::cmd::try_run(
+            berth_integration::cmd::command("sh")
+                .arg("-c")
+                .arg(format!(
+                    "echo $$ > {}/cgroup.procs && exec /usr/bin/python3 -c \"$0\"",
+                    cg.display()
+                ))
+                .arg(&script),
+        )
+    };
+    let alive = client(0, true);
+    let stopped = daemon.pid() as libc::pid_t;
+    assert_ne!(stopped, 0, "the daemon has no pid");
+    // SAFETY: signals to the daemon this test started.
+    unsafe { libc::kill(stopped, libc::SIGSTOP) };
+    let gone = client(50, false);
+    // SAFETY: as above.
+    unsafe { libc::kill(stopped, libc::SIGCONT) };
     let _ = std::fs::remove_dir(&cg);
-    assert!(r.ok(), "client: {}", r.stderr);
+    assert!(alive.ok(), "client: {}", alive.stderr);
+    assert!(gone.ok(), "client: {}", gone.stderr);
     let a = arrivals(
         &broker.bootstrap(),
         &name,
         &name,
-        50,
+        100,
         Duration::from_secs(30),
     );
-    no_loss(&a, "a client in a container");
+    no_loss(&a, "clients in a container");
     for e in &a.envelopes {
-        assert_eq!(e["container_id"], id.as_str(), "{e}");
-        assert_eq!(e["container_name"], id.as_str(), "{e}");
+        let n: u32 = e["line"].as_str().unwrap()[name.len() + 1..]
+            .parse()
+            .unwrap();
+        let want = if n < 50 { id.as_str() } else { "unknown" };
+        assert_eq!(e["container_id"], want, "{e}");
+        assert_eq!(e["container_name"], want, "{e}");
         assert!(
             e["fields"].get("TIER").is_none(),
             "a claimed env was taken: {e}"
