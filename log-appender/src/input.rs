@@ -268,45 +268,23 @@ pub enum Peer {
 pub fn peer_of(conn: &std::os::unix::net::UnixStream) -> Peer {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let fd = conn.as_raw_fd();
-    let mut pidfd: libc::c_int = -1;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `pidfd`, a c_int.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_PEERPIDFD,
-            (&mut pidfd as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    let pinned = match rc {
+    let pinned = match peer_option(fd, libc::SO_PEERPIDFD, -1 as libc::c_int) {
         // SAFETY: the kernel gave us this descriptor; we own it now.
-        0 if pidfd >= 0 => Some(unsafe { OwnedFd::from_raw_fd(pidfd) }),
+        Ok(pidfd) if pidfd >= 0 => Some(unsafe { OwnedFd::from_raw_fd(pidfd) }),
         // An older kernel: the pid alone.
-        _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOPROTOOPT) => None,
+        Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => None,
         // ESRCH: the process is already gone.
         _ => return Peer::Unknown,
     };
-    let mut cred = libc::ucred {
+    let cred = libc::ucred {
         pid: 0,
         uid: 0,
         gid: 0,
     };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which is a ucred.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
+    let cred = match peer_option(fd, libc::SO_PEERCRED, cred) {
+        Ok(c) if c.pid > 0 => c,
+        _ => return Peer::Unknown,
     };
-    if rc != 0 || cred.pid <= 0 {
-        return Peer::Unknown;
-    }
     let Ok(cgroups) = std::fs::read_to_string(format!("/proc/{}/cgroup", cred.pid)) else {
         return Peer::Unknown;
     };
@@ -328,6 +306,26 @@ pub fn peer_of(conn: &std::os::unix::net::UnixStream) -> Peer {
     match container_in_cgroup(&cgroups) {
         Some(id) => Peer::Container(id),
         None => Peer::Host,
+    }
+}
+
+/// The SOL_SOCKET option `opt` of `fd`, a `T` the kernel fills.
+fn peer_option<T: Copy>(fd: libc::c_int, opt: libc::c_int, mut v: T) -> std::io::Result<T> {
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes, the size of `v`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&mut v as *mut T).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(v)
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
