@@ -8,8 +8,10 @@
 //!   real online count read once when the library loads (glibc reads `/sys`
 //!   on every call, about 5 µs; CPU hotplug after start is not seen);
 //! * `sched_getaffinity()` (for any pid: processes of one container share its
-//!   limit) and `pthread_getaffinity_np()`: the real mask trimmed to its first
-//!   `N` allowed CPUs
+//!   limit) and `pthread_getaffinity_np()`: the real mask trimmed to `N` of
+//!   its allowed CPUs, taken in order from a per-container starting point
+//!   (the spread offset below), so self-pinning programs in different
+//!   containers over one shared pool do not all land on its lowest CPUs
 //!   (glibc's `nproc`, Python's `os.sched_getaffinity`, Java and Rust's
 //!   `available_parallelism` decide by these);
 //! * `_SC_NPROCESSORS_CONF` and `get_nprocs_conf()`: the real value, on
@@ -18,14 +20,25 @@
 //!   on a big host makes `sched_getaffinity` fail with EINVAL. So
 //!   `nproc --all` still prints the host's count.
 //!
+//! **Live updates.** When `BERTH_NPROC_FILE` names a count file (the runtime
+//! bind-mounts one per container and rewrites it on `update`), the library
+//! maps it read-only at load time and every call reads the count from the
+//! mapping: one load, no system call, async-signal-safe. The file is 16
+//! bytes: the magic `BERTHCPU`, the count and the spread offset as native
+//! 32-bit integers; the runtime stores each with an atomic write into a
+//! shared mapping of the same file, so a reader never sees a torn value. A
+//! count of 0 in the file means pass-through. Without the file (or with a bad
+//! one) the environment decides, as below, and the offset is 0.
+//!
 //! A fractional `N` rounds up. Unset, empty, zero, negative, non-numeric or
 //! absurd (over 2^20) values mean pass-through: every answer is exactly as
 //! without the library. `BERTH_NPROC_WARN=1` prints a warning on stderr for a
 //! value that is ignored.
 //!
 //! Portability: the library is `#![no_std]` and imports only `dlsym`,
-//! `getenv` and `write` (and the compiler's `strlen`), each pinned to the x86-64 base symbol
-//! version GLIBC_2.2.5, so it loads on glibc 2.17 and later; it links
+//! `getenv`, `write`, `open`, `read`, `mmap`, `close` and `abort`, each
+//! pinned to the architecture's base symbol version (GLIBC_2.2.5 on x86-64,
+//! GLIBC_2.17 on aarch64), so it loads on glibc 2.17 and later; it links
 //! `libdl.so.2` for glibc before 2.34, which musl's loader maps to itself,
 //! and all of them exist in musl. The call path does no allocation and takes no
 //! lock: an atomic load and a call through a pointer resolved at load time,
@@ -37,7 +50,7 @@
 #![no_std]
 
 use core::ffi::{c_char, c_int, c_long, c_void};
-use core::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
 const SC_NPROCESSORS_ONLN: c_int = 84;
 const RTLD_NEXT: *mut c_void = -1isize as *mut c_void;
@@ -48,22 +61,103 @@ extern "C" {
     fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
     fn getenv(name: *const c_char) -> *const c_char;
     fn write(fd: c_int, buf: *const c_void, count: usize) -> isize;
+    fn open(path: *const c_char, flags: c_int, ...) -> c_int;
+    fn read(fd: c_int, buf: *mut c_void, count: usize) -> isize;
+    fn mmap(
+        addr: *mut c_void,
+        len: usize,
+        prot: c_int,
+        flags: c_int,
+        fd: c_int,
+        off: i64,
+    ) -> *mut c_void;
+    fn close(fd: c_int) -> c_int;
+    fn abort() -> !;
 }
 
-// Pin every import to the base version: a default link against a new glibc
-// would import e.g. dlsym@GLIBC_2.34, which older images lack.
-core::arch::global_asm!(
-    ".symver dlsym, dlsym@GLIBC_2.2.5",
-    ".symver getenv, getenv@GLIBC_2.2.5",
-    ".symver write, write@GLIBC_2.2.5",
-);
+// Pin every import to the architecture's base version: a default link
+// against a new glibc would import e.g. dlsym@GLIBC_2.34, which older images
+// lack. (musl's loader ignores symbol versions.)
+macro_rules! pin_imports {
+    ($version:literal) => {
+        core::arch::global_asm!(
+            concat!(".symver dlsym, dlsym@", $version),
+            concat!(".symver getenv, getenv@", $version),
+            concat!(".symver write, write@", $version),
+            concat!(".symver open, open@", $version),
+            concat!(".symver read, read@", $version),
+            concat!(".symver mmap, mmap@", $version),
+            concat!(".symver close, close@", $version),
+            concat!(".symver abort, abort@", $version),
+        );
+    };
+}
+#[cfg(target_arch = "x86_64")]
+pin_imports!("GLIBC_2.2.5");
+#[cfg(target_arch = "aarch64")]
+pin_imports!("GLIBC_2.17");
 
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {
-    // Nothing here can panic; should it ever, never unwind into the host program.
-    loop {
-        core::hint::spin_loop();
+    // Nothing here can panic; should it ever, never unwind into (or hang)
+    // the host program: end it as a failed assertion would.
+    // SAFETY: abort(3) takes no arguments and never returns.
+    unsafe { abort() }
+}
+
+/// The count file's magic (see the crate docs).
+const FILE_MAGIC: &[u8; 8] = b"BERTHCPU";
+const O_RDONLY_CLOEXEC: c_int = 0o2_000_000;
+const PROT_READ: c_int = 1;
+const MAP_SHARED: c_int = 1;
+const MAP_FAILED: *mut c_void = !0usize as *mut c_void;
+
+/// The mapped count file: the count at word 2, the spread offset at word 3
+/// (null: no file).
+static MAPPED: AtomicPtr<AtomicU32> = AtomicPtr::new(core::ptr::null_mut());
+
+/// Maps the count file `BERTH_NPROC_FILE` names, if it is one.
+fn map_count_file() {
+    // SAFETY: getenv with a static C string; open/read/mmap/close on our own
+    // descriptor; the mapping is 16 readable bytes of a file that has them
+    // (checked by the read), which the runtime never truncates.
+    unsafe {
+        let path = getenv(c"BERTH_NPROC_FILE".as_ptr());
+        if path.is_null() || *path == 0 {
+            return;
+        }
+        let fd = open(path, O_RDONLY_CLOEXEC);
+        if fd < 0 {
+            warn(
+                b"libberth_cpus: BERTH_NPROC_FILE cannot be opened; the count is fixed at start\n",
+            );
+            return;
+        }
+        let mut head = [0u8; 16];
+        let ok = read(fd, head.as_mut_ptr().cast(), head.len()) == 16 && &head[..8] == FILE_MAGIC;
+        let p = if ok {
+            mmap(core::ptr::null_mut(), 16, PROT_READ, MAP_SHARED, fd, 0)
+        } else {
+            MAP_FAILED
+        };
+        close(fd);
+        if p == MAP_FAILED || p.is_null() {
+            warn(b"libberth_cpus: BERTH_NPROC_FILE is not a Berth count file; the count is fixed at start\n");
+            return;
+        }
+        MAPPED.store(p.cast(), Ordering::Relaxed);
     }
+}
+
+/// The count in the mapped file (None: no file): 0 or absurd is pass-through.
+#[inline]
+fn mapped_word(i: usize) -> Option<u32> {
+    let p = MAPPED.load(Ordering::Relaxed);
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: p maps 16 bytes (4 words), aligned to a page.
+    Some(unsafe { (*p.add(i)).load(Ordering::Relaxed) })
 }
 
 /// -1: not read yet; 0: pass-through; N > 0: the count to report.
@@ -157,7 +251,11 @@ fn read_limit() -> i32 {
     0
 }
 
+#[inline]
 fn limit() -> i32 {
+    if let Some(n) = mapped_word(2) {
+        return if u64::from(n) <= MAX_N { n as i32 } else { 0 };
+    }
     let v = LIMIT.load(Ordering::Relaxed);
     if v >= 0 {
         return v;
@@ -210,6 +308,7 @@ extern "C" fn berth_init() {
     ] {
         r.get();
     }
+    map_count_file();
     if limit() > 0 {
         real_online();
     }
@@ -249,38 +348,47 @@ fn clamp(real: c_long, n: i32) -> c_long {
     }
 }
 
-/// Clears every bit of `mask` after the first `n` set ones.
+/// Keeps `n` of the set bits of `mask`: in order from the `skip % ones`-th
+/// set bit, wrapping around, so different offsets spread over the mask.
 ///
 /// # Safety
 /// `mask` points to `size` writable bytes.
-unsafe fn trim_mask(mask: *mut u8, size: usize, n: i32) {
-    let mut left = n as u32;
+unsafe fn trim_mask(mask: *mut u8, size: usize, n: i32, skip: u32) {
+    let mut ones = 0u32;
+    for i in 0..size {
+        ones += (*mask.add(i)).count_ones();
+    }
+    let n = n as u32;
+    if ones <= n {
+        return;
+    }
+    let start = skip % ones;
+    // Set bit k (in order) is kept when (k - start) mod ones < n.
+    let mut k = 0u32;
     for i in 0..size {
         let p = mask.add(i);
-        let byte = *p;
-        if byte == 0 {
-            continue;
-        }
-        if left == 0 {
-            *p = 0;
-            continue;
-        }
-        let ones = byte.count_ones();
-        if ones <= left {
-            left -= ones;
-            continue;
-        }
-        // Keep the lowest `left` set bits of this byte.
+        let mut b = *p;
         let mut kept = 0u8;
-        let mut b = byte;
-        while left > 0 {
+        while b != 0 {
             let low = b & b.wrapping_neg();
-            kept |= low;
             b &= !low;
-            left -= 1;
+            let rank = if k >= start {
+                k - start
+            } else {
+                k + ones - start
+            };
+            if rank < n {
+                kept |= low;
+            }
+            k += 1;
         }
         *p = kept;
     }
+}
+
+/// The spread offset: the count file's, else 0 (the first `N` CPUs).
+fn spread() -> u32 {
+    mapped_word(3).unwrap_or(0)
 }
 
 /// `sysconf(3)`: `_SC_NPROCESSORS_ONLN` reports at most N; all else is real.
@@ -325,7 +433,7 @@ pub unsafe extern "C" fn sched_getaffinity(pid: c_int, size: usize, mask: *mut c
     let r = real(pid, size, mask);
     let n = limit();
     if r == 0 && n > 0 && !mask.is_null() {
-        trim_mask(mask.cast(), size, n);
+        trim_mask(mask.cast(), size, n, spread());
     }
     r
 }
@@ -349,7 +457,7 @@ pub unsafe extern "C" fn pthread_getaffinity_np(
     let r = real(thread, size, mask);
     let n = limit();
     if r == 0 && n > 0 && !mask.is_null() {
-        trim_mask(mask.cast(), size, n);
+        trim_mask(mask.cast(), size, n, spread());
     }
     r
 }

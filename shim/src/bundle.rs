@@ -57,13 +57,15 @@ impl Bundle {
     /// Runs the rewrite stages over the spec and writes `config.json` back
     /// atomically; returns the applied record. `cpus` is the host's CPU
     /// allocator (None skips the split); `place_cgroup` is set when the
-    /// backend's pipeline places the cgroup (the built-in one's).
+    /// backend's pipeline places the cgroup (the built-in one's);
+    /// `container` (root, id) is where the CPU view files go.
     /// On error neither the file nor `self.spec` changes.
     pub fn rewrite(
         &mut self,
         config: &RuntimeConfig,
         cpus: Option<&dyn crate::cpus::Allocator>,
         place_cgroup: Option<crate::rewrite::Placement<'_>>,
+        container: Option<(Option<&Path>, &str)>,
     ) -> Result<Value> {
         let marks = crate::marks::Marks::open(&config.state_dir)?;
         let mut spec = self.spec.clone();
@@ -75,6 +77,7 @@ impl Bundle {
                 cpus,
                 marks: Some(&marks),
                 place_cgroup,
+                container,
             },
         )?;
         let path = crate::rewrite::config_path(&self.dir);

@@ -136,16 +136,79 @@ pub struct PreloadConfig {
     pub enabled: bool,
     /// The library on the host.
     pub library: PathBuf,
-    /// Where it is bind-mounted (read-only) inside the container.
+    /// Where it is bind-mounted (read-only) inside the container; the count
+    /// file it maps for live updates is mounted beside it (`nproc`).
     pub container_path: String,
+    /// Whether containers with a CPU limit get the synthetic `/proc/cpuinfo`
+    /// and `/sys/devices/system/cpu/online` (and the live count file).
+    pub cpu_files: bool,
+    /// Per-runtime variables set to the count unless the image sets them:
+    /// `go` (GOMAXPROCS), `dotnet` (DOTNET_PROCESSOR_COUNT), `python`
+    /// (PYTHON_CPU_COUNT), `java` (JAVA_TOOL_OPTIONS=-XX:ActiveProcessorCount),
+    /// `openmp` (OMP_NUM_THREADS).
+    pub overrides: Vec<CountOverride>,
 }
+
+/// The multiarch directory packages install libraries under.
+#[cfg(target_arch = "x86_64")]
+pub const MULTIARCH: &str = "x86_64-linux-gnu";
+/// The multiarch directory packages install libraries under.
+#[cfg(target_arch = "aarch64")]
+pub const MULTIARCH: &str = "aarch64-linux-gnu";
+/// The multiarch directory packages install libraries under.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub const MULTIARCH: &str = std::env::consts::ARCH;
 
 impl Default for PreloadConfig {
     fn default() -> Self {
         PreloadConfig {
             enabled: true,
-            library: PathBuf::from("/usr/lib/x86_64-linux-gnu/berth/libberth_cpus.so"),
+            library: PathBuf::from(format!("/usr/lib/{MULTIARCH}/berth/libberth_cpus.so")),
             container_path: "/usr/lib/berth/libberth_cpus.so".into(),
+            cpu_files: true,
+            overrides: vec![CountOverride::Go, CountOverride::Dotnet],
+        }
+    }
+}
+
+/// `[preload] overrides`: a language runtime's own CPU-count setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CountOverride {
+    /// `GOMAXPROCS` (Go reads the affinity mask with raw system calls).
+    Go,
+    /// `DOTNET_PROCESSOR_COUNT`.
+    Dotnet,
+    /// `PYTHON_CPU_COUNT` (3.13+; it fixes the count at start).
+    Python,
+    /// `JAVA_TOOL_OPTIONS=-XX:ActiveProcessorCount=N` (the JVM prints
+    /// "Picked up JAVA_TOOL_OPTIONS" on stderr).
+    Java,
+    /// `OMP_NUM_THREADS` (a thread count, not only a CPU count).
+    Openmp,
+}
+
+impl CountOverride {
+    /// The override named `name` (as in the config file).
+    pub fn from_name(name: &str) -> Option<CountOverride> {
+        Some(match name {
+            "go" => CountOverride::Go,
+            "dotnet" => CountOverride::Dotnet,
+            "python" => CountOverride::Python,
+            "java" => CountOverride::Java,
+            "openmp" => CountOverride::Openmp,
+            _ => return None,
+        })
+    }
+
+    /// The environment variable it sets.
+    pub fn variable(self) -> &'static str {
+        match self {
+            CountOverride::Go => "GOMAXPROCS",
+            CountOverride::Dotnet => "DOTNET_PROCESSOR_COUNT",
+            CountOverride::Python => "PYTHON_CPU_COUNT",
+            CountOverride::Java => "JAVA_TOOL_OPTIONS",
+            CountOverride::Openmp => "OMP_NUM_THREADS",
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod bundle;
 pub mod cgroup_path;
 pub mod config;
 pub mod cpus;
+pub mod cpuview;
 pub mod debug_stop;
 pub mod error;
 pub mod fast;

@@ -86,6 +86,8 @@ pub const RECORD_GRACE: std::time::Duration = std::time::Duration::from_secs(600
 #[derive(Debug, Clone)]
 pub struct Records {
     dir: PathBuf,
+    /// The CPU views of this root's containers ([`crate::cpuview`]).
+    views: PathBuf,
     root: Option<PathBuf>,
 }
 
@@ -94,6 +96,7 @@ impl Records {
     pub fn new(cfg: &RuntimeConfig, root: Option<&Path>) -> Records {
         Records {
             dir: cfg.state_dir.join("containers").join(root_hash(root)),
+            views: cfg.state_dir.join("cpuview").join(root_hash(root)),
             root: root.map(Path::to_path_buf),
         }
     }
@@ -219,6 +222,7 @@ impl Records {
                 None => Record::read(&e.path()).is_some_and(|r| r.alive() == Some(false)),
             };
             if gone && std::fs::remove_file(e.path()).is_ok() {
+                crate::cpuview::CpuView::at(self.views.join(&name)).remove();
                 removed += 1;
             }
         }

@@ -34,6 +34,14 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// `exec --process` could not be read or is not JSON.
+    #[error("exec --process {path}: {message}")]
+    Process {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 impl From<builtin::Error> for Error {
@@ -116,6 +124,9 @@ impl Runtime {
         }
         let mut args = args;
         let mut verb = verb.clone();
+        if let Operation::Exec(e) = &mut verb {
+            self.inject_exec(e, &mut args)?;
+        }
         // What to do once the backend is done: settle an update, release CPUs.
         let after = match &mut verb {
             Operation::Update(u) if u.resources.is_some() && self.planned(&u.id) => {
@@ -124,7 +135,9 @@ impl Runtime {
                 u.resources = Some(path);
                 After::SettleUpdate(u.id.clone())
             }
+            Operation::Update(u) if self.has_view(&u.id) => After::RefreshView(u.id.clone()),
             Operation::Delete { id, .. } if self.holds(id) => After::Release(id.clone()),
+            Operation::Delete { id, .. } if self.has_view(id) => After::Forget(id.clone()),
             Operation::Run(r)
                 if backend.is_builtin() && !r.detach && !r.keep && self.holds(&r.create.id) =>
             {
@@ -204,8 +217,10 @@ impl Runtime {
                 &self.cfg,
                 allocator.as_ref().map(|a| a as &dyn cpus::Allocator),
                 place,
+                Some((root, id)),
             )
             .inspect_err(|_| {
+                crate::cpuview::CpuView::of(&self.cfg, root, id).remove();
                 // A stage after the CPU split failed: the container will not
                 // exist, so its CPUs go back now, not at some later GC.
                 if allocator.is_some() && cpus::ops::has_entry(&self.cfg, root, id) {
@@ -229,6 +244,74 @@ impl Runtime {
             applied.get("cpu").is_some(),
         )?;
         debug_stop::at("create:recorded");
+        Ok(())
+    }
+
+    /// The CPU view of container `id`.
+    fn view(&self, id: &str) -> crate::cpuview::CpuView {
+        crate::cpuview::CpuView::of(&self.cfg, self.root.as_deref(), id)
+    }
+
+    /// True when container `id` has CPU view files to keep up to date.
+    fn has_view(&self, id: &str) -> bool {
+        crate::records::valid_id(id) && self.view(id).exists()
+    }
+
+    /// Rewrites `id`'s CPU view from its cgroup after an update.
+    fn refresh_view(&self, id: &str) {
+        let Some(cgroup) = self.records.record(id).and_then(|r| r.cgroup) else {
+            tracing::warn!(
+                container = id,
+                "no recorded cgroup: its CPU view keeps the old count"
+            );
+            return;
+        };
+        if let Err(e) = self.view(id).refresh_from_cgroup(&cgroup, id) {
+            tracing::warn!(container = id, "cannot update the CPU view: {e}");
+        }
+    }
+
+    /// Gives an exec'd process the CPU-count environment the container's own
+    /// got at create, with the count of now (engines build exec'd processes
+    /// from their copy of the spec, which lacks it).
+    fn inject_exec(&self, e: &mut crate::operation::ExecArgs, args: &mut [OsString]) -> Result<()> {
+        if !self.has_view(&e.id) {
+            return Ok(());
+        }
+        let view = self.view(&e.id);
+        let (Some(inj), Some(n)) = (view.injection(), view.count()) else {
+            return Ok(());
+        };
+        let Some(path) = e.process.clone() else {
+            // runc's --env flags: the variables go in as flags would.
+            // (runc's own --env handling; the built-in backend reads the
+            // container's config.json, which has them from create).
+            tracing::debug!(container = %e.id, "exec without --process: the CPU-count variables come from the container's config");
+            return Ok(());
+        };
+        let bad = |message: String| Error::Process {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read(&path).map_err(|err| bad(err.to_string()))?;
+        let mut process: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|err| bad(err.to_string()))?;
+        let Some(obj) = process.as_object_mut() else {
+            return Ok(());
+        };
+        let env = obj
+            .entry("env")
+            .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+        let Some(env) = env.as_array_mut() else {
+            return Ok(());
+        };
+        crate::rewrite::preload::inject_env(env, n, &inj);
+        let bytes = serde_json::to_vec(&process).map_err(|err| bad(err.to_string()))?;
+        let fd_path =
+            memfd_with(&bytes).map_err(|err| bad(format!("cannot pass the process on: {err}")))?;
+        replace_value(args, "--process", "-p", &fd_path);
+        e.process = Some(PathBuf::from(fd_path));
+        tracing::debug!(container = %e.id, nproc = n, "exec'd process given the CPU-count environment");
         Ok(())
     }
 
@@ -274,11 +357,19 @@ impl Runtime {
                 if let Err(e) = cpus::ops::finish_update(&self.cfg, self.root.as_deref(), id, ok) {
                     tracing::warn!(container = id, "cannot settle the CPU ledger after the update (the next transaction will): {e}");
                 }
+                if ok {
+                    self.refresh_view(id);
+                }
             }
+            After::RefreshView(id) if ok => self.refresh_view(id),
+            After::RefreshView(_) => {}
+            After::Forget(id) if ok => self.view(id).remove(),
+            After::Forget(_) => {}
             // A foreground run releases whatever its exit code.
             After::Release(id) if ok || matches!(verb, Operation::Run(_)) => {
                 debug_stop::at("delete:deleted");
                 self.release(id);
+                self.view(id).remove();
             }
             After::Release(_) => {}
         }
@@ -298,7 +389,11 @@ impl Runtime {
 enum After {
     Nothing,
     SettleUpdate(String),
+    /// An update of a container with a CPU view but no planned CPUs.
+    RefreshView(String),
     Release(String),
+    /// A delete of a container with a CPU view but no CPUs to release.
+    Forget(String),
 }
 
 /// An in-memory file holding `bytes`, as a path the backend can open (also

@@ -154,6 +154,42 @@ fn a_second_pass_changes_nothing() {
 }
 
 #[test]
+fn opt_in_overrides_come_from_config_or_annotation_and_the_image_wins() {
+    let mut h = host();
+    h.cfg
+        .preload
+        .overrides
+        .push(berth_runtime::config::CountOverride::Openmp);
+    let mut spec = base_spec();
+    spec["annotations"] = json!({"io.berth.cpu-overrides": "java, python"});
+    spec["process"]["env"] = json!(["OMP_NUM_THREADS=8", "JAVA_TOOL_OPTIONS=-Xmx1g"]);
+    let b = bundle(&h, &spec, true);
+    rewrite_bundle(&b, &h.cfg).unwrap();
+    let out = read(&b);
+    assert_eq!(
+        env(&out, "OMP_NUM_THREADS").unwrap(),
+        "8",
+        "the image's own wins"
+    );
+    assert_eq!(
+        env(&out, "JAVA_TOOL_OPTIONS").unwrap(),
+        "-Xmx1g -XX:ActiveProcessorCount=2",
+        "the image's options are kept"
+    );
+    assert_eq!(env(&out, "PYTHON_CPU_COUNT").unwrap(), "2");
+    // A second pass adds nothing.
+    rewrite_bundle(&b, &h.cfg).unwrap();
+    assert_eq!(
+        env(&read(&b), "JAVA_TOOL_OPTIONS").unwrap(),
+        "-Xmx1g -XX:ActiveProcessorCount=2"
+    );
+    // A name that is not an override is refused, naming it.
+    let mut spec = base_spec();
+    spec["annotations"] = json!({"io.berth.cpu-overrides": "java,rubby"});
+    refused(spec, &["io.berth.cpu-overrides", "rubby"]);
+}
+
+#[test]
 fn user_gomaxprocs_is_kept() {
     let h = host();
     let mut spec = base_spec();
@@ -171,15 +207,24 @@ fn user_gomaxprocs_is_kept() {
 #[test]
 fn injection_is_skipped_without_loader_limit_or_consent() {
     let h = host();
-    // Static rootfs.
+    // Static rootfs: no library, but the count and the runtimes' variables
+    // (static Go reads GOMAXPROCS).
     let b = bundle(&h, &base_spec(), false);
     rewrite_bundle(&b, &h.cfg).unwrap();
-    assert_eq!(env(&read(&b), "BERTH_NPROC"), None);
-    // glibc without libdl.so.2.
+    let out = read(&b);
+    assert_eq!(env(&out, "BERTH_NPROC").unwrap(), "2");
+    assert_eq!(env(&out, "GOMAXPROCS").unwrap(), "2");
+    assert_eq!(env(&out, "DOTNET_PROCESSOR_COUNT").unwrap(), "2");
+    assert_eq!(env(&out, "LD_PRELOAD").unwrap(), "/usr/lib/libjemalloc.so");
+    assert!(!out["mounts"].to_string().contains("libberth_cpus"));
+    // glibc without libdl.so.2: likewise no library.
     let b = bundle(&h, &base_spec(), true);
     std::fs::remove_file(b.join("rootfs/lib64/libdl.so.2")).unwrap();
     rewrite_bundle(&b, &h.cfg).unwrap();
-    assert_eq!(env(&read(&b), "BERTH_NPROC"), None);
+    assert_eq!(
+        env(&read(&b), "LD_PRELOAD").unwrap(),
+        "/usr/lib/libjemalloc.so"
+    );
     // No CPU limit.
     let mut spec = base_spec();
     spec["linux"]["resources"] = json!({});
@@ -378,7 +423,7 @@ proptest! {
         let h = host();
         let b = bundle(&h, &json!({}), true);
         let mut spec = v;
-        let _ = rewrite_spec(&mut spec, &Context { bundle: &b, config: &h.cfg, cpus: None, marks: None, place_cgroup: None });
+        let _ = rewrite_spec(&mut spec, &Context { bundle: &b, config: &h.cfg, cpus: None, marks: None, place_cgroup: None, container: None });
     }
 
     #[test]
@@ -415,7 +460,7 @@ proptest! {
         s["annotations"] = Value::Object(ann);
         let b = bundle(&h, &s, true);
         let mut spec = s.clone();
-        let r = rewrite_spec(&mut spec, &Context { bundle: &b, config: &h.cfg, cpus: Some(&AnyFits), marks: None, place_cgroup: None });
+        let r = rewrite_spec(&mut spec, &Context { bundle: &b, config: &h.cfg, cpus: Some(&AnyFits), marks: None, place_cgroup: None, container: None });
         if r.is_ok() && !trusted && quota > 0 {
             let written = spec["linux"]["resources"]["cpu"]["quota"].as_i64().unwrap_or(quota);
             let eff_period = spec["linux"]["resources"]["cpu"]["period"].as_u64().unwrap_or(period);

@@ -223,6 +223,11 @@ fn imports_are_pinned_for_old_glibc_and_musl() {
     }
     let allowed = [
         "dlsym",
+        "open",
+        "read",
+        "mmap",
+        "close",
+        "abort",
         "getenv",
         "getpid",
         "write",
@@ -293,7 +298,8 @@ fn containers_with_cpus_1_see_one_cpu_on_glibc_and_musl() {
         r.stdout.lines().collect::<Vec<_>>(),
         [real_cpus().to_string().as_str(), "[]"]
     );
-    // A glibc image without libdl.so.2 is left alone (injection skipped) and runs normally.
+    // A glibc image without libdl.so.2 gets no library (it could not load),
+    // but glibc itself reads the synthetic /sys/devices/system/cpu/online.
     let bare = import(&glibc_rootfs(false));
     let r = docker().run_berth(
         &["--cpus", "1"],
@@ -305,9 +311,75 @@ fn containers_with_cpus_1_see_one_cpu_on_glibc_and_musl() {
         ],
     );
     assert!(r.ok() && r.stderr.is_empty(), "{}", r.stderr);
-    assert_eq!(
-        r.stdout.lines().collect::<Vec<_>>(),
-        [real_cpus().to_string().as_str(), "[]"]
-    );
+    assert_eq!(r.stdout.lines().collect::<Vec<_>>(), ["1", "[]"]);
     let _ = docker().run(&["rmi", &glibc, &musl, &bare]);
+}
+
+/// The affinity CPUs a preloaded Python 3.11 reports, with `env` set.
+fn affinity_with(env: &[(&str, &str)]) -> String {
+    let mut c = command("/usr/bin/python3.11");
+    c.args([
+        "-c",
+        "import os; print(sorted(os.sched_getaffinity(0)), os.cpu_count())",
+    ])
+    .env("LD_PRELOAD", preload_library())
+    .env_remove("BERTH_NPROC");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let r = try_run(&mut c);
+    assert!(r.ok(), "python: {}", r.stderr);
+    r.stdout.trim().to_string()
+}
+
+#[test]
+fn the_count_file_wins_follows_rewrites_and_spreads_the_mask() {
+    let real = real_cpus();
+    if real < 2 {
+        eprintln!("skipped: the spread needs at least 2 CPUs");
+        return;
+    }
+    let dir = berth_integration::artifacts::fresh_dir("cpuview");
+    let view = berth_runtime::cpuview::CpuView::at(dir.join("v"));
+    view.write(1, 0).unwrap();
+    let file = view.file(berth_runtime::cpuview::COUNT_FILE);
+    let f = file.to_str().unwrap();
+    // The file's count wins over the variable it was started with.
+    let at0 = affinity_with(&[("BERTH_NPROC", "2"), ("BERTH_NPROC_FILE", f)]);
+    assert!(at0.ends_with(" 1"), "{at0}");
+    // Another offset keeps another CPU of the same mask.
+    view.write(1, 1).unwrap();
+    let at1 = affinity_with(&[("BERTH_NPROC", "2"), ("BERTH_NPROC_FILE", f)]);
+    assert_ne!(at0, at1, "offsets 0 and 1 keep different CPUs");
+    assert!(at1.ends_with(" 1"), "{at1}");
+    // A running program sees a rewrite on its next call.
+    let mut c = command("/usr/bin/python3.11");
+    c.args([
+        "-c",
+        "import os,sys\nprint(os.cpu_count(), flush=True)\nsys.stdin.readline()\nprint(os.cpu_count(), flush=True)",
+    ])
+    .env("LD_PRELOAD", preload_library())
+    .env("BERTH_NPROC_FILE", f)
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    use std::io::{BufRead, Write};
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "1");
+    view.write(2, 1).unwrap();
+    child.stdin.take().unwrap().write_all(b"\n").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "2", "the running program saw the rewrite");
+    child.wait().unwrap();
+    // Not a count file: the variable decides.
+    std::fs::write(dir.join("junk"), b"0123456789abcdef").unwrap();
+    let junk = dir.join("junk");
+    let r = affinity_with(&[
+        ("BERTH_NPROC", "1"),
+        ("BERTH_NPROC_FILE", junk.to_str().unwrap()),
+    ]);
+    assert!(r.ends_with(" 1"), "{r}");
 }

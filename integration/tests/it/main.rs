@@ -7,6 +7,7 @@ mod builtin_lifecycle;
 mod chaos;
 mod cni_gc;
 mod cni_lib;
+mod cpu_matrix;
 mod cpu_split;
 mod cpus;
 mod cri_backends;

@@ -306,6 +306,12 @@ impl Ledger {
         Ok(a)
     }
 
+    /// The CPU view of the container with ledger key `key`.
+    pub fn view(&self, key: &str) -> crate::cpuview::CpuView {
+        let state = self.records.parent().unwrap_or(&self.records);
+        crate::cpuview::CpuView::at(state.join("cpuview").join(key))
+    }
+
     /// Shared-mode containers with a cgroup, as (container key, cgroup path).
     pub fn shared_cgroups(&self) -> Vec<(String, String)> {
         self.host

@@ -69,7 +69,14 @@ pub fn apply_pool(ledger: &ledger::Ledger, skip: &str) {
         }
         match cgroup::set_cpuset(&cg, &pool) {
             Ok(()) => {
-                tracing::info!(container = %key, cpus = %pool, "moved a shared container to the new shared pool")
+                tracing::info!(container = %key, cpus = %pool, "moved a shared container to the new shared pool");
+                // Its count may follow the pool's size (a cpuset-only limit).
+                if let Err(e) = ledger
+                    .view(&key)
+                    .refresh_from_cgroup(&cg, ledger::id_of(&key))
+                {
+                    tracing::warn!(container = %key, "cannot update the CPU view: {e}");
+                }
             }
             Err(e) => {
                 tracing::warn!(container = %key, "cannot move a shared container to the shared pool: {e}")

@@ -44,6 +44,9 @@ pub struct Context<'a> {
     /// Where this pipeline places the container's cgroup as runc would
     /// (the built-in backend's; a binary backend places its own).
     pub place_cgroup: Option<Placement<'a>>,
+    /// The container being created (its `--root` and id): where its CPU view
+    /// files go. None writes no view files.
+    pub container: Option<(Option<&'a Path>, &'a str)>,
 }
 
 /// The cgroup placement stage's input.
@@ -125,7 +128,7 @@ pub fn config_path(bundle: &Path) -> PathBuf {
 /// (no CPU split, no cgroup placement). Returns the applied record. On error
 /// the file is left untouched.
 pub fn rewrite_bundle(bundle: &Path, config: &RuntimeConfig) -> Result<Value> {
-    crate::bundle::Bundle::load(Some(bundle))?.rewrite(config, None, None)
+    crate::bundle::Bundle::load(Some(bundle))?.rewrite(config, None, None, None)
 }
 
 /// `<bundle>/config.json` as JSON; `Null` when it is missing or not JSON

@@ -1,18 +1,31 @@
 //! Stage 3: CPU-count injection, the runtime half of `libberth_cpus.so`.
 //!
-//! When the container has a CPU limit (a CFS quota or a cpuset), the library
-//! is bind-mounted read-only at `[preload] container_path`, prepended to
-//! `LD_PRELOAD` (keeping what the image or user set), `BERTH_NPROC` is set to
-//! the count the container should see (the smaller of ceil(quota/period) and
-//! the cpuset's size) and `GOMAXPROCS` likewise unless the user set it.
+//! When the container has a CPU limit (a CFS quota or a cpuset), it gets one
+//! declared count `N`, the smaller of ceil(quota/period) and the cpuset's
+//! size ([`crate::cpuview::declared_count`]), and every way a program asks
+//! is made to answer `N`:
 //!
-//! Skipped, with a log line saying why: injection disabled in the config, the
-//! annotation [`OPT_OUT_ANNOTATION`]`=false`, no CPU limit, no dynamic loader
-//! in the rootfs (static images), a glibc rootfs without `libdl.so.2` (the
-//! library links it for glibc before 2.34; every glibc package ships it), or
-//! the library missing on the host.
+//! * the [`crate::cpuview`] files (with a container id and `[preload]
+//!   cpu_files`): `/proc/cpuinfo` and `/sys/devices/system/cpu/online`
+//!   bind-mounted read-only, and the count file the library maps for live
+//!   updates, rewritten by `update`. These reach static programs too;
+//! * the per-runtime variables of `[preload] overrides` and the
+//!   [`OVERRIDES_ANNOTATION`] (`GOMAXPROCS`, `DOTNET_PROCESSOR_COUNT`,
+//!   `PYTHON_CPU_COUNT`, `JAVA_TOOL_OPTIONS=-XX:ActiveProcessorCount=N`,
+//!   `OMP_NUM_THREADS`), each only where the image or user has not set it;
+//! * the library: bind-mounted read-only at `[preload] container_path`,
+//!   prepended to `LD_PRELOAD` (keeping what the image or user set), with
+//!   `BERTH_NPROC=N` and `BERTH_NPROC_FILE`.
+//!
+//! Skipped entirely, with a log line saying why: injection disabled in the
+//! config, the annotation [`OPT_OUT_ANNOTATION`]`=false`, or no CPU limit.
+//! The library alone is skipped for a rootfs without a dynamic loader
+//! (static images), a glibc rootfs without `libdl.so.2` (the library links
+//! it for glibc before 2.34; every glibc package ships it), or when it is
+//! missing on the host.
 
 use super::Context;
+use crate::config::CountOverride;
 use crate::error::{Error, Result};
 use crate::spec;
 use serde_json::{json, Value};
@@ -20,6 +33,11 @@ use std::path::{Component, Path, PathBuf};
 
 /// The annotation with which a container opts out (`false`).
 pub const OPT_OUT_ANNOTATION: &str = "io.berth.cpu-preload";
+/// The annotation with which a container adds per-runtime overrides to the
+/// configured ones (a comma-separated list of `go`, `dotnet`, `python`,
+/// `java`, `openmp`). It can only add variables for the container's own
+/// programs, so it needs no trust.
+pub const OVERRIDES_ANNOTATION: &str = "io.berth.cpu-overrides";
 
 /// The CPU count a container should see, from its quota and cpuset.
 pub fn visible_cpus(s: &Value) -> Option<u32> {
@@ -35,17 +53,7 @@ pub fn host_online_cpus() -> Option<u32> {
 /// [`visible_cpus`] on a host with `host` online CPUs: a cpuset that spans
 /// them all (the shared pool of an idle host, say) is no limit.
 pub fn visible_cpus_on(s: &Value, host: Option<u32>) -> Option<u32> {
-    let from_quota = spec::cpu_quota(s).map(|(q, p)| {
-        let n = (q as u64).div_ceil(p);
-        u32::try_from(n).unwrap_or(u32::MAX).max(1)
-    });
-    let from_set = spec::cpuset(s)
-        .and_then(spec::cpuset_count)
-        .filter(|n| *n > 0 && host.is_none_or(|h| *n < h));
-    match (from_quota, from_set) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+    crate::cpuview::declared_count(spec::cpu_quota(s), spec::cpuset(s), host)
 }
 
 /// Resolves `path` inside `root` as the container would see it: symlinks
@@ -159,7 +167,120 @@ fn skip(reason: &str) -> Result<Option<Value>> {
     Ok(None)
 }
 
-/// Applies the injection; returns `{"library", "nproc"}` when injected.
+/// The overrides for this container: the configured ones plus the annotation's.
+fn overrides(s: &Value, cfg: &crate::config::PreloadConfig) -> Result<Vec<CountOverride>> {
+    let mut out = cfg.overrides.clone();
+    if let Some(list) = spec::annotation(s, OVERRIDES_ANNOTATION) {
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let o = CountOverride::from_name(name).ok_or_else(|| Error::Annotation {
+                key: OVERRIDES_ANNOTATION.into(),
+                value: list.into(),
+                reason: format!("{name:?} is not one of go, dotnet, python, java, openmp"),
+            })?;
+            if !out.contains(&o) {
+                out.push(o);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Sets `o`'s variable for `n` CPUs unless the image or user set it.
+/// Returns the variable's name when it was set.
+fn set_override(env: &mut Vec<Value>, o: CountOverride, n: u32) -> Option<&'static str> {
+    let var = o.variable();
+    let current = spec::env_get(env, var).map(str::to_string);
+    match (o, current) {
+        (CountOverride::Java, Some(opts)) if !opts.contains("ActiveProcessorCount") => {
+            let v = format!("{} -XX:ActiveProcessorCount={n}", opts.trim_end());
+            spec::env_set(env, var, v.trim_start());
+        }
+        (_, Some(_)) => return None,
+        (CountOverride::Java, None) => {
+            spec::env_set(env, var, &format!("-XX:ActiveProcessorCount={n}"))
+        }
+        (_, None) => spec::env_set(env, var, &n.to_string()),
+    }
+    Some(var)
+}
+
+/// The environment a container's processes get: at create, and again for
+/// each exec'd process (engines build those from their own copy of the
+/// spec, which lacks it), with the count of that moment.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Injection {
+    /// The library's path in the container, when it is mounted.
+    pub library: Option<String>,
+    /// The count file's path in the container, when it is mounted.
+    pub count_file: Option<String>,
+    /// The per-runtime variables to set.
+    pub overrides: Vec<CountOverride>,
+}
+
+/// Sets the injection's variables in `env` for `n` CPUs: `LD_PRELOAD`
+/// (prepended to what is there), `BERTH_NPROC`, `BERTH_NPROC_FILE`, and each
+/// override unless already set. Returns the overrides' variables it set.
+pub fn inject_env(env: &mut Vec<Value>, n: u32, inj: &Injection) -> Vec<&'static str> {
+    if let Some(lib) = &inj.library {
+        let preload = spec::env_get(env, "LD_PRELOAD").unwrap_or("").to_string();
+        if !preload.split([':', ' ']).any(|p| p == lib) {
+            let v = if preload.trim().is_empty() {
+                lib.clone()
+            } else {
+                format!("{lib}:{preload}")
+            };
+            spec::env_set(env, "LD_PRELOAD", &v);
+        }
+    }
+    if let Some(f) = &inj.count_file {
+        spec::env_set(env, "BERTH_NPROC_FILE", f);
+    }
+    spec::env_set(env, "BERTH_NPROC", &n.to_string());
+    inj.overrides
+        .iter()
+        .filter_map(|o| set_override(env, *o, n))
+        .collect()
+}
+
+/// Adds a read-only bind mount of `source` at `dest` unless one is there.
+fn add_bind(s: &mut Value, ctx: &Context<'_>, dest: &str, source: &Path) -> Result<()> {
+    let Some(obj) = s.as_object_mut() else {
+        return Ok(());
+    };
+    let mounts = obj
+        .entry("mounts")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    let Some(mounts) = mounts.as_array_mut() else {
+        return Err(Error::Spec {
+            path: super::config_path(ctx.bundle),
+            message: "mounts must be an array".into(),
+        });
+    };
+    let present = mounts
+        .iter()
+        .any(|m| m.get("destination").and_then(Value::as_str) == Some(dest));
+    if !present {
+        mounts.push(json!({
+            "destination": dest,
+            "type": "bind",
+            "source": source,
+            "options": ["bind", "ro", "nosuid", "nodev", "noexec"],
+        }));
+    }
+    Ok(())
+}
+
+/// Where the count file is mounted: beside the library.
+pub fn count_file_dest(cfg: &crate::config::PreloadConfig) -> String {
+    match cfg.container_path.rsplit_once('/') {
+        Some((dir, _)) if !dir.is_empty() => format!("{dir}/{}", crate::cpuview::COUNT_FILE),
+        _ => format!("/{}", crate::cpuview::COUNT_FILE),
+    }
+}
+
+/// Applies the injection; returns `{"nproc", "library", "files", "overrides"}`
+/// when the container has a CPU limit.
 pub fn apply(s: &mut Value, ctx: &Context<'_>) -> Result<Option<Value>> {
     let cfg = &ctx.config.preload;
     if !cfg.enabled {
@@ -183,70 +304,89 @@ pub fn apply(s: &mut Value, ctx: &Context<'_>) -> Result<Option<Value>> {
     let Some(nproc) = visible_cpus(s) else {
         return skip("the container has no CPU limit");
     };
-    let Some(rootfs) = spec::rootfs(s, ctx.bundle) else {
-        return skip("config.json has no root.path");
-    };
-    match dynamic_loader(&rootfs) {
-        Loader::None => {
-            return skip("no dynamic loader in the rootfs (static programs cannot preload)")
-        }
-        Loader::Glibc { libdl: false } => {
-            return skip("the rootfs has glibc but no libdl.so.2, which the library needs")
-        }
-        Loader::Glibc { libdl: true } | Loader::Musl => {}
-    }
-    if !cfg.library.is_file() {
-        tracing::warn!(library = %cfg.library.display(), "CPU-count injection skipped: the preload library is not installed");
-        return Ok(None);
-    }
     if s.get("process").map(|p| !p.is_object()).unwrap_or(true) {
         return skip("config.json has no process");
     }
+    let overrides = overrides(s, cfg)?;
 
-    // The bind mount, unless an earlier pass (or the user) put it there.
-    let Some(obj) = s.as_object_mut() else {
-        return skip("config.json is not an object");
+    // The view files, for every image (static programs read them too).
+    let view = match (cfg.cpu_files, ctx.container) {
+        (true, Some((root, id))) => {
+            let v = crate::cpuview::CpuView::of(ctx.config, root, id);
+            v.write(nproc, crate::cpuview::spread_offset(id))?;
+            add_bind(
+                s,
+                ctx,
+                crate::cpuview::ONLINE_DEST,
+                &v.file(crate::cpuview::ONLINE_FILE),
+            )?;
+            add_bind(
+                s,
+                ctx,
+                crate::cpuview::CPUINFO_DEST,
+                &v.file(crate::cpuview::CPUINFO_FILE),
+            )?;
+            Some(v)
+        }
+        _ => None,
     };
-    let mounts = obj
-        .entry("mounts")
-        .or_insert_with(|| Value::Array(Vec::new()));
-    let Some(mounts) = mounts.as_array_mut() else {
-        return Err(Error::Spec {
-            path: super::config_path(ctx.bundle),
-            message: "mounts must be an array".into(),
-        });
+
+    // The library, where the rootfs can load it.
+    let library = match spec::rootfs(s, ctx.bundle).map(|r| dynamic_loader(&r)) {
+        None => Err("config.json has no root.path"),
+        Some(Loader::None) => {
+            Err("no dynamic loader in the rootfs (static programs cannot preload)")
+        }
+        Some(Loader::Glibc { libdl: false }) => {
+            Err("the rootfs has glibc but no libdl.so.2, which the library needs")
+        }
+        Some(Loader::Glibc { libdl: true } | Loader::Musl) if !cfg.library.is_file() => {
+            tracing::warn!(library = %cfg.library.display(), "the preload library is not installed");
+            Err("the preload library is not installed")
+        }
+        Some(_) => Ok(()),
     };
-    let present = mounts
-        .iter()
-        .any(|m| m.get("destination").and_then(Value::as_str) == Some(cfg.container_path.as_str()));
-    if !present {
-        mounts.push(json!({
-            "destination": cfg.container_path,
-            "type": "bind",
-            "source": cfg.library,
-            "options": ["bind", "ro", "nosuid", "nodev"],
-        }));
+    if let Err(why) = library {
+        tracing::info!("preload library not injected: {why}");
+    }
+    if library.is_ok() {
+        add_bind(s, ctx, &cfg.container_path, &cfg.library)?;
+        if let Some(v) = &view {
+            add_bind(
+                s,
+                ctx,
+                &count_file_dest(cfg),
+                &v.file(crate::cpuview::COUNT_FILE),
+            )?;
+        }
     }
 
+    let inj = Injection {
+        library: library.is_ok().then(|| cfg.container_path.clone()),
+        count_file: (library.is_ok() && view.is_some()).then(|| count_file_dest(cfg)),
+        overrides,
+    };
     let Some(env) = spec::env_mut(s) else {
         return skip("config.json has no process");
     };
-    let preload = spec::env_get(env, "LD_PRELOAD").unwrap_or("").to_string();
-    let already = preload.split([':', ' ']).any(|p| p == cfg.container_path);
-    if !already {
-        let v = if preload.trim().is_empty() {
-            cfg.container_path.clone()
-        } else {
-            format!("{}:{preload}", cfg.container_path)
-        };
-        spec::env_set(env, "LD_PRELOAD", &v);
+    let set = inject_env(env, nproc, &inj);
+    let overrides: Vec<&str> = inj.overrides.iter().map(|o| o.variable()).collect();
+    if let Some(v) = &view {
+        v.save_injection(&inj)?;
     }
-    spec::env_set(env, "BERTH_NPROC", &nproc.to_string());
-    if spec::env_get(env, "GOMAXPROCS").is_none() {
-        spec::env_set(env, "GOMAXPROCS", &nproc.to_string());
-    }
-    tracing::info!(nproc, library = %cfg.library.display(), "CPU-count injection: container sees {nproc} CPUs");
-    Ok(Some(json!({"library": cfg.container_path, "nproc": nproc})))
+    tracing::info!(
+        nproc,
+        library = library.is_ok(),
+        files = view.is_some(),
+        env = ?set,
+        "CPU-count injection: container sees {nproc} CPUs"
+    );
+    Ok(Some(json!({
+        "nproc": nproc,
+        "library": library.is_ok().then_some(&cfg.container_path),
+        "files": view.is_some(),
+        "overrides": overrides,
+    })))
 }
 
 #[cfg(test)]
