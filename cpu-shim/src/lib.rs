@@ -350,12 +350,18 @@ fn clamp(real: c_long, n: i32) -> c_long {
 
 /// Keeps `n` of the set bits of `mask`: in order from the `skip % ones`-th
 /// set bit, wrapping around, so different offsets spread over the mask.
+/// Word-wise: a mask is mostly zero words, skipped with one test each.
 ///
 /// # Safety
 /// `mask` points to `size` writable bytes.
 unsafe fn trim_mask(mask: *mut u8, size: usize, n: i32, skip: u32) {
+    let words = size / 8;
+    let word = |i: usize| mask.cast::<u64>().add(i);
     let mut ones = 0u32;
-    for i in 0..size {
+    for i in 0..words {
+        ones += word(i).read_unaligned().count_ones();
+    }
+    for i in words * 8..size {
         ones += (*mask.add(i)).count_ones();
     }
     let n = n as u32;
@@ -365,24 +371,30 @@ unsafe fn trim_mask(mask: *mut u8, size: usize, n: i32, skip: u32) {
     let start = skip % ones;
     // Set bit k (in order) is kept when (k - start) mod ones < n.
     let mut k = 0u32;
-    for i in 0..size {
-        let p = mask.add(i);
-        let mut b = *p;
-        let mut kept = 0u8;
-        while b != 0 {
-            let low = b & b.wrapping_neg();
-            b &= !low;
-            let rank = if k >= start {
-                k - start
-            } else {
-                k + ones - start
-            };
+    let mut keep = |mut w: u64| -> u64 {
+        let mut kept = 0u64;
+        while w != 0 {
+            let low = w & w.wrapping_neg();
+            w &= !low;
+            let rank = if k >= start { k - start } else { k + ones - start };
             if rank < n {
                 kept |= low;
             }
             k += 1;
         }
-        *p = kept;
+        kept
+    };
+    for i in 0..words {
+        let w = word(i).read_unaligned();
+        if w != 0 {
+            word(i).write_unaligned(keep(w));
+        }
+    }
+    for i in words * 8..size {
+        let p = mask.add(i);
+        if *p != 0 {
+            *p = keep(u64::from(*p)) as u8;
+        }
     }
 }
 
