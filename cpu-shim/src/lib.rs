@@ -376,7 +376,11 @@ unsafe fn trim_mask(mask: *mut u8, size: usize, n: i32, skip: u32) {
         while w != 0 {
             let low = w & w.wrapping_neg();
             w &= !low;
-            let rank = if k >= start { k - start } else { k + ones - start };
+            let rank = if k >= start {
+                k - start
+            } else {
+                k + ones - start
+            };
             if rank < n {
                 kept |= low;
             }

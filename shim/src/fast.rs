@@ -2,7 +2,9 @@
 //! binary backend, handed over before any of the full command line's work
 //! (clap, logging set-up): `start`, `state`, `pause`, `resume`, `kill`,
 //! `ps`, `events`, `exec` (probes and `kubectl exec` come this way), and
-//! `delete` of a container that holds no planned CPUs.
+//! `delete` of a container that holds no planned CPUs. `exec` and `delete`
+//! of a container with a CPU view ([`crate::cpuview`]) go the full way: the
+//! exec'd process gets the CPU-count environment, the delete removes the view.
 //!
 //! It reads the configuration (for `state_dir`) and the container's record,
 //! nothing else. Anything it is not sure of (an unknown flag, `--debug`, no
@@ -66,14 +68,16 @@ pub fn handover(args: &[OsString]) -> Option<Handover> {
         out.push(value.into());
     };
     let rest: Vec<&str> = it.map(|a| a.to_str()).collect::<Option<_>>()?;
-    let (id, may_hold_cpus) = match (verb, rest.as_slice()) {
+    // The second value: whether Berth has work in the verb for a container
+    // that holds CPUs or has a CPU view.
+    let (id, berth_part) = match (verb, rest.as_slice()) {
         ("start" | "state" | "pause" | "resume", [id]) => (*id, false),
         ("kill", ["-a" | "--all", id] | ["-a" | "--all", id, _]) => (*id, false),
         ("kill", [id] | [id, _]) => (*id, false),
         ("delete", [id] | ["-f" | "--force", id]) => (*id, true),
         ("ps", [id] | ["-f" | "--format", _, id]) => (*id, false),
         ("events", [id] | ["--stats", id] | ["--interval", _, id]) => (*id, false),
-        ("exec", flags) => (exec_id(flags)?, false),
+        ("exec", flags) => (exec_id(flags)?, true),
         _ => return None,
     };
     if id.starts_with('-') || !valid_id(id) {
@@ -81,7 +85,10 @@ pub fn handover(args: &[OsString]) -> Option<Handover> {
     }
     let (cfg, _) = RuntimeConfig::load(config.as_deref()).ok()?;
     let rec = Records::new(&cfg, root.as_deref()).record(id)?;
-    if may_hold_cpus && cfg.cpus.enabled && rec.cpus_planned {
+    if berth_part && verb == "delete" && cfg.cpus.enabled && rec.cpus_planned {
+        return None;
+    }
+    if berth_part && crate::cpuview::CpuView::of(&cfg, root.as_deref(), id).exists() {
         return None;
     }
     if rec.delegate.is_builtin() || !rec.delegate.usable() {

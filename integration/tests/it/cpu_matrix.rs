@@ -31,6 +31,9 @@ const ROWS: &[&str] = &[
     "node-parallelism",
     "rust",
     "proc-cpuinfo",
+    // What berth-runtime's exec gives a `docker exec`'d process: Docker
+    // builds it from its own copy of the spec, which lacks Berth's variables.
+    "exec-env-GOMAXPROCS",
 ];
 
 /// A column: the docker flags, and the count the container should see.
@@ -182,6 +185,15 @@ fn run_matrix(backend: Backend, image: &str) -> (String, Vec<String>) {
         let affinity = berth_runtime::spec::cpuset_count(aff.stdout.trim()).unwrap_or(0);
         affinities.push(affinity);
         results.push(parse(&r.stdout));
+        let id = c.id.clone();
+        drop(c);
+        if let Some(dir) = view_dir(&id) {
+            failures.push(format!(
+                "{}: the CPU view {} outlived the container",
+                backend.docker_runtime(),
+                dir.display()
+            ));
+        }
     }
     let mut table = format!("| row ({}) |", backend.docker_runtime());
     for col in &cols {
@@ -227,6 +239,18 @@ const LIVE_LOOP: &str = "import os,time\nwhile True:\n    open('/tmp/live.new','
 /// The count before the update (--cpus 1.5).
 fn col_initial(host: u32) -> u32 {
     2.min(host)
+}
+
+/// The CPU view directory of container `id`, if one is left.
+fn view_dir(id: &str) -> Option<std::path::PathBuf> {
+    let views = berth_integration::berth::config()
+        .with_file_name("state")
+        .join("cpuview");
+    std::fs::read_dir(views)
+        .ok()?
+        .flatten()
+        .map(|r| r.path().join(id))
+        .find(|p| p.exists())
 }
 
 /// Polls the live file until `ok` holds; returns the last value seen.
