@@ -312,8 +312,9 @@ pub fn add_veth(nl: &mut Netlink, spec: &VethSpec<'_>) -> Result<(), NetlinkErro
     Ok(())
 }
 
-/// Creates an ifb link (down) named `name`.
-pub fn add_ifb(nl: &mut Netlink, name: &str) -> Result<(), NetlinkError> {
+/// Creates an ifb link (down) named `name`, with `alias` (who it serves:
+/// its hashed name alone does not tell an operator).
+pub fn add_ifb(nl: &mut Netlink, name: &str, alias: &str) -> Result<(), NetlinkError> {
     let mut m = LinkMessage::default();
     m.attributes.push(LinkAttribute::IfName(name.to_string()));
     m.attributes
@@ -322,6 +323,16 @@ pub fn add_ifb(nl: &mut Netlink, name: &str) -> Result<(), NetlinkError> {
         || format!("create ifb {name}"),
         RouteNetlinkMessage::NewLink(m),
         NLM_F_CREATE | NLM_F_EXCL,
+    )?;
+    // The kernel ignores IFLA_IFALIAS when it creates a link: set it after.
+    let Some(l) = by_name(nl, name)? else {
+        return Ok(());
+    };
+    set(
+        nl,
+        l.index,
+        || format!("set the alias of {name}"),
+        |m| m.attributes.push(LinkAttribute::IfAlias(alias.to_string())),
     )
 }
 

@@ -169,7 +169,7 @@ pub fn apply(nl: &mut Netlink, index: u32, ifname: &str, bw: &Bandwidth) -> Resu
     }
     if let Some(s) = bw.ingress {
         let name = ifb_name(ifname);
-        link::add_ifb(nl, &name)?;
+        link::add_ifb(nl, &name, &format!("berth ingress of {ifname}"))?;
         let ifb =
             link::by_name(nl, &name)?.ok_or_else(|| LinkError::Vanished(format!("ifb {name}")))?;
         link::set_up(nl, ifb.index)?;

@@ -130,6 +130,20 @@ pub fn matrix_rootfs() -> PathBuf {
         .env("GO111MODULE", "off");
     let r = crate::cmd::try_run(&mut go);
     assert!(r.ok(), "go build: {}", r.stderr);
+    // And by Debian 13's Go 1.24 (unpacked into the cache).
+    let goroot = trixie_dir("go").join("usr/lib/go-1.24");
+    let mut go = crate::cmd::command(goroot.join("bin/go"));
+    go.args(["build", "-o"])
+        .arg(bin.join("cpus-go124"))
+        .arg(&go_src)
+        .env("GOROOT", &goroot)
+        .env("GOTOOLCHAIN", "local")
+        .env("CGO_ENABLED", "0")
+        .env("GOCACHE", dir.join("gocache-1.24"))
+        .env("HOME", &dir)
+        .env("GO111MODULE", "off");
+    let r = crate::cmd::try_run(&mut go);
+    assert!(r.ok(), "go 1.24 build: {}", r.stderr);
     // Java: compiled here, run by the host's JVM through the binds.
     let probes = root.join("probes");
     std::fs::create_dir_all(&probes).expect("mkdir probes");
@@ -164,6 +178,7 @@ pub fn matrix_binds() -> Vec<String> {
         ("/usr/lib/python3.11".into(), "/usr/lib/python3.11".into()),
         ("/usr/bin/python3.11".into(), "/usr/bin/python3".into()),
         (node, "/usr/bin/node".into()),
+        (trixie_dir("python313"), "/opt/py313".into()),
     ] {
         let (src, dst): (PathBuf, PathBuf) = (src, dst);
         v.push(format!("{}:{}:ro", src.display(), dst.display()));
@@ -179,4 +194,19 @@ fn which(name: &str) -> Option<PathBuf> {
         .split(':')
         .map(|d| Path::new(d).join(name))
         .find(|p| p.is_file())
+}
+
+/// A directory of Debian 13 packages that `scripts/install-test-deps`
+/// unpacked into the test cache (`scripts/fetch-trixie NAME ...`).
+pub fn trixie_dir(name: &str) -> PathBuf {
+    let cache = std::env::var_os("BERTH_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/berth-test"));
+    let dir = cache.join("trixie").join(name);
+    assert!(
+        dir.join(".done").is_file(),
+        "{} is missing: scripts/install-test-deps unpacks it (scripts/fetch-trixie)",
+        dir.display()
+    );
+    dir
 }

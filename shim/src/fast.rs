@@ -174,6 +174,32 @@ mod tests {
     }
 
     #[test]
+    fn exec_and_delete_of_a_container_with_a_cpu_view_go_the_full_way() {
+        let (d, cfg_path, records) = setup();
+        let sh = Backend::Exec("/bin/sh".into());
+        records.put("viewed", &sh, None, None, false).unwrap();
+        let (cfg, _) = RuntimeConfig::load(Some(&cfg_path)).unwrap();
+        let root_dir = d.path().join("root");
+        let root = root_dir.display().to_string();
+        let c = cfg_path.display().to_string();
+        let verb = |v: &[&str]| {
+            let mut a = vec!["--root", root.as_str(), "--berth-config", c.as_str()];
+            a.extend_from_slice(v);
+            handover(&args(&a))
+        };
+        assert!(verb(&["exec", "viewed", "true"]).is_some(), "no view yet");
+        crate::cpuview::CpuView::of(&cfg, Some(&root_dir), "viewed")
+            .write(1, 0)
+            .unwrap();
+        assert!(verb(&["exec", "--process", "/p.json", "viewed"]).is_none());
+        assert!(verb(&["delete", "viewed"]).is_none());
+        assert!(
+            verb(&["state", "viewed"]).is_some(),
+            "other verbs still pass"
+        );
+    }
+
+    #[test]
     fn plain_verbs_of_a_recorded_binary_container_pass_through() {
         let (d, cfg, records) = setup();
         let sh = Backend::Exec("/bin/sh".into());

@@ -94,6 +94,11 @@ impl KernelTree {
         })
     }
 
+    /// True when the link's ingress has the filter that feeds the ifb.
+    fn link_fed(&mut self) -> Result<bool, ShareError> {
+        Ok(htb::filters_at(&mut self.nl, self.link.index, 0xffff_0000, FEED_PRIO)? > 0)
+    }
+
     fn ifb(&mut self) -> Result<Option<Link>, ShareError> {
         Ok(link::by_name(&mut self.nl, &self.ifb)?)
     }
@@ -158,7 +163,8 @@ impl Tree for KernelTree {
         let ifb = match self.ifb()? {
             Some(l) => l,
             None => {
-                link::add_ifb(&mut self.nl, &self.ifb)?;
+                let alias = format!("berth-share ingress of {name}");
+                link::add_ifb(&mut self.nl, &self.ifb, &alias)?;
                 self.ifb()?
                     .ok_or_else(|| crate::error::LinkError::Vanished(format!("ifb {}", self.ifb)))?
             }
@@ -169,9 +175,7 @@ impl Tree for KernelTree {
         let ifb_label = self.ifb.clone();
         self.own_root(ifb.index, &ifb_label)?;
         self.root_classes(ifb.index, link.ingress, host.ingress)?;
-        if self.feed == Feed::LinkIngress
-            && htb::filters_at(&mut self.nl, index, 0xffff_0000, FEED_PRIO)? == 0
-        {
+        if self.feed == Feed::LinkIngress && !self.link_fed()? {
             match tc::add_ingress(&mut self.nl, index) {
                 Err(e) if e.is_exists() => {}
                 r => r?,
@@ -192,8 +196,7 @@ impl Tree for KernelTree {
             return Ok(None);
         };
         let ingress = rate(htb::classes(&mut self.nl, ifb.index)?);
-        let fed = self.feed == Feed::PortEgress
-            || htb::filters_at(&mut self.nl, self.link.index, 0xffff_0000, FEED_PRIO)? > 0;
+        let fed = self.feed == Feed::PortEgress || self.link_fed()?;
         Ok(match (egress, ingress, fed) {
             (Some(egress), Some(ingress), true) => Some(Dir { egress, ingress }),
             _ => None,
@@ -293,10 +296,8 @@ impl Tree for KernelTree {
     }
 
     fn leftover(&mut self) -> Result<bool, ShareError> {
-        let index = self.link.index;
         let qdisc = self.own_qdisc()?;
-        let feed = self.feed == Feed::LinkIngress
-            && htb::filters_at(&mut self.nl, index, 0xffff_0000, FEED_PRIO)? > 0;
+        let feed = self.feed == Feed::LinkIngress && self.link_fed()?;
         Ok(qdisc || feed || self.ifb()?.is_some())
     }
 

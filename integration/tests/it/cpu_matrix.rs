@@ -24,9 +24,11 @@ const ROWS: &[&str] = &[
     "c-static-musl",
     "busybox-nproc",
     "go-1.19",
+    "go-1.24",
     "java-17",
     "python-3.11-cpu_count",
     "python-3.11-affinity",
+    "python-3.13-process_cpu_count",
     "node-cpus",
     "node-parallelism",
     "rust",
@@ -291,4 +293,57 @@ fn every_runtime_sees_the_declared_count_on_runc_and_builtin() {
         "cells that differ:\n{}\n\n{tables}",
         all.join("\n")
     );
+}
+
+/// The two synthetic files' mount destinations on every backend berth-runtime
+/// runs (runc, crun, built in), straight from its command line: a busybox
+/// bundle with half a CPU of quota sees one processor and `online` = `0`.
+#[test]
+fn runc_crun_and_builtin_accept_the_view_mounts() {
+    use berth_integration::artifacts::{binary, fresh_dir};
+    use berth_integration::cmd::{command, try_run_via_files};
+    use berth_integration::images::{busybox_bundle, edit_config};
+    berth_integration::engines::crun::ensure_hugetlb_hierarchy();
+    for backend in ["runc", "crun", "libcontainer"] {
+        let dir = fresh_dir("view-backends");
+        let cfg = dir.join("runtime.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "backend = \"{backend}\"\nstate_dir = \"{}\"\n[cpus]\nenabled = false\n[preload]\nlibrary = \"{}\"\n",
+                dir.join("state").display(),
+                berth_integration::berth::preload_library().display()
+            ),
+        )
+        .unwrap();
+        let bundle = busybox_bundle(&[
+            "sh",
+            "-c",
+            "grep -c ^processor /proc/cpuinfo; cat /sys/devices/system/cpu/online; cat /sys/devices/system/cpu/possible",
+        ]);
+        edit_config(&bundle, |c| {
+            c["linux"]["resources"] =
+                serde_json::json!({"cpu": {"quota": 50000, "period": 100000}});
+        });
+        let id = unique();
+        let r = try_run_via_files(
+            command(binary("berth-runtime"))
+                .arg("--berth-config")
+                .arg(&cfg)
+                .arg("--root")
+                .arg(dir.join("root"))
+                .args(["run", "--bundle"])
+                .arg(&bundle)
+                .arg(&id),
+        );
+        assert!(r.ok(), "{backend}: run: {}", r.stderr);
+        let lines: Vec<&str> = r.stdout.lines().collect();
+        let possible = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap();
+        assert_eq!(
+            lines,
+            ["1", "0", possible.trim()],
+            "{backend}: cpuinfo entries, online, possible (stays real); stderr: {}",
+            r.stderr
+        );
+    }
 }
