@@ -186,12 +186,24 @@ fn one_and_a_half_then_a_half_then_refusal() {
         frag_cpu.to_string(),
         "the shared pool excludes exclusive cpu {excl}"
     );
+    // It is limited to that one CPU, and sees one.
+    let online = |c: &DockerContainer| {
+        let r = docker().run(&["exec", &c.id, "cat", "/sys/devices/system/cpu/online"]);
+        assert!(r.ok(), "{}", r.stderr);
+        r.stdout.trim().to_string()
+    };
+    assert_eq!(online(&shared), "0");
     // docker update re-plans, keeping the current cores: 1.5 -> 0.5 frees the exclusive core...
     let r = docker().run(&["update", "--cpus", "0.5", &big.id]);
     assert!(r.ok(), "docker update: {}", r.stderr);
     assert_eq!(cgroup_cpus(&big), frag_cpu.to_string());
-    // ...and the shared container is moved onto the grown pool.
+    // ...and the shared container is moved onto the grown pool, and sees it.
     assert_eq!(cgroup_cpus(&shared), "0-1");
+    assert_eq!(
+        online(&shared),
+        "0-1",
+        "the moved container's CPU view follows its pool"
+    );
     assert_not_oversubscribed(&cpu_status());
 }
 
