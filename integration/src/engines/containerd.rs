@@ -26,6 +26,8 @@ pub struct Containerd {
     pub config: PathBuf,
     daemon: Mutex<Daemon>,
     image: OnceLock<()>,
+    /// CRI's images imported (see `cri::import_images`).
+    pub cri_images: OnceLock<()>,
 }
 
 /// A containerd configuration with everything under `dir` (root, state,
@@ -99,55 +101,97 @@ fn config_toml(dir: &Path, socket: &Path) -> String {
 pub fn containerd() -> &'static Containerd {
     static C: OnceLock<Containerd> = OnceLock::new();
     C.get_or_init(|| {
-        crate::require_root();
-        let _ = scratch();
         let dir = fresh_dir("containerd");
         let socket = dir.join("c.sock");
-        let config = dir.join("config.toml");
-        std::fs::write(&config, config_toml(&dir, &socket)).expect("write containerd config");
-        let log = dir.join("containerd.log");
-        let mut d = Daemon::spawn(
+        let toml = config_toml(&dir, &socket);
+        start(
             "containerd",
-            command("containerd")
-                .envs(super::engine_env())
-                .arg("--config")
-                .arg(&config),
-            &log,
-        );
-        let ok = wait_until(Duration::from_secs(20), || {
-            d.assert_alive(&log);
-            command("ctr")
-                .arg("--address")
-                .arg(&socket)
-                .arg("version")
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false)
-        });
-        assert!(
-            ok,
-            "containerd did not answer on {} within 20 s",
-            socket.display()
-        );
-        let namespace = format!("{}c", process_prefix());
-        let netns_before = cri_netns();
-        let c = Containerd {
+            containerd,
+            &dir,
             socket,
-            namespace: namespace.clone(),
-            config,
-            daemon: Mutex::new(d),
-            image: OnceLock::new(),
-        };
-        at_exit("containerd", move || {
-            let c = containerd();
-            let mut d = c.daemon.lock().unwrap_or_else(|e| e.into_inner());
-            kill_leftover_shims(&c.socket);
-            d.stop(Duration::from_secs(15));
-            super::remove_cgroup_dirs(&namespace);
-            remove_left_netns(&netns_before);
-        });
-        c
+            toml,
+            command("containerd"),
+        )
     })
+}
+
+/// Debian 13's containerd 1.7 (unpacked into the test cache), whose NRI is
+/// enabled with its socket at [`Containerd::nri_socket`]: the engine the NRI
+/// plugin is tested against. Its own shim comes first on its PATH.
+pub fn containerd_nri() -> &'static Containerd {
+    static C: OnceLock<Containerd> = OnceLock::new();
+    C.get_or_init(|| {
+        let dir = fresh_dir("containerd-nri");
+        let socket = dir.join("c.sock");
+        let mut toml = base_config_toml(&dir, &socket, &[]);
+        toml.push_str(&format!(
+            "\n[plugins.\"io.containerd.nri.v1.nri\"]\n  disable = false\n  disable_connections = false\n  socket_path = \"{sock}\"\n  plugin_path = \"{plugins}\"\n  plugin_config_path = \"{conf}\"\n  plugin_registration_timeout = \"5s\"\n  plugin_request_timeout = \"5s\"\n",
+            sock = dir.join("nri.sock").display(),
+            plugins = dir.join("nri-plugins").display(),
+            conf = dir.join("nri-conf").display(),
+        ));
+        let bin = crate::programs::trixie_dir("containerd17").join("usr/bin");
+        let mut cmd = command(bin.join("containerd"));
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+        cmd.env("PATH", path);
+        start("containerd-nri", containerd_nri, &dir, socket, toml, cmd)
+    })
+}
+
+/// Starts a containerd with configuration `toml` in `dir` and waits until it
+/// answers; `me` finds it again for the teardown.
+fn start(
+    label: &'static str,
+    me: fn() -> &'static Containerd,
+    dir: &Path,
+    socket: PathBuf,
+    toml: String,
+    mut cmd: Command,
+) -> Containerd {
+    crate::require_root();
+    let _ = scratch();
+    let config = dir.join("config.toml");
+    std::fs::write(&config, toml).expect("write containerd config");
+    let log = dir.join("containerd.log");
+    let mut d = Daemon::spawn(
+        label,
+        cmd.envs(super::engine_env()).arg("--config").arg(&config),
+        &log,
+    );
+    let ok = wait_until(Duration::from_secs(20), || {
+        d.assert_alive(&log);
+        command("ctr")
+            .arg("--address")
+            .arg(&socket)
+            .arg("version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    });
+    assert!(
+        ok,
+        "{label} did not answer on {} within 20 s",
+        socket.display()
+    );
+    let namespace = format!("{}c", process_prefix());
+    let netns_before = cri_netns();
+    let c = Containerd {
+        socket,
+        namespace: namespace.clone(),
+        config,
+        daemon: Mutex::new(d),
+        image: OnceLock::new(),
+        cri_images: OnceLock::new(),
+    };
+    at_exit(label, move || {
+        let c = me();
+        let mut d = c.daemon.lock().unwrap_or_else(|e| e.into_inner());
+        kill_leftover_shims(&c.socket);
+        d.stop(Duration::from_secs(15));
+        super::remove_cgroup_dirs(&namespace);
+        remove_left_netns(&netns_before);
+    });
+    c
 }
 
 /// The `cni-*` network namespaces CRI pods get, by name.
@@ -191,6 +235,11 @@ fn kill_leftover_shims(socket: &Path) {
 }
 
 impl Containerd {
+    /// Its NRI socket (where NRI is enabled: [`containerd_nri`]).
+    pub fn nri_socket(&self) -> PathBuf {
+        self.config.with_file_name("nri.sock")
+    }
+
     /// A `ctr` command bound to this containerd and the test namespace.
     pub fn ctr(&self) -> Command {
         let mut c = command("ctr");

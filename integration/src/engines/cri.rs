@@ -2,7 +2,7 @@
 //! sandbox with a runtime handler (what a Kubernetes RuntimeClass names), a
 //! container in it, and `ExecSync`. Debian 12 ships no `crictl`.
 
-use super::containerd::containerd;
+use super::containerd::{containerd, Containerd};
 use crate::cmd::command;
 use crate::images::{busybox_tar, oci_archive};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -33,9 +33,12 @@ fn rt() -> &'static tokio::runtime::Runtime {
 
 /// Imports the sandbox and busybox images into CRI's namespace (once).
 pub fn import_images() {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        let c = containerd();
+    import_images_into(containerd());
+}
+
+/// Imports the sandbox and busybox images into `c`'s CRI namespace (once).
+pub fn import_images_into(c: &Containerd) {
+    c.cri_images.get_or_init(|| {
         let pause = oci_archive(busybox_tar(), PAUSE_IMAGE, &["sleep", "1000000"]);
         let busybox = oci_archive(busybox_tar(), crate::images::BUSYBOX_IMAGE, &["sh"]);
         for a in [pause, busybox] {
@@ -51,8 +54,12 @@ pub fn import_images() {
 }
 
 fn client() -> RuntimeServiceClient<Channel> {
+    client_for(containerd())
+}
+
+fn client_for(c: &Containerd) -> RuntimeServiceClient<Channel> {
     // The same connector berth-cni-gc uses.
-    rt().block_on(berth_cni_gc::cri::connect(containerd().socket.clone()))
+    rt().block_on(berth_cni_gc::cri::connect(c.socket.clone()))
         .unwrap_or_else(|e| panic!("connect to containerd's CRI: {e}"))
 }
 
@@ -80,6 +87,12 @@ impl Pod {
         Pod::run_full(handler, pid_ipc, privileged, NamespaceMode::Node)
     }
 
+    /// Runs a pod sandbox with `handler` on containerd `c` (another than the
+    /// shared one: [`super::containerd::containerd_nri`]).
+    pub fn run_on(c: &Containerd, handler: &str) -> Result<Pod, tonic::Status> {
+        Pod::run_in(c, handler, NamespaceMode::Pod, false, NamespaceMode::Node)
+    }
+
     /// Runs a pod sandbox on the pod network: containerd calls the CNI
     /// plugins of its configuration directory ([`cni_dirs`]).
     pub fn run_on_pod_network(handler: &str) -> Result<Pod, tonic::Status> {
@@ -92,8 +105,18 @@ impl Pod {
         privileged: bool,
         network: NamespaceMode,
     ) -> Result<Pod, tonic::Status> {
-        import_images();
-        let mut client = client();
+        Pod::run_in(containerd(), handler, pid_ipc, privileged, network)
+    }
+
+    fn run_in(
+        c: &Containerd,
+        handler: &str,
+        pid_ipc: NamespaceMode,
+        privileged: bool,
+        network: NamespaceMode,
+    ) -> Result<Pod, tonic::Status> {
+        import_images_into(c);
+        let mut client = client_for(c);
         let name = crate::names::unique();
         let config = PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {

@@ -14,6 +14,7 @@ mod cri_backends;
 mod harness;
 mod log_appender;
 mod macvlan;
+mod nri;
 mod ovs_vlan;
 mod packages;
 mod runtime;
