@@ -213,6 +213,24 @@ impl Pod {
         Ok(id)
     }
 
+    /// Stops and removes container `id`.
+    pub fn remove(&mut self, id: &str) -> Result<(), tonic::Status> {
+        rt().block_on(
+            self.client
+                .stop_container(k8s_cri::v1::StopContainerRequest {
+                    container_id: id.into(),
+                    timeout: 0,
+                }),
+        )?;
+        rt().block_on(
+            self.client
+                .remove_container(k8s_cri::v1::RemoveContainerRequest {
+                    container_id: id.into(),
+                }),
+        )?;
+        Ok(())
+    }
+
     /// `ExecSync`: runs `cmd` in the container; returns (exit code, stdout, stderr).
     pub fn exec_sync(
         &mut self,

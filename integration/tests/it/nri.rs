@@ -44,50 +44,100 @@ fn nri_plugin_splits_cpus_injects_the_count_refuses_what_cannot_fit_and_releases
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     let mut pod = Pod::run_on(c, "").expect("RunPodSandbox");
-    let id = pod
-        .start_container(&["sleep", "600"], Some(0.5))
-        .unwrap_or_else(|e| {
+    let host = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(
+        host, 2,
+        "this test's expectations are for the 2-CPU test host"
+    );
+    // What a container sees: count and GOMAXPROCS, online, cpuinfo entries,
+    // its cpuset's size, the library in LD_PRELOAD and present.
+    let probe = |pod: &mut Pod, id: &str| -> Vec<String> {
+        let (code, out, err) = pod
+            .exec_sync(
+                id,
+                &[
+                    "sh",
+                    "-c",
+                    "echo $BERTH_NPROC $GOMAXPROCS; cat /sys/devices/system/cpu/online; grep -c ^processor /proc/cpuinfo; grep Cpus_allowed_list /proc/self/status | cut -f2; echo $LD_PRELOAD; test -f /usr/lib/berth/libberth_cpus.so && echo mounted",
+                ],
+            )
+            .expect("ExecSync");
+        assert_eq!(code, 0, "{err}");
+        out.lines().map(str::to_string).collect()
+    };
+    let start = |pod: &mut Pod, name: &str, cpus: Option<f64>| -> String {
+        let mut cfg = container_config(name, &["sleep", "600"]);
+        cfg.linux = Some(k8s_cri::v1::LinuxContainerConfig {
+            resources: cpus.map(|c| k8s_cri::v1::LinuxContainerResources {
+                cpu_period: 100_000,
+                cpu_quota: (c * 100_000.0) as i64,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        pod.start(cfg).unwrap_or_else(|e| {
             panic!(
-                "CreateContainer: {e}\n{}",
+                "CreateContainer {name}: {e}\n{}",
                 std::fs::read_to_string(&log).unwrap_or_default()
             )
-        });
-    let (code, out, err) = pod
-        .exec_sync(
-            &id,
-            &[
-                "sh",
-                "-c",
-                "echo $BERTH_NPROC $GOMAXPROCS; cat /sys/devices/system/cpu/online; grep -c ^processor /proc/cpuinfo; grep Cpus_allowed_list /proc/self/status | cut -f2",
-            ],
-        )
-        .expect("ExecSync");
-    assert_eq!(code, 0, "{err}");
-    let lines: Vec<&str> = out.lines().collect();
+        })
+    };
+    let size = |l: &str| berth_runtime::spec::cpuset_count(l).unwrap_or(0);
+    // 1.5 CPUs: one exclusive core plus a fragment core; it sees 2.
+    let big = start(&mut pod, "big", Some(1.5));
+    let p = probe(&mut pod, &big);
+    assert_eq!(p[..3], ["2 2", "0-1", "2"], "{p:?}");
+    assert_eq!(size(&p[3]), 2, "{p:?}");
     assert_eq!(
-        lines[..3],
-        ["1 1", "0", "1"],
-        "count, online, cpuinfo: {out}"
+        p[4..],
+        ["/usr/lib/berth/libberth_cpus.so", "mounted"],
+        "{p:?}"
     );
+    // 0.5 CPUs: on the fragment core; it sees 1.
+    let half = start(&mut pod, "half", Some(0.5));
+    let p = probe(&mut pod, &half);
+    assert_eq!(p[..3], ["1 1", "0", "1"], "{p:?}");
+    assert_eq!(size(&p[3]), 1, "{p:?}");
+    assert!(
+        in_ledger(&big) && in_ledger(&half),
+        "both are in the shared ledger"
+    );
+    // No limit (BestEffort): the shared pool, off the exclusive core.
+    let free = start(&mut pod, "free", None);
+    let p = probe(&mut pod, &free);
     assert_eq!(
-        berth_runtime::spec::cpuset_count(lines[3]),
-        Some(1),
-        "0.5 CPU lands on one fragment CPU: {out}"
+        size(&p[3]),
+        1,
+        "the shared pool excludes the exclusive core: {p:?}"
     );
-    assert!(in_ledger(&id), "the container is in the shared ledger");
-    // More than the host has: CreateContainer fails with Berth's message,
+    assert_eq!(p[1], "0", "it sees the pool's one CPU: {p:?}");
+    // 2 CPUs no longer fit: Berth's message is CreateContainer's error,
     // which kubelet shows in the pod's events.
-    let mut big = container_config("big", &["sleep", "1"]);
-    big.linux = Some(k8s_cri::v1::LinuxContainerConfig {
+    let mut two = container_config("two", &["sleep", "1"]);
+    two.linux = Some(k8s_cri::v1::LinuxContainerConfig {
         resources: Some(k8s_cri::v1::LinuxContainerResources {
             cpu_period: 100_000,
-            cpu_quota: 6_400_000,
+            cpu_quota: 200_000,
             ..Default::default()
         }),
         ..Default::default()
     });
-    let e = pod.start(big).expect_err("64 CPUs cannot fit");
+    let e = pod.start(two).expect_err("2 more CPUs cannot fit");
     assert!(e.message().contains("berth: cpus"), "{}", e.message());
+    // Removing the 1.5 gives its core back: the shared container grows live.
+    pod.remove(&big).expect("RemoveContainer");
+    assert!(
+        wait_until(Duration::from_secs(10), || !in_ledger(&big)),
+        "the removed container still holds CPUs"
+    );
+    let p = probe(&mut pod, &free);
+    assert_eq!(
+        size(&p[3]),
+        2,
+        "the shared container grew onto the freed core: {p:?}"
+    );
+    assert_eq!(p[1], "0-1", "and sees it: {p:?}");
+    let id = half;
     // Removing the pod releases the CPUs.
     drop(pod);
     assert!(

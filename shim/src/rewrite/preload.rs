@@ -333,7 +333,10 @@ pub fn apply(s: &mut Value, ctx: &Context<'_>) -> Result<Option<Value>> {
 
     // The library, where the rootfs can load it.
     let library = match spec::rootfs(s, ctx.bundle).map(|r| dynamic_loader(&r)) {
-        None => Err("config.json has no root.path"),
+        // No rootfs to look at (an NRI request names none): inject; a static
+        // program ignores LD_PRELOAD, and a dynamic one loads the library.
+        None if cfg.library.is_file() => Ok(()),
+        None => Err("the preload library is not installed"),
         Some(Loader::None) => {
             Err("no dynamic loader in the rootfs (static programs cannot preload)")
         }
