@@ -40,6 +40,7 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let (cfg, _) = match berth_runtime::config::RuntimeConfig::load(args.berth_config.as_deref()) {
         Ok(c) => c,

@@ -28,6 +28,46 @@ pub struct Containerd {
     image: OnceLock<()>,
     /// CRI's images imported (see `cri::import_images`).
     pub cri_images: OnceLock<()>,
+    /// How to start it again ([`Containerd::restart`]).
+    launch: Launch,
+}
+
+/// A daemon's command line, kept to start it again.
+#[derive(Debug)]
+struct Launch {
+    label: &'static str,
+    program: std::ffi::OsString,
+    args: Vec<std::ffi::OsString>,
+    envs: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    log: PathBuf,
+}
+
+impl Launch {
+    fn spawn(&self) -> Daemon {
+        let mut cmd = command(&self.program);
+        cmd.args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)));
+        Daemon::spawn(self.label, &mut cmd, &self.log)
+    }
+}
+
+/// Waits until containerd answers on `socket`, panicking if `d` dies.
+fn wait_ready(label: &str, d: &mut Daemon, log: &Path, socket: &Path) {
+    let ok = wait_until(Duration::from_secs(20), || {
+        d.assert_alive(log);
+        command("ctr")
+            .arg("--address")
+            .arg(socket)
+            .arg("version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    });
+    assert!(
+        ok,
+        "{label} did not answer on {} within 20 s",
+        socket.display()
+    );
 }
 
 /// A containerd configuration with everything under `dir` (root, state,
@@ -153,26 +193,19 @@ fn start(
     let config = dir.join("config.toml");
     std::fs::write(&config, toml).expect("write containerd config");
     let log = dir.join("containerd.log");
-    let mut d = Daemon::spawn(
+    cmd.envs(super::engine_env()).arg("--config").arg(&config);
+    let launch = Launch {
         label,
-        cmd.envs(super::engine_env()).arg("--config").arg(&config),
-        &log,
-    );
-    let ok = wait_until(Duration::from_secs(20), || {
-        d.assert_alive(&log);
-        command("ctr")
-            .arg("--address")
-            .arg(&socket)
-            .arg("version")
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    });
-    assert!(
-        ok,
-        "{label} did not answer on {} within 20 s",
-        socket.display()
-    );
+        program: cmd.get_program().to_os_string(),
+        args: cmd.get_args().map(|a| a.to_os_string()).collect(),
+        envs: cmd
+            .get_envs()
+            .filter_map(|(k, v)| Some((k.to_os_string(), v?.to_os_string())))
+            .collect(),
+        log: log.clone(),
+    };
+    let mut d = launch.spawn();
+    wait_ready(label, &mut d, &log, &socket);
     let namespace = format!("{}c", process_prefix());
     let netns_before = cri_netns();
     let c = Containerd {
@@ -182,6 +215,7 @@ fn start(
         daemon: Mutex::new(d),
         image: OnceLock::new(),
         cri_images: OnceLock::new(),
+        launch,
     };
     at_exit(label, move || {
         let c = me();
@@ -235,6 +269,16 @@ fn kill_leftover_shims(socket: &Path) {
 }
 
 impl Containerd {
+    /// Stops containerd (its containers' shims keep running, as on a real
+    /// host) and starts it again with the same command line.
+    pub fn restart(&self) {
+        let mut d = self.daemon.lock().unwrap_or_else(|e| e.into_inner());
+        d.stop(Duration::from_secs(15));
+        let mut new = self.launch.spawn();
+        wait_ready(self.launch.label, &mut new, &self.launch.log, &self.socket);
+        *d = new;
+    }
+
     /// Its NRI socket (where NRI is enabled: [`containerd_nri`]).
     pub fn nri_socket(&self) -> PathBuf {
         self.config.with_file_name("nri.sock")

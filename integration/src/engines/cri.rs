@@ -213,6 +213,11 @@ impl Pod {
         Ok(id)
     }
 
+    /// Connects again to `c` (after it restarted).
+    pub fn reconnect(&mut self, c: &Containerd) {
+        self.client = client_for(c);
+    }
+
     /// Stops and removes container `id`.
     pub fn remove(&mut self, id: &str) -> Result<(), tonic::Status> {
         rt().block_on(

@@ -8,7 +8,7 @@
 use berth_integration::artifacts::{binary, fresh_dir};
 use berth_integration::berth::{config, cpu_lock, cpu_status};
 use berth_integration::cmd::command;
-use berth_integration::engines::containerd::containerd_nri;
+use berth_integration::engines::containerd::{containerd_nri, Containerd};
 use berth_integration::engines::cri::{container_config, Pod};
 use berth_integration::process::{wait_until, Daemon};
 use std::time::Duration;
@@ -19,11 +19,9 @@ fn in_ledger(id: &str) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c["id"] == id))
 }
 
-#[test]
-fn nri_plugin_splits_cpus_injects_the_count_refuses_what_cannot_fit_and_releases() {
-    let _g = cpu_lock();
-    let c = containerd_nri();
-    let log = fresh_dir("berth-nri").join("berth-nri.log");
+/// Starts berth-nri on `c`'s NRI socket and waits until it has registered.
+fn start_plugin(c: &Containerd, label: &str) -> (Daemon, std::path::PathBuf) {
+    let log = fresh_dir("berth-nri").join(format!("berth-nri-{label}.log"));
     let mut plugin = Daemon::spawn(
         "berth-nri",
         command(binary("berth-nri"))
@@ -43,6 +41,14 @@ fn nri_plugin_splits_cpus_injects_the_count_refuses_what_cannot_fit_and_releases
         "berth-nri did not register: {}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
+    (plugin, log)
+}
+
+#[test]
+fn nri_plugin_splits_cpus_injects_the_count_refuses_what_cannot_fit_and_releases() {
+    let _g = cpu_lock();
+    let c = containerd_nri();
+    let (mut plugin, log) = start_plugin(c, "first");
     let mut pod = Pod::run_on(c, "").expect("RunPodSandbox");
     let host = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert_eq!(
@@ -138,6 +144,35 @@ fn nri_plugin_splits_cpus_injects_the_count_refuses_what_cannot_fit_and_releases
     );
     assert_eq!(p[1], "0-1", "and sees it: {p:?}");
     let id = half;
+    // The plugin killed with -9 and started again: it re-registers, and the
+    // ledger it shares stays true.
+    plugin.signal(libc::SIGKILL);
+    plugin.stop(Duration::from_secs(5));
+    let (mut plugin, log) = start_plugin(c, "again");
+    let again = start(&mut pod, "again", Some(0.5));
+    assert_eq!(probe(&mut pod, &again)[0], "1 1");
+    // containerd restarted: the plugin reconnects by itself.
+    c.restart();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            plugin.assert_alive(&log);
+            std::fs::read_to_string(&log)
+                .is_ok_and(|l| l.matches("synchronized with the runtime").count() >= 2)
+        }),
+        "berth-nri did not reconnect after containerd restarted: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    pod.reconnect(c);
+    let third = start(&mut pod, "third", Some(0.5));
+    assert_eq!(probe(&mut pod, &third)[0], "1 1");
+    let status = cpu_status();
+    let base = status["base"].as_u64().unwrap();
+    for cpu in status["cpus"].as_array().unwrap() {
+        assert!(
+            cpu["fragment_pieces"].as_u64().unwrap_or(0) <= base,
+            "no CPU is given twice: {status}"
+        );
+    }
     // Removing the pod releases the CPUs.
     drop(pod);
     assert!(
