@@ -180,6 +180,20 @@ impl crate::plugin::Handler for Berth {
         vec![CREATE_CONTAINER, STOP_CONTAINER, REMOVE_CONTAINER]
     }
 
+    fn configure(&mut self, config: &str) -> Result<(), String> {
+        if config.trim().is_empty() {
+            return Ok(());
+        }
+        // The plugin's NRI configuration is a runtime.toml: it replaces the
+        // one loaded at start (containerd starts pre-registered plugins
+        // without Berth's environment).
+        self.cfg =
+            RuntimeConfig::parse(config, std::path::Path::new("the NRI plugin configuration"))
+                .map_err(|e| format!("berth-nri: {e}"))?;
+        tracing::info!("configuration taken from the runtime's plugin configuration");
+        Ok(())
+    }
+
     fn synchronize(
         &mut self,
         req: proto::SynchronizeRequest,

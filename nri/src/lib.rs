@@ -3,6 +3,7 @@
 //! unix socket) for any handler; [`berth`] is Berth's.
 
 pub mod berth;
+pub mod kubelet;
 pub mod plugin;
 pub mod proto;
 pub mod wire;

@@ -35,12 +35,12 @@ struct Args {
 fn main() {
     let args = Args::parse();
     tracing_subscriber::fmt()
+        .with_ansi(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BERTH_NRI_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let (cfg, _) = match berth_runtime::config::RuntimeConfig::load(args.berth_config.as_deref()) {
         Ok(c) => c,
@@ -49,11 +49,41 @@ fn main() {
             std::process::exit(2);
         }
     };
-    tracing::warn!("sysctl policy is not applied through NRI 0.8 (containerd 1.7): use berth-runtime as the runtime for it");
+    tracing::warn!("the sysctl policy is not applied through NRI 0.8 (containerd 1.7): run berth-runtime as the runtime handler for it");
+    if let Some(why) = berth_nri::kubelet::static_cpu_manager(std::path::Path::new(
+        berth_nri::kubelet::CPU_MANAGER_STATE,
+    )) {
+        tracing::warn!("{why}: set kubelet's --cpu-manager-policy=none where Berth manages CPUs, or both will pin containers");
+    }
     let mut handler = Berth::new(cfg, args.runc_root);
+    // Pre-registered (started by containerd from its plugin directory): the
+    // connection is the descriptor NRI_PLUGIN_SOCKET names, and the plugin
+    // ends with it (containerd starts it again).
+    if let Ok(fd) = std::env::var("NRI_PLUGIN_SOCKET") {
+        let Some(stream) = fd.parse::<i32>().ok().filter(|fd| *fd > 2).map(|fd| {
+            // SAFETY: containerd passes this descriptor, a connected unix socket, to us alone.
+            unsafe { <std::os::unix::net::UnixStream as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+        }) else {
+            eprintln!("berth-nri: NRI_PLUGIN_SOCKET={fd:?} is not a descriptor");
+            std::process::exit(2);
+        };
+        let name = std::env::var("NRI_PLUGIN_NAME").unwrap_or(args.name);
+        let index = std::env::var("NRI_PLUGIN_IDX").unwrap_or(args.index);
+        let why = plugin::serve_stream(stream, &name, &index, &mut handler);
+        tracing::info!("the runtime's connection ended ({why})");
+        return;
+    }
+    let mut failing = false;
     loop {
         let why = plugin::serve(&args.socket, &args.name, &args.index, &mut handler);
-        tracing::warn!("disconnected from the runtime ({why}); reconnecting in 1 s");
+        // The first failure is worth a warning; a runtime that stays down is
+        // retried every second without repeating it.
+        if failing {
+            tracing::debug!("still cannot reach the runtime: {why}");
+        } else {
+            tracing::warn!("disconnected from the runtime ({why}); reconnecting every second");
+        }
+        failing = !matches!(why, berth_nri::wire::WireError::Protocol(ref m) if m.contains("closed the connection"));
         std::thread::sleep(Duration::from_secs(1));
     }
 }

@@ -14,6 +14,10 @@ use std::path::Path;
 pub trait Handler {
     /// The events to subscribe to (see [`event`]).
     fn events(&self) -> Vec<u32>;
+    /// Configure: the plugin's configuration from the runtime (the file
+    /// containerd's `plugin_config_path` holds for it), empty if none. An
+    /// error fails the registration.
+    fn configure(&mut self, config: &str) -> Result<(), String>;
     /// Synchronize: the runtime's pods and containers at registration.
     fn synchronize(
         &mut self,
@@ -37,19 +41,35 @@ pub trait Handler {
 /// `index` (two digits: plugins run in ascending order), and serves
 /// `handler` until the connection ends. Returns why it ended.
 pub fn serve(socket: &Path, name: &str, index: &str, handler: &mut impl Handler) -> WireError {
-    match serve_inner(socket, name, index, handler) {
+    match UnixStream::connect(socket) {
+        Ok(s) => {
+            tracing::info!(socket = %socket.display(), "connected");
+            serve_stream(s, name, index, handler)
+        }
+        Err(e) => WireError::Io(e),
+    }
+}
+
+/// [`serve`] on a connection already made (a pre-registered plugin gets
+/// one from containerd).
+pub fn serve_stream(
+    sock: UnixStream,
+    name: &str,
+    index: &str,
+    handler: &mut impl Handler,
+) -> WireError {
+    match serve_inner(sock, name, index, handler) {
         Ok(()) => WireError::Protocol("the runtime closed the connection".into()),
         Err(e) => e,
     }
 }
 
 fn serve_inner(
-    socket: &Path,
+    mut sock: UnixStream,
     name: &str,
     index: &str,
     handler: &mut impl Handler,
 ) -> Result<(), WireError> {
-    let mut sock = UnixStream::connect(socket)?;
     let register = wire::Request {
         service: proto::RUNTIME_SERVICE.into(),
         method: "RegisterPlugin".into(),
@@ -67,7 +87,7 @@ fn serve_inner(
         body: register.encode_to_vec(),
     };
     wire::write_frame(&mut sock, wire::RUNTIME_CONN, &m.encode())?;
-    tracing::info!(socket = %socket.display(), name, index, "registering with the runtime");
+    tracing::info!(name, index, "registering with the runtime");
     let mut re = Reassembler::default();
     loop {
         let (conn, data) = match wire::read_frame(&mut sock) {
@@ -137,11 +157,14 @@ fn dispatch(h: &mut impl Handler, req: &wire::Request) -> wire::Response {
         "Configure" => match proto::ConfigureRequest::decode(p) {
             Ok(c) => {
                 tracing::info!(runtime = %c.runtime_name, version = %c.runtime_version, "configured by the runtime");
-                ok(proto::ConfigureResponse {
-                    events: event::mask(&h.events()),
-                    request_timeout: 0,
+                match h.configure(&c.config) {
+                    Ok(()) => ok(proto::ConfigureResponse {
+                        events: event::mask(&h.events()),
+                        request_timeout: 0,
+                    }
+                    .encode_to_vec()),
+                    Err(e) => failed(wire::CODE_UNKNOWN, e),
                 }
-                .encode_to_vec())
             }
             Err(e) => bad(e),
         },

@@ -19,6 +19,47 @@ fn in_ledger(id: &str) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c["id"] == id))
 }
 
+/// What a container sees: count and GOMAXPROCS, online, cpuinfo entries,
+/// its cpuset, LD_PRELOAD, and whether the library is there.
+fn probe(pod: &mut Pod, id: &str) -> Vec<String> {
+    let (code, out, err) = pod
+        .exec_sync(
+            id,
+            &[
+                "sh",
+                "-c",
+                "echo $BERTH_NPROC $GOMAXPROCS; cat /sys/devices/system/cpu/online; grep -c ^processor /proc/cpuinfo; grep Cpus_allowed_list /proc/self/status | cut -f2; echo $LD_PRELOAD; test -f /usr/lib/berth/libberth_cpus.so && echo mounted",
+            ],
+        )
+        .expect("ExecSync");
+    assert_eq!(code, 0, "{out}{err}");
+    out.lines().map(str::to_string).collect()
+}
+
+/// Starts a busybox `sleep` container `name` with a quota of `cpus`.
+fn start(pod: &mut Pod, log: &std::path::Path, name: &str, cpus: Option<f64>) -> String {
+    let mut cfg = container_config(name, &["sleep", "600"]);
+    cfg.linux = Some(k8s_cri::v1::LinuxContainerConfig {
+        resources: cpus.map(|c| k8s_cri::v1::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: (c * 100_000.0) as i64,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    pod.start(cfg).unwrap_or_else(|e| {
+        panic!(
+            "CreateContainer {name}: {e}\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        )
+    })
+}
+
+/// The number of CPUs in a cpuset list.
+fn size(list: &str) -> u32 {
+    berth_runtime::spec::cpuset_count(list).unwrap_or(0)
+}
+
 /// Starts berth-nri on `c`'s NRI socket and waits until it has registered.
 fn start_plugin(c: &Containerd, label: &str) -> (Daemon, std::path::PathBuf) {
     let log = fresh_dir("berth-nri").join(format!("berth-nri-{label}.log"));
@@ -55,42 +96,8 @@ fn nri_plugin_splits_cpus_injects_the_count_refuses_what_cannot_fit_and_releases
         host, 2,
         "this test's expectations are for the 2-CPU test host"
     );
-    // What a container sees: count and GOMAXPROCS, online, cpuinfo entries,
-    // its cpuset's size, the library in LD_PRELOAD and present.
-    let probe = |pod: &mut Pod, id: &str| -> Vec<String> {
-        let (code, out, err) = pod
-            .exec_sync(
-                id,
-                &[
-                    "sh",
-                    "-c",
-                    "echo $BERTH_NPROC $GOMAXPROCS; cat /sys/devices/system/cpu/online; grep -c ^processor /proc/cpuinfo; grep Cpus_allowed_list /proc/self/status | cut -f2; echo $LD_PRELOAD; test -f /usr/lib/berth/libberth_cpus.so && echo mounted",
-                ],
-            )
-            .expect("ExecSync");
-        assert_eq!(code, 0, "{err}");
-        out.lines().map(str::to_string).collect()
-    };
-    let start = |pod: &mut Pod, name: &str, cpus: Option<f64>| -> String {
-        let mut cfg = container_config(name, &["sleep", "600"]);
-        cfg.linux = Some(k8s_cri::v1::LinuxContainerConfig {
-            resources: cpus.map(|c| k8s_cri::v1::LinuxContainerResources {
-                cpu_period: 100_000,
-                cpu_quota: (c * 100_000.0) as i64,
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-        pod.start(cfg).unwrap_or_else(|e| {
-            panic!(
-                "CreateContainer {name}: {e}\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        })
-    };
-    let size = |l: &str| berth_runtime::spec::cpuset_count(l).unwrap_or(0);
     // 1.5 CPUs: one exclusive core plus a fragment core; it sees 2.
-    let big = start(&mut pod, "big", Some(1.5));
+    let big = start(&mut pod, &log, "big", Some(1.5));
     let p = probe(&mut pod, &big);
     assert_eq!(p[..3], ["2 2", "0-1", "2"], "{p:?}");
     assert_eq!(size(&p[3]), 2, "{p:?}");
@@ -100,7 +107,7 @@ fn nri_plugin_splits_cpus_injects_the_count_refuses_what_cannot_fit_and_releases
         "{p:?}"
     );
     // 0.5 CPUs: on the fragment core; it sees 1.
-    let half = start(&mut pod, "half", Some(0.5));
+    let half = start(&mut pod, &log, "half", Some(0.5));
     let p = probe(&mut pod, &half);
     assert_eq!(p[..3], ["1 1", "0", "1"], "{p:?}");
     assert_eq!(size(&p[3]), 1, "{p:?}");
@@ -109,7 +116,7 @@ fn nri_plugin_splits_cpus_injects_the_count_refuses_what_cannot_fit_and_releases
         "both are in the shared ledger"
     );
     // No limit (BestEffort): the shared pool, off the exclusive core.
-    let free = start(&mut pod, "free", None);
+    let free = start(&mut pod, &log, "free", None);
     let p = probe(&mut pod, &free);
     assert_eq!(
         size(&p[3]),
@@ -149,7 +156,7 @@ fn nri_plugin_splits_cpus_injects_the_count_refuses_what_cannot_fit_and_releases
     plugin.signal(libc::SIGKILL);
     plugin.stop(Duration::from_secs(5));
     let (mut plugin, log) = start_plugin(c, "again");
-    let again = start(&mut pod, "again", Some(0.5));
+    let again = start(&mut pod, &log, "again", Some(0.5));
     assert_eq!(probe(&mut pod, &again)[0], "1 1");
     // containerd restarted: the plugin reconnects by itself.
     c.restart();
@@ -163,7 +170,7 @@ fn nri_plugin_splits_cpus_injects_the_count_refuses_what_cannot_fit_and_releases
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     pod.reconnect(c);
-    let third = start(&mut pod, "third", Some(0.5));
+    let third = start(&mut pod, &log, "third", Some(0.5));
     assert_eq!(probe(&mut pod, &third)[0], "1 1");
     let status = cpu_status();
     let base = status["base"].as_u64().unwrap();
@@ -180,4 +187,46 @@ fn nri_plugin_splits_cpus_injects_the_count_refuses_what_cannot_fit_and_releases
         "the removed container still holds CPUs"
     );
     plugin.stop(Duration::from_secs(5));
+}
+
+/// Pre-registered: containerd starts `berth-nri` itself from its plugin
+/// directory (as `/opt/nri/plugins/10-berth`), handing it the connection.
+#[test]
+fn nri_plugin_started_by_containerd_from_its_plugin_directory() {
+    let _g = cpu_lock();
+    let c = containerd_nri();
+    let installed = c.config.with_file_name("nri-plugins").join("10-berth");
+    std::fs::create_dir_all(installed.parent().unwrap()).unwrap();
+    std::fs::copy(binary("berth-nri"), &installed).unwrap();
+    // Its configuration: the test host's runtime.toml, as NRI's plugin
+    // configuration (containerd starts it without Berth's environment).
+    let conf = c.config.with_file_name("nri-conf").join("10-berth.conf");
+    std::fs::create_dir_all(conf.parent().unwrap()).unwrap();
+    std::fs::copy(config(), &conf).unwrap();
+    c.restart();
+    let log = c.config.with_file_name("containerd.log");
+    // CRI answers "not initialized" for a moment after a start.
+    let mut pod = None;
+    wait_until(Duration::from_secs(20), || match Pod::run_on(c, "") {
+        Ok(p) => {
+            pod = Some(p);
+            true
+        }
+        Err(e) if e.message().contains("not initialized") => false,
+        Err(e) => panic!("RunPodSandbox: {e}"),
+    });
+    let mut pod = pod.expect("CRI did not initialize within 20 s");
+    let id = start(&mut pod, &log, "launched", Some(0.5));
+    let p = probe(&mut pod, &id);
+    assert_eq!(p[..3], ["1 1", "0", "1"], "{p:?}");
+    assert!(in_ledger(&id));
+    drop(pod);
+    assert!(
+        wait_until(Duration::from_secs(10), || !in_ledger(&id)),
+        "the removed container still holds CPUs"
+    );
+    // Uninstalled: after the next restart containerd runs without it.
+    std::fs::remove_file(&installed).unwrap();
+    std::fs::remove_file(&conf).unwrap();
+    c.restart();
 }
