@@ -102,6 +102,9 @@ fn debian_packages_pass_lintian_install_serve_the_engines_and_purge_clean() {
     let files = installed_files();
     for f in [
         "/usr/bin/berth-runtime",
+        "/usr/bin/berth-nri",
+        "/lib/systemd/system/berth-nri.service",
+        "/usr/share/doc/berth-runtime/examples/containerd-nri.toml",
         "/usr/lib/x86_64-linux-gnu/berth/libberth_cpus.so",
         "/etc/berth/runtime.toml",
         "/opt/cni/bin/berth-macvlan",
