@@ -1,4 +1,4 @@
-//! `berth-bench [planner|runtime-cycle|builtin-cycle|docker-run|preload|cni-macvlan|cni-ovs-vlan|cni-share|log-appender|all]`: Berth's benchmarks,
+//! `berth-bench [planner|runtime-cycle|builtin-cycle|docker-run|preload|cni-macvlan|cni-ovs-vlan|cni-share|nri|log-appender|all]`: Berth's benchmarks,
 //! each measured interleaved against the reference it names, in one run on
 //! one machine, printed as medians and a ratio. Run as root (`bench/run`).
 
@@ -329,6 +329,108 @@ fn preload() {
         "preload sched_getaffinity: native {as_:.1} ns, with libberth_cpus {aw:.1} ns (ratio {:.2}), with the live count file {af:.1} ns per call; ratio {:.2} vs native (goal <= 2, < 50 ns)",
         aw / as_,
         af / as_
+    );
+}
+
+/// berth-nri: CreateContainer handling time per call as the ledger fills to
+/// 1000 containers (in process, state on a tmpfs; goal p99 < 1 ms), and CRI
+/// pod create-to-running on containerd 1.7 with the plugin against without
+/// it (goal <= 1.02).
+fn nri(pods: usize) {
+    use berth_nri::plugin::Handler;
+    use berth_nri::proto;
+    let dir = fresh_dir("bench-nri");
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).expect("mkdir state");
+    mount_tmpfs(&state);
+    let runc_root = state.join("runc");
+    let text = format!(
+        "state_dir = \"{}\"\n[cpus]\nbase = 1000\n[preload]\nlibrary = \"{}\"\n",
+        state.display(),
+        berth_integration::berth::preload_library().display()
+    );
+    let cfg = berth_runtime::config::RuntimeConfig::parse(&text, &dir.join("runtime.toml"))
+        .expect("bench config");
+    let mut h = berth_nri::berth::Berth::new(cfg, runc_root.clone());
+    let mut times = Vec::new();
+    for i in 0..1000 {
+        let id = format!("bench{i:04}");
+        // runc's state, so the ledger's GC sees a live container.
+        std::fs::create_dir_all(runc_root.join(&id)).expect("runc state dir");
+        let req = proto::ContainerRequest {
+            pod: None,
+            container: Some(proto::Container {
+                id: id.clone(),
+                linux: Some(proto::LinuxContainer {
+                    resources: Some(proto::LinuxResources {
+                        cpu: Some(proto::LinuxCpu {
+                            quota: Some(proto::OptionalInt64 { value: 100 }),
+                            period: Some(proto::OptionalUInt64 { value: 100_000 }),
+                            ..Default::default()
+                        }),
+                    }),
+                    cgroups_path: format!("/berth-bench/{id}"),
+                }),
+                ..Default::default()
+            }),
+        };
+        let t = Instant::now();
+        h.create_container(req).expect("CreateContainer");
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let last: Vec<f64> = times[900..].to_vec();
+    let p99 = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[(v.len() * 99).div_ceil(100) - 1]
+    };
+    let (p99_all, p99_last) = (p99(times.clone()), p99(last.clone()));
+    println!(
+        "nri CreateContainer handling (in process, 0.001 CPU each, 1000 containers): median {:.3} ms, p99 {p99_all:.3} ms; at 900-1000 containers median {:.3} ms, p99 {p99_last:.3} ms; p99 ratio {:.2} vs the 1 ms goal",
+        median(times),
+        median(last),
+        p99_last / 1.0
+    );
+
+    // Pod create-to-running through CRI, with and without the plugin.
+    let c = berth_integration::engines::containerd::containerd_nri();
+    let run_pod = |label: &str| -> f64 {
+        let t = Instant::now();
+        let mut pod = berth_integration::engines::cri::Pod::run_on(c, "").expect("RunPodSandbox");
+        pod.start_container(&["sleep", "60"], Some(0.1))
+            .unwrap_or_else(|e| panic!("{label}: CreateContainer: {e}"));
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        drop(pod);
+        ms
+    };
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    let _ = run_pod("warm-up");
+    for round in 0..2 {
+        for _ in 0..pods / 2 {
+            without.push(run_pod("without"));
+        }
+        let log = dir.join(format!("berth-nri-{round}.log"));
+        let mut plugin = berth_integration::process::Daemon::spawn(
+            "berth-nri",
+            berth_integration::cmd::command(binary("berth-nri"))
+                .arg("--socket")
+                .arg(c.nri_socket())
+                .arg("--berth-config")
+                .arg(berth_integration::berth::config()),
+            &log,
+        );
+        let up = berth_integration::process::wait_until(Duration::from_secs(15), || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("synchronized with the runtime"))
+        });
+        assert!(up, "berth-nri did not register");
+        for _ in 0..pods / 2 {
+            with.push(run_pod("with"));
+        }
+        plugin.stop(Duration::from_secs(5));
+    }
+    let (a, b) = (median(without), median(with));
+    println!(
+        "nri pod create-to-running (CRI, containerd 1.7.24, n={pods} each): without berth-nri {a:.1} ms, with {b:.1} ms median; ratio {:.3} (goal <= 1.02)",
+        b / a
     );
 }
 
@@ -797,12 +899,14 @@ fn main() {
         "cni-macvlan" => cni_macvlan(100),
         "cni-ovs-vlan" => cni_ovs_vlan(60),
         "cni-share" => cni_share(100),
+        "nri" => nri(20),
         "log-appender" => log_appender(),
         "all" => {
             log_appender();
             cni_macvlan(100);
             cni_ovs_vlan(60);
             cni_share(100);
+            nri(20);
             planner();
             preload();
             runtime_cycle(80);
@@ -811,7 +915,7 @@ fn main() {
         }
         other => {
             eprintln!(
-                "usage: berth-bench [planner|runtime-cycle|builtin-cycle|docker-run|preload|cni-macvlan|cni-ovs-vlan|cni-share|log-appender|all] (not {other:?})"
+                "usage: berth-bench [planner|runtime-cycle|builtin-cycle|docker-run|preload|cni-macvlan|cni-ovs-vlan|cni-share|nri|log-appender|all] (not {other:?})"
             );
             std::process::exit(2);
         }

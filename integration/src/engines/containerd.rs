@@ -163,7 +163,9 @@ pub fn containerd_nri() -> &'static Containerd {
     C.get_or_init(|| {
         let dir = fresh_dir("containerd-nri");
         let socket = dir.join("c.sock");
-        let mut toml = base_config_toml(&dir, &socket, &[]);
+        // The runtime handlers too, for a host that runs both berth-nri and
+        // berth-runtime.
+        let mut toml = config_toml(&dir, &socket);
         toml.push_str(&format!(
             "\n[plugins.\"io.containerd.nri.v1.nri\"]\n  disable = false\n  disable_connections = false\n  socket_path = \"{sock}\"\n  plugin_path = \"{plugins}\"\n  plugin_config_path = \"{conf}\"\n  plugin_registration_timeout = \"5s\"\n  plugin_request_timeout = \"5s\"\n",
             sock = dir.join("nri.sock").display(),

@@ -230,3 +230,40 @@ fn nri_plugin_started_by_containerd_from_its_plugin_directory() {
     std::fs::remove_file(&conf).unwrap();
     c.restart();
 }
+
+/// A host with both: berth-runtime as the pod's runtime (RuntimeClass
+/// handler `berth`) and berth-nri. The plugin plans the container as
+/// containerd creates it; the runtime then finds its explicit cpuset and the
+/// variables already there and plans nothing again: one ledger entry, one
+/// `LD_PRELOAD` entry, the same count.
+#[test]
+fn nri_plugin_and_berth_runtime_on_one_host_plan_a_container_once() {
+    let _g = cpu_lock();
+    let c = containerd_nri();
+    let (mut plugin, log) = start_plugin(c, "both");
+    let mut pod = Pod::run_on(c, "berth").expect("RunPodSandbox with handler berth");
+    let id = start(&mut pod, &log, "both", Some(0.5));
+    let p = probe(&mut pod, &id);
+    assert_eq!(p[..3], ["1 1", "0", "1"], "{p:?}");
+    assert_eq!(size(&p[3]), 1, "{p:?}");
+    assert_eq!(
+        p[4..],
+        ["/usr/lib/berth/libberth_cpus.so", "mounted"],
+        "{p:?}"
+    );
+    let status = cpu_status();
+    let entries: Vec<_> = status["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["id"] == id.as_str())
+        .collect();
+    assert_eq!(entries.len(), 1, "one ledger entry: {status}");
+    assert_eq!(entries[0]["cpus"], 0.5, "{status}");
+    drop(pod);
+    assert!(
+        wait_until(Duration::from_secs(10), || !in_ledger(&id)),
+        "the removed container still holds CPUs"
+    );
+    plugin.stop(Duration::from_secs(5));
+}
