@@ -283,9 +283,8 @@ impl Runtime {
             return Ok(());
         };
         let Some(path) = e.process.clone() else {
-            // runc's --env flags: the variables go in as flags would.
-            // (runc's own --env handling; the built-in backend reads the
-            // container's config.json, which has them from create).
+            // Without --process, runc and the built-in backend start from
+            // the container's config.json, which has them from create.
             tracing::debug!(container = %e.id, "exec without --process: the CPU-count variables come from the container's config");
             return Ok(());
         };
