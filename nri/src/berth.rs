@@ -59,7 +59,10 @@ impl Berth {
         })
     }
 
-    fn create(&mut self, c: &proto::Container) -> Result<proto::CreateContainerResponse, String> {
+    /// Plans `c`'s CPUs in the ledger and records it; with `inject`, also
+    /// the CPU-count injection (a new container only: a running one cannot
+    /// get mounts or variables). Returns the spec before and after.
+    fn plan(&self, c: &proto::Container, inject: bool) -> Result<(Value, Value), String> {
         let id = c.id.as_str();
         let root = self.runc_root.as_path();
         let allocator =
@@ -81,11 +84,15 @@ impl Berth {
         let planned = rewrite::cpu::apply(&mut spec, &ctx)
             .map_err(|e| format!("berth: {e}"))?
             .is_some();
-        let injected = rewrite::preload::apply(&mut spec, &ctx).map_err(|e| {
-            // The container will not exist: its CPUs go back now.
-            let _ = cpus::ops::release(&self.cfg, Some(root), id);
-            format!("berth: {e}")
-        })?;
+        let injected = if inject {
+            rewrite::preload::apply(&mut spec, &ctx).map_err(|e| {
+                // The container will not exist: its CPUs go back now.
+                let _ = cpus::ops::release(&self.cfg, Some(root), id);
+                format!("berth: {e}")
+            })?
+        } else {
+            None
+        };
         let cgroup = c
             .linux
             .as_ref()
@@ -104,12 +111,36 @@ impl Berth {
                 planned,
             )
             .map_err(|e| format!("berth: {e}"))?;
-        let adjust = adjustment(&before, &spec);
-        tracing::info!(container = id, name = %c.name, planned, nproc = ?injected.as_ref().map(|v| v["nproc"].clone()), "container adjusted");
+        tracing::info!(container = id, name = %c.name, planned, nproc = ?injected.as_ref().map(|v| v["nproc"].clone()), "container planned");
+        Ok((before, spec))
+    }
+
+    fn create(&mut self, c: &proto::Container) -> Result<proto::CreateContainerResponse, String> {
+        let (before, after) = self.plan(c, true)?;
         Ok(proto::CreateContainerResponse {
-            adjust: Some(adjust),
+            adjust: Some(adjustment(&before, &after)),
             update: Vec::new(),
         })
+    }
+
+    /// Plans a running container the ledger does not know (created while
+    /// the plugin was down); returns the update that moves it onto its CPUs.
+    fn adopt(&mut self, c: &proto::Container) -> Option<proto::ContainerUpdate> {
+        match self.plan(c, false) {
+            Ok((before, after)) => {
+                let resources = adjustment(&before, &after).linux?.resources;
+                tracing::info!(container = %c.id, "adopted a container created while the plugin was away");
+                Some(proto::ContainerUpdate {
+                    container_id: c.id.clone(),
+                    linux: Some(proto::LinuxContainerUpdate { resources }),
+                    ignore_failure: true,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(container = %c.id, "cannot adopt a running container: {e}");
+                None
+            }
+        }
     }
 }
 
@@ -200,14 +231,26 @@ impl crate::plugin::Handler for Berth {
     ) -> Result<proto::SynchronizeResponse, String> {
         // Allocations of containers runc no longer has go back (the ledger's
         // GC checks each against runc's state).
-        match cpus::ops::status(&self.cfg, true) {
-            Ok(s) => {
-                tracing::info!(containers = req.containers.len(), freed = %s["gc_freed"], "synchronized with the runtime")
+        let freed = match cpus::ops::status(&self.cfg, true) {
+            Ok(s) => s["gc_freed"].clone(),
+            Err(e) => {
+                tracing::warn!("cannot reconcile the CPU ledger: {e}");
+                Value::Null
             }
-            Err(e) => tracing::warn!("cannot reconcile the CPU ledger: {e}"),
+        };
+        // Containers created while the plugin was away are planned now and
+        // moved onto their CPUs (they keep the environment they started with).
+        let root = self.runc_root.clone();
+        let mut update = Vec::new();
+        for c in &req.containers {
+            let live = matches!(c.state, 1..=3);
+            if live && !cpus::ops::has_entry(&self.cfg, Some(&root), &c.id) {
+                update.extend(self.adopt(c));
+            }
         }
+        tracing::info!(containers = req.containers.len(), adopted = update.len(), freed = %freed, "synchronized with the runtime");
         Ok(proto::SynchronizeResponse {
-            update: Vec::new(),
+            update,
             more: false,
         })
     }

@@ -158,6 +158,34 @@ fn nri_plugin_splits_cpus_injects_the_count_refuses_what_cannot_fit_and_releases
     let (mut plugin, log) = start_plugin(c, "again");
     let again = start(&mut pod, &log, "again", Some(0.5));
     assert_eq!(probe(&mut pod, &again)[0], "1 1");
+    // A container created while the plugin is away runs unplanned; the
+    // plugin adopts it when it comes back and moves it onto its CPUs.
+    plugin.stop(Duration::from_secs(5));
+    let away = start(&mut pod, &log, "away", Some(1.0));
+    assert!(!in_ledger(&away), "nobody planned it");
+    let (mut plugin, log) = start_plugin(c, "back");
+    assert!(
+        in_ledger(&away),
+        "adopted at Synchronize: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    // (It keeps the environment and mounts it started with: no view.)
+    let (_, out, _) = pod
+        .exec_sync(
+            &away,
+            &[
+                "sh",
+                "-c",
+                "grep Cpus_allowed_list /proc/self/status | cut -f2",
+            ],
+        )
+        .expect("ExecSync");
+    assert_eq!(size(out.trim()), 1, "moved onto its exclusive core: {out}");
+    pod.remove(&away).expect("RemoveContainer");
+    assert!(
+        wait_until(Duration::from_secs(10), || !in_ledger(&away)),
+        "the removed container still holds CPUs"
+    );
     // containerd restarted: the plugin reconnects by itself.
     c.restart();
     assert!(
