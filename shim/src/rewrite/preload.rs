@@ -332,22 +332,22 @@ pub fn apply(s: &mut Value, ctx: &Context<'_>) -> Result<Option<Value>> {
     };
 
     // The library, where the rootfs can load it.
-    let library = match spec::rootfs(s, ctx.bundle).map(|r| dynamic_loader(&r)) {
-        // No rootfs to look at (an NRI request names none): inject; a static
-        // program ignores LD_PRELOAD, and a dynamic one loads the library.
-        None if cfg.library.is_file() => Ok(()),
-        None => Err("the preload library is not installed"),
-        Some(Loader::None) => {
-            Err("no dynamic loader in the rootfs (static programs cannot preload)")
+    let library = if !cfg.library.is_file() {
+        tracing::warn!(library = %cfg.library.display(), "the preload library is not installed");
+        Err("the preload library is not installed")
+    } else {
+        match spec::rootfs(s, ctx.bundle).map(|r| dynamic_loader(&r)) {
+            // No rootfs to look at (an NRI request names none): inject; a
+            // static program ignores LD_PRELOAD, a dynamic one loads it.
+            None => Ok(()),
+            Some(Loader::None) => {
+                Err("no dynamic loader in the rootfs (static programs cannot preload)")
+            }
+            Some(Loader::Glibc { libdl: false }) => {
+                Err("the rootfs has glibc but no libdl.so.2, which the library needs")
+            }
+            Some(Loader::Glibc { libdl: true } | Loader::Musl) => Ok(()),
         }
-        Some(Loader::Glibc { libdl: false }) => {
-            Err("the rootfs has glibc but no libdl.so.2, which the library needs")
-        }
-        Some(Loader::Glibc { libdl: true } | Loader::Musl) if !cfg.library.is_file() => {
-            tracing::warn!(library = %cfg.library.display(), "the preload library is not installed");
-            Err("the preload library is not installed")
-        }
-        Some(_) => Ok(()),
     };
     if let Err(why) = library {
         tracing::info!("preload library not injected: {why}");
