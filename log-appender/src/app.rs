@@ -129,8 +129,8 @@ impl Textfile {
         }
     }
 
-    /// Writes the file now and every 10 s until the process stops.
-    fn spawn(&self, shared: Arc<Shared>) {
+    /// Writes the file now and every 10 s until `shared.stop`.
+    fn spawn(&self, shared: Arc<Shared>) -> std::thread::JoinHandle<()> {
         self.write(&shared.metrics);
         let me = self.clone();
         std::thread::spawn(move || loop {
@@ -141,7 +141,7 @@ impl Textfile {
                 std::thread::sleep(Duration::from_millis(100));
             }
             me.write(&shared.metrics);
-        });
+        })
     }
 
     /// Removes the file: the counters end with the process.
@@ -338,6 +338,7 @@ pub fn run(cli: Options) -> Result<(), AppError> {
             namespace: namespace.clone(),
             host,
             env: bundle_env(),
+            labels: Default::default(),
         });
         let out = inherited(3);
         let err = inherited(4);
@@ -373,9 +374,11 @@ pub fn run(cli: Options) -> Result<(), AppError> {
         source: &source,
         path: &path,
         watch: path.exists() || degraded,
-        binary_logger,
+        overrides: config::Overrides::default(),
+        one_per_container: binary_logger,
         ready_fd,
         drain_seconds: cli.drain_seconds,
+        side: 0,
     });
     match served {
         // The inputs are open: read them to the end, or the container
@@ -388,32 +391,57 @@ pub fn run(cli: Options) -> Result<(), AppError> {
     }
 }
 
-/// What [`serve`] starts from: the inputs are reading.
-struct Started<'a> {
-    cfg: &'a Config,
-    shared: &'a Arc<Shared>,
-    source: &'a str,
-    path: &'a PathBuf,
+/// What [`prepare`] starts from: the inputs are reading.
+pub(crate) struct Started<'a> {
+    pub cfg: &'a Config,
+    pub shared: &'a Arc<Shared>,
+    /// Names the spill directory and the metrics textfile.
+    pub source: &'a str,
+    pub path: &'a PathBuf,
     /// Watch `path` for changes (it exists, or a binary logger waits for a
     /// valid one).
-    watch: bool,
-    binary_logger: bool,
-    ready_fd: Option<std::fs::File>,
-    drain_seconds: Option<u64>,
+    pub watch: bool,
+    /// Applied to `path` on every reload.
+    pub overrides: config::Overrides,
+    /// One of many appenders on the host (a binary logger, a Docker
+    /// plugin's container): no metrics listener.
+    pub one_per_container: bool,
+    pub ready_fd: Option<std::fs::File>,
+    pub drain_seconds: Option<u64>,
+    /// Makes a spill beside a locked one unique among the pipelines of this
+    /// one process (the Docker plugin runs many).
+    pub side: u64,
+}
+
+/// A source's spill, metrics and reload, ready to route.
+pub(crate) struct Pipeline {
+    shared: Arc<Shared>,
+    spill: Spill,
+    /// The metrics textfile and its writer.
+    textfile: Option<(Textfile, std::thread::JoinHandle<()>)>,
+    _watcher: Option<notify::RecommendedWatcher>,
+    drain: Duration,
 }
 
 /// Opens the spill, starts metrics and reload, says ready, and runs the
 /// router until the end.
 fn serve(st: Started<'_>) -> Result<(), AppError> {
+    prepare(st)?.run()
+}
+
+/// Opens the spill, starts metrics and reload, and says ready.
+pub(crate) fn prepare(st: Started<'_>) -> Result<Pipeline, AppError> {
     let Started {
         cfg,
         shared,
         source,
         path,
         watch,
-        binary_logger,
+        overrides,
+        one_per_container,
         ready_fd,
         drain_seconds,
+        side,
     } = st;
     let safe = sanitize(source);
     if matches!(safe.as_str(), "" | "." | "..") {
@@ -437,10 +465,11 @@ fn serve(st: Started<'_>) -> Result<(), AppError> {
         // spill beside it instead.
         Err(SpillError::Locked(_)) => {
             let busy = dir.clone();
-            dir = cfg
-                .spill
-                .dir
-                .join(format!("{}.{}", sanitize(source), std::process::id()));
+            dir = cfg.spill.dir.join(format!(
+                "{}.{}{side:03}",
+                sanitize(source),
+                std::process::id()
+            ));
             tracing::warn!(busy = %busy.display(), using = %dir.display(), "spill directory in use by another appender");
             open(&dir)?
         }
@@ -460,10 +489,10 @@ fn serve(st: Started<'_>) -> Result<(), AppError> {
         .dropped_corrupt
         .fetch_add(found.torn, Relaxed);
     match &cfg.metrics.listen {
-        // One binary logger per container: the second would find the port
+        // One appender per container: the second would find the port
         // taken and keep its container from starting.
-        Some(l) if binary_logger => {
-            tracing::info!(listen = %l, "metrics.listen is not used by a binary logger (one per container); set metrics.textfile_dir")
+        Some(l) if one_per_container => {
+            tracing::info!(listen = %l, "metrics.listen is not used with one appender per container (binary logger, Docker plugin); set metrics.textfile_dir")
         }
         Some(l) => {
             metrics::serve(l, shared.metrics.clone()).map_err(|source| AppError::Metrics {
@@ -479,11 +508,11 @@ fn serve(st: Started<'_>) -> Result<(), AppError> {
             stem: safe.clone(),
             source: source.to_string(),
         };
-        t.spawn(shared.clone());
-        t
+        let writer = t.spawn(shared.clone());
+        (t, writer)
     });
-    let _watcher = if watch {
-        reload::watch(shared.clone(), path.clone())
+    let watcher = if watch {
+        reload::watch(shared.clone(), path.clone(), overrides)
             .map_err(
                 |e| tracing::warn!(error = %e, "cannot watch the configuration; no hot reload"),
             )
@@ -496,10 +525,41 @@ fn serve(st: Started<'_>) -> Result<(), AppError> {
     let drain = Duration::from_secs(
         drain_seconds.unwrap_or(u64::from(cfg.kafka.message_timeout_ms) / 1000 + 5),
     );
-    router::run(shared.clone(), spill, drain)?;
-    if let Some(t) = &textfile {
-        t.remove();
+    Ok(Pipeline {
+        shared: shared.clone(),
+        spill,
+        textfile,
+        _watcher: watcher,
+        drain,
+    })
+}
+
+impl Pipeline {
+    /// Routes until the inputs are closed and all is delivered, the drain
+    /// time passed, or a stop.
+    pub(crate) fn run(self) -> Result<(), AppError> {
+        let Pipeline {
+            shared,
+            spill,
+            textfile,
+            _watcher,
+            drain,
+        } = self;
+        router::run(shared.clone(), spill, drain)?;
+        // The textfile writer ends with the pipeline (the Docker plugin
+        // outlives it), then its file goes.
+        shared.stop.store(true, Relaxed);
+        if let Some((t, writer)) = textfile {
+            let _ = writer.join();
+            t.remove();
+        }
+        log_done(&shared);
+        Ok(())
     }
+}
+
+/// The counters at the end.
+fn log_done(shared: &Shared) {
     let m = &shared.metrics;
     tracing::info!(
         received = m.received.load(Relaxed),
@@ -510,5 +570,4 @@ fn serve(st: Started<'_>) -> Result<(), AppError> {
         dead_lettered = m.dead_lettered_total(),
         "done"
     );
-    Ok(())
 }

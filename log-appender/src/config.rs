@@ -276,6 +276,9 @@ pub struct Config {
     pub lines: Lines,
     /// Container environment variables copied into every record's `fields`.
     pub fields_from_env: Vec<String>,
+    /// Container labels copied into every record's `fields` (the Docker
+    /// logging plugin; other inputs have no labels).
+    pub fields_from_labels: Vec<String>,
     /// Metrics.
     pub metrics: Metrics,
     /// The daemon mode's unix socket.
@@ -286,6 +289,41 @@ pub struct Config {
     /// Where a daemon client's identity comes from: `peer` (the default) or
     /// `hello`.
     pub identity: Identity,
+    /// The Docker logging plugin.
+    pub docker: Docker,
+}
+
+/// `docker`: the Docker logging plugin (`--docker-plugin`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Docker {
+    /// Where the plugin keeps the containers it is logging (to take them
+    /// up again after a restart) and each container's `docker logs` ring.
+    pub state_dir: PathBuf,
+    /// The `docker logs` ring of one container, in bytes (two files of half
+    /// this size; the oldest half is dropped as it fills). `--log-opt
+    /// ring-size` sets it per container.
+    pub ring_bytes: u64,
+    /// The ring of a container not logged for this many days is removed
+    /// (Docker never tells a plugin that a container was removed).
+    pub ring_keep_days: u64,
+    /// The niceness (0 to 19) of the plugin's work on each line (records,
+    /// Kafka, spill, ring): when CPUs are short, the containers and dockerd
+    /// come first, and what the plugin cannot keep up with is dropped and
+    /// counted. The FIFO readers keep their priority, so dockerd never
+    /// waits on the plugin.
+    pub worker_nice: i32,
+}
+
+impl Default for Docker {
+    fn default() -> Self {
+        Docker {
+            state_dir: PathBuf::from("/var/lib/berth/log-appender/docker"),
+            ring_bytes: 16 << 20,
+            ring_keep_days: 7,
+            worker_nice: 10,
+        }
+    }
 }
 
 /// `identity`: who a daemon client is.
@@ -313,10 +351,12 @@ impl Default for Config {
             memory_max_bytes: 64 << 20,
             lines: Lines::default(),
             fields_from_env: Vec::new(),
+            fields_from_labels: Vec::new(),
             metrics: Metrics::default(),
             listen_socket: PathBuf::from("/run/berth/log-appender.sock"),
             max_connections: 1024,
             identity: Identity::default(),
+            docker: Docker::default(),
         }
     }
 }
@@ -336,6 +376,49 @@ impl Config {
     }
 }
 
+/// The smallest `docker logs` ring (`docker.ring_bytes`, `ring-size`).
+pub const MIN_RING_BYTES: u64 = 64 << 10;
+
+/// What one source changes in the file it runs with (the Docker plugin's
+/// `--log-opt`s). Applied on every reload too.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `kafka.topic`.
+    pub topic: Option<String>,
+    /// `kafka.partition_key`.
+    pub partition_key: Option<String>,
+    /// `mode`.
+    pub mode: Option<Mode>,
+}
+
+impl Overrides {
+    /// `c` with these changes, validated as a whole.
+    pub fn apply(&self, mut c: Config) -> Result<Config, ConfigError> {
+        if let Some(t) = &self.topic {
+            c.kafka.topic = t.clone();
+        }
+        if let Some(k) = &self.partition_key {
+            c.kafka.partition_key = k.clone();
+        }
+        if let Some(m) = self.mode {
+            c.mode = m;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s.replace('-', "_").as_str() {
+            "kafka_first" => Ok(Mode::KafkaFirst),
+            "disk_first" => Ok(Mode::DiskFirst),
+            _ => Err(format!("{s:?} is not kafka_first or disk_first")),
+        }
+    }
+}
+
 /// The partition key, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PartitionKey {
@@ -343,7 +426,7 @@ pub enum PartitionKey {
     ContainerId,
     /// The container name.
     ContainerName,
-    /// A field from `fields_from_env`.
+    /// A field from `fields_from_env` or `fields_from_labels`.
     Field(String),
     /// No key: librdkafka spreads records.
     None,
@@ -404,10 +487,12 @@ impl Config {
             );
         }
         if let Some(f) = k.strip_prefix("field:") {
-            if !self.fields_from_env.iter().any(|x| x == f) {
+            if !self.fields_from_env.iter().any(|x| x == f)
+                && !self.fields_from_labels.iter().any(|x| x == f)
+            {
                 return bad(
                     "kafka.partition_key",
-                    "names a field that fields_from_env does not list",
+                    "names a field that neither fields_from_env nor fields_from_labels lists",
                 );
             }
         }
@@ -442,6 +527,15 @@ impl Config {
         }
         if !self.spill.dir.is_absolute() {
             return bad("spill.dir", "must be an absolute path");
+        }
+        if !self.docker.state_dir.is_absolute() {
+            return bad("docker.state_dir", "must be an absolute path");
+        }
+        if !(0..=19).contains(&self.docker.worker_nice) {
+            return bad("docker.worker_nice", "must be 0 to 19");
+        }
+        if self.docker.ring_bytes < MIN_RING_BYTES {
+            return bad("docker.ring_bytes", "must be at least 65536");
         }
         Ok(())
     }

@@ -61,44 +61,128 @@ impl Read for Chunks {
     }
 }
 
-/// Reads `r` as `stream` of `origin` until EOF. Two threads: the reader
-/// only copies bytes into a bounded chunk queue (a quarter of
-/// `memory_max_bytes`), so the writer's `write()` waits for nothing but a
-/// memcpy; the formatter cuts lines and builds records. A chunk that does
-/// not fit is dropped and its lines counted.
+/// One stream's way into the pipeline: a bounded chunk queue (a quarter of
+/// `memory_max_bytes`) that [`Feed::push`] only ever copies into, so the
+/// one feeding it waits for nothing but a memcpy, and a formatter thread
+/// that cuts lines and builds records. A chunk that does not fit is dropped
+/// and its lines counted; the formatter ends the line in progress there.
+pub struct Feed {
+    q: Arc<MemQueue<Chunk>>,
+    shared: Arc<Shared>,
+    gap: bool,
+    closed: bool,
+}
+
+impl Feed {
+    /// Opens `stream` of `origin` (counted in `inputs_open` until closed);
+    /// its formatter runs at niceness `nice` (0: as the caller).
+    pub fn start(
+        shared: Arc<Shared>,
+        origin: Arc<Origin>,
+        stream: &'static str,
+        nice: i32,
+    ) -> std::io::Result<Feed> {
+        let q: Arc<MemQueue<Chunk>> = Arc::new(MemQueue::new(
+            (shared.cfg().memory_max_bytes / 4).max(1 << 20),
+        ));
+        let qf = q.clone();
+        let sf = shared.clone();
+        std::thread::Builder::new()
+            .name(format!("fmt-{stream}"))
+            .spawn(move || {
+                lower_priority(nice);
+                read_into(
+                    &sf,
+                    &origin,
+                    stream,
+                    Chunks {
+                        q: qf,
+                        cur: Vec::new(),
+                        at: 0,
+                    },
+                );
+                sf.inputs_open.fetch_sub(1, Relaxed);
+                sf.queue.wake();
+            })?;
+        shared.inputs_open.fetch_add(1, Relaxed);
+        Ok(Feed {
+            q,
+            shared,
+            gap: false,
+            closed: false,
+        })
+    }
+
+    /// Offers `bytes`; never waits.
+    pub fn push(&mut self, bytes: Vec<u8>) {
+        if self.gap && self.q.try_push(Chunk::Gap).is_ok() {
+            self.gap = false;
+        }
+        if let Err(Chunk::Bytes(b)) = self.q.try_push(Chunk::Bytes(bytes)) {
+            let lines = b.iter().filter(|&&c| c == b'\n').count() as u64;
+            let m = &self.shared.metrics;
+            m.dropped_memory_full.fetch_add(lines, Relaxed);
+            m.received.fetch_add(lines, Relaxed);
+            self.gap = true;
+        }
+    }
+
+    /// Ends the stream: the formatter finishes the last line and stops.
+    pub fn close(mut self) {
+        self.end();
+    }
+
+    fn end(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        // The end marker must get through: wait for room (the input is done anyway).
+        while self.q.try_push(Chunk::End).is_err() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// Lowers the calling thread's priority to niceness `nice` (threads it
+/// starts inherit it); 0 leaves it.
+pub fn lower_priority(nice: i32) {
+    if nice > 0 {
+        // SAFETY: gettid and setpriority on this very thread.
+        let rc = unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
+        };
+        if rc != 0 {
+            tracing::debug!(nice, error = %std::io::Error::last_os_error(), "cannot lower this thread's priority");
+        }
+    }
+}
+
+/// Reads `r` as `stream` of `origin` until EOF, on its own thread, into a
+/// [`Feed`].
 pub fn spawn_reader(
     shared: Arc<Shared>,
     origin: Arc<Origin>,
     stream: &'static str,
     mut r: impl Read + Send + 'static,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    shared.inputs_open.fetch_add(1, Relaxed);
-    let q: Arc<MemQueue<Chunk>> = Arc::new(MemQueue::new(
-        (shared.cfg().memory_max_bytes / 4).max(1 << 20),
-    ));
-    let qr = q.clone();
-    let sr = shared.clone();
+    let mut feed = Feed::start(shared, origin, stream, 0)?;
     std::thread::Builder::new()
         .name(format!("read-{stream}"))
         .spawn(move || {
-            let mut gap = false;
             let mut big = vec![0u8; 256 * 1024];
             loop {
                 match r.read(&mut big) {
                     Ok(0) => break,
-                    Ok(n) => {
-                        // An exact-size copy: the queue's accounting is real memory.
-                        let buf = big[..n].to_vec();
-                        if gap && qr.try_push(Chunk::Gap).is_ok() {
-                            gap = false;
-                        }
-                        if let Err(Chunk::Bytes(b)) = qr.try_push(Chunk::Bytes(buf)) {
-                            let lines = b.iter().filter(|&&c| c == b'\n').count() as u64;
-                            sr.metrics.dropped_memory_full.fetch_add(lines, Relaxed);
-                            sr.metrics.received.fetch_add(lines, Relaxed);
-                            gap = true;
-                        }
-                    }
+                    // An exact-size copy: the queue's accounting is real memory.
+                    Ok(n) => feed.push(big[..n].to_vec()),
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         tracing::warn!(stream, error = %e, "input read failed; input closed");
@@ -106,26 +190,7 @@ pub fn spawn_reader(
                     }
                 }
             }
-            // The end marker must get through: wait for room (the reader is done anyway).
-            while qr.try_push(Chunk::End).is_err() {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })?;
-    std::thread::Builder::new()
-        .name(format!("fmt-{stream}"))
-        .spawn(move || {
-            read_into(
-                &shared,
-                &origin,
-                stream,
-                Chunks {
-                    q,
-                    cur: Vec::new(),
-                    at: 0,
-                },
-            );
-            shared.inputs_open.fetch_sub(1, Relaxed);
-            shared.queue.wake();
+            feed.close();
         })
 }
 

@@ -18,6 +18,8 @@ pub struct Origin {
     pub host: String,
     /// The container's environment (for `fields_from_env`).
     pub env: BTreeMap<String, String>,
+    /// The container's labels (for `fields_from_labels`).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// One line ready to send: topic, key and the JSON envelope.
@@ -129,6 +131,11 @@ pub fn make(cfg: &Config, origin: &Origin, stream: &str, line: &[u8], cut: Cut) 
     let mut fields = Map::new();
     for f in &cfg.fields_from_env {
         if let Some(v) = origin.env.get(f) {
+            fields.insert(f.clone(), v.clone().into());
+        }
+    }
+    for f in &cfg.fields_from_labels {
+        if let Some(v) = origin.labels.get(f) {
             fields.insert(f.clone(), v.clone().into());
         }
     }

@@ -2,15 +2,16 @@
 //! put in force without losing queued records, an invalid one is logged and
 //! the old configuration stays.
 
-use crate::config::Config;
+use crate::config::{Config, Overrides};
 use crate::router::Shared;
 use notify::{RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Loads `path` again and applies it when valid; returns whether it did.
-pub fn reload_now(shared: &Shared, path: &Path) -> bool {
-    match Config::load(path) {
+/// Loads `path` again, with `overrides`, and applies it when valid; returns
+/// whether it did.
+pub fn reload_now(shared: &Shared, path: &Path, overrides: &Overrides) -> bool {
+    match Config::load(path).and_then(|c| overrides.apply(c)) {
         Ok(c) if c == *shared.cfg() => false,
         Ok(c) => {
             shared.reload(c);
@@ -25,7 +26,11 @@ pub fn reload_now(shared: &Shared, path: &Path) -> bool {
 
 /// Watches `path` (through its directory, so editors that replace the file
 /// are seen) until the process ends. The watcher is returned to keep alive.
-pub fn watch(shared: Arc<Shared>, path: PathBuf) -> notify::Result<notify::RecommendedWatcher> {
+pub fn watch(
+    shared: Arc<Shared>,
+    path: PathBuf,
+    overrides: Overrides,
+) -> notify::Result<notify::RecommendedWatcher> {
     let dir = path
         .parent()
         .map(Path::to_path_buf)
@@ -44,7 +49,7 @@ pub fn watch(shared: Arc<Shared>, path: PathBuf) -> notify::Result<notify::Recom
         {
             // Let a writer finish.
             std::thread::sleep(std::time::Duration::from_millis(50));
-            reload_now(&shared, &target);
+            reload_now(&shared, &target, &overrides);
         }
     })?;
     w.watch(&dir, RecursiveMode::NonRecursive)?;
