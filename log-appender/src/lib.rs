@@ -8,11 +8,12 @@
 //! and `record` (what is read and how it is wrapped); `queue` and `spill`
 //! (the buffers); `deadletter` (records Kafka can never take); `kafka`, `limiter` and `router` (where records go);
 //! `metrics` and `reload` (operating it); `supervise` (the binary logger's
-//! two processes).
+//! two processes); `docker` (the Docker logging plugin).
 
 pub mod app;
 pub mod config;
 pub mod deadletter;
+pub mod docker;
 pub mod input;
 pub mod kafka;
 pub mod limiter;

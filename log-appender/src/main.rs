@@ -1,6 +1,6 @@
 //! `berth-log-appender`: the command line. See `--help` and the README.
 
-use berth_log_appender::{app, supervise};
+use berth_log_appender::{app, config, docker, supervise};
 use clap::Parser;
 use std::path::PathBuf;
 
@@ -20,6 +20,10 @@ use std::path::PathBuf;
 /// * `berth-log-appender --listen [SOCKET]`: a daemon reading line-framed
 ///   clients on a unix socket (optional first line
 ///   `BERTH-HELLO {"container_id": ..., "container_name": ..., "env": {...}}`).
+/// * `berth-log-appender --docker-plugin [SOCKET]`: Docker's logging plugin
+///   (`docker run --log-driver berth`), run by dockerd from the plugin's
+///   rootfs (see docs/install.md); one pipeline per container, `--log-opt`
+///   config, topic, partition-key, mode and ring-size, and `docker logs`.
 ///
 /// Configuration: `/etc/berth/log-appender.yaml` (every key documented in
 /// the shipped file), or `--config` / `BERTH_LOG_APPENDER_CONFIG`; a missing
@@ -33,14 +37,18 @@ struct Cli {
     #[arg(long, env = "BERTH_LOG_APPENDER_CONFIG")]
     config: Option<PathBuf>,
     /// Read lines from stdin (until EOF).
-    #[arg(long, conflicts_with = "listen")]
+    #[arg(long, conflicts_with_all = ["listen", "docker_plugin"])]
     stdin: bool,
     /// The container name for --stdin (also names its spill directory).
     #[arg(long)]
     name: Option<String>,
     /// Daemon mode: listen on a unix socket (default: `listen_socket` from the config).
-    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "", conflicts_with = "docker_plugin")]
     listen: Option<PathBuf>,
+    /// Docker logging plugin mode: serve Docker's plugin API on a unix
+    /// socket (default: /run/docker/plugins/berth.sock, the plugin's own).
+    #[arg(long, num_args = 0..=1, default_missing_value = docker::plugin::DEFAULT_SOCKET)]
+    docker_plugin: Option<PathBuf>,
     /// The spill directory, over the configuration's `spill.dir` (a binary
     /// logger takes it as the URI pair `spill_dir`).
     #[arg(long, env = "BERTH_LOG_APPENDER_SPILL_DIR")]
@@ -62,6 +70,20 @@ fn main() {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .init();
     let cli = Cli::parse();
+    if let Some(socket) = &cli.docker_plugin {
+        let o = docker::plugin::Options {
+            socket: socket.clone(),
+            config: cli
+                .config
+                .clone()
+                .unwrap_or_else(|| config::DEFAULT_PATH.into()),
+        };
+        if let Err(e) = docker::plugin::run(o, cli.config.is_some()) {
+            tracing::error!("{e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     // A binary logger runs as a supervisor holding the container's pipes
     // and a worker doing the work (see `supervise`).
     if app::Options::from(&cli).binary_logger() && !supervise::is_worker() {
