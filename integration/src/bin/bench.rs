@@ -1,4 +1,4 @@
-//! `berth-bench [planner|runtime-cycle|builtin-cycle|docker-run|preload|cni-macvlan|cni-ovs-vlan|cni-share|nri|log-appender|all]`: Berth's benchmarks,
+//! `berth-bench [planner|runtime-cycle|builtin-cycle|docker-run|preload|cni-macvlan|cni-ovs-vlan|cni-share|nri|log-appender|docker-log-driver|all]`: Berth's benchmarks,
 //! each measured interleaved against the reference it names, in one run on
 //! one machine, printed as medians and a ratio. Run as root (`bench/run`).
 
@@ -710,6 +710,48 @@ fn envelope_lines(prefix: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// The Docker logging plugin under overload: a container paced at 100 MB/s
+/// of 1000-byte lines, the broker down, against `--log-driver none` and
+/// `json-file` (interleaved, 3 rounds of 500 MB): the writer's throughput
+/// and dockerd's RSS.
+fn docker_log_driver() {
+    use berth_integration::engines::log_plugin::{broker_down_yaml, log_plugin, overload};
+    let p = log_plugin();
+    let cfg = p.write_config("bench-overload.yaml", &broker_down_yaml());
+    let opt = format!("config={cfg}");
+    let drivers: [(&str, Vec<&str>); 3] = [
+        ("none", vec!["--log-driver", "none"]),
+        ("json-file", vec!["--log-driver", "json-file"]),
+        ("berth", vec!["--log-driver", &p.name, "--log-opt", &opt]),
+    ];
+    for (_, args) in &drivers {
+        overload(args, 100);
+    }
+    let mut rates = vec![Vec::new(); 3];
+    let mut growth = [0u64; 3];
+    for _ in 0..3 {
+        for (i, (_, args)) in drivers.iter().enumerate() {
+            let o = overload(args, 500);
+            rates[i].push(o.mb_per_s);
+            growth[i] = growth[i].max(o.rss_peak_kib.saturating_sub(o.rss_before_kib));
+        }
+    }
+    let m: Vec<f64> = rates.into_iter().map(median).collect();
+    println!(
+        "docker log driver, writer paced at 100 MB/s, broker down: none {:.1} MB/s, json-file {:.1} MB/s ({:.3}x none), berth {:.1} MB/s ({:.3}x none, {:.3}x json-file; goal >= 0.9x none)",
+        m[0],
+        m[1],
+        m[1] / m[0],
+        m[2],
+        m[2] / m[0],
+        m[2] / m[1]
+    );
+    println!(
+        "docker log driver, dockerd RSS growth during a run (largest of 3): none {} KiB, json-file {} KiB, berth {} KiB",
+        growth[0], growth[1], growth[2]
+    );
+}
+
 /// berth-log-appender against a minimal raw rdkafka producer (same settings,
 /// broker and input); write() latency while the broker is down; RSS at 10x
 /// the rate limit.
@@ -901,8 +943,10 @@ fn main() {
         "cni-share" => cni_share(100),
         "nri" => nri(20),
         "log-appender" => log_appender(),
+        "docker-log-driver" => docker_log_driver(),
         "all" => {
             log_appender();
+            docker_log_driver();
             cni_macvlan(100);
             cni_ovs_vlan(60);
             cni_share(100);
@@ -915,7 +959,7 @@ fn main() {
         }
         other => {
             eprintln!(
-                "usage: berth-bench [planner|runtime-cycle|builtin-cycle|docker-run|preload|cni-macvlan|cni-ovs-vlan|cni-share|nri|log-appender|all] (not {other:?})"
+                "usage: berth-bench [planner|runtime-cycle|builtin-cycle|docker-run|preload|cni-macvlan|cni-ovs-vlan|cni-share|nri|log-appender|docker-log-driver|all] (not {other:?})"
             );
             std::process::exit(2);
         }

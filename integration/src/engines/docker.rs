@@ -26,6 +26,8 @@ pub struct Docker {
     pub cgroup_parent: String,
     /// Its `daemon.json`.
     pub config: PathBuf,
+    /// Its log (managed plugins' output is in it too).
+    pub log: PathBuf,
     daemon: Mutex<Daemon>,
     image: OnceLock<()>,
 }
@@ -102,6 +104,7 @@ pub fn docker() -> &'static Docker {
             socket,
             cgroup_parent: cgroup_parent.clone(),
             config,
+            log,
             daemon: Mutex::new(d),
             image: OnceLock::new(),
         };
@@ -124,6 +127,11 @@ pub fn docker() -> &'static Docker {
 }
 
 impl Docker {
+    /// dockerd's pid.
+    pub fn pid(&self) -> u32 {
+        self.daemon.lock().unwrap_or_else(|e| e.into_inner()).pid()
+    }
+
     /// A `docker` CLI command bound to this daemon.
     pub fn cli(&self) -> Command {
         let mut c = command(DOCKER_CLI);

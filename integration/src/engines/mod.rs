@@ -8,6 +8,7 @@ pub mod containerd;
 pub mod cri;
 pub mod crun;
 pub mod docker;
+pub mod log_plugin;
 pub mod podman;
 
 use std::path::PathBuf;

@@ -13,6 +13,7 @@ mod cpus;
 mod cri_backends;
 mod harness;
 mod log_appender;
+mod log_plugin;
 mod macvlan;
 mod nri;
 mod ovs_vlan;

@@ -1,6 +1,7 @@
 //! The Debian packages: built with cargo-deb, clean under lintian, installed
-//! with dpkg, used by Docker, ctr --cni and containerd's binary logger from
-//! their installed paths and configuration, then purged without a trace.
+//! with dpkg, used by Docker (as a runtime and a logging plugin), ctr --cni
+//! and containerd's binary logger from their installed paths and
+//! configuration, then purged without a trace.
 
 use berth_integration::appender::{arrivals, AppenderConfig};
 use berth_integration::broker::Broker;
@@ -113,6 +114,9 @@ fn debian_packages_pass_lintian_install_serve_the_engines_and_purge_clean() {
         "/usr/bin/berth-log-appender",
         "/etc/berth/log-appender.yaml",
         "/lib/systemd/system/berth-log-appender.service",
+        "/usr/share/berth-log-appender/docker-plugin/install",
+        "/usr/share/berth-log-appender/docker-plugin/build",
+        "/usr/share/berth-log-appender/docker-plugin/config.json",
         "/usr/sbin/berth-cni-gc",
         "/lib/systemd/system/berth-cni-gc.service",
         "/lib/systemd/system/berth-cni-gc.timer",
@@ -262,6 +266,70 @@ fn debian_packages_pass_lintian_install_serve_the_engines_and_purge_clean() {
     assert!(r.ok(), "ctr --log-uri: {}\n{}", r.stdout, r.stderr);
     let a = arrivals(&broker.bootstrap(), &id, &id, 2, Duration::from_secs(30));
     assert!(a.missing.is_empty(), "{:?}", a.missing);
+
+    // Docker's logging plugin, built from the installed binary by the
+    // installed script (docs/install.md), on the private dockerd.
+    {
+        let d = docker();
+        let plugin = format!("{id}pkg");
+        let r = try_run(
+            command("/usr/share/berth-log-appender/docker-plugin/install")
+                .arg(&plugin)
+                .env("DOCKER_HOST", format!("unix://{}", d.socket.display())),
+        );
+        assert!(
+            r.ok(),
+            "the plugin install script: {}\n{}",
+            r.stdout,
+            r.stderr
+        );
+        let yaml = "/etc/berth/pkg-test.yaml";
+        std::fs::write(
+            yaml,
+            format!(
+                "kafka:\n  brokers: [\"{}\"]\n  topic: \"{{container_name}}\"\n",
+                broker.bootstrap()
+            ),
+        )
+        .expect("write /etc/berth/pkg-test.yaml");
+        let name = format!("{id}-docker");
+        broker.create_topic(&name, 1);
+        let r = d.run(&[
+            "run",
+            "--name",
+            &name,
+            "--network",
+            "none",
+            "--log-driver",
+            &plugin,
+            "--log-opt",
+            &format!("config={yaml}"),
+            d.busybox_image(),
+            "sh",
+            "-c",
+            &format!("echo {name}-0; echo {name}-1"),
+        ]);
+        assert!(r.ok(), "docker run --log-driver {plugin}: {}", r.stderr);
+        let logs = d.run(&["logs", &name]);
+        assert_eq!(
+            logs.stdout,
+            format!("{name}-0\n{name}-1\n"),
+            "{}",
+            logs.stderr
+        );
+        let a = arrivals(
+            &broker.bootstrap(),
+            &name,
+            &name,
+            2,
+            Duration::from_secs(30),
+        );
+        assert!(a.missing.is_empty(), "via the plugin: {:?}", a.missing);
+        let _ = d.run(&["rm", "-f", &name]);
+        run(d.cli().args(["plugin", "disable", "-f", &plugin]));
+        run(d.cli().args(["plugin", "rm", "-f", &plugin]));
+        std::fs::remove_file(yaml).expect("remove /etc/berth/pkg-test.yaml");
+    }
 
     // Purge: nothing of the packages remains.
     drop(pkgs);
