@@ -50,11 +50,21 @@ pub fn programs() -> &'static [Program] {
 /// Whether `program` (as given to `Command::new`) may run: a listed name, a
 /// listed absolute path, a system path whose file name is listed, or one of
 /// Berth's own or the build's binaries (anything outside the system
-/// directories, and `berth-*` wherever a package installed it).
+/// directories, and `berth-*`, or anything under a `berth-*` directory,
+/// wherever a package installed it).
 pub fn allowed(list: &[Program], program: &str) -> bool {
     let p = Path::new(program);
     let name = p.file_name().and_then(|n| n.to_str()).unwrap_or(program);
     if name.starts_with("berth-") || name.starts_with("libberth") {
+        return true;
+    }
+    // Scripts Berth's packages install under their own directories
+    // (`/usr/share/berth-log-appender/docker-plugin/install`).
+    if p.components().any(|c| {
+        c.as_os_str()
+            .to_str()
+            .is_some_and(|c| c.starts_with("berth-"))
+    }) {
         return true;
     }
     let system = ["/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/", "/opt/"]
@@ -112,6 +122,11 @@ mod tests {
         assert!(!allowed(&l, "/usr/games/cowsay"));
         // Berth's own binaries and the build's, wherever they are.
         assert!(allowed(&l, "/usr/bin/berth-runtime"));
+        assert!(allowed(
+            &l,
+            "/usr/share/berth-log-appender/docker-plugin/install"
+        ));
+        assert!(!allowed(&l, "/usr/share/other/install"));
         assert!(allowed(&l, "/var/cache/berth-test/target/debug/anything"));
         assert!(allowed(&l, "/tmp/bt1234/probes/print-cpus-glibc"));
     }

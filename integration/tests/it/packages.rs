@@ -275,7 +275,9 @@ fn debian_packages_pass_lintian_install_serve_the_engines_and_purge_clean() {
         let r = try_run(
             command("/usr/share/berth-log-appender/docker-plugin/install")
                 .arg(&plugin)
-                .env("DOCKER_HOST", format!("unix://{}", d.socket.display())),
+                .env("DOCKER_HOST", format!("unix://{}", d.socket.display()))
+                // Debian's docker CLI, as on a fresh machine.
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
         );
         assert!(
             r.ok(),
