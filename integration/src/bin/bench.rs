@@ -712,7 +712,7 @@ fn envelope_lines(prefix: &str, n: usize) -> Vec<String> {
 
 /// The Docker logging plugin under overload: a container paced at 100 MB/s
 /// of 1000-byte lines, the broker down, against `--log-driver none` and
-/// `json-file` (interleaved, 3 rounds of 500 MB): the writer's throughput
+/// `json-file` (interleaved, 5 rounds of 500 MB): the writer's throughput
 /// and dockerd's RSS.
 fn docker_log_driver() {
     use berth_integration::engines::log_plugin::{broker_down_yaml, log_plugin, overload};
@@ -729,7 +729,7 @@ fn docker_log_driver() {
     }
     let mut rates = vec![Vec::new(); 3];
     let mut growth = [0u64; 3];
-    for _ in 0..3 {
+    for _ in 0..5 {
         for (i, (_, args)) in drivers.iter().enumerate() {
             let o = overload(args, 500);
             rates[i].push(o.mb_per_s);
@@ -747,7 +747,7 @@ fn docker_log_driver() {
         m[2] / m[1]
     );
     println!(
-        "docker log driver, dockerd RSS growth during a run (largest of 3): none {} KiB, json-file {} KiB, berth {} KiB",
+        "docker log driver, dockerd RSS growth during a run (largest of 5): none {} KiB, json-file {} KiB, berth {} KiB",
         growth[0], growth[1], growth[2]
     );
 }

@@ -126,6 +126,9 @@ pub struct Logger {
     /// Reads of the FIFO the ring could not keep up with (their entries
     /// are missing from `docker logs`, not from Kafka).
     pub ring_dropped: Arc<AtomicU64>,
+    /// Taken up from the state a previous plugin left (not started by
+    /// dockerd in this plugin's life).
+    pub taken_up: bool,
     reader: Option<JoinHandle<()>>,
     pipeline: Option<JoinHandle<()>>,
 }
@@ -171,7 +174,7 @@ impl Logger {
                 path: fifo_path.clone(),
                 source,
             })?;
-        widen(&fifo);
+        let window = widen(&fifo);
         let origin = Arc::new(Origin {
             container_id: info.container_id.clone(),
             container_name: info.name().to_string(),
@@ -235,7 +238,12 @@ impl Logger {
             std::thread::Builder::new()
                 .name("fifo".into())
                 .spawn(move || {
-                    read_fifo(fifo, [out, err], &ring_q, &dropped, &stopping, &halt);
+                    let to = Outputs {
+                        feeds: [out, err],
+                        ring: &ring_q,
+                        ring_dropped: &dropped,
+                    };
+                    read_fifo(fifo, to, window, &stopping, &halt);
                     ring_open.store(false, Relaxed);
                     ring_q.wake();
                     let _ = ring_thread.join();
@@ -263,6 +271,7 @@ impl Logger {
             stopping,
             halt,
             ring_dropped,
+            taken_up: false,
             reader: Some(reader),
             pipeline: Some(pipeline),
         })
@@ -298,20 +307,25 @@ impl Logger {
 }
 
 /// The FIFO's buffer the plugin asks for: 10 ms at 100 MB/s, so that the
-/// reader can take what dockerd wrote in batches (one read per
-/// millisecond, not one per line) while dockerd never finds it full.
+/// reader can take what dockerd wrote in batches (a read every few
+/// milliseconds, not one per line) while dockerd never finds it full.
 const FIFO_BYTES: libc::c_int = 1 << 20;
 
-/// How long the reader lets the FIFO fill after a read.
-const BATCH_WINDOW: Duration = Duration::from_millis(1);
-
-/// Grows the FIFO's buffer (to at most `/proc/sys/fs/pipe-max-size`).
-fn widen(fifo: &std::fs::File) {
-    // SAFETY: F_SETPIPE_SZ on a FIFO we hold open.
-    let rc = unsafe { libc::fcntl(fifo.as_raw_fd(), libc::F_SETPIPE_SZ, FIFO_BYTES) };
-    if rc < 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot grow the log FIFO's buffer");
-    }
+/// Grows the FIFO's buffer (to at most `/proc/sys/fs/pipe-max-size`, and
+/// less once the user's pipes hold `pipe-user-pages-soft`) and returns how
+/// long the reader may let it fill after a read: 40 % of the time it lasts
+/// at 100 MB/s (4 ms for 1 MiB; a quarter of a millisecond for the default
+/// 64 KiB).
+fn widen(fifo: &std::fs::File) -> Duration {
+    // SAFETY: F_SETPIPE_SZ and F_GETPIPE_SZ on a FIFO we hold open.
+    let size = unsafe {
+        if libc::fcntl(fifo.as_raw_fd(), libc::F_SETPIPE_SZ, FIFO_BYTES) < 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot grow the log FIFO's buffer");
+        }
+        libc::fcntl(fifo.as_raw_fd(), libc::F_GETPIPE_SZ)
+    };
+    let size = u64::try_from(size).unwrap_or(0);
+    Duration::from_micros(size * 4 / 1000)
 }
 
 /// Entries read but not yet in the ring, at most.
@@ -338,6 +352,16 @@ fn write_ring(ring: &mut Ring, q: &MemQueue<Vec<u8>>, open: &AtomicBool) {
     }
 }
 
+/// Where the FIFO reader puts what it reads.
+struct Outputs<'a> {
+    /// stdout's and stderr's way into the pipeline.
+    feeds: [Feed; 2],
+    /// The ring writer's queue.
+    ring: &'a MemQueue<Vec<u8>>,
+    /// Reads the ring could not keep up with.
+    ring_dropped: &'a AtomicU64,
+}
+
 /// How long a stopped logger waits for dockerd to close the FIFO.
 const STOP_WAIT: Duration = Duration::from_secs(10);
 
@@ -345,12 +369,16 @@ const STOP_WAIT: Duration = Duration::from_secs(10);
 /// closing it), or a halt.
 fn read_fifo(
     fifo: std::fs::File,
-    mut feeds: [Feed; 2],
-    ring: &MemQueue<Vec<u8>>,
-    ring_dropped: &AtomicU64,
+    to: Outputs<'_>,
+    window: Duration,
     stopping: &AtomicBool,
     halt: &AtomicBool,
 ) {
+    let Outputs {
+        mut feeds,
+        ring,
+        ring_dropped,
+    } = to;
     use std::io::Read;
     let mut fifo = fifo;
     let mut frames = Frames::default();
@@ -410,9 +438,9 @@ fn read_fifo(
                 if !whole.is_empty() && ring.try_push(whole).is_err() {
                     ring_dropped.fetch_add(1, Relaxed);
                 }
-                if n < buf.len() {
+                if n < buf.len() && !window.is_zero() {
                     // Drained: let more gather before the next read.
-                    std::thread::sleep(BATCH_WINDOW);
+                    std::thread::sleep(window);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {

@@ -377,7 +377,8 @@ impl Plugin {
                 continue;
             }
             match Logger::start(&self.ctx, &s.file, s.info.clone()) {
-                Ok(l) => {
+                Ok(mut l) => {
+                    l.taken_up = true;
                     tracing::info!(container = %s.info.name(), "taken up again after a restart");
                     self.watch(&l.config);
                     self.loggers
@@ -416,22 +417,50 @@ impl Plugin {
             .any(|l| l.info.container_id == id)
     }
 
-    /// Removes the rings of containers not logged for `docker.ring_keep_days`.
+    /// Removes the rings of containers not logged for `docker.ring_keep_days`,
+    /// and drops a logger taken up after a restart that got nothing for as
+    /// long: its container stopped while no plugin ran, and dockerd, whose
+    /// StopLogging failed then, never closes that FIFO or tells.
     fn collect_rings(&self) {
         let keep = load(&self.ctx.config_path, false)
             .map(|c| c.docker.ring_keep_days)
             .unwrap_or(config::Docker::default().ring_keep_days);
+        let old = |id: &str| {
+            std::fs::metadata(self.ctx.ring_dir(id).join("current"))
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(keep * 86400))
+        };
+        let stale: Vec<Logger> = {
+            let mut loggers = self.loggers.lock().unwrap_or_else(|e| e.into_inner());
+            let files: Vec<String> = loggers
+                .iter()
+                .filter(|(_, l)| {
+                    l.taken_up
+                        && l.shared.metrics.received.load(Relaxed) == 0
+                        && old(&l.info.container_id)
+                })
+                .map(|(f, _)| f.clone())
+                .collect();
+            files
+                .iter()
+                .filter_map(|f| {
+                    let _ = std::fs::remove_file(active_path(&self.ctx, f));
+                    loggers.remove(f)
+                })
+                .collect()
+        };
+        for l in stale {
+            tracing::info!(container = %l.info.name(), days = keep, "dropping a logger taken up after a restart that got nothing for days");
+            l.halt(Duration::ZERO);
+        }
         let Ok(entries) = std::fs::read_dir(self.ctx.state_dir.join("ring")) else {
             return;
         };
         for e in entries.flatten() {
             let id = e.file_name().to_string_lossy().into_owned();
-            let old = std::fs::metadata(e.path().join("current"))
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > Duration::from_secs(keep * 86400));
-            if old && !self.active(&id) {
+            if old(&id) && !self.active(&id) {
                 tracing::info!(container = %id, days = keep, "removing the docker logs ring of a container not logged for days");
                 let _ = std::fs::remove_dir_all(e.path());
             }
