@@ -87,7 +87,9 @@ impl Feed {
         ));
         let qf = q.clone();
         let sf = shared.clone();
-        std::thread::Builder::new()
+        // Counted before the formatter can end (and the router look).
+        shared.inputs_open.fetch_add(1, Relaxed);
+        let spawned = std::thread::Builder::new()
             .name(format!("fmt-{stream}"))
             .spawn(move || {
                 lower_priority(nice);
@@ -103,8 +105,11 @@ impl Feed {
                 );
                 sf.inputs_open.fetch_sub(1, Relaxed);
                 sf.queue.wake();
-            })?;
-        shared.inputs_open.fetch_add(1, Relaxed);
+            });
+        if let Err(e) = spawned {
+            shared.inputs_open.fetch_sub(1, Relaxed);
+            return Err(e);
+        }
         Ok(Feed {
             q,
             shared,

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 /// * `berth-log-appender --docker-plugin [SOCKET]`: Docker's logging plugin
 ///   (`docker run --log-driver berth`), run by dockerd from the plugin's
 ///   rootfs (see docs/install.md); one pipeline per container, `--log-opt`
-///   config, topic, partition-key, mode and ring-size, and `docker logs`.
+///   config, topic, partition-key, delivery and ring-size, and `docker logs`.
 ///
 /// Configuration: `/etc/berth/log-appender.yaml` (every key documented in
 /// the shipped file), or `--config` / `BERTH_LOG_APPENDER_CONFIG`; a missing

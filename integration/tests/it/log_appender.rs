@@ -16,7 +16,7 @@ pub(crate) fn yaml(bootstrap: &str, topic: &str, extra: &str) -> String {
     )
 }
 
-fn no_loss(a: &berth_integration::appender::Arrival, what: &str) {
+pub(crate) fn no_loss(a: &berth_integration::appender::Arrival, what: &str) {
     assert!(
         a.missing.is_empty(),
         "{what}: {} lines missing, first {:?}",

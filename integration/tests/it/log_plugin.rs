@@ -4,7 +4,8 @@
 //! envelope, `docker logs`, bad `--log-opt`s, a broker outage, a plugin
 //! restart, and the overload case.
 
-use berth_integration::appender::{arrivals, Arrival};
+use crate::log_appender::no_loss;
+use berth_integration::appender::arrivals;
 use berth_integration::broker::Broker;
 use berth_integration::engines::docker::DockerContainer;
 use berth_integration::engines::log_plugin::{log_plugin, LogPlugin};
@@ -13,23 +14,7 @@ use std::time::Duration;
 
 /// The YAML of one test: its broker, a topic per container.
 fn yaml(bootstrap: &str, extra: &str) -> String {
-    format!(
-        "kafka:\n  brokers: [\"{bootstrap}\"]\n  topic: \"{{container_name}}-logs\"\n  message_timeout_ms: 5000\n  linger_ms: 5\n{extra}"
-    )
-}
-
-fn no_loss(a: &Arrival, what: &str) {
-    assert!(
-        a.missing.is_empty(),
-        "{what}: {} lines missing, first {:?}",
-        a.missing.len(),
-        &a.missing[..a.missing.len().min(10)]
-    );
-    assert!(
-        a.out_of_order.is_empty(),
-        "{what}: out of order {:?}",
-        &a.out_of_order[..a.out_of_order.len().min(5)]
-    );
+    crate::log_appender::yaml(bootstrap, "{container_name}-logs", extra)
 }
 
 /// Compares line lists, reporting the first difference (not thousands of lines).
