@@ -416,6 +416,8 @@ pub(crate) struct Started<'a> {
 /// A source's spill, metrics and reload, ready to route.
 pub(crate) struct Pipeline {
     shared: Arc<Shared>,
+    /// The source it serves (named in its last log line).
+    source: String,
     spill: Spill,
     /// The metrics textfile and its writer.
     textfile: Option<(Textfile, std::thread::JoinHandle<()>)>,
@@ -527,6 +529,7 @@ pub(crate) fn prepare(st: Started<'_>) -> Result<Pipeline, AppError> {
     );
     Ok(Pipeline {
         shared: shared.clone(),
+        source: source.to_string(),
         spill,
         textfile,
         _watcher: watcher,
@@ -540,6 +543,7 @@ impl Pipeline {
     pub(crate) fn run(self) -> Result<(), AppError> {
         let Pipeline {
             shared,
+            source,
             spill,
             textfile,
             _watcher,
@@ -553,15 +557,16 @@ impl Pipeline {
             let _ = writer.join();
             t.remove();
         }
-        log_done(&shared);
+        log_done(&shared, &source);
         Ok(())
     }
 }
 
 /// The counters at the end.
-fn log_done(shared: &Shared) {
+fn log_done(shared: &Shared, source: &str) {
     let m = &shared.metrics;
     tracing::info!(
+        source,
         received = m.received.load(Relaxed),
         sent = m.sent.load(Relaxed),
         replayed = m.replayed.load(Relaxed),

@@ -87,32 +87,32 @@ fn lines_from_several_containers_arrive_in_order_with_envelope_and_docker_logs_s
     );
     let n = 3000;
     let names: Vec<String> = (0..3).map(|i| format!("{name}-c{i}")).collect();
-    for c in &names {
-        broker.create_topic(&format!("{c}-logs"), 3);
+    // The last one names its own topic and delivery by --log-opt.
+    let topics: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{c}-{}", if i == 2 { "opt" } else { "logs" }))
+        .collect();
+    for t in &topics {
+        broker.create_topic(t, 3);
     }
+    let topic_opt = format!("topic={}", topics[2]);
     let containers: Vec<DockerContainer> = names
         .iter()
-        .map(|c| {
-            run_logged(
-                p,
-                &cfg,
-                c,
-                &["-e", "APP_TIER=gold", "--label", "team=core"],
-                &counter(c, n, 0),
-            )
+        .enumerate()
+        .map(|(i, c)| {
+            let mut extra = vec!["-e", "APP_TIER=gold", "--label", "team=core"];
+            if i == 2 {
+                extra.extend(["--log-opt", &topic_opt, "--log-opt", "delivery=disk-first"]);
+            }
+            run_logged(p, &cfg, c, &extra, &counter(c, n, 0))
         })
         .collect();
     for c in &containers {
         wait_exit(p, c);
     }
-    for (c, ctr) in names.iter().zip(&containers) {
-        let a = arrivals(
-            &broker.bootstrap(),
-            &format!("{c}-logs"),
-            c,
-            n,
-            Duration::from_secs(60),
-        );
+    for ((c, ctr), topic) in names.iter().zip(&containers).zip(&topics) {
+        let a = arrivals(&broker.bootstrap(), topic, c, n, Duration::from_secs(60));
         no_loss(&a, c);
         let e = &a.envelopes[0];
         assert_eq!(e["container_name"], c.as_str(), "{e}");
@@ -121,6 +121,19 @@ fn lines_from_several_containers_arrive_in_order_with_envelope_and_docker_logs_s
         assert_eq!(e["fields"]["APP_TIER"], "gold", "{e}");
         assert_eq!(e["fields"]["team"], "core", "{e}");
         // docker logs: every line, in order, stdout and stderr apart.
+        if topic.ends_with("-opt") {
+            // delivery=disk-first: every line went through the spill.
+            let mut spilled = Vec::new();
+            berth_integration::process::wait_until(Duration::from_secs(20), || {
+                spilled = counter_in_log(&p.log(), &format!("docker-{}", ctr.id), "spilled");
+                !spilled.is_empty()
+            });
+            assert!(
+                spilled.iter().any(|s| *s >= n),
+                "delivery=disk-first spilled {spilled:?}\n{}",
+                p.log()
+            );
+        }
         let r = p.docker().run(&["logs", &ctr.id]);
         assert!(r.ok(), "docker logs: {}\n{}", r.stderr, p.log());
         let want: Vec<String> = (0..n).map(|i| format!("{c}-{i}")).collect();
