@@ -907,15 +907,7 @@ fn log_appender() {
         }
         std::thread::sleep(Duration::from_millis(10));
         if i.is_multiple_of(20_000) {
-            let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            if let Some(kb) = st
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-            {
-                peak_kb = peak_kb.max(kb);
-            }
+            peak_kb = peak_kb.max(berth_integration::process::rss_kib(pid));
         }
     }
     drop(w);

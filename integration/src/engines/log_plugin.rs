@@ -7,6 +7,7 @@ use super::docker::{docker, Docker};
 use crate::artifacts::{binary, fresh_dir};
 use crate::cleanup::at_exit;
 use crate::cmd::{command, run, try_run};
+use crate::process::rss_kib;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
@@ -124,15 +125,6 @@ pub struct Overload {
     pub rss_before_kib: u64,
     /// dockerd's largest RSS during the run, KiB.
     pub rss_peak_kib: u64,
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// A container writing `mb` MB of 1000-byte lines, paced at 100 MB/s (1 MB,
