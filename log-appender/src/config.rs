@@ -456,6 +456,16 @@ impl Config {
         Config::parse(&text, path)
     }
 
+    /// Reads and validates `path`; a default file that is missing (not
+    /// `explicit`ly named) means the built-in defaults.
+    pub fn load_or_default(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
+        if explicit || path.exists() {
+            Config::load(path)
+        } else {
+            Ok(Config::default())
+        }
+    }
+
     /// The partition key setting.
     pub fn partition_key(&self) -> PartitionKey {
         match self.kafka.partition_key.as_str() {

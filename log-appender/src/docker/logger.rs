@@ -141,11 +141,7 @@ static SIDE: AtomicU64 = AtomicU64::new(0);
 /// its options applied.
 pub fn container_config(ctx: &Ctx, o: &opts::LogOpts) -> Result<(Config, PathBuf), StartError> {
     let path = o.config.clone().unwrap_or_else(|| ctx.config_path.clone());
-    let base = if o.config.is_some() || path.exists() {
-        Config::load(&path)?
-    } else {
-        Config::default()
-    };
+    let base = Config::load_or_default(&path, o.config.is_some())?;
     Ok((o.overrides.apply(base)?, path))
 }
 

@@ -123,18 +123,9 @@ fn go_time(s: &Option<String>) -> Option<i64> {
     Some(ns - offset_secs * 1_000_000_000)
 }
 
-/// Loads the plugin's file: a missing default file means the defaults.
-fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
-    if explicit || path.exists() {
-        Config::load(path)
-    } else {
-        Ok(Config::default())
-    }
-}
-
 /// Runs the plugin until SIGTERM or SIGINT.
 pub fn run(o: Options, explicit_config: bool) -> Result<(), PluginError> {
-    let cfg = load(&o.config, explicit_config)?;
+    let cfg = Config::load_or_default(&o.config, explicit_config)?;
     let ctx = Ctx {
         config_path: o.config.clone(),
         state_dir: cfg.docker.state_dir.clone(),
@@ -422,7 +413,7 @@ impl Plugin {
     /// long: its container stopped while no plugin ran, and dockerd, whose
     /// StopLogging failed then, never closes that FIFO or tells.
     fn collect_rings(&self) {
-        let keep = load(&self.ctx.config_path, false)
+        let keep = Config::load_or_default(&self.ctx.config_path, false)
             .map(|c| c.docker.ring_keep_days)
             .unwrap_or(config::Docker::default().ring_keep_days);
         let old = |id: &str| {
