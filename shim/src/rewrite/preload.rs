@@ -243,8 +243,18 @@ pub fn inject_env(env: &mut Vec<Value>, n: u32, inj: &Injection) -> Vec<&'static
         .collect()
 }
 
+/// What a bind mount of Berth's may do in the container.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Bind {
+    /// A file that is only read.
+    Data,
+    /// The library: the loader maps it executable, which a `noexec` mount
+    /// refuses ("failed to map segment from shared object").
+    Library,
+}
+
 /// Adds a read-only bind mount of `source` at `dest` unless one is there.
-fn add_bind(s: &mut Value, ctx: &Context<'_>, dest: &str, source: &Path) -> Result<()> {
+fn add_bind(s: &mut Value, ctx: &Context<'_>, dest: &str, source: &Path, kind: Bind) -> Result<()> {
     let Some(obj) = s.as_object_mut() else {
         return Ok(());
     };
@@ -261,11 +271,15 @@ fn add_bind(s: &mut Value, ctx: &Context<'_>, dest: &str, source: &Path) -> Resu
         .iter()
         .any(|m| m.get("destination").and_then(Value::as_str) == Some(dest));
     if !present {
+        let mut options = vec!["bind", "ro", "nosuid", "nodev"];
+        if kind == Bind::Data {
+            options.push("noexec");
+        }
         mounts.push(json!({
             "destination": dest,
             "type": "bind",
             "source": source,
-            "options": ["bind", "ro", "nosuid", "nodev", "noexec"],
+            "options": options,
         }));
     }
     Ok(())
@@ -319,12 +333,14 @@ pub fn apply(s: &mut Value, ctx: &Context<'_>) -> Result<Option<Value>> {
                 ctx,
                 crate::cpuview::ONLINE_DEST,
                 &v.file(crate::cpuview::ONLINE_FILE),
+                Bind::Data,
             )?;
             add_bind(
                 s,
                 ctx,
                 crate::cpuview::CPUINFO_DEST,
                 &v.file(crate::cpuview::CPUINFO_FILE),
+                Bind::Data,
             )?;
             Some(v)
         }
@@ -353,13 +369,14 @@ pub fn apply(s: &mut Value, ctx: &Context<'_>) -> Result<Option<Value>> {
         tracing::info!("preload library not injected: {why}");
     }
     if library.is_ok() {
-        add_bind(s, ctx, &cfg.container_path, &cfg.library)?;
+        add_bind(s, ctx, &cfg.container_path, &cfg.library, Bind::Library)?;
         if let Some(v) = &view {
             add_bind(
                 s,
                 ctx,
                 &count_file_dest(cfg),
                 &v.file(crate::cpuview::COUNT_FILE),
+                Bind::Data,
             )?;
         }
     }
