@@ -11,21 +11,29 @@ use crate::proto;
 use berth_runtime::backend::Backend;
 use berth_runtime::config::RuntimeConfig;
 use berth_runtime::cpus;
+use berth_runtime::cpus::{EngineMoves, PoolMove};
 use berth_runtime::records::Records;
 use berth_runtime::rewrite;
 use serde_json::{json, Value};
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 /// The handler's state: the configuration, loaded once.
 pub struct Berth {
     cfg: RuntimeConfig,
     runc_root: PathBuf,
+    /// Containers whose resize the runtime has not confirmed applied.
+    pending: HashSet<String>,
 }
 
 impl Berth {
     /// A handler with `cfg` for containers whose runc state is under `runc_root`.
     pub fn new(cfg: RuntimeConfig, runc_root: PathBuf) -> Berth {
-        Berth { cfg, runc_root }
+        Berth {
+            cfg,
+            runc_root,
+            pending: HashSet::new(),
+        }
     }
 
     /// The OCI spec fragment the rewrite stages read, from NRI's view.
@@ -61,12 +69,14 @@ impl Berth {
 
     /// Plans `c`'s CPUs in the ledger and records it; with `inject`, also
     /// the CPU-count injection (a new container only: a running one cannot
-    /// get mounts or variables). Returns the spec before and after.
-    fn plan(&self, c: &proto::Container, inject: bool) -> Result<(Value, Value), String> {
+    /// get mounts or variables). Returns the spec before and after, and the
+    /// updates that move this engine's shared containers onto the new pool.
+    fn plan(&self, c: &proto::Container, inject: bool) -> Result<Planned, String> {
         let id = c.id.as_str();
         let root = self.runc_root.as_path();
-        let allocator =
-            cpus::HostAllocator::new(&self.cfg, Some(root), id).map_err(|e| e.to_string())?;
+        let allocator = cpus::HostAllocator::new(&self.cfg, Some(root), id)
+            .map_err(|e| e.to_string())?
+            .collecting();
         let mut spec = Self::spec_of(c);
         let before = spec.clone();
         let ctx = rewrite::Context {
@@ -86,8 +96,9 @@ impl Berth {
             .is_some();
         let injected = if inject {
             rewrite::preload::apply(&mut spec, &ctx).map_err(|e| {
-                // The container will not exist: its CPUs go back now.
-                let _ = cpus::ops::release(&self.cfg, Some(root), id);
+                // The container will not exist: its CPUs go back now (the
+                // moves collected were never applied: the pool is as before).
+                let _ = self.release(id);
                 format!("berth: {e}")
             })?
         } else {
@@ -112,36 +123,128 @@ impl Berth {
             )
             .map_err(|e| format!("berth: {e}"))?;
         tracing::info!(container = id, name = %c.name, planned, nproc = ?injected.as_ref().map(|v| v["nproc"].clone()), "container planned");
-        Ok((before, spec))
+        Ok(Planned {
+            before,
+            after: spec,
+            moves: updates(allocator.take_moves()),
+        })
     }
 
     fn create(&mut self, c: &proto::Container) -> Result<proto::CreateContainerResponse, String> {
-        let (before, after) = self.plan(c, true)?;
+        let p = self.plan(c, true)?;
         Ok(proto::CreateContainerResponse {
-            adjust: Some(adjustment(&before, &after)),
-            update: Vec::new(),
+            adjust: Some(adjustment(&p.before, &p.after)),
+            update: p.moves,
         })
     }
 
     /// Plans a running container the ledger does not know (created while
-    /// the plugin was down); returns the update that moves it onto its CPUs.
-    fn adopt(&mut self, c: &proto::Container) -> Option<proto::ContainerUpdate> {
+    /// the plugin was down); returns the updates that move it onto its CPUs
+    /// and the shared containers onto the new pool.
+    fn adopt(&mut self, c: &proto::Container) -> Vec<proto::ContainerUpdate> {
         match self.plan(c, false) {
-            Ok((before, after)) => {
-                let resources = adjustment(&before, &after).linux?.resources;
-                tracing::info!(container = %c.id, "adopted a container created while the plugin was away");
-                Some(proto::ContainerUpdate {
-                    container_id: c.id.clone(),
-                    linux: Some(proto::LinuxContainerUpdate { resources }),
-                    ignore_failure: true,
-                })
+            Ok(p) => {
+                let mut out = p.moves;
+                if let Some(resources) = adjustment(&p.before, &p.after)
+                    .linux
+                    .and_then(|l| l.resources)
+                {
+                    tracing::info!(container = %c.id, "adopted a container created while the plugin was away");
+                    out.push(update_of(&c.id, resources));
+                }
+                out
             }
             Err(e) => {
                 tracing::warn!(container = %c.id, "cannot adopt a running container: {e}");
-                None
+                Vec::new()
             }
         }
     }
+
+    /// Frees `id`'s CPUs; returns the updates that grow this engine's
+    /// shared containers onto the freed CPUs.
+    fn release(&self, id: &str) -> Result<Vec<proto::ContainerUpdate>, String> {
+        let root = self.runc_root.as_path();
+        let mut moves = EngineMoves::for_root(Some(root));
+        cpus::ops::release(&self.cfg, Some(root), id, &mut moves).map_err(|e| e.to_string())?;
+        Ok(updates(moves.moves))
+    }
+
+    /// Re-plans a container the plugin planned for its new CPU limit (an
+    /// in-place resize): the update it gets instead, and the moves of the
+    /// shared containers. The allocation it had stays held until the
+    /// runtime says it applied the update (PostUpdateContainer).
+    fn resize(
+        &mut self,
+        c: &proto::Container,
+        cpu: &proto::LinuxCpu,
+    ) -> Result<Vec<proto::ContainerUpdate>, String> {
+        let root = self.runc_root.as_path();
+        if !cpus::ops::has_entry(&self.cfg, Some(root), &c.id) {
+            return Ok(Vec::new());
+        }
+        let mut moves = EngineMoves::for_root(Some(root));
+        if self.pending.remove(&c.id) {
+            // Its last update was never applied (no PostUpdateContainer).
+            cpus::ops::finish_update(&self.cfg, Some(root), &c.id, false, &mut moves)
+                .map_err(|e| format!("berth: {e}"))?;
+        }
+        let mut res = json!({"cpu": {
+            "quota": cpu.quota.as_ref().map_or(-1, |q| q.value),
+            "period": cpu.period.as_ref().map_or(100_000, |p| p.value),
+        }});
+        if !cpus::ops::begin_update(&self.cfg, Some(root), &c.id, &mut res, &mut moves)
+            .map_err(|e| format!("berth: {e}"))?
+        {
+            return Ok(updates(moves.moves));
+        }
+        self.pending.insert(c.id.clone());
+        let planned = &res["cpu"];
+        let mut lc = cpu.clone();
+        lc.cpus = planned["cpus"].as_str().unwrap_or_default().to_string();
+        lc.mems = planned["mems"].as_str().unwrap_or_default().to_string();
+        if let Some(value) = planned["shares"].as_u64() {
+            lc.shares = Some(proto::OptionalUInt64 { value });
+        }
+        tracing::info!(container = %c.id, cpus = %lc.cpus, "resized: CPUs re-planned");
+        let mut out = updates(moves.moves);
+        out.push(update_of(&c.id, proto::LinuxResources { cpu: Some(lc) }));
+        Ok(out)
+    }
+}
+
+/// What planning a container gives: its spec before and after the stages,
+/// and the updates of other containers.
+struct Planned {
+    before: Value,
+    after: Value,
+    moves: Vec<proto::ContainerUpdate>,
+}
+
+/// An update of container `id`'s CPU resources (a failure to apply it
+/// fails nothing else: the ledger settles from the cgroup).
+fn update_of(id: &str, resources: proto::LinuxResources) -> proto::ContainerUpdate {
+    proto::ContainerUpdate {
+        container_id: id.to_string(),
+        linux: Some(proto::LinuxContainerUpdate {
+            resources: Some(resources),
+        }),
+        ignore_failure: true,
+    }
+}
+
+/// Shared containers' moves onto a new pool, as NRI updates.
+fn updates(moves: Vec<PoolMove>) -> Vec<proto::ContainerUpdate> {
+    moves
+        .into_iter()
+        .map(|m| {
+            let cpu = proto::LinuxCpu {
+                cpus: m.cpus.clone(),
+                ..Default::default()
+            };
+            update_of(m.id(), proto::LinuxResources { cpu: Some(cpu) })
+        })
+        .collect()
 }
 
 /// What the stages changed, as NRI's adjustment: the cpuset, mems and
@@ -208,7 +311,13 @@ fn adjustment(before: &Value, after: &Value) -> proto::ContainerAdjustment {
 impl crate::plugin::Handler for Berth {
     fn events(&self) -> Vec<u32> {
         use crate::proto::event::*;
-        vec![CREATE_CONTAINER, STOP_CONTAINER, REMOVE_CONTAINER]
+        vec![
+            CREATE_CONTAINER,
+            UPDATE_CONTAINER,
+            POST_UPDATE_CONTAINER,
+            STOP_CONTAINER,
+            REMOVE_CONTAINER,
+        ]
     }
 
     fn configure(&mut self, config: &str) -> Result<(), String> {
@@ -231,24 +340,36 @@ impl crate::plugin::Handler for Berth {
     ) -> Result<proto::SynchronizeResponse, String> {
         // Allocations of containers runc no longer has go back (the ledger's
         // GC checks each against runc's state).
-        let freed = match cpus::ops::status(&self.cfg, true) {
+        let root = self.runc_root.clone();
+        let mut moves = EngineMoves::for_root(Some(&root));
+        let freed = match cpus::ops::status(&self.cfg, true, &mut moves) {
             Ok(s) => s["gc_freed"].clone(),
             Err(e) => {
                 tracing::warn!("cannot reconcile the CPU ledger: {e}");
                 Value::Null
             }
         };
+        // A resize in flight when the plugin went away: applied or not,
+        // the cgroup says (the ledger settles it at its next transaction).
+        self.pending.clear();
+        let mut update = updates(moves.moves);
         // Containers created while the plugin was away are planned now and
         // moved onto their CPUs (they keep the environment they started with).
-        let root = self.runc_root.clone();
-        let mut update = Vec::new();
+        let mut adopted = 0;
         for c in &req.containers {
             let live = matches!(c.state, 1..=3);
             if live && !cpus::ops::has_entry(&self.cfg, Some(&root), &c.id) {
-                update.extend(self.adopt(c));
+                let u = self.adopt(c);
+                adopted += usize::from(u.iter().any(|u| u.container_id == c.id));
+                update.extend(u);
             }
         }
-        tracing::info!(containers = req.containers.len(), adopted = update.len(), freed = %freed, "synchronized with the runtime");
+        // One update per container: the last pool it was moved to.
+        let mut seen = HashSet::new();
+        update.reverse();
+        update.retain(|u| seen.insert(u.container_id.clone()));
+        update.reverse();
+        tracing::info!(containers = req.containers.len(), adopted, updates = update.len(), freed = %freed, "synchronized with the runtime");
         Ok(proto::SynchronizeResponse {
             update,
             more: false,
@@ -266,18 +387,70 @@ impl crate::plugin::Handler for Berth {
             .inspect_err(|e| tracing::warn!(container = %c.id, "refused: {e}"))
     }
 
-    fn stop_container(
+    fn update_container(
         &mut self,
-        _req: proto::ContainerRequest,
-    ) -> Result<proto::StopContainerResponse, String> {
-        Ok(proto::StopContainerResponse { update: Vec::new() })
+        req: proto::UpdateContainerRequest,
+    ) -> Result<proto::UpdateContainerResponse, String> {
+        let (Some(c), Some(cpu)) = (req.container, req.linux_resources.and_then(|r| r.cpu)) else {
+            return Ok(proto::UpdateContainerResponse::default());
+        };
+        if cpu.quota.is_none() {
+            return Ok(proto::UpdateContainerResponse::default());
+        }
+        let update = self
+            .resize(&c, &cpu)
+            .inspect_err(|e| tracing::warn!(container = %c.id, "resize refused: {e}"))?;
+        Ok(proto::UpdateContainerResponse { update })
     }
 
-    fn remove_container(&mut self, c: proto::Container) {
-        let root = self.runc_root.as_path();
-        if let Err(e) = cpus::ops::release(&self.cfg, Some(root), &c.id) {
-            tracing::warn!(container = %c.id, "cannot release the CPU allocation (GC will): {e}");
+    fn post_update_container(&mut self, c: proto::Container) -> Vec<proto::ContainerUpdate> {
+        if !self.pending.remove(&c.id) {
+            return Vec::new();
         }
-        berth_runtime::cpuview::CpuView::of(&self.cfg, Some(root), &c.id).remove();
+        // Applied: the CPUs it had until now are free (a shrink grows the pool).
+        let root = self.runc_root.as_path();
+        let mut moves = EngineMoves::for_root(Some(root));
+        if let Err(e) = cpus::ops::finish_update(&self.cfg, Some(root), &c.id, true, &mut moves) {
+            tracing::warn!(container = %c.id, "cannot settle the resize in the CPU ledger: {e}");
+        }
+        // Its count follows (the library reads the view's count file).
+        let cgroup = Records::new(&self.cfg, Some(root))
+            .record(&c.id)
+            .and_then(|r| r.cgroup);
+        if let Some(cg) = cgroup {
+            let view = berth_runtime::cpuview::CpuView::of(&self.cfg, Some(root), &c.id);
+            if let Err(e) = view.refresh_from_cgroup(&cg, &c.id) {
+                tracing::warn!(container = %c.id, "cannot update the CPU view: {e}");
+            }
+        }
+        updates(moves.moves)
+    }
+
+    fn stop_container(
+        &mut self,
+        req: proto::ContainerRequest,
+    ) -> Result<proto::StopContainerResponse, String> {
+        // A stopped container holds no CPUs: the pool grows back now, by the
+        // runtime's update of the shared containers.
+        let Some(c) = req.container else {
+            return Ok(proto::StopContainerResponse::default());
+        };
+        self.pending.remove(&c.id);
+        let update = self.release(&c.id).unwrap_or_else(|e| {
+            tracing::warn!(container = %c.id, "cannot release the CPU allocation (GC will): {e}");
+            Vec::new()
+        });
+        Ok(proto::StopContainerResponse { update })
+    }
+
+    fn remove_container(&mut self, c: proto::Container) -> Vec<proto::ContainerUpdate> {
+        self.pending.remove(&c.id);
+        // Normally released at StopContainer already: then nothing moves.
+        let update = self.release(&c.id).unwrap_or_else(|e| {
+            tracing::warn!(container = %c.id, "cannot release the CPU allocation (GC will): {e}");
+            Vec::new()
+        });
+        berth_runtime::cpuview::CpuView::of(&self.cfg, Some(&self.runc_root), &c.id).remove();
+        update
     }
 }

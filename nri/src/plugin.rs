@@ -28,13 +28,31 @@ pub trait Handler {
         &mut self,
         req: proto::ContainerRequest,
     ) -> Result<proto::CreateContainerResponse, String>;
+    /// UpdateContainer: how the container's update is changed, and updates
+    /// of others. By default nothing changes.
+    fn update_container(
+        &mut self,
+        _req: proto::UpdateContainerRequest,
+    ) -> Result<proto::UpdateContainerResponse, String> {
+        Ok(proto::UpdateContainerResponse::default())
+    }
+    /// PostUpdateContainer: the runtime applied an update. What it returns
+    /// is sent as an unsolicited `UpdateContainers`.
+    fn post_update_container(
+        &mut self,
+        _container: proto::Container,
+    ) -> Vec<proto::ContainerUpdate> {
+        Vec::new()
+    }
     /// StopContainer: updates of the remaining containers.
     fn stop_container(
         &mut self,
         req: proto::ContainerRequest,
     ) -> Result<proto::StopContainerResponse, String>;
-    /// A container was removed.
-    fn remove_container(&mut self, container: proto::Container);
+    /// A container was removed. What it returns is sent to the runtime as
+    /// an unsolicited `UpdateContainers` (RemoveContainer's answer carries
+    /// no updates).
+    fn remove_container(&mut self, container: proto::Container) -> Vec<proto::ContainerUpdate>;
 }
 
 /// Connects to the runtime's NRI socket, registers as `name` with index
@@ -89,6 +107,9 @@ fn serve_inner(
     wire::write_frame(&mut sock, wire::RUNTIME_CONN, &m.encode())?;
     tracing::info!(name, index, "registering with the runtime");
     let mut re = Reassembler::default();
+    // Streams this side opens on the runtime's connection are odd; 1 was
+    // the registration.
+    let mut next_stream = 3;
     loop {
         let (conn, data) = match wire::read_frame(&mut sock) {
             Ok(f) => f,
@@ -97,7 +118,7 @@ fn serve_inner(
         };
         for msg in re.push(conn, &data)? {
             match (conn, msg.kind) {
-                (wire::RUNTIME_CONN, wire::TYPE_RESPONSE) => {
+                (wire::RUNTIME_CONN, wire::TYPE_RESPONSE) if msg.stream == 1 => {
                     let r = wire::Response::decode(msg.body.as_slice())?;
                     if let Some(s) = r.status.filter(|s| s.code != 0) {
                         return Err(WireError::Protocol(format!(
@@ -107,19 +128,63 @@ fn serve_inner(
                     }
                     tracing::info!("registered");
                 }
+                (wire::RUNTIME_CONN, wire::TYPE_RESPONSE) => updated(&msg.body),
                 (wire::PLUGIN_CONN, wire::TYPE_REQUEST) => {
                     let req = wire::Request::decode(msg.body.as_slice())?;
-                    let resp = dispatch(handler, &req);
+                    let mut unsolicited = Vec::new();
+                    let resp = dispatch(handler, &req, &mut unsolicited);
                     let out = Message {
                         stream: msg.stream,
                         kind: wire::TYPE_RESPONSE,
                         body: resp.encode_to_vec(),
                     };
                     wire::write_frame(&mut sock, wire::PLUGIN_CONN, &out.encode())?;
+                    // Sent after the answer: the runtime applies it once
+                    // the call that caused it is over.
+                    if !unsolicited.is_empty() {
+                        let n = unsolicited.len();
+                        let req = wire::Request {
+                            service: proto::RUNTIME_SERVICE.into(),
+                            method: "UpdateContainers".into(),
+                            payload: proto::UpdateContainersRequest {
+                                update: unsolicited,
+                            }
+                            .encode_to_vec(),
+                            timeout_nano: 0,
+                        };
+                        let m = Message {
+                            stream: next_stream,
+                            kind: wire::TYPE_REQUEST,
+                            body: req.encode_to_vec(),
+                        };
+                        next_stream += 2;
+                        wire::write_frame(&mut sock, wire::RUNTIME_CONN, &m.encode())?;
+                        tracing::debug!(containers = n, "asked the runtime to update containers");
+                    }
                 }
                 (c, k) => tracing::debug!(conn = c, kind = k, "ignoring an unexpected message"),
             }
         }
+    }
+}
+
+/// The runtime's answer to an `UpdateContainers`: logs what it could not do.
+fn updated(body: &[u8]) {
+    let failed = wire::Response::decode(body).map(|r| {
+        let status = r.status.filter(|s| s.code != 0).map(|s| s.message);
+        let failed = proto::UpdateContainersResponse::decode(r.payload.as_slice())
+            .map(|f| f.failed)
+            .unwrap_or_default();
+        (status, failed)
+    });
+    match failed {
+        Ok((Some(e), _)) => tracing::warn!("the runtime refused to update containers: {e}"),
+        Ok((None, f)) if !f.is_empty() => {
+            let ids: Vec<&str> = f.iter().map(|u| u.container_id.as_str()).collect();
+            tracing::warn!(containers = ?ids, "the runtime could not update some containers");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot decode the runtime's answer to UpdateContainers: {e}"),
     }
 }
 
@@ -144,7 +209,11 @@ fn answer<T: prost::Message>(r: Result<T, String>) -> wire::Response {
     }
 }
 
-fn dispatch(h: &mut impl Handler, req: &wire::Request) -> wire::Response {
+fn dispatch(
+    h: &mut impl Handler,
+    req: &wire::Request,
+    unsolicited: &mut Vec<proto::ContainerUpdate>,
+) -> wire::Response {
     let p = req.payload.as_slice();
     let bad = |e: prost::DecodeError| {
         failed(
@@ -176,25 +245,31 @@ fn dispatch(h: &mut impl Handler, req: &wire::Request) -> wire::Response {
             Ok(r) => answer(h.create_container(r)),
             Err(e) => bad(e),
         },
+        "UpdateContainer" => match proto::UpdateContainerRequest::decode(p) {
+            Ok(r) => answer(h.update_container(r)),
+            Err(e) => bad(e),
+        },
         "StopContainer" => match proto::ContainerRequest::decode(p) {
             Ok(r) => answer(h.stop_container(r)),
             Err(e) => bad(e),
         },
-        "RemoveContainer" => match proto::ContainerRequest::decode(p) {
+        // NRI 0.8 sends these as StateChange; later versions as their own calls.
+        "RemoveContainer" | "PostUpdateContainer" => match proto::ContainerRequest::decode(p) {
             Ok(r) => {
-                if let Some(c) = r.container {
-                    h.remove_container(c);
-                }
+                let ev = if req.method == "RemoveContainer" {
+                    event::REMOVE_CONTAINER
+                } else {
+                    event::POST_UPDATE_CONTAINER
+                };
+                state_change(h, ev, r.container, unsolicited);
                 ok(proto::Empty {}.encode_to_vec())
             }
             Err(e) => bad(e),
         },
         "StateChange" => match proto::StateChangeEvent::decode(p) {
             Ok(ev) => {
-                if ev.event == event::REMOVE_CONTAINER as i32 {
-                    if let Some(c) = ev.container {
-                        h.remove_container(c);
-                    }
+                if let Ok(e) = u32::try_from(ev.event) {
+                    state_change(h, e, ev.container, unsolicited);
                 }
                 ok(proto::Empty {}.encode_to_vec())
             }
@@ -208,5 +283,20 @@ fn dispatch(h: &mut impl Handler, req: &wire::Request) -> wire::Response {
             wire::CODE_UNIMPLEMENTED,
             format!("berth-nri does not handle {other}"),
         ),
+    }
+}
+
+/// An event without an answer of its own.
+fn state_change(
+    h: &mut impl Handler,
+    ev: u32,
+    container: Option<proto::Container>,
+    unsolicited: &mut Vec<proto::ContainerUpdate>,
+) {
+    let Some(c) = container else { return };
+    match ev {
+        event::REMOVE_CONTAINER => unsolicited.extend(h.remove_container(c)),
+        event::POST_UPDATE_CONTAINER => unsolicited.extend(h.post_update_container(c)),
+        _ => {}
     }
 }

@@ -15,6 +15,8 @@ pub mod event {
     pub const CREATE_CONTAINER: u32 = 4;
     /// UPDATE_CONTAINER.
     pub const UPDATE_CONTAINER: u32 = 8;
+    /// POST_UPDATE_CONTAINER.
+    pub const POST_UPDATE_CONTAINER: u32 = 9;
     /// STOP_CONTAINER.
     pub const STOP_CONTAINER: u32 = 10;
     /// REMOVE_CONTAINER.
@@ -97,6 +99,36 @@ pub struct CreateContainerResponse {
     pub adjust: Option<ContainerAdjustment>,
     #[prost(message, repeated, tag = "2")]
     pub update: Vec<ContainerUpdate>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UpdateContainerRequest {
+    #[prost(message, optional, tag = "1")]
+    pub pod: Option<PodSandbox>,
+    #[prost(message, optional, tag = "2")]
+    pub container: Option<Container>,
+    #[prost(message, optional, tag = "3")]
+    pub linux_resources: Option<LinuxResources>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UpdateContainerResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub update: Vec<ContainerUpdate>,
+}
+
+/// The runtime service's `UpdateContainers`: updates a plugin asks for
+/// outside any call (after a RemoveContainer, whose answer carries none).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UpdateContainersRequest {
+    #[prost(message, repeated, tag = "1")]
+    pub update: Vec<ContainerUpdate>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UpdateContainersResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub failed: Vec<ContainerUpdate>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -257,15 +257,25 @@ impl CpuView {
     /// (after an `update`, or a shared-pool change); no limit left means the
     /// host's online count. Returns the new count; None when there is no view.
     pub fn refresh_from_cgroup(&self, cgroup: &str, id: &str) -> Result<Option<u32>> {
+        let set = crate::cpus::cgroup::cpuset(cgroup);
+        self.refresh_for_cpuset(cgroup, set.as_deref(), id)
+    }
+
+    /// [`CpuView::refresh_from_cgroup`] for a cpuset the container is
+    /// about to get (its engine applies it after this returns): the quota
+    /// still comes from its cgroup.
+    pub fn refresh_for_cpuset(
+        &self,
+        cgroup: &str,
+        set: Option<&str>,
+        id: &str,
+    ) -> Result<Option<u32>> {
         if !self.exists() {
             return Ok(None);
         }
         let host = crate::rewrite::preload::host_online_cpus();
         let quota = crate::cpus::cgroup::quota(cgroup);
-        let set = crate::cpus::cgroup::cpuset(cgroup);
-        let n = declared_count(quota, set.as_deref(), host)
-            .or(host)
-            .unwrap_or(1);
+        let n = declared_count(quota, set, host).or(host).unwrap_or(1);
         if self.count() != Some(n) {
             self.write(n, spread_offset(id))?;
             tracing::info!(

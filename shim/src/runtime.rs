@@ -84,7 +84,7 @@ impl Runtime {
     /// binary backend takes over the process.
     pub fn handle(&self, verb: &Operation, args: Vec<OsString>) -> Result<i32> {
         if let Operation::Cpus { json, gc } = verb {
-            let v = cpus::ops::status(&self.cfg, *gc)?;
+            let v = cpus::ops::status(&self.cfg, *gc, &mut cpus::WriteCgroups)?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
@@ -340,7 +340,13 @@ impl Runtime {
         .map_err(|e| bad(e.to_string()))?;
         let mut res: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        cpus::ops::begin_update(&self.cfg, self.root.as_deref(), &u.id, &mut res)?;
+        cpus::ops::begin_update(
+            &self.cfg,
+            self.root.as_deref(),
+            &u.id,
+            &mut res,
+            &mut cpus::WriteCgroups,
+        )?;
         let bytes = serde_json::to_vec(&res).map_err(|e| bad(e.to_string()))?;
         memfd_with(&bytes).map_err(|e| bad(format!("cannot pass the re-planned resources on: {e}")))
     }
@@ -353,7 +359,13 @@ impl Runtime {
                 if ok {
                     debug_stop::at("update:applied");
                 }
-                if let Err(e) = cpus::ops::finish_update(&self.cfg, self.root.as_deref(), id, ok) {
+                if let Err(e) = cpus::ops::finish_update(
+                    &self.cfg,
+                    self.root.as_deref(),
+                    id,
+                    ok,
+                    &mut cpus::WriteCgroups,
+                ) {
                     tracing::warn!(container = id, "cannot settle the CPU ledger after the update (the next transaction will): {e}");
                 }
                 if ok {
@@ -375,7 +387,9 @@ impl Runtime {
     }
 
     fn release(&self, id: &str) {
-        if let Err(e) = cpus::ops::release(&self.cfg, self.root.as_deref(), id) {
+        if let Err(e) =
+            cpus::ops::release(&self.cfg, self.root.as_deref(), id, &mut cpus::WriteCgroups)
+        {
             tracing::warn!(
                 container = id,
                 "cannot release the CPU allocation (GC will): {e}"

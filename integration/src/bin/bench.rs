@@ -337,6 +337,13 @@ fn preload() {
 /// pod create-to-running on containerd 1.7 with the plugin against without
 /// it (goal <= 1.02).
 fn nri(pods: usize) {
+    nri_handling();
+    nri_pods(pods);
+}
+
+/// berth-nri's CreateContainer handling time, in process, as the ledger
+/// fills to 1000 containers.
+fn nri_handling() {
     use berth_nri::plugin::Handler;
     use berth_nri::proto;
     let dir = fresh_dir("bench-nri");
@@ -390,8 +397,13 @@ fn nri(pods: usize) {
         median(last),
         p99_last / 1.0
     );
+}
 
-    // Pod create-to-running through CRI, with and without the plugin.
+/// CRI pod create-to-running with berth-nri against without it, in rounds
+/// of `pods / rounds` each way.
+fn nri_pods(pods: usize) {
+    let dir = fresh_dir("bench-nri-pods");
+    let rounds = 4;
     let c = berth_integration::engines::containerd::containerd_nri();
     let run_pod = |label: &str| -> f64 {
         let t = Instant::now();
@@ -404,8 +416,8 @@ fn nri(pods: usize) {
     };
     let (mut with, mut without) = (Vec::new(), Vec::new());
     let _ = run_pod("warm-up");
-    for round in 0..2 {
-        for _ in 0..pods / 2 {
+    for round in 0..rounds {
+        for _ in 0..pods / rounds {
             without.push(run_pod("without"));
         }
         let log = dir.join(format!("berth-nri-{round}.log"));
@@ -422,7 +434,7 @@ fn nri(pods: usize) {
             std::fs::read_to_string(&log).is_ok_and(|l| l.contains("synchronized with the runtime"))
         });
         assert!(up, "berth-nri did not register");
-        for _ in 0..pods / 2 {
+        for _ in 0..pods / rounds {
             with.push(run_pod("with"));
         }
         plugin.stop(Duration::from_secs(5));
@@ -933,7 +945,9 @@ fn main() {
         "cni-macvlan" => cni_macvlan(100),
         "cni-ovs-vlan" => cni_ovs_vlan(60),
         "cni-share" => cni_share(100),
-        "nri" => nri(20),
+        "nri" => nri(40),
+        "nri-handling" => nri_handling(),
+        "nri-pods" => nri_pods(40),
         "log-appender" => log_appender(),
         "docker-log-driver" => docker_log_driver(),
         "all" => {
@@ -942,7 +956,7 @@ fn main() {
             cni_macvlan(100);
             cni_ovs_vlan(60);
             cni_share(100);
-            nri(20);
+            nri(40);
             planner();
             preload();
             runtime_cycle(80);
@@ -951,7 +965,7 @@ fn main() {
         }
         other => {
             eprintln!(
-                "usage: berth-bench [planner|runtime-cycle|builtin-cycle|docker-run|preload|cni-macvlan|cni-ovs-vlan|cni-share|nri|log-appender|docker-log-driver|all] (not {other:?})"
+                "usage: berth-bench [planner|runtime-cycle|builtin-cycle|docker-run|preload|cni-macvlan|cni-ovs-vlan|cni-share|nri|nri-handling|nri-pods|log-appender|docker-log-driver|all] (not {other:?})"
             );
             std::process::exit(2);
         }

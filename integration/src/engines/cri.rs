@@ -279,6 +279,42 @@ impl Pod {
             .ok_or_else(|| tonic::Status::not_found("no status"))
     }
 
+    /// The CPU resources containerd records for the container (its
+    /// `runtimeSpec` in the verbose `ContainerStatus`): what it applies and
+    /// reports, as opposed to what the cgroup shows.
+    pub fn recorded_cpu(&mut self, container: &str) -> Result<serde_json::Value, tonic::Status> {
+        let req = ContainerStatusRequest {
+            container_id: container.into(),
+            verbose: true,
+        };
+        let info = rt()
+            .block_on(self.client.container_status(req))?
+            .into_inner()
+            .info;
+        let v: serde_json::Value = info
+            .get("info")
+            .and_then(|i| serde_json::from_str(i).ok())
+            .ok_or_else(|| tonic::Status::not_found("no verbose info"))?;
+        Ok(v["runtimeSpec"]["linux"]["resources"]["cpu"].clone())
+    }
+
+    /// `UpdateContainerResources` with a CPU quota of `cpus` (None: no limit),
+    /// as kubelet's in-place resize sends it.
+    pub fn update_cpus(&mut self, container: &str, cpus: Option<f64>) -> Result<(), tonic::Status> {
+        let req = k8s_cri::v1::UpdateContainerResourcesRequest {
+            container_id: container.into(),
+            linux: Some(LinuxContainerResources {
+                cpu_period: 100_000,
+                cpu_quota: cpus.map_or(-1, |c| (c * 100_000.0) as i64),
+                cpu_shares: cpus.map_or(2, |c| (c * 1024.0) as i64),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        rt().block_on(self.client.update_container_resources(req))?;
+        Ok(())
+    }
+
     /// `ContainerStats`.
     pub fn stats(&mut self, container: &str) -> Result<ContainerStats, tonic::Status> {
         let req = ContainerStatsRequest {

@@ -28,7 +28,7 @@ fn probe(pod: &mut Pod, id: &str) -> Vec<String> {
             &[
                 "sh",
                 "-c",
-                "echo $BERTH_NPROC $GOMAXPROCS; cat /sys/devices/system/cpu/online; grep -c ^processor /proc/cpuinfo; grep Cpus_allowed_list /proc/self/status | cut -f2; echo $LD_PRELOAD; test -f /usr/lib/berth/libberth_cpus.so && echo mounted",
+                "echo $BERTH_NPROC $GOMAXPROCS; cat /sys/devices/system/cpu/online; grep -c ^processor /proc/cpuinfo; grep Cpus_allowed_list /proc/self/status | cut -f2; echo $LD_PRELOAD; test -f /usr/lib/berth/libberth_cpus.so && echo mounted; true",
             ],
         )
         .expect("ExecSync");
@@ -150,6 +150,12 @@ fn nri_plugin_splits_cpus_injects_the_count_refuses_what_cannot_fit_and_releases
         "the shared container grew onto the freed core: {p:?}"
     );
     assert_eq!(p[1], "0-1", "and sees it: {p:?}");
+    // By containerd's own update (StopContainer's answer), so containerd's
+    // record of the container agrees with its cgroup.
+    assert_eq!(
+        pod.recorded_cpu(&free).expect("ContainerStatus")["cpus"],
+        "0-1"
+    );
     let id = half;
     // The plugin killed with -9 and started again: it re-registers, and the
     // ledger it shares stays true.
@@ -293,5 +299,193 @@ fn nri_plugin_and_berth_runtime_on_one_host_plan_a_container_once() {
         wait_until(Duration::from_secs(10), || !in_ledger(&id)),
         "the removed container still holds CPUs"
     );
+    plugin.stop(Duration::from_secs(5));
+}
+
+/// The ledger's entry for `id`: (its exclusive CPUs, its CPUs).
+fn entry(id: &str) -> Option<(String, f64)> {
+    cpu_status()["containers"]
+        .as_array()?
+        .iter()
+        .find(|c| c["id"] == id)
+        .map(|c| {
+            (
+                c["exclusive"].as_str().unwrap_or_default().to_string(),
+                c["cpus"].as_f64().unwrap_or_default(),
+            )
+        })
+}
+
+/// Shared containers move through containerd's update path (NRI's
+/// CreateContainer, UpdateContainer and StopContainer answers), and an
+/// in-place resize (CRI `UpdateContainerResources`, as kubelet sends it)
+/// re-plans the container in the ledger: the CPUs, the count it sees, and
+/// the shared pool all follow, with no restart.
+#[test]
+fn nri_plugin_resizes_in_place_and_moves_shared_containers_through_containerd() {
+    let _g = cpu_lock();
+    let c = containerd_nri();
+    let (mut plugin, log) = start_plugin(c, "resize");
+    let mut pod = Pod::run_on(c, "").expect("RunPodSandbox");
+    let shared = start(&mut pod, &log, "shared", None);
+    assert_eq!(size(&probe(&mut pod, &shared)[3]), 2);
+    // One exclusive core: the shared container moves off it, and
+    // containerd's record says so (the engine applied it, not Berth).
+    let one = start(&mut pod, &log, "one", Some(1.0));
+    let p = probe(&mut pod, &one);
+    assert_eq!((p[0].as_str(), size(&p[3])), ("1 1", 1), "{p:?}");
+    let core = p[3].clone();
+    let s = probe(&mut pod, &shared);
+    assert_eq!(size(&s[3]), 1, "{s:?}");
+    assert_ne!(s[3], core, "the shared container left the exclusive core");
+    assert_eq!(pod.recorded_cpu(&shared).unwrap()["cpus"], s[3].as_str());
+    assert_eq!(entry(&one), Some((core.clone(), 1.0)));
+    // Shrunk to half a CPU in place: a fragment, no exclusive core, so the
+    // shared container grows back onto both CPUs.
+    pod.update_cpus(&one, Some(0.5)).unwrap_or_else(|e| {
+        panic!(
+            "resize: {e}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    assert_eq!(
+        entry(&one),
+        Some((String::new(), 0.5)),
+        "re-planned in the ledger"
+    );
+    let grown = wait_until(Duration::from_secs(10), || {
+        size(&probe(&mut pod, &shared)[3]) == 2
+    });
+    assert!(
+        grown,
+        "the shared container did not grow back: {:?}\n{}",
+        probe(&mut pod, &shared),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(pod.recorded_cpu(&shared).unwrap()["cpus"], "0-1");
+    // Grown to one CPU again: exclusive again, the shared container shrinks.
+    pod.update_cpus(&one, Some(1.0)).expect("resize back");
+    let p = probe(&mut pod, &one);
+    assert_eq!(size(&p[3]), 1, "{p:?}");
+    assert_eq!(entry(&one), Some((p[3].clone(), 1.0)));
+    assert_eq!(pod.recorded_cpu(&one).unwrap()["cpus"], p[3].as_str());
+    assert_eq!(size(&probe(&mut pod, &shared)[3]), 1);
+    // A resize that cannot fit is refused with Berth's message, and the
+    // container keeps what it had.
+    let e = pod
+        .update_cpus(&one, Some(3.0))
+        .expect_err("3 CPUs on a 2-CPU host");
+    assert!(e.message().contains("berth: cpus"), "{}", e.message());
+    assert_eq!(entry(&one), Some((p[3].clone(), 1.0)));
+    assert_eq!(probe(&mut pod, &one)[3], p[3]);
+    // Stopped: its core goes back to the shared container at once.
+    pod.remove(&one).expect("RemoveContainer");
+    assert_eq!(entry(&one), None);
+    let s = probe(&mut pod, &shared);
+    assert_eq!(size(&s[3]), 2, "{s:?}");
+    assert_eq!(pod.recorded_cpu(&shared).unwrap()["cpus"], "0-1");
+    drop(pod);
+    plugin.stop(Duration::from_secs(5));
+}
+
+/// The preload library in effect in an NRI-managed container: half a CPU in
+/// the shared pool (`io.berth.cpu-mode: shared`), so its cpuset spans both
+/// CPUs while its count is 1, and every program that asks must get 1 from
+/// Berth, not from the cpuset: nproc, glibc's sysconf, Java 17 (without its
+/// own container support), Python 3.11 and 3.13, Go. The conformance
+/// matrix's rootfs and script run through ExecSync, whose process containerd
+/// builds from the container's spec as the plugin adjusted it.
+#[test]
+fn nri_plugin_gives_java_python_and_go_the_count_in_a_containerd_container() {
+    use berth_integration::programs::{matrix_binds, matrix_rootfs, tar_rootfs, MATRIX_SCRIPT};
+    let rootfs = matrix_rootfs();
+    let _g = cpu_lock();
+    let c = containerd_nri();
+    let image = "docker.io/berth/matrix:nri";
+    let archive = berth_integration::images::oci_archive(&tar_rootfs(&rootfs), image, &["sh"]);
+    berth_integration::cmd::run(
+        command("ctr")
+            .arg("--address")
+            .arg(&c.socket)
+            .args(["--namespace", "k8s.io", "image", "import"])
+            .arg(&archive),
+    );
+    let (mut plugin, log) = start_plugin(c, "matrix");
+    let mut pod = Pod::run_on(c, "").expect("RunPodSandbox");
+    let mut cfg = container_config("matrix", &["sleep", "600"]);
+    cfg.image = Some(k8s_cri::v1::ImageSpec {
+        image: image.into(),
+        ..Default::default()
+    });
+    cfg.annotations
+        .insert("io.berth.cpu-mode".into(), "shared".into());
+    cfg.mounts = matrix_binds()
+        .iter()
+        .map(|b| {
+            let mut parts = b.split(':');
+            k8s_cri::v1::Mount {
+                host_path: parts.next().unwrap_or_default().into(),
+                container_path: parts.next().unwrap_or_default().into(),
+                readonly: true,
+                ..Default::default()
+            }
+        })
+        .collect();
+    cfg.linux = Some(k8s_cri::v1::LinuxContainerConfig {
+        resources: Some(k8s_cri::v1::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = pod.start(cfg).unwrap_or_else(|e| {
+        panic!(
+            "CreateContainer: {e}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    assert!(MATRIX_SCRIPT.contains("row java-17"));
+    // Loaded, so mapped executable (a noexec mount would refuse it): a
+    // dynamic program's own maps show it. (The shell's `nproc` is busybox's
+    // static applet: it counts the cpuset.)
+    let (_, env, _) = pod
+        .exec_sync(
+            &id,
+            &[
+                "python3",
+                "-c",
+                "import os; print(os.environ['LD_PRELOAD'], 'berth_cpus' in open('/proc/self/maps').read())",
+            ],
+        )
+        .expect("ExecSync");
+    assert_eq!(env, "/usr/lib/berth/libberth_cpus.so True\n");
+    let (code, out, err) = pod
+        .exec_sync_timeout(&id, &["sh", "/matrix.sh"], 120)
+        .expect("ExecSync");
+    assert_eq!(code, 0, "{out}{err}");
+    let rows: std::collections::BTreeMap<&str, &str> =
+        out.lines().filter_map(|l| l.split_once(' ')).collect();
+    // The cpuset is both CPUs: a static program counting it says 2.
+    assert_eq!(rows.get("c-static-musl"), Some(&"2"), "{out}");
+    for row in [
+        "c-nproc",
+        "c-getconf",
+        "c-sysconf",
+        "c-musl",
+        "java-17",
+        "python-3.11-cpu_count",
+        "python-3.11-affinity",
+        "python-3.13-process_cpu_count",
+        "go-1.19",
+        "go-1.24",
+        "node-parallelism",
+        "rust",
+        "proc-cpuinfo",
+        "exec-env-GOMAXPROCS",
+    ] {
+        assert_eq!(rows.get(row), Some(&"1"), "{row}:\n{out}");
+    }
+    drop(pod);
     plugin.stop(Duration::from_secs(5));
 }

@@ -11,6 +11,7 @@ pub mod topology;
 use crate::config::RuntimeConfig;
 use crate::error::Result;
 use plan::{Allocation, Mode};
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use topology::Topology;
 
@@ -41,6 +42,9 @@ pub struct HostAllocator {
     pub root: Option<PathBuf>,
     /// The container id.
     pub id: String,
+    /// Where the moves of shared containers go: None writes their cgroups;
+    /// Some collects an engine's ([`HostAllocator::collecting`]).
+    pub moves: Option<RefCell<EngineMoves>>,
 }
 
 impl HostAllocator {
@@ -51,14 +55,100 @@ impl HostAllocator {
             topology: Topology::cached(&config.state_dir)?,
             root: root.map(Path::to_path_buf),
             id: id.to_string(),
+            moves: None,
         })
+    }
+
+    /// This allocator, collecting the moves of the shared containers under
+    /// its root instead of writing their cgroups (take them with
+    /// [`HostAllocator::take_moves`]).
+    pub fn collecting(mut self) -> HostAllocator {
+        self.moves = Some(RefCell::new(EngineMoves::for_root(self.root.as_deref())));
+        self
+    }
+
+    /// The moves collected so far.
+    pub fn take_moves(&self) -> Vec<PoolMove> {
+        self.moves
+            .as_ref()
+            .map(|m| std::mem::take(&mut m.borrow_mut().moves))
+            .unwrap_or_default()
     }
 }
 
-/// Writes the shared pool into every running shared container's cgroup
-/// (except `skip`), so shared containers stay off exclusive CPUs. Berth has
-/// no daemon: this runs whenever an allocation changes the exclusive set.
-pub fn apply_pool(ledger: &ledger::Ledger, skip: &str) {
+/// A running shared container to be moved onto a changed shared pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolMove {
+    /// Its ledger key (`<root hash>/<id>`).
+    pub key: String,
+    /// Its cgroup path.
+    pub cgroup: String,
+    /// The shared pool, as a cpuset list.
+    pub cpus: String,
+}
+
+impl PoolMove {
+    /// The container id.
+    pub fn id(&self) -> &str {
+        ledger::id_of(&self.key)
+    }
+}
+
+/// How shared containers get onto a changed pool. `berth-runtime` has no
+/// daemon and writes their cgroups itself ([`WriteCgroups`]); an engine
+/// with its own update path (containerd through NRI) takes the moves as
+/// updates (a `Vec<PoolMove>` collects them).
+pub trait PoolMover {
+    /// Moves one container, or says why it cannot.
+    fn move_container(&mut self, m: &PoolMove) -> std::result::Result<(), String>;
+}
+
+/// Moves shared containers by writing their cgroups.
+pub struct WriteCgroups;
+
+impl PoolMover for WriteCgroups {
+    fn move_container(&mut self, m: &PoolMove) -> std::result::Result<(), String> {
+        cgroup::set_cpuset(&m.cgroup, &m.cpus)
+    }
+}
+
+/// Moves for one engine: the containers under one runtime root (an
+/// engine's) are collected for the engine to apply through its own update
+/// path; the others (created by `berth-runtime` for another engine on the
+/// same host) have their cgroups written.
+#[derive(Debug, Clone, Default)]
+pub struct EngineMoves {
+    prefix: String,
+    /// The moves collected.
+    pub moves: Vec<PoolMove>,
+}
+
+impl EngineMoves {
+    /// Collects the moves of the containers under `root`.
+    pub fn for_root(root: Option<&Path>) -> EngineMoves {
+        EngineMoves {
+            prefix: crate::records::container_key(root, ""),
+            moves: Vec::new(),
+        }
+    }
+}
+
+impl PoolMover for EngineMoves {
+    fn move_container(&mut self, m: &PoolMove) -> std::result::Result<(), String> {
+        if m.key.starts_with(&self.prefix) {
+            self.moves.push(m.clone());
+            Ok(())
+        } else {
+            WriteCgroups.move_container(m)
+        }
+    }
+}
+
+/// Moves every running shared container (except `skip`) whose cgroup is not
+/// on the shared pool onto it through `mover`, so shared containers stay
+/// off exclusive CPUs, and updates their CPU views. Berth has no daemon:
+/// this runs whenever an allocation changes the exclusive set.
+pub fn apply_pool(ledger: &ledger::Ledger, skip: &str, mover: &mut dyn PoolMover) {
     let pool = ledger.host.shared_pool_list();
     for (key, cg) in ledger.shared_cgroups() {
         if key == skip {
@@ -67,19 +157,25 @@ pub fn apply_pool(ledger: &ledger::Ledger, skip: &str) {
         if cgroup::cpuset(&cg).as_deref() == Some(pool.as_str()) {
             continue;
         }
-        match cgroup::set_cpuset(&cg, &pool) {
+        let m = PoolMove {
+            key,
+            cgroup: cg,
+            cpus: pool.clone(),
+        };
+        match mover.move_container(&m) {
             Ok(()) => {
-                tracing::info!(container = %key, cpus = %pool, "moved a shared container to the new shared pool");
+                tracing::info!(container = %m.key, cpus = %pool, "moved a shared container to the new shared pool");
                 // Its count may follow the pool's size (a cpuset-only limit).
-                if let Err(e) = ledger
-                    .view(&key)
-                    .refresh_from_cgroup(&cg, ledger::id_of(&key))
+                if let Err(e) =
+                    ledger
+                        .view(&m.key)
+                        .refresh_for_cpuset(&m.cgroup, Some(&pool), m.id())
                 {
-                    tracing::warn!(container = %key, "cannot update the CPU view: {e}");
+                    tracing::warn!(container = %m.key, "cannot update the CPU view: {e}");
                 }
             }
             Err(e) => {
-                tracing::warn!(container = %key, "cannot move a shared container to the shared pool: {e}")
+                tracing::warn!(container = %m.key, "cannot move a shared container to the shared pool: {e}")
             }
         }
     }
@@ -88,9 +184,9 @@ pub fn apply_pool(ledger: &ledger::Ledger, skip: &str) {
 /// Moves the running shared containers (but `skip`) onto the shared pool
 /// when it is no longer `before`: whatever changed the exclusive set (an
 /// allocation, a release, GC), shared containers follow.
-pub fn settle_pool(l: &ledger::Ledger, before: &str, skip: &str) {
+pub fn settle_pool(l: &ledger::Ledger, before: &str, skip: &str, mover: &mut dyn PoolMover) {
     if l.host.shared_pool_list() != before {
-        apply_pool(l, skip);
+        apply_pool(l, skip, mover);
     }
 }
 
@@ -106,13 +202,14 @@ pub fn allocate_and_apply_pool(
     id: &str,
     mode: Mode,
     pieces: u32,
+    mover: &mut dyn PoolMover,
 ) -> Result<(Allocation, String)> {
     let a = match l.allocate(root, id, mode, pieces) {
         Ok(a) => Ok(a),
         Err(_) if !l.gc().is_empty() => l.allocate(root, id, mode, pieces),
         Err(e) => Err(e),
     }?;
-    settle_pool(l, before, &crate::records::container_key(root, id));
+    settle_pool(l, before, &crate::records::container_key(root, id), mover);
     Ok((a, l.host.shared_pool_list()))
 }
 
@@ -126,6 +223,11 @@ impl Allocator for HostAllocator {
                 // shared containers too: the pool is compared from before it.
                 let before = l.host.shared_pool_list();
                 l.gc_some(GC_PER_CREATE);
+                let mut collected = self.moves.as_ref().map(RefCell::borrow_mut);
+                let mover: &mut dyn PoolMover = match collected.as_deref_mut() {
+                    Some(v) => v,
+                    None => &mut WriteCgroups,
+                };
                 let (a, pool) = allocate_and_apply_pool(
                     l,
                     &before,
@@ -133,6 +235,7 @@ impl Allocator for HostAllocator {
                     &self.id,
                     mode,
                     pieces,
+                    mover,
                 )?;
                 let everything = l.host.shared_pool().len() == l.host.topology.cpus.len();
                 Ok((a, (!everything).then_some(pool)))

@@ -4,6 +4,7 @@
 use super::ledger::{id_of, Store};
 use super::plan::Mode;
 use super::topology::{format_list, Topology};
+use super::PoolMover;
 use crate::config::RuntimeConfig;
 use crate::error::Result;
 use crate::records::container_key;
@@ -33,14 +34,19 @@ pub fn holds_capacity(cfg: &RuntimeConfig, root: Option<&Path>, id: &str) -> boo
 }
 
 /// Frees `id`'s allocation (after the delegate deleted it) and moves shared
-/// containers onto the grown pool.
-pub fn release(cfg: &RuntimeConfig, root: Option<&Path>, id: &str) -> Result<()> {
+/// containers onto the grown pool through `mover`.
+pub fn release(
+    cfg: &RuntimeConfig,
+    root: Option<&Path>,
+    id: &str,
+    mover: &mut dyn PoolMover,
+) -> Result<()> {
     let key = container_key(root, id);
     Store::new(cfg).transaction(cfg, &topology(cfg)?, |l| {
         let before = l.host.shared_pool_list();
         if l.remove(&key).is_some() {
             tracing::info!(container = id, "CPU allocation released");
-            super::settle_pool(l, &before, &key);
+            super::settle_pool(l, &before, &key, mover);
         }
         Ok(())
     })
@@ -60,6 +66,7 @@ pub fn begin_update(
     root: Option<&Path>,
     id: &str,
     resources: &mut Value,
+    mover: &mut dyn PoolMover,
 ) -> Result<bool> {
     let Some(cpu) = resources.get("cpu").filter(|c| c.get("quota").is_some()) else {
         return Ok(false);
@@ -82,7 +89,7 @@ pub fn begin_update(
             _ => Mode::Shared,
         };
         let before = l.host.shared_pool_list();
-        let (a, pool) = super::allocate_and_apply_pool(l, &before, root, id, mode, pieces)?;
+        let (a, pool) = super::allocate_and_apply_pool(l, &before, root, id, mode, pieces, mover)?;
         l.creators.remove(&key);
         Ok((a, pool))
     })?;
@@ -110,6 +117,7 @@ pub fn finish_update(
     root: Option<&Path>,
     id: &str,
     applied: bool,
+    mover: &mut dyn PoolMover,
 ) -> Result<()> {
     let key = container_key(root, id);
     Store::new(cfg).transaction(cfg, &topology(cfg)?, |l| {
@@ -121,18 +129,19 @@ pub fn finish_update(
                 "the backend did not apply the update: CPU allocation rolled back"
             );
         }
-        super::settle_pool(l, &before, &key);
+        super::settle_pool(l, &before, &key, mover);
         Ok(())
     })
 }
 
 /// The ledger as JSON: CPUs (free, exclusive, fragments), the shared pool and
-/// each container's plan. With `gc`, frees allocations of gone containers first.
-pub fn status(cfg: &RuntimeConfig, gc: bool) -> Result<Value> {
+/// each container's plan. With `gc`, frees allocations of gone containers
+/// first (moving shared containers onto the grown pool through `mover`).
+pub fn status(cfg: &RuntimeConfig, gc: bool, mover: &mut dyn PoolMover) -> Result<Value> {
     Store::new(cfg).transaction(cfg, &topology(cfg)?, |l| {
         let before = l.host.shared_pool_list();
         let freed = if gc { l.gc() } else { Vec::new() };
-        super::settle_pool(l, &before, "");
+        super::settle_pool(l, &before, "", mover);
         let base = l.host.base;
         let owner = |cpu: u32| l.host.allocations.iter().find(|(_, a)| a.exclusive.contains(&cpu)).map(|(k, _)| id_of(k));
         let mut cpus = Vec::new();
