@@ -74,9 +74,12 @@ impl Berth {
     fn plan(&self, c: &proto::Container, inject: bool) -> Result<Planned, String> {
         let id = c.id.as_str();
         let root = self.runc_root.as_path();
-        let allocator = cpus::HostAllocator::new(&self.cfg, Some(root), id)
+        let mut allocator = cpus::HostAllocator::new(&self.cfg, Some(root), id)
             .map_err(|e| e.to_string())?
             .collecting();
+        // No incremental GC: the plugin hears of every container that goes,
+        // GCs the whole ledger at Synchronize, and when a request does not fit.
+        allocator.gc_budget = 0;
         let mut spec = Self::spec_of(c);
         let before = spec.clone();
         let ctx = rewrite::Context {

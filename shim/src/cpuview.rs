@@ -171,9 +171,9 @@ impl CpuView {
     /// afterwards (containers hold them bind-mounted).
     pub fn write(&self, n: u32, spread: u32) -> Result<()> {
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
-        let host = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let host = host_cpuinfo();
         self.write_text(ONLINE_FILE, online_list(n).as_bytes())?;
-        self.write_text(CPUINFO_FILE, cpuinfo(&host, n).as_bytes())?;
+        self.write_text(CPUINFO_FILE, cpuinfo(host, n).as_bytes())?;
         self.write_count(n, spread)
     }
 
@@ -328,6 +328,13 @@ impl Drop for SharedWords {
         // SAFETY: ptr is our 16-byte mapping.
         unsafe { libc::munmap(self.ptr, 16) };
     }
+}
+
+/// The host's `/proc/cpuinfo`, read once per process (the entries a view
+/// copies do not change while it runs).
+fn host_cpuinfo() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -32,10 +32,21 @@ pub struct Creator {
 impl Creator {
     /// This process.
     pub fn me() -> Creator {
+        // Read once per process (a long-running plugin makes many
+        // transactions); a forked child has another pid and reads its own.
+        static ME: std::sync::Mutex<Option<Creator>> = std::sync::Mutex::new(None);
         let pid = std::process::id() as i32;
-        Creator {
-            pid,
-            start: start_time(pid).unwrap_or(0),
+        let mut me = ME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match me.as_ref() {
+            Some(c) if c.pid == pid => c.clone(),
+            _ => {
+                let c = Creator {
+                    pid,
+                    start: start_time(pid).unwrap_or(0),
+                };
+                *me = Some(c.clone());
+                c
+            }
         }
     }
 
@@ -269,6 +280,9 @@ impl Ledger {
     /// GC of at most `budget` entries, starting after the last one checked
     /// (kept in the ledger), so every create can afford a little of it.
     pub fn gc_some(&mut self, budget: usize) -> Vec<String> {
+        if budget == 0 {
+            return Vec::new();
+        }
         let keys: Vec<String> = {
             let after = self.gc_cursor.clone();
             let tail = self
@@ -411,9 +425,18 @@ impl Store {
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(Error::io(&lock_path, std::io::Error::last_os_error()));
         }
-        let mut ledger = self.load(cfg, topology)?;
+        let mut ledger = match Cached::take(&self.path(), cfg, topology) {
+            Some(mut l) => {
+                l.reconcile_updates();
+                l
+            }
+            None => self.load(cfg, topology)?,
+        };
+        // On an error the ledger is neither saved nor kept: the next
+        // transaction loads the file.
         let out = f(&mut ledger)?;
-        self.save(&ledger)?;
+        let stamp = self.save(&ledger)?;
+        Cached::put(self.path(), stamp, ledger);
         drop(lock);
         Ok(out)
     }
@@ -446,7 +469,7 @@ impl Store {
         Ok(ledger)
     }
 
-    fn save(&self, ledger: &Ledger) -> Result<()> {
+    fn save(&self, ledger: &Ledger) -> Result<Option<Stamp>> {
         let pending: BTreeMap<String, Pending> = ledger
             .updaters
             .iter()
@@ -476,7 +499,99 @@ impl Store {
             &bytes,
             0o600,
             crate::atomic::Durability::Durable,
-        )
+        )?;
+        Ok(Stamp::of(&self.path(), &bytes[..16]))
+    }
+}
+
+/// What identifies one saved ledger file: its inode, size and header (the
+/// header holds the payload's CRC). Every save replaces the file by rename,
+/// so another process's save changes the inode, and the CRC and size would
+/// both have to match as well for a stale copy to pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    header: [u8; 16],
+}
+
+impl Stamp {
+    /// The stamp of the file at `path` whose first 16 bytes are `header`.
+    fn of(path: &Path, header: &[u8]) -> Option<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            header: header.try_into().ok()?,
+        })
+    }
+
+    /// The stamp of the file at `path` now (its header read).
+    fn read(path: &Path) -> Option<Stamp> {
+        use std::io::Read;
+        use std::os::unix::fs::MetadataExt;
+        let mut f = std::fs::File::open(path).ok()?;
+        let m = f.metadata().ok()?;
+        let mut header = [0u8; 16];
+        f.read_exact(&mut header).ok()?;
+        Some(Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            header,
+        })
+    }
+}
+
+/// The ledger this process saved last, kept in memory: a long-running
+/// process (berth-nri) makes many transactions, and while no other process
+/// has saved in between, the file holds exactly this ledger, so it need
+/// not be read and decoded again (a thousand entries cost most of a
+/// transaction). Checked under the ledger's lock, against the file.
+struct Cached {
+    path: PathBuf,
+    stamp: Stamp,
+    ledger: Ledger,
+}
+
+static CACHED: std::sync::Mutex<Option<Cached>> = std::sync::Mutex::new(None);
+
+impl Cached {
+    /// The kept ledger, if the file at `path` is still the one it was saved
+    /// as, for the same configuration and topology.
+    fn take(path: &Path, cfg: &RuntimeConfig, topology: &Topology) -> Option<Ledger> {
+        let mut slot = CACHED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let c = slot.take()?;
+        let reserved: BTreeSet<u32> = parse_list(&cfg.cpus.reserved)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let h = &c.ledger.host;
+        let same = c.path == path
+            && h.topology == *topology
+            && h.base == cfg.cpus.base.max(1)
+            && h.reserved == reserved
+            && h.overcommit == cfg.cpus.overcommit
+            && c.ledger.records == cfg.state_dir.join("containers")
+            && Stamp::read(path).as_ref() == Some(&c.stamp);
+        same.then_some(c.ledger)
+    }
+
+    /// Keeps `ledger`, just saved at `path` with `stamp`.
+    fn put(path: PathBuf, stamp: Option<Stamp>, ledger: Ledger) {
+        let mut slot = CACHED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *slot = stamp.map(|stamp| Cached {
+            path,
+            stamp,
+            ledger,
+        });
     }
 }
 
@@ -588,6 +703,58 @@ mod tests {
         assert!(l.gc().is_empty());
         l.creators.clear();
         (d, cfg, l)
+    }
+
+    /// The ledger kept in memory is used only while the file is the one
+    /// this process saved: another process's save (a rename over it) is
+    /// read, whatever this process kept.
+    #[test]
+    fn a_kept_ledger_gives_way_to_another_processs_save() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = RuntimeConfig {
+            state_dir: d.path().to_path_buf(),
+            ..RuntimeConfig::default()
+        };
+        let topo = Topology::synthetic(1, 4, 1);
+        let store = Store::new(&cfg);
+        let root = Some(Path::new("/nonexistent-root"));
+        let keys = |store: &Store| {
+            store
+                .transaction(&cfg, &topo, |l| {
+                    Ok(l.host.allocations.keys().cloned().collect::<Vec<_>>())
+                })
+                .unwrap()
+        };
+        store
+            .transaction(&cfg, &topo, |l| {
+                Ok(l.allocate(root, "a", Mode::Split, 100).unwrap())
+            })
+            .unwrap();
+        let older = d.path().join("older");
+        std::fs::copy(store.path(), &older).unwrap();
+        store
+            .transaction(&cfg, &topo, |l| {
+                Ok(l.allocate(root, "b", Mode::Split, 100).unwrap())
+            })
+            .unwrap();
+        assert_eq!(
+            keys(&store).len(),
+            2,
+            "the kept ledger is this process's last save"
+        );
+        // Another process saves (here: the older contents, renamed in).
+        std::fs::rename(&older, store.path()).unwrap();
+        assert_eq!(
+            keys(&store),
+            vec![container_key(root, "a")],
+            "the file another process saved wins"
+        );
+        // A failed transaction keeps nothing: the file is read again.
+        let _ = store.transaction(&cfg, &topo, |l| -> Result<()> {
+            l.host.allocations.clear();
+            Err(Error::Cpu("failed".into()))
+        });
+        assert_eq!(keys(&store).len(), 1);
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub struct HostAllocator {
     /// Where the moves of shared containers go: None writes their cgroups;
     /// Some collects an engine's ([`HostAllocator::collecting`]).
     pub moves: Option<RefCell<EngineMoves>>,
+    /// How many ledger entries each allocation checks for GC
+    /// ([`GC_PER_CREATE`]).
+    pub gc_budget: usize,
 }
 
 impl HostAllocator {
@@ -56,6 +59,7 @@ impl HostAllocator {
             root: root.map(Path::to_path_buf),
             id: id.to_string(),
             moves: None,
+            gc_budget: GC_PER_CREATE,
         })
     }
 
@@ -222,7 +226,7 @@ impl Allocator for HostAllocator {
                 // (GC_PER_CREATE, round-robin). What it frees goes back to the
                 // shared containers too: the pool is compared from before it.
                 let before = l.host.shared_pool_list();
-                l.gc_some(GC_PER_CREATE);
+                l.gc_some(self.gc_budget);
                 let mut collected = self.moves.as_ref().map(RefCell::borrow_mut);
                 let mover: &mut dyn PoolMover = match collected.as_deref_mut() {
                     Some(v) => v,
