@@ -352,6 +352,12 @@ impl crate::plugin::Handler for Berth {
                 Value::Null
             }
         };
+        // Shared containers off the pool (an update lost with the plugin, or
+        // a cgroup changed behind the runtime's back) are pushed back.
+        let drifted = cpus::ops::push_pool(&self.cfg, &mut moves).unwrap_or_else(|e| {
+            tracing::warn!("cannot check the shared containers' cpusets: {e}");
+            0
+        });
         // A resize in flight when the plugin went away: applied or not,
         // the cgroup says (the ledger settles it at its next transaction).
         self.pending.clear();
@@ -372,7 +378,7 @@ impl crate::plugin::Handler for Berth {
         update.reverse();
         update.retain(|u| seen.insert(u.container_id.clone()));
         update.reverse();
-        tracing::info!(containers = req.containers.len(), adopted, updates = update.len(), freed = %freed, "synchronized with the runtime");
+        tracing::info!(containers = req.containers.len(), adopted, drifted, updates = update.len(), freed = %freed, "synchronized with the runtime");
         Ok(proto::SynchronizeResponse {
             update,
             more: false,

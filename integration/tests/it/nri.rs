@@ -340,6 +340,25 @@ fn nri_plugin_resizes_in_place_and_moves_shared_containers_through_containerd() 
     assert_ne!(s[3], core, "the shared container left the exclusive core");
     assert_eq!(pod.recorded_cpu(&shared).unwrap()["cpus"], s[3].as_str());
     assert_eq!(entry(&one), Some((core.clone(), 1.0)));
+    // Drift: the shared container's cpuset rewritten behind the runtime's
+    // back (onto the exclusive core too) while the plugin is away; when it
+    // comes back, Synchronize pushes the pool again.
+    plugin.stop(Duration::from_secs(5));
+    let cg = cpu_status()["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|e| e["id"] == shared.as_str()))
+        .and_then(|e| e["cgroup"].as_str().map(str::to_string))
+        .expect("the shared container's cgroup in the ledger");
+    berth_runtime::cpus::cgroup::set_cpuset(&cg, "0-1").expect("drift");
+    assert_eq!(size(&probe(&mut pod, &shared)[3]), 2, "drifted");
+    let (p2, log) = start_plugin(c, "resize-back");
+    plugin = p2;
+    assert_eq!(
+        probe(&mut pod, &shared)[3],
+        s[3],
+        "pushed back onto the pool"
+    );
+    assert!(std::fs::read_to_string(&log).unwrap().contains("drifted=1"));
     // Shrunk to half a CPU in place: a fragment, no exclusive core, so the
     // shared container grows back onto both CPUs.
     pod.update_cpus(&one, Some(0.5)).unwrap_or_else(|e| {

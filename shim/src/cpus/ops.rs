@@ -52,6 +52,26 @@ pub fn release(
     })
 }
 
+/// Moves every running shared container whose cgroup has drifted off the
+/// shared pool (written by someone else, or an update that never reached
+/// it) back onto it through `mover`. Returns how many it moved.
+pub fn push_pool(cfg: &RuntimeConfig, mover: &mut dyn PoolMover) -> Result<usize> {
+    struct Counting<'a>(&'a mut dyn PoolMover, usize);
+    impl PoolMover for Counting<'_> {
+        fn move_container(&mut self, m: &super::PoolMove) -> std::result::Result<(), String> {
+            self.0.move_container(m)?;
+            self.1 += 1;
+            Ok(())
+        }
+    }
+    let mut counting = Counting(mover, 0);
+    Store::new(cfg).transaction(cfg, &topology(cfg)?, |l| {
+        super::apply_pool(l, "", &mut counting);
+        Ok(())
+    })?;
+    Ok(counting.1)
+}
+
 /// Re-plans `id` for new `resources` (runc's `update --resources` JSON),
 /// keeping its current CPUs where possible, and writes the new cpuset, mems
 /// and shares into `resources`. Returns false when `resources` does not
