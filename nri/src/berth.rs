@@ -99,9 +99,15 @@ impl Berth {
             .is_some();
         let injected = if inject {
             rewrite::preload::apply(&mut spec, &ctx).map_err(|e| {
-                // The container will not exist: its CPUs go back now (the
-                // moves collected were never applied: the pool is as before).
+                // The container will not exist: its CPUs go back now. The
+                // moves collected were never applied, so the shared
+                // containers' cgroups are on the pool as before: their
+                // views, counted for the moves, are counted again from them.
                 let _ = self.release(id);
+                for m in allocator.take_moves() {
+                    let view = berth_runtime::cpuview::CpuView::of(&self.cfg, Some(root), m.id());
+                    let _ = view.refresh_from_cgroup(&m.cgroup, m.id());
+                }
                 format!("berth: {e}")
             })?
         } else {

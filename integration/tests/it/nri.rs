@@ -508,3 +508,61 @@ fn nri_plugin_gives_java_python_and_go_the_count_in_a_containerd_container() {
     drop(pod);
     plugin.stop(Duration::from_secs(5));
 }
+
+/// A create refused after its CPUs were planned (an annotation the
+/// injection rejects) gives its CPUs back, and the shared containers keep
+/// the count of the cpuset they still have: the moves planned for them were
+/// never sent, and their views say so.
+#[test]
+fn nri_plugin_refusal_after_planning_leaves_shared_containers_as_they_were() {
+    let _g = cpu_lock();
+    let c = containerd_nri();
+    let (mut plugin, log) = start_plugin(c, "refusal");
+    let mut pod = Pod::run_on(c, "").expect("RunPodSandbox");
+    // Two CPUs' worth in the shared pool: it sees as many CPUs as the pool has.
+    let mut cfg = container_config("wide", &["sleep", "600"]);
+    cfg.annotations
+        .insert("io.berth.cpu-mode".into(), "shared".into());
+    cfg.linux = Some(k8s_cri::v1::LinuxContainerConfig {
+        resources: Some(k8s_cri::v1::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 200_000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let wide = pod.start(cfg).unwrap_or_else(|e| {
+        panic!(
+            "CreateContainer: {e}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    let p = probe(&mut pod, &wide);
+    assert_eq!((p[1].as_str(), size(&p[3])), ("0-1", 2), "{p:?}");
+    // One exclusive CPU, refused by the injection after the CPU plan.
+    let mut bad = container_config("bad", &["sleep", "600"]);
+    bad.annotations
+        .insert("io.berth.cpu-preload".into(), "maybe".into());
+    bad.linux = Some(k8s_cri::v1::LinuxContainerConfig {
+        resources: Some(k8s_cri::v1::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 100_000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let e = pod.start(bad).expect_err("a bad io.berth.cpu-preload");
+    assert!(
+        e.message().contains("io.berth.cpu-preload"),
+        "{}",
+        e.message()
+    );
+    let p = probe(&mut pod, &wide);
+    assert_eq!(
+        (p[1].as_str(), size(&p[3])),
+        ("0-1", 2),
+        "the shared container still has both CPUs and sees them: {p:?}"
+    );
+    drop(pod);
+    plugin.stop(Duration::from_secs(5));
+}
