@@ -131,6 +131,7 @@ impl Berth {
                 planned,
             )
             .map_err(|e| format!("berth: {e}"))?;
+        berth_runtime::debug_stop::at("create:recorded");
         tracing::info!(container = id, name = %c.name, planned, nproc = ?injected.as_ref().map(|v| v["nproc"].clone()), "container planned");
         Ok(Planned {
             before,
@@ -370,13 +371,27 @@ impl crate::plugin::Handler for Berth {
         let mut update = updates(moves.moves);
         // Containers created while the plugin was away are planned now and
         // moved onto their CPUs (they keep the environment they started with).
-        let mut adopted = 0;
+        let (mut adopted, mut reapplied) = (0, 0);
         for c in &req.containers {
             let live = matches!(c.state, 1..=3);
-            if live && !cpus::ops::has_entry(&self.cfg, Some(&root), &c.id) {
+            if !live {
+                continue;
+            }
+            if !cpus::ops::has_entry(&self.cfg, Some(&root), &c.id) {
                 let u = self.adopt(c);
                 adopted += usize::from(u.iter().any(|u| u.container_id == c.id));
                 update.extend(u);
+            } else if let Some((cpus, mems)) = cpus::ops::unapplied(&self.cfg, Some(&root), &c.id) {
+                // Planned, but the answer never reached containerd (the plugin
+                // died first, and containerd went on without it).
+                tracing::warn!(container = %c.id, cpus, "planned CPUs were never applied: applying them now");
+                let cpu = proto::LinuxCpu {
+                    cpus,
+                    mems,
+                    ..Default::default()
+                };
+                update.push(update_of(&c.id, proto::LinuxResources { cpu: Some(cpu) }));
+                reapplied += 1;
             }
         }
         // One update per container: the last pool it was moved to.
@@ -384,7 +399,7 @@ impl crate::plugin::Handler for Berth {
         update.reverse();
         update.retain(|u| seen.insert(u.container_id.clone()));
         update.reverse();
-        tracing::info!(containers = req.containers.len(), adopted, drifted, updates = update.len(), freed = %freed, "synchronized with the runtime");
+        tracing::info!(containers = req.containers.len(), adopted, reapplied, drifted, updates = update.len(), freed = %freed, "synchronized with the runtime");
         Ok(proto::SynchronizeResponse {
             update,
             more: false,

@@ -62,17 +62,24 @@ fn size(list: &str) -> u32 {
 
 /// Starts berth-nri on `c`'s NRI socket and waits until it has registered.
 fn start_plugin(c: &Containerd, label: &str) -> (Daemon, std::path::PathBuf) {
+    start_plugin_with(c, label, &[])
+}
+
+/// [`start_plugin`] with extra environment variables.
+fn start_plugin_with(
+    c: &Containerd,
+    label: &str,
+    env: &[(&str, &str)],
+) -> (Daemon, std::path::PathBuf) {
     let log = fresh_dir("berth-nri").join(format!("berth-nri-{label}.log"));
-    let mut plugin = Daemon::spawn(
-        "berth-nri",
-        command(binary("berth-nri"))
-            .arg("--socket")
-            .arg(c.nri_socket())
-            .arg("--berth-config")
-            .arg(config())
-            .env("BERTH_NRI_LOG", "debug"),
-        &log,
-    );
+    let mut cmd = command(binary("berth-nri"));
+    cmd.arg("--socket")
+        .arg(c.nri_socket())
+        .arg("--berth-config")
+        .arg(config())
+        .env("BERTH_NRI_LOG", "debug")
+        .envs(env.iter().copied());
+    let mut plugin = Daemon::spawn("berth-nri", &mut cmd, &log);
     let registered = wait_until(Duration::from_secs(15), || {
         plugin.assert_alive(&log);
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("synchronized with the runtime"))
@@ -565,4 +572,61 @@ fn nri_plugin_refusal_after_planning_leaves_shared_containers_as_they_were() {
     );
     drop(pod);
     plugin.stop(Duration::from_secs(5));
+}
+
+/// The plugin killed with -9 in the middle of a CreateContainer, once the
+/// ledger holds the container's CPUs and once its record is written too,
+/// before it answered: containerd goes on without it (a plugin that is
+/// gone adjusts nothing), so the container runs unpinned. The plugin
+/// started again gets it onto its CPUs at Synchronize: a plan without a
+/// record is freed and the container adopted; a recorded plan that never
+/// reached the container is applied.
+#[test]
+fn nri_plugin_killed_mid_create_converges_when_back() {
+    let _g = cpu_lock();
+    let c = containerd_nri();
+    let mut pod = Pod::run_on(c, "").expect("RunPodSandbox");
+    for (step, fix) in [
+        ("create:planned", "adopted=1"),
+        ("create:recorded", "reapplied=1"),
+    ] {
+        let (mut plugin, cut_log) =
+            start_plugin_with(c, "mid-create", &[("BERTH_DEBUG_STOP_AT", step)]);
+        // When it stops itself at the step, kill it there.
+        let pid = plugin.pid() as i32;
+        let killer = std::thread::spawn(move || {
+            wait_until(Duration::from_secs(20), || {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('T')))
+            })
+            // SAFETY: a signal to the plugin this test started.
+            .then(|| unsafe { libc::kill(pid, libc::SIGKILL) })
+        });
+        let cut = start(&mut pod, &cut_log, "cut", Some(1.0));
+        assert_eq!(
+            killer.join().unwrap(),
+            Some(0),
+            "{step}: the plugin stopped at the step and was killed"
+        );
+        plugin.stop(Duration::from_secs(5));
+        let p = probe(&mut pod, &cut);
+        assert_eq!(
+            (p[0].as_str(), size(&p[3])),
+            ("", 2),
+            "{step}: unadjusted: {p:?}"
+        );
+        let (mut plugin, log) = start_plugin(c, "after-cut");
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let p = probe(&mut pod, &cut);
+        assert_eq!(
+            size(&p[3]),
+            1,
+            "{step}: pinned at Synchronize: {p:?}\n{text}"
+        );
+        assert_eq!(entry(&cut), Some((p[3].clone(), 1.0)), "{step}: {text}");
+        assert!(text.contains(fix), "{step}: {text}");
+        pod.remove(&cut).expect("RemoveContainer");
+        assert_eq!(entry(&cut), None);
+        plugin.stop(Duration::from_secs(5));
+    }
 }

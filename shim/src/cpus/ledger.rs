@@ -349,7 +349,7 @@ pub fn id_of(key: &str) -> &str {
 /// True when cgroup `cg` shows allocation `a`: its quota in pieces and,
 /// for a split or exclusive allocation, exactly its CPUs (a shared one's
 /// cpuset is the pool, which says nothing of the update).
-fn shows(cg: &str, a: &Allocation, base: u32) -> bool {
+pub(super) fn shows(cg: &str, a: &Allocation, base: u32) -> bool {
     let pieces = super::cgroup::quota(cg)
         .map(|(q, p)| super::plan::pieces_from_quota(q, p, base))
         .unwrap_or(0);

@@ -52,6 +52,22 @@ pub fn release(
     })
 }
 
+/// The cpuset and mems of `id`'s split or exclusive allocation when its
+/// cgroup does not show them: it was planned, and the plan never reached
+/// the container (a plugin killed before it answered, whose engine went on
+/// without it). None when it shows them, or there is nothing to show.
+pub fn unapplied(cfg: &RuntimeConfig, root: Option<&Path>, id: &str) -> Option<(String, String)> {
+    let a = Store::new(cfg)
+        .peek(cfg)?
+        .remove(&container_key(root, id))?;
+    if a.mode == Mode::Shared {
+        return None;
+    }
+    let cg = crate::records::Records::new(cfg, root).record(id)?.cgroup?;
+    (!super::ledger::shows(&cg, &a, cfg.cpus.base))
+        .then(|| (format_list(a.cpus()), format_list(a.nodes.iter().copied())))
+}
+
 /// Moves every running shared container whose cgroup has drifted off the
 /// shared pool (written by someone else, or an update that never reached
 /// it) back onto it through `mover`. Returns how many it moved.
