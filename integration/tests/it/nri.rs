@@ -11,6 +11,7 @@ use berth_integration::cmd::command;
 use berth_integration::engines::containerd::{containerd_nri, Containerd};
 use berth_integration::engines::cri::{container_config, Pod};
 use berth_integration::process::{wait_until, Daemon};
+use k8s_cri::v1::ContainerConfig;
 use std::time::Duration;
 
 fn in_ledger(id: &str) -> bool {
@@ -36,8 +37,9 @@ fn probe(pod: &mut Pod, id: &str) -> Vec<String> {
     out.lines().map(str::to_string).collect()
 }
 
-/// Starts a busybox `sleep` container `name` with a quota of `cpus`.
-fn start(pod: &mut Pod, log: &std::path::Path, name: &str, cpus: Option<f64>) -> String {
+/// A busybox `sleep` container `name` with a quota of `cpus` (None: no
+/// limit) and `annotations`.
+fn limited(name: &str, cpus: Option<f64>, annotations: &[(&str, &str)]) -> ContainerConfig {
     let mut cfg = container_config(name, &["sleep", "600"]);
     cfg.linux = Some(k8s_cri::v1::LinuxContainerConfig {
         resources: cpus.map(|c| k8s_cri::v1::LinuxContainerResources {
@@ -47,12 +49,32 @@ fn start(pod: &mut Pod, log: &std::path::Path, name: &str, cpus: Option<f64>) ->
         }),
         ..Default::default()
     });
+    cfg.annotations.extend(
+        annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    cfg
+}
+
+/// Creates and starts `cfg`; a failure shows the plugin's log at `log`.
+fn started(pod: &mut Pod, log: &std::path::Path, cfg: ContainerConfig) -> String {
+    let name = cfg
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
     pod.start(cfg).unwrap_or_else(|e| {
         panic!(
             "CreateContainer {name}: {e}\n{}",
             std::fs::read_to_string(log).unwrap_or_default()
         )
     })
+}
+
+/// Starts a busybox `sleep` container `name` with a quota of `cpus`.
+fn start(pod: &mut Pod, log: &std::path::Path, name: &str, cpus: Option<f64>) -> String {
+    started(pod, log, limited(name, cpus, &[]))
 }
 
 /// The number of CPUs in a cpuset list.
@@ -133,16 +155,9 @@ fn nri_plugin_splits_cpus_injects_the_count_refuses_what_cannot_fit_and_releases
     assert_eq!(p[1], "0", "it sees the pool's one CPU: {p:?}");
     // 2 CPUs no longer fit: Berth's message is CreateContainer's error,
     // which kubelet shows in the pod's events.
-    let mut two = container_config("two", &["sleep", "1"]);
-    two.linux = Some(k8s_cri::v1::LinuxContainerConfig {
-        resources: Some(k8s_cri::v1::LinuxContainerResources {
-            cpu_period: 100_000,
-            cpu_quota: 200_000,
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    let e = pod.start(two).expect_err("2 more CPUs cannot fit");
+    let e = pod
+        .start(limited("two", Some(2.0), &[]))
+        .expect_err("2 more CPUs cannot fit");
     assert!(e.message().contains("berth: cpus"), "{}", e.message());
     // Removing the 1.5 gives its core back: the shared container grows live.
     pod.remove(&big).expect("RemoveContainer");
@@ -438,13 +453,11 @@ fn nri_plugin_gives_java_python_and_go_the_count_in_a_containerd_container() {
     );
     let (mut plugin, log) = start_plugin(c, "matrix");
     let mut pod = Pod::run_on(c, "").expect("RunPodSandbox");
-    let mut cfg = container_config("matrix", &["sleep", "600"]);
+    let mut cfg = limited("matrix", Some(0.5), &[("io.berth.cpu-mode", "shared")]);
     cfg.image = Some(k8s_cri::v1::ImageSpec {
         image: image.into(),
         ..Default::default()
     });
-    cfg.annotations
-        .insert("io.berth.cpu-mode".into(), "shared".into());
     cfg.mounts = matrix_binds()
         .iter()
         .map(|b| {
@@ -457,20 +470,7 @@ fn nri_plugin_gives_java_python_and_go_the_count_in_a_containerd_container() {
             }
         })
         .collect();
-    cfg.linux = Some(k8s_cri::v1::LinuxContainerConfig {
-        resources: Some(k8s_cri::v1::LinuxContainerResources {
-            cpu_period: 100_000,
-            cpu_quota: 50_000,
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    let id = pod.start(cfg).unwrap_or_else(|e| {
-        panic!(
-            "CreateContainer: {e}\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        )
-    });
+    let id = started(&mut pod, &log, cfg);
     assert!(MATRIX_SCRIPT.contains("row java-17"));
     // Loaded, so mapped executable (a noexec mount would refuse it): a
     // dynamic program's own maps show it. (The shell's `nproc` is busybox's
@@ -527,37 +527,15 @@ fn nri_plugin_refusal_after_planning_leaves_shared_containers_as_they_were() {
     let (mut plugin, log) = start_plugin(c, "refusal");
     let mut pod = Pod::run_on(c, "").expect("RunPodSandbox");
     // Two CPUs' worth in the shared pool: it sees as many CPUs as the pool has.
-    let mut cfg = container_config("wide", &["sleep", "600"]);
-    cfg.annotations
-        .insert("io.berth.cpu-mode".into(), "shared".into());
-    cfg.linux = Some(k8s_cri::v1::LinuxContainerConfig {
-        resources: Some(k8s_cri::v1::LinuxContainerResources {
-            cpu_period: 100_000,
-            cpu_quota: 200_000,
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    let wide = pod.start(cfg).unwrap_or_else(|e| {
-        panic!(
-            "CreateContainer: {e}\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        )
-    });
+    let wide = started(
+        &mut pod,
+        &log,
+        limited("wide", Some(2.0), &[("io.berth.cpu-mode", "shared")]),
+    );
     let p = probe(&mut pod, &wide);
     assert_eq!((p[1].as_str(), size(&p[3])), ("0-1", 2), "{p:?}");
     // One exclusive CPU, refused by the injection after the CPU plan.
-    let mut bad = container_config("bad", &["sleep", "600"]);
-    bad.annotations
-        .insert("io.berth.cpu-preload".into(), "maybe".into());
-    bad.linux = Some(k8s_cri::v1::LinuxContainerConfig {
-        resources: Some(k8s_cri::v1::LinuxContainerResources {
-            cpu_period: 100_000,
-            cpu_quota: 100_000,
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    let bad = limited("bad", Some(1.0), &[("io.berth.cpu-preload", "maybe")]);
     let e = pod.start(bad).expect_err("a bad io.berth.cpu-preload");
     assert!(
         e.message().contains("io.berth.cpu-preload"),
