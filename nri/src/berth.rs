@@ -372,16 +372,21 @@ impl crate::plugin::Handler for Berth {
         // Containers created while the plugin was away are planned now and
         // moved onto their CPUs (they keep the environment they started with).
         let (mut adopted, mut reapplied) = (0, 0);
+        // The ledger read once for the whole pass (adoptions add only
+        // containers the pass has already looked at).
+        let planned = cpus::ops::allocations(&self.cfg, Some(&root));
         for c in &req.containers {
             let live = matches!(c.state, 1..=3);
             if !live {
                 continue;
             }
-            if !cpus::ops::has_entry(&self.cfg, Some(&root), &c.id) {
+            let Some(a) = planned.get(&c.id) else {
                 let u = self.adopt(c);
                 adopted += usize::from(u.iter().any(|u| u.container_id == c.id));
                 update.extend(u);
-            } else if let Some((cpus, mems)) = cpus::ops::unapplied(&self.cfg, Some(&root), &c.id) {
+                continue;
+            };
+            if let Some((cpus, mems)) = cpus::ops::unapplied(&self.cfg, Some(&root), &c.id, a) {
                 // Planned, but the answer never reached containerd (the plugin
                 // died first, and containerd went on without it).
                 tracing::warn!(container = %c.id, cpus, "planned CPUs were never applied: applying them now");

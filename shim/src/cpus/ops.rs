@@ -2,13 +2,14 @@
 //! re-plan on update, and the `berth-runtime cpus` report.
 
 use super::ledger::{id_of, Store};
-use super::plan::Mode;
+use super::plan::{Allocation, Mode};
 use super::topology::{format_list, Topology};
 use super::PoolMover;
 use crate::config::RuntimeConfig;
 use crate::error::Result;
 use crate::records::container_key;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 fn topology(cfg: &RuntimeConfig) -> Result<Topology> {
@@ -52,19 +53,33 @@ pub fn release(
     })
 }
 
-/// The cpuset and mems of `id`'s split or exclusive allocation when its
+/// The allocations of the containers under `root`, by container id, as
+/// last saved (one lock-free read, for a pass over many containers).
+pub fn allocations(cfg: &RuntimeConfig, root: Option<&Path>) -> BTreeMap<String, Allocation> {
+    let prefix = container_key(root, "");
+    Store::new(cfg)
+        .peek(cfg)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, a)| k.strip_prefix(&prefix).map(|id| (id.to_string(), a)))
+        .collect()
+}
+
+/// The cpuset and mems of `id`'s split or exclusive allocation `a` when its
 /// cgroup does not show them: it was planned, and the plan never reached
 /// the container (a plugin killed before it answered, whose engine went on
 /// without it). None when it shows them, or there is nothing to show.
-pub fn unapplied(cfg: &RuntimeConfig, root: Option<&Path>, id: &str) -> Option<(String, String)> {
-    let a = Store::new(cfg)
-        .peek(cfg)?
-        .remove(&container_key(root, id))?;
+pub fn unapplied(
+    cfg: &RuntimeConfig,
+    root: Option<&Path>,
+    id: &str,
+    a: &Allocation,
+) -> Option<(String, String)> {
     if a.mode == Mode::Shared {
         return None;
     }
     let cg = crate::records::Records::new(cfg, root).record(id)?.cgroup?;
-    (!super::ledger::shows(&cg, &a, cfg.cpus.base))
+    (!super::ledger::shows(&cg, a, cfg.cpus.base))
         .then(|| (format_list(a.cpus()), format_list(a.nodes.iter().copied())))
 }
 
