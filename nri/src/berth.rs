@@ -24,6 +24,8 @@ pub struct Berth {
     runc_root: PathBuf,
     /// Containers whose resize the runtime has not confirmed applied.
     pending: HashSet<String>,
+    /// Whether the runtime applies an adjustment's sysctls (NRI 0.11).
+    sysctl: bool,
 }
 
 impl Berth {
@@ -33,6 +35,7 @@ impl Berth {
             cfg,
             runc_root,
             pending: HashSet::new(),
+            sysctl: false,
         }
     }
 
@@ -58,11 +61,19 @@ impl Berth {
                 res.insert("cpus".into(), json!(cpu.cpus));
             }
         }
+        let (namespaces, sysctl) = c.linux.as_ref().map_or((Vec::new(), None), |l| {
+            let ns = l
+                .namespaces
+                .iter()
+                .map(|n| json!({"type": n.r#type, "path": n.path}))
+                .collect();
+            (ns, Some(&l.sysctl))
+        });
         json!({
             "ociVersion": "1.0.2",
             "process": {"env": c.env},
             "mounts": [],
-            "linux": {"resources": {"cpu": res}},
+            "linux": {"resources": {"cpu": res}, "namespaces": namespaces, "sysctl": sysctl},
             "annotations": c.annotations,
         })
     }
@@ -94,6 +105,14 @@ impl Berth {
             place_cgroup: None,
             container: Some((Some(root), id)),
         };
+        // The sysctl policy first, as in the runtime: a refusal plans nothing.
+        if inject {
+            if self.sysctl {
+                rewrite::sysctl::apply(&mut spec, &ctx).map_err(|e| format!("berth: {e}"))?;
+            } else if let Some(p) = c.annotations.get(rewrite::sysctl::POLICY_ANNOTATION) {
+                tracing::warn!(container = id, policy = %p, "sysctl policy not applied: the runtime cannot set sysctls through NRI");
+            }
+        }
         let planned = rewrite::cpu::apply(&mut spec, &ctx)
             .map_err(|e| format!("berth: {e}"))?
             .is_some();
@@ -258,7 +277,7 @@ fn updates(moves: Vec<PoolMove>) -> Vec<proto::ContainerUpdate> {
 }
 
 /// What the stages changed, as NRI's adjustment: the cpuset, mems and
-/// shares, the variables added or changed, and the mounts added.
+/// shares, the sysctls and variables added or changed, and the mounts added.
 fn adjustment(before: &Value, after: &Value) -> proto::ContainerAdjustment {
     let cpu = &after["linux"]["resources"]["cpu"];
     let was = &before["linux"]["resources"]["cpu"];
@@ -309,11 +328,20 @@ fn adjustment(before: &Value, after: &Value) -> proto::ContainerAdjustment {
                 .collect(),
         })
         .collect();
+    let had = &before["linux"]["sysctl"];
+    let sysctl = after["linux"]["sysctl"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, v)| had.get(k.as_str()) != Some(*v))
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+        .collect();
     proto::ContainerAdjustment {
         mounts,
         env,
         linux: Some(proto::LinuxContainerAdjustment {
             resources: Some(proto::LinuxResources { cpu: Some(lc) }),
+            sysctl,
         }),
     }
 }
@@ -330,17 +358,26 @@ impl crate::plugin::Handler for Berth {
         ]
     }
 
-    fn configure(&mut self, config: &str) -> Result<(), String> {
-        if config.trim().is_empty() {
-            return Ok(());
+    fn configure(&mut self, runtime: &proto::ConfigureRequest) -> Result<(), String> {
+        if !runtime.config.trim().is_empty() {
+            // The plugin's NRI configuration is a runtime.toml: it replaces
+            // the one loaded at start (containerd starts pre-registered
+            // plugins without Berth's environment).
+            self.cfg = RuntimeConfig::parse(
+                &runtime.config,
+                std::path::Path::new("the NRI plugin configuration"),
+            )
+            .map_err(|e| format!("berth-nri: {e}"))?;
+            tracing::info!("configuration taken from the runtime's plugin configuration");
         }
-        // The plugin's NRI configuration is a runtime.toml: it replaces the
-        // one loaded at start (containerd starts pre-registered plugins
-        // without Berth's environment).
-        self.cfg =
-            RuntimeConfig::parse(config, std::path::Path::new("the NRI plugin configuration"))
-                .map_err(|e| format!("berth-nri: {e}"))?;
-        tracing::info!("configuration taken from the runtime's plugin configuration");
+        self.sysctl = proto::takes_sysctl(runtime);
+        if self.sysctl {
+            tracing::info!(
+                "the sysctl policy is applied through NRI (the runtime takes sysctl adjustments)"
+            );
+        } else {
+            tracing::warn!(runtime = %runtime.runtime_name, version = %runtime.runtime_version, "the sysctl policy is not applied: this runtime's NRI has no sysctl adjustment (NRI 0.11, containerd 2.2.1, added it); run berth-runtime as the runtime handler for pods that need it");
+        }
         Ok(())
     }
 

@@ -49,7 +49,6 @@ fn main() {
             std::process::exit(2);
         }
     };
-    tracing::warn!("the sysctl policy is not applied through NRI 0.8 (containerd 1.7): run berth-runtime as the runtime handler for it");
     if let Some(why) = berth_nri::kubelet::static_cpu_manager(std::path::Path::new(
         berth_nri::kubelet::CPU_MANAGER_STATE,
     )) {

@@ -14,10 +14,11 @@ use std::path::Path;
 pub trait Handler {
     /// The events to subscribe to (see [`event`]).
     fn events(&self) -> Vec<u32>;
-    /// Configure: the plugin's configuration from the runtime (the file
-    /// containerd's `plugin_config_path` holds for it), empty if none. An
-    /// error fails the registration.
-    fn configure(&mut self, config: &str) -> Result<(), String>;
+    /// Configure: the runtime's name and versions, and the plugin's
+    /// configuration from it in `config` (the file containerd's
+    /// `plugin_config_path` holds for it), empty if none. An error fails
+    /// the registration.
+    fn configure(&mut self, runtime: &proto::ConfigureRequest) -> Result<(), String>;
     /// Synchronize: the runtime's pods and containers at registration.
     fn synchronize(
         &mut self,
@@ -225,8 +226,8 @@ fn dispatch(
     match req.method.as_str() {
         "Configure" => match proto::ConfigureRequest::decode(p) {
             Ok(c) => {
-                tracing::info!(runtime = %c.runtime_name, version = %c.runtime_version, "configured by the runtime");
-                match h.configure(&c.config) {
+                tracing::info!(runtime = %c.runtime_name, version = %c.runtime_version, nri = %c.nri_version, "configured by the runtime");
+                match h.configure(&c) {
                     Ok(()) => ok(proto::ConfigureResponse {
                         events: event::mask(&h.events()),
                         request_timeout: 0,

@@ -185,10 +185,24 @@ pub struct Mount {
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LinuxContainer {
+    #[prost(message, repeated, tag = "1")]
+    pub namespaces: Vec<LinuxNamespace>,
     #[prost(message, optional, tag = "3")]
     pub resources: Option<LinuxResources>,
     #[prost(string, tag = "5")]
     pub cgroups_path: String,
+    /// The container's own sysctls (sent by NRI 0.11 and later).
+    #[prost(map = "string, string", tag = "9")]
+    pub sysctl: HashMap<String, String>,
+}
+
+/// A namespace the container gets: a new one (no path) or one joined.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LinuxNamespace {
+    #[prost(string, tag = "1")]
+    pub r#type: String,
+    #[prost(string, tag = "2")]
+    pub path: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -245,6 +259,10 @@ pub struct ContainerAdjustment {
 pub struct LinuxContainerAdjustment {
     #[prost(message, optional, tag = "2")]
     pub resources: Option<LinuxResources>,
+    /// Sysctls to set (NRI 0.11 and later; an older runtime drops the
+    /// field unread, see [`takes_sysctl`]).
+    #[prost(map = "string, string", tag = "8")]
+    pub sysctl: HashMap<String, String>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -273,4 +291,64 @@ pub struct StateChangeEvent {
     pub pod: Option<PodSandbox>,
     #[prost(message, optional, tag = "3")]
     pub container: Option<Container>,
+}
+
+/// Whether the runtime that sent `req` applies an adjustment's sysctls:
+/// NRI 0.11 added them (containerd 2.2.1). A runtime that names its NRI
+/// version is taken at its word; one that does not (older NRI sends none,
+/// a development build may send no readable version) only if it is
+/// containerd 2.2.1 or later. An older runtime would drop the field
+/// without a word, so the plugin must not count on it.
+pub fn takes_sysctl(req: &ConfigureRequest) -> bool {
+    if let Some(nri) = version(&req.nri_version) {
+        return nri >= (0, 11, 0);
+    }
+    req.runtime_name == "containerd"
+        && version(&req.runtime_version).is_some_and(|v| v >= (2, 2, 1))
+}
+
+/// `major.minor.patch` of a version string such as `v0.11.0`,
+/// `2.2.1~ds1-1` or `v0.11.1-0.20250101-abcdef` (a missing patch is 0).
+fn version(s: &str) -> Option<(u32, u32, u32)> {
+    let s = s.strip_prefix('v').unwrap_or(s);
+    let mut parts = s.splitn(3, '.').map(|p| {
+        let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<u32>().ok()
+    });
+    let major = parts.next()??;
+    let minor = parts.next()??;
+    let patch = parts.next().flatten().unwrap_or(0);
+    Some((major, minor, patch))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime(name: &str, version: &str, nri: &str) -> ConfigureRequest {
+        ConfigureRequest {
+            runtime_name: name.into(),
+            runtime_version: version.into(),
+            nri_version: nri.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sysctl_adjustments_from_nri_0_11_or_containerd_2_2_1() {
+        assert!(!takes_sysctl(&runtime("containerd", "v1.7.24", "")));
+        assert!(!takes_sysctl(&runtime("containerd", "1.7.24~ds1-10", "")));
+        assert!(!takes_sysctl(&runtime("containerd", "v2.2.0", "")));
+        assert!(takes_sysctl(&runtime("containerd", "v2.2.1", "")));
+        assert!(takes_sysctl(&runtime("containerd", "2.3.0~ds1-1", "")));
+        assert!(!takes_sysctl(&runtime("cri-o", "1.34.0", "")));
+        assert!(!takes_sysctl(&runtime("cri-o", "1.34.0", "v0.10.0")));
+        assert!(takes_sysctl(&runtime("cri-o", "1.35.0", "v0.11.0")));
+        assert!(takes_sysctl(&runtime("x", "", "v0.11.1-0.20250101-abcdef")));
+        assert!(takes_sysctl(&runtime("x", "", "v1.0")));
+        // Said, but unreadable: the runtime's own version decides.
+        assert!(takes_sysctl(&runtime("containerd", "v2.2.1", "(devel)")));
+        assert!(!takes_sysctl(&runtime("containerd", "v1.7.24", "(devel)")));
+        assert!(!takes_sysctl(&runtime("containerd", "", "")));
+    }
 }

@@ -377,6 +377,7 @@ fn nri_handling() {
                         }),
                     }),
                     cgroups_path: format!("/berth-bench/{id}"),
+                    ..Default::default()
                 }),
                 ..Default::default()
             }),

@@ -119,6 +119,9 @@ fn nri_plugin_splits_cpus_injects_the_count_refuses_what_cannot_fit_and_releases
     let _g = cpu_lock();
     let c = containerd_nri();
     let (mut plugin, log) = start_plugin(c, "first");
+    // containerd 1.7's NRI has no sysctl adjustment: said once, at start.
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("the sysctl policy is not applied"), "{text}");
     let mut pod = Pod::run_on(c, "").expect("RunPodSandbox");
     let host = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert_eq!(
@@ -607,4 +610,288 @@ fn nri_plugin_killed_mid_create_converges_when_back() {
         assert_eq!(entry(&cut), None);
         plugin.stop(Duration::from_secs(5));
     }
+}
+
+/// The runtime's side of an NRI connection, for what no runtime here can
+/// do: NRI 0.11's sysctl adjustment needs containerd 2.2.1, which neither
+/// Debian 13 (1.7.24) nor Debian's testing (2.1) packages. It speaks the
+/// wire as containerd does (multiplexed ttrpc: the plugin's calls on
+/// connection 2, the runtime's on connection 1) and nothing more.
+struct NriRuntime {
+    sock: std::os::unix::net::UnixStream,
+    frames: berth_nri::wire::Reassembler,
+    next: u32,
+}
+
+impl NriRuntime {
+    /// Accepts the plugin on `listener`, answers its RegisterPlugin and
+    /// configures it as `runtime` `version` speaking NRI `nri`.
+    fn accept(
+        listener: &std::os::unix::net::UnixListener,
+        runtime: &str,
+        version: &str,
+        nri: &str,
+    ) -> NriRuntime {
+        use berth_nri::wire;
+        use prost::Message as _;
+        let (sock, _) = listener.accept().expect("the plugin connects");
+        sock.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut rt = NriRuntime {
+            sock,
+            frames: Default::default(),
+            next: 1,
+        };
+        let register = rt.next_message(wire::RUNTIME_CONN, wire::TYPE_REQUEST);
+        let req = wire::Request::decode(register.body.as_slice()).unwrap();
+        assert_eq!(req.method, "RegisterPlugin");
+        let ok = wire::Response {
+            status: None,
+            payload: Vec::new(),
+        };
+        let m = wire::Message {
+            stream: register.stream,
+            kind: wire::TYPE_RESPONSE,
+            body: ok.encode_to_vec(),
+        };
+        wire::write_frame(&mut rt.sock, wire::RUNTIME_CONN, &m.encode()).unwrap();
+        let configured: Result<berth_nri::proto::ConfigureResponse, _> = rt.call(
+            "Configure",
+            berth_nri::proto::ConfigureRequest {
+                runtime_name: runtime.into(),
+                runtime_version: version.into(),
+                nri_version: nri.into(),
+                request_timeout: 2000,
+                ..Default::default()
+            },
+        );
+        configured.expect("Configure");
+        let synced: Result<berth_nri::proto::SynchronizeResponse, _> = rt.call(
+            "Synchronize",
+            berth_nri::proto::SynchronizeRequest::default(),
+        );
+        synced.expect("Synchronize");
+        rt
+    }
+
+    /// The next message of `kind` on connection `conn` (others skipped:
+    /// the plugin's unsolicited updates).
+    fn next_message(&mut self, conn: u32, kind: u8) -> berth_nri::wire::Message {
+        loop {
+            let (c, data) = berth_nri::wire::read_frame(&mut self.sock).expect("a frame");
+            let msgs = self.frames.push(c, &data).expect("a message");
+            if let Some(m) = msgs.into_iter().find(|m| c == conn && m.kind == kind) {
+                return m;
+            }
+        }
+    }
+
+    /// Calls the plugin's `method`; its error message on failure.
+    fn call<R: prost::Message + Default>(
+        &mut self,
+        method: &str,
+        req: impl prost::Message,
+    ) -> Result<R, String> {
+        use berth_nri::wire;
+        use prost::Message as _;
+        let stream = self.next;
+        self.next += 2;
+        let call = wire::Request {
+            service: berth_nri::proto::PLUGIN_SERVICE.into(),
+            method: method.into(),
+            payload: req.encode_to_vec(),
+            timeout_nano: 0,
+        };
+        let m = wire::Message {
+            stream,
+            kind: wire::TYPE_REQUEST,
+            body: call.encode_to_vec(),
+        };
+        wire::write_frame(&mut self.sock, wire::PLUGIN_CONN, &m.encode()).unwrap();
+        let answer = self.next_message(wire::PLUGIN_CONN, wire::TYPE_RESPONSE);
+        assert_eq!(answer.stream, stream);
+        let r = wire::Response::decode(answer.body.as_slice()).unwrap();
+        match r.status.filter(|s| s.code != 0) {
+            Some(s) => Err(s.message),
+            None => Ok(R::decode(r.payload.as_slice()).unwrap()),
+        }
+    }
+
+    /// CreateContainer of a container `id` with `namespaces` of its own
+    /// (new ones), its own `sysctl` and `annotations`: the sysctls the
+    /// plugin adjusts, or its error.
+    fn create(
+        &mut self,
+        id: &str,
+        namespaces: &[&str],
+        sysctl: &[(&str, &str)],
+        annotations: &[(&str, &str)],
+    ) -> Result<std::collections::BTreeMap<String, String>, String> {
+        use berth_nri::proto;
+        let pairs = |kv: &[(&str, &str)]| -> std::collections::HashMap<String, String> {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let container = proto::Container {
+            id: id.into(),
+            pod_sandbox_id: "pod".into(),
+            name: id.into(),
+            annotations: pairs(annotations),
+            linux: Some(proto::LinuxContainer {
+                namespaces: namespaces
+                    .iter()
+                    .map(|t| proto::LinuxNamespace {
+                        r#type: t.to_string(),
+                        path: String::new(),
+                    })
+                    .collect(),
+                sysctl: pairs(sysctl),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let answer: proto::CreateContainerResponse = self.call(
+            "CreateContainer",
+            proto::ContainerRequest {
+                pod: None,
+                container: Some(container),
+            },
+        )?;
+        Ok(answer
+            .adjust
+            .and_then(|a| a.linux)
+            .map(|l| l.sysctl.into_iter().collect())
+            .unwrap_or_default())
+    }
+
+    /// StopContainer and RemoveContainer of `id`.
+    fn remove(&mut self, id: &str) {
+        use berth_nri::proto;
+        let req = || proto::ContainerRequest {
+            pod: None,
+            container: Some(proto::Container {
+                id: id.into(),
+                ..Default::default()
+            }),
+        };
+        let stopped: Result<proto::StopContainerResponse, _> = self.call("StopContainer", req());
+        stopped.expect("StopContainer");
+        let removed: Result<proto::Empty, _> = self.call("RemoveContainer", req());
+        removed.expect("RemoveContainer");
+    }
+}
+
+/// The sysctl policy through NRI: a runtime that takes sysctl adjustments
+/// (NRI 0.11) gets the machine-class and app policy layers under the
+/// container's own keys, and Berth's refusals; one that does not (NRI 0.8,
+/// containerd 1.7) gets none, and the plugin says so at start and for each
+/// container that asks for a policy. The runtime is the fake above:
+/// containerd 2.2.1 cannot run here.
+#[test]
+fn nri_plugin_applies_the_sysctl_policy_where_the_runtime_takes_sysctls() {
+    use berth_integration::berth::{APP_POLICY, APP_SYSCTL, MACHINE_IPC_SYSCTL, MACHINE_SYSCTL};
+    let _g = cpu_lock();
+    let dir = fresh_dir("berth-nri-sysctl");
+    let socket = dir.join("nri.sock");
+    let runc_root = dir.join("runc");
+    std::fs::create_dir_all(&runc_root).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let log = dir.join("berth-nri.log");
+    let mut cmd = command(binary("berth-nri"));
+    cmd.arg("--socket")
+        .arg(&socket)
+        .arg("--berth-config")
+        .arg(config())
+        .arg("--runc-root")
+        .arg(&runc_root)
+        .env("BERTH_NRI_LOG", "info");
+    let mut plugin = Daemon::spawn("berth-nri", &mut cmd, &log);
+    let policy = ("io.berth.sysctl-policy", APP_POLICY);
+    let own = ["network", "ipc"];
+    let pairs = |kv: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let id = |n: &str| format!("{}-{n}", berth_integration::names::run_id());
+
+    let mut rt = NriRuntime::accept(&listener, "containerd", "v2.2.1", "v0.11.0");
+    // The layers: machine class < app policy < the container's own keys
+    // (which the runtime already sets: not in the adjustment).
+    let web = id("web");
+    assert_eq!(
+        rt.create(&web, &own, &[(MACHINE_SYSCTL.0, "300")], &[policy]),
+        Ok(pairs(&[APP_SYSCTL, MACHINE_IPC_SYSCTL])),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    // No policy asked: the machine class alone, for the namespaces it has.
+    let plain = id("plain");
+    assert_eq!(
+        rt.create(&plain, &["network"], &[], &[]),
+        Ok(pairs(&[MACHINE_SYSCTL]))
+    );
+    // The host's network: the policy's net key cannot apply, so the
+    // container is refused, and the machine class's is skipped.
+    let err = rt
+        .create(&id("hostnet"), &["ipc"], &[], &[policy])
+        .expect_err("a net policy on the host's network");
+    assert!(
+        err.contains(APP_SYSCTL.0) && err.contains("network namespace"),
+        "{err}"
+    );
+    assert_eq!(
+        rt.create(&id("hostnet-plain"), &["ipc"], &[], &[]),
+        Ok(pairs(&[MACHINE_IPC_SYSCTL]))
+    );
+    // A key of its own beyond the safe list and the admin's allow list.
+    let err = rt
+        .create(&id("rmem"), &own, &[("net.core.rmem_max", "1")], &[])
+        .expect_err("a key not allowed");
+    assert!(
+        err.contains("net.core.rmem_max") && err.contains("not allowed"),
+        "{err}"
+    );
+    // A tenant naming a file outside the policy directory.
+    let err = rt
+        .create(
+            &id("escape"),
+            &own,
+            &[],
+            &[("io.berth.sysctl-policy", "../web")],
+        )
+        .expect_err("a policy name with a path");
+    assert!(err.contains("io.berth.sysctl-policy"), "{err}");
+    rt.remove(&web);
+    rt.remove(&plain);
+    rt.remove(&id("hostnet-plain"));
+    drop(rt);
+
+    // containerd 1.7: no sysctl adjustment, said at registration and for
+    // the container that asked for a policy.
+    let mut rt = NriRuntime::accept(&listener, "containerd", "v1.7.24", "");
+    let old = id("old");
+    assert_eq!(rt.create(&old, &own, &[], &[policy]), Ok(pairs(&[])));
+    rt.remove(&old);
+    drop(rt);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("the sysctl policy is applied through NRI"),
+        "{text}"
+    );
+    let said = text
+        .lines()
+        .find(|l| l.contains("the sysctl policy is not applied"))
+        .unwrap_or_else(|| panic!("no warning at registration: {text}"));
+    assert!(
+        said.contains("v1.7.24") && said.contains("berth-runtime"),
+        "{said}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("sysctl policy not applied") && l.contains(&old)),
+        "{text}"
+    );
+    plugin.stop(Duration::from_secs(5));
 }
