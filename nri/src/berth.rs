@@ -199,6 +199,20 @@ impl Berth {
         Ok(updates(moves.moves))
     }
 
+    /// A container that stopped or went: its resize is forgotten and its
+    /// CPUs freed (a failure is left to GC); the updates of the shared
+    /// containers that grow back.
+    fn let_go(&mut self, id: &str) -> Vec<proto::ContainerUpdate> {
+        self.pending.remove(id);
+        self.release(id).unwrap_or_else(|e| {
+            tracing::warn!(
+                container = id,
+                "cannot release the CPU allocation (GC will): {e}"
+            );
+            Vec::new()
+        })
+    }
+
     /// Re-plans a container the plugin planned for its new CPU limit (an
     /// in-place resize): the update it gets instead, and the moves of the
     /// shared containers. The allocation it had stays held until the
@@ -507,21 +521,14 @@ impl crate::plugin::Handler for Berth {
         let Some(c) = req.container else {
             return Ok(proto::StopContainerResponse::default());
         };
-        self.pending.remove(&c.id);
-        let update = self.release(&c.id).unwrap_or_else(|e| {
-            tracing::warn!(container = %c.id, "cannot release the CPU allocation (GC will): {e}");
-            Vec::new()
-        });
-        Ok(proto::StopContainerResponse { update })
+        Ok(proto::StopContainerResponse {
+            update: self.let_go(&c.id),
+        })
     }
 
     fn remove_container(&mut self, c: proto::Container) -> Vec<proto::ContainerUpdate> {
-        self.pending.remove(&c.id);
         // Normally released at StopContainer already: then nothing moves.
-        let update = self.release(&c.id).unwrap_or_else(|e| {
-            tracing::warn!(container = %c.id, "cannot release the CPU allocation (GC will): {e}");
-            Vec::new()
-        });
+        let update = self.let_go(&c.id);
         berth_runtime::cpuview::CpuView::of(&self.cfg, Some(&self.runc_root), &c.id).remove();
         update
     }

@@ -3,7 +3,7 @@
 //! does; this module only speaks the protocol.
 
 use crate::proto::{self, event};
-use crate::wire::{self, Message, Reassembler, WireError};
+use crate::wire::{self, Reassembler, WireError};
 use prost::Message as _;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -89,23 +89,19 @@ fn serve_inner(
     index: &str,
     handler: &mut impl Handler,
 ) -> Result<(), WireError> {
-    let register = wire::Request {
-        service: proto::RUNTIME_SERVICE.into(),
-        method: "RegisterPlugin".into(),
-        payload: proto::RegisterPluginRequest {
-            plugin_name: name.into(),
-            plugin_idx: index.into(),
-            nri_version: String::new(),
-        }
-        .encode_to_vec(),
-        timeout_nano: 0,
+    let register = proto::RegisterPluginRequest {
+        plugin_name: name.into(),
+        plugin_idx: index.into(),
+        nri_version: String::new(),
     };
-    let m = Message {
-        stream: 1,
-        kind: wire::TYPE_REQUEST,
-        body: register.encode_to_vec(),
-    };
-    wire::write_frame(&mut sock, wire::RUNTIME_CONN, &m.encode())?;
+    wire::write_request(
+        &mut sock,
+        wire::RUNTIME_CONN,
+        1,
+        proto::RUNTIME_SERVICE,
+        "RegisterPlugin",
+        register.encode_to_vec(),
+    )?;
     tracing::info!(name, index, "registering with the runtime");
     let mut re = Reassembler::default();
     // Streams this side opens on the runtime's connection are odd; 1 was
@@ -134,32 +130,23 @@ fn serve_inner(
                     let req = wire::Request::decode(msg.body.as_slice())?;
                     let mut unsolicited = Vec::new();
                     let resp = dispatch(handler, &req, &mut unsolicited);
-                    let out = Message {
-                        stream: msg.stream,
-                        kind: wire::TYPE_RESPONSE,
-                        body: resp.encode_to_vec(),
-                    };
-                    wire::write_frame(&mut sock, wire::PLUGIN_CONN, &out.encode())?;
+                    wire::write_response(&mut sock, wire::PLUGIN_CONN, msg.stream, &resp)?;
                     // Sent after the answer: the runtime applies it once
                     // the call that caused it is over.
                     if !unsolicited.is_empty() {
                         let n = unsolicited.len();
-                        let req = wire::Request {
-                            service: proto::RUNTIME_SERVICE.into(),
-                            method: "UpdateContainers".into(),
-                            payload: proto::UpdateContainersRequest {
-                                update: unsolicited,
-                            }
-                            .encode_to_vec(),
-                            timeout_nano: 0,
+                        let update = proto::UpdateContainersRequest {
+                            update: unsolicited,
                         };
-                        let m = Message {
-                            stream: next_stream,
-                            kind: wire::TYPE_REQUEST,
-                            body: req.encode_to_vec(),
-                        };
+                        wire::write_request(
+                            &mut sock,
+                            wire::RUNTIME_CONN,
+                            next_stream,
+                            proto::RUNTIME_SERVICE,
+                            "UpdateContainers",
+                            update.encode_to_vec(),
+                        )?;
                         next_stream += 2;
-                        wire::write_frame(&mut sock, wire::RUNTIME_CONN, &m.encode())?;
                         tracing::debug!(containers = n, "asked the runtime to update containers");
                     }
                 }

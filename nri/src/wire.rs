@@ -158,6 +158,50 @@ pub struct Status {
     pub message: String,
 }
 
+/// Writes a call of `service`'s `method` with `payload` (the encoded
+/// request message) as stream `stream` on logical connection `conn`.
+pub fn write_request(
+    w: &mut impl Write,
+    conn: u32,
+    stream: u32,
+    service: &str,
+    method: &str,
+    payload: Vec<u8>,
+) -> Result<(), WireError> {
+    let req = Request {
+        service: service.into(),
+        method: method.into(),
+        payload,
+        timeout_nano: 0,
+    };
+    write_message(w, conn, stream, TYPE_REQUEST, &req)
+}
+
+/// Writes `resp` as the answer on stream `stream` of logical connection `conn`.
+pub fn write_response(
+    w: &mut impl Write,
+    conn: u32,
+    stream: u32,
+    resp: &Response,
+) -> Result<(), WireError> {
+    write_message(w, conn, stream, TYPE_RESPONSE, resp)
+}
+
+fn write_message(
+    w: &mut impl Write,
+    conn: u32,
+    stream: u32,
+    kind: u8,
+    body: &impl prost::Message,
+) -> Result<(), WireError> {
+    let m = Message {
+        stream,
+        kind,
+        body: body.encode_to_vec(),
+    };
+    write_frame(w, conn, &m.encode())
+}
+
 /// gRPC's UNKNOWN status code, for a handler's error.
 pub const CODE_UNKNOWN: i32 = 2;
 /// gRPC's UNIMPLEMENTED status code.

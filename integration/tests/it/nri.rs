@@ -649,12 +649,7 @@ impl NriRuntime {
             status: None,
             payload: Vec::new(),
         };
-        let m = wire::Message {
-            stream: register.stream,
-            kind: wire::TYPE_RESPONSE,
-            body: ok.encode_to_vec(),
-        };
-        wire::write_frame(&mut rt.sock, wire::RUNTIME_CONN, &m.encode()).unwrap();
+        wire::write_response(&mut rt.sock, wire::RUNTIME_CONN, register.stream, &ok).unwrap();
         let configured: Result<berth_nri::proto::ConfigureResponse, _> = rt.call(
             "Configure",
             berth_nri::proto::ConfigureRequest {
@@ -696,18 +691,15 @@ impl NriRuntime {
         use prost::Message as _;
         let stream = self.next;
         self.next += 2;
-        let call = wire::Request {
-            service: berth_nri::proto::PLUGIN_SERVICE.into(),
-            method: method.into(),
-            payload: req.encode_to_vec(),
-            timeout_nano: 0,
-        };
-        let m = wire::Message {
+        wire::write_request(
+            &mut self.sock,
+            wire::PLUGIN_CONN,
             stream,
-            kind: wire::TYPE_REQUEST,
-            body: call.encode_to_vec(),
-        };
-        wire::write_frame(&mut self.sock, wire::PLUGIN_CONN, &m.encode()).unwrap();
+            berth_nri::proto::PLUGIN_SERVICE,
+            method,
+            req.encode_to_vec(),
+        )
+        .unwrap();
         let answer = self.next_message(wire::PLUGIN_CONN, wire::TYPE_RESPONSE);
         assert_eq!(answer.stream, stream);
         let r = wire::Response::decode(answer.body.as_slice()).unwrap();
